@@ -1,0 +1,234 @@
+"""pytest-benchmark harness for pscfast: `pytest bench --benchmark`.
+
+Without --benchmark the suite is skipped (plain `pytest` runs only tests/). Each case times one provider
+(a backend: torch = the naive PyTorch reference, cpp, triton) in one mode (fwd, bwd, fwd+bwd) at one shape,
+and records peak memory beyond the resident inputs. Results go to pytest-benchmark's tables and to
+--bench-out (default bench/results/latest-<device>.json) with device, versions, dtype and git revision.
+Method: bench/README.md.
+"""
+from __future__ import annotations
+
+import ctypes
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # Triton kernels on CPU tensors need the interpreter, set before import
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+RESULTS: list[dict] = []
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("pscfast")
+    group.addoption("--benchmark", action="store_true", help="run the pscfast benchmark suite")
+    group.addoption("--bench-out", default=None, help="JSON result file (default bench/results/latest-<device>.json)")
+    group.addoption("--bench-triton-cpu", action="store_true",
+                    help="also time Triton on CPU tensors (the interpreter: meaningless as speed, off by default)")
+
+
+def pytest_configure(config):
+    global _CPU_PEAK
+    if config.getoption("--benchmark") and not torch.cuda.is_available():
+        _CPU_PEAK = _CpuPeak()  # pin the mmap threshold before the suite allocates anything
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--benchmark"):
+        return
+    skip = pytest.mark.skip(reason="benchmarks run with `pytest bench --benchmark`")
+    for item in items:
+        item.add_marker(skip)
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
+    except (OSError, AttributeError):
+        pass
+    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def _git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not RESULTS or not session.config.getoption("--benchmark"):
+        return
+    import pscfast
+    from pscfast import kernels
+
+    device = RESULTS[0]["device"]
+    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")[:40]
+    out = Path(session.config.getoption("--bench-out") or ROOT / "bench" / "results" / f"latest-{slug}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    triton_version = None
+    if kernels.AVAILABLE:
+        import triton
+
+        triton_version = triton.__version__
+    meta = {
+        "device": device_name(device),
+        "device_type": device,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_revision": _git_revision(),
+        "versions": {"pscfast": pscfast.__version__, "torch": torch.__version__, "triton": triton_version,
+                     "cuda": torch.version.cuda, "python": platform.python_version()},
+        "memory_method": MEMORY_METHOD[device],
+    }
+    out.write_text(json.dumps({"meta": meta, "results": RESULTS}, indent=1) + "\n")
+    print(f"\npscfast benchmark results: {out}")
+
+
+MEMORY_METHOD = {
+    "cuda": "torch.cuda.max_memory_allocated() during one call minus memory_allocated() before it",
+    "cpu": "growth of the process's peak resident set (VmHWM, reset through /proc/self/clear_refs) during one "
+           "call over the resident set before it; glibc's mmap threshold is pinned at 64 KiB so every tensor "
+           "buffer maps and unmaps its own pages",
+}
+
+
+class _CpuPeak:
+    """Peak resident memory of the process during a call, beyond what was resident before it."""
+
+    def __init__(self):
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: fixed, so freed tensors leave the resident set
+
+    @staticmethod
+    def _kb(key: str) -> int:
+        return int(re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
+
+    def measure(self, fn) -> int:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = self._kb("VmRSS")
+        fn()
+        return max(0, self._kb("VmHWM") - before) * 1024
+
+
+_CPU_PEAK = None
+
+
+def peak_bytes(fn, device: str) -> int:
+    global _CPU_PEAK
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    _CPU_PEAK = _CPU_PEAK or _CpuPeak()
+    return _CPU_PEAK.measure(fn)
+
+
+def run_case(benchmark, *, op: str, provider: str, mode: str, shape: str, device: str, dtype: torch.dtype,
+             make_inputs, call, rounds: int, rotate: int = 3, extra: dict | None = None):
+    """Time `call(*inputs)` (fwd), its backward (bwd) or both (fwd+bwd) over `rotate` input copies in turn.
+
+    make_inputs() -> (inputs tuple, tensors that require grad). The output's backward uses a fixed
+    random gradient. The peak memory comes from one extra fwd+bwd (or the mode's) call after warm-up.
+    """
+    sets = [make_inputs() for _ in range(rotate)]
+    outs = [call(*inputs) for inputs, _ in sets]  # warm-up, autotune, and the gradient shapes
+    grads = [_grad_like(o) for o in outs]
+    del outs
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    counter = iter(range(1 << 62))
+
+    def pick():
+        return next(counter) % rotate
+
+    def fwd_setup():
+        return (pick(),), {}
+
+    def fwd(i):
+        call(*sets[i][0])
+        sync()
+
+    def bwd_setup():
+        i = pick()
+        out = call(*sets[i][0])
+        sync()
+        return (out, i), {}
+
+    def bwd(out, i):
+        _backward(out, grads[i], sets[i][1])
+        sync()
+
+    def both(i):
+        _backward(call(*sets[i][0]), grads[i], sets[i][1])
+        sync()
+
+    if mode == "fwd":
+        target, setup = fwd, fwd_setup
+    elif mode == "bwd":
+        target, setup = bwd, bwd_setup
+    else:
+        target, setup = both, fwd_setup
+    # one untimed pass of the mode, then the memory measurement of one more
+    target(*setup()[0])
+    if mode == "bwd":
+        args = setup()[0]
+        peak = peak_bytes(lambda: target(*args), device)
+    else:
+        peak = peak_bytes(lambda: target(0), device)
+    benchmark.group = f"{op} {shape} {str(dtype).replace('torch.', '')} {mode}"
+    benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
+    stats = benchmark.stats.stats
+    record = {"op": op, "provider": provider, "mode": mode, "shape": shape, "device": device,
+              "dtype": str(dtype).replace("torch.", ""), "median_s": stats.median, "iqr_s": stats.iqr,
+              "min_s": stats.min, "rounds": stats.rounds, "peak_bytes": peak, **(extra or {})}
+    benchmark.extra_info.update(record)
+    RESULTS.append(record)
+    return record
+
+
+def _grad_like(out):
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [torch.randn_like(o) if o.is_floating_point() else None for o in outs]
+
+
+def _backward(out, grads, leaves):
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+    torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])
+    for t in leaves:
+        t.grad = None
+
+
+def bench_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def providers(op_name: str, device: str, dtype: torch.dtype, include_triton_cpu: bool):
+    """The op's backends that can run here, as (provider, skip reason or None)."""
+    from pscfast.ops import OPS
+
+    op = OPS[op_name]
+    out = []
+    for name in ("torch", "cpp", "triton"):
+        why = op.reason(name, torch.device(device), dtype)
+        if name == "triton" and device == "cpu" and not include_triton_cpu:
+            why = why or "Triton on CPU is the interpreter (pass --bench-triton-cpu to time it anyway)"
+        out.append((name, why))
+    return out

@@ -1,0 +1,26 @@
+// Checks of the warp op's tensor arguments for direct torch.ops.pscfast calls. pscfast.ops.warp
+// validates everything with friendlier messages before it gets here.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+namespace pscfast {
+
+inline void check_warp_inputs(const at::Tensor& x, const at::Tensor& grid, c10::IntArrayRef out_size) {
+  TORCH_CHECK(x.dim() == 4, "pscfast::warp: x must be (N, C, H, W), got ", x.sizes());
+  TORCH_CHECK(grid.dim() == 4 && grid.size(3) == 2, "pscfast::warp: grid must be (N, h, w, 2), got ",
+              grid.sizes());
+  TORCH_CHECK(grid.size(0) == x.size(0), "pscfast::warp: grid batch ", grid.size(0), " != x batch ", x.size(0));
+  TORCH_CHECK(grid.scalar_type() == x.scalar_type(), "pscfast::warp: grid dtype ", grid.scalar_type(),
+              " != x dtype ", x.scalar_type());
+  TORCH_CHECK(grid.device() == x.device(), "pscfast::warp: grid and x are on different devices");
+  TORCH_CHECK(out_size.size() == 2 && out_size[0] > 0 && out_size[1] > 0,
+              "pscfast::warp: out_size must be two positive sizes, got ", out_size);
+  TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0 && grid.size(1) > 0 && grid.size(2) > 0,
+              "pscfast::warp: x and grid must have non-empty spatial sizes");
+  TORCH_CHECK(x.size(2) * x.size(3) < (int64_t(1) << 31) && out_size[0] * out_size[1] < (int64_t(1) << 31),
+              "pscfast::warp: planes of 2^31 pixels or more are not supported");
+}
+
+}  // namespace pscfast

@@ -1,0 +1,11 @@
+"""pscfast's fused correspondence ops: one function and one nn.Module per op.
+
+Each op runs on the fastest available backend for its inputs (compiled C++/CUDA, Triton, or plain
+PyTorch); `backend=` or the PSCFAST_BACKEND environment variable chooses one (see _dispatch).
+"""
+from pscfast import _extension
+from pscfast.ops import _registrations  # noqa: F401  (autograd + fake kernels of the compiled ops)
+from pscfast.ops._dispatch import OPS, BackendUnavailable
+from pscfast.ops.warp import Warp, WarpDisplacement, warp, warp_displacement
+
+__all__ = ["OPS", "BackendUnavailable", "Warp", "WarpDisplacement", "warp", "warp_displacement"]

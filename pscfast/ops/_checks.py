@@ -1,0 +1,81 @@
+"""Argument checks shared by the public ops: every bad input becomes a Python error that names the op and
+the argument, before any kernel runs.
+
+The finiteness check reads a value back from the device (one synchronisation per checked tensor); it is
+skipped while torch.compile traces and when PSCFAST_CHECK_FINITE=0.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+
+def tensor(op: str, name: str, value, dims: int | None = None, last: int | None = None) -> torch.Tensor:
+    """A floating-point tensor with `dims` dimensions and last dimension `last` (when given)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"pscfast.ops.{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"pscfast.ops.{op}: {name} must be a floating-point tensor, got {value.dtype}")
+    if dims is not None and value.dim() != dims:
+        raise ValueError(f"pscfast.ops.{op}: {name} must have {dims} dimensions, got shape {tuple(value.shape)}")
+    if last is not None and value.shape[-1] != last:
+        raise ValueError(f"pscfast.ops.{op}: {name} must have size {last} in its last dimension, "
+                         f"got shape {tuple(value.shape)}")
+    return value
+
+
+def same_device(op: str, **tensors: torch.Tensor) -> None:
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"pscfast.ops.{op}: all tensors must be on one device, got {listed}")
+
+
+def same_batch(op: str, **tensors: torch.Tensor) -> None:
+    sizes = {name: t.shape[0] for name, t in tensors.items()}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{n} has {s}" for n, s in sizes.items())
+        raise ValueError(f"pscfast.ops.{op}: batch sizes differ: {listed}")
+
+
+def promote(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """All tensors in their common floating dtype (e.g. an fp16 image with an fp32 grid: both fp32)."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return [t.to(dtype) for t in tensors]
+
+
+def finite(op: str, name: str, value: torch.Tensor) -> None:
+    if (os.environ.get("PSCFAST_CHECK_FINITE", "1") == "0" or torch.compiler.is_compiling()
+            or value.device.type == "meta"):
+        return
+    if value.numel() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"pscfast.ops.{op}: {name} contains NaN or infinite values")
+
+
+def choice(op: str, name: str, value, options: Sequence) -> None:
+    if value not in options:
+        raise ValueError(f"pscfast.ops.{op}: {name} must be one of {', '.join(map(repr, options))}; got {value!r}")
+
+
+def size_pair(op: str, name: str, value) -> tuple[int, int]:
+    """A (height, width) pair of positive ints; a single int means a square."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        h, w = (int(v) for v in value)
+        ok = all(float(v) == int(v) for v in value)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or h <= 0 or w <= 0:
+        raise ValueError(f"pscfast.ops.{op}: {name} must be a positive int or a (height, width) pair of "
+                         f"positive ints, got {value!r}")
+    return h, w
+
+
+def nonempty_spatial(op: str, name: str, value: torch.Tensor) -> None:
+    if value.shape[-2] == 0 or value.shape[-1] == 0:
+        raise ValueError(f"pscfast.ops.{op}: {name} has an empty spatial size {tuple(value.shape[-2:])}")

@@ -1,0 +1,130 @@
+"""Backend selection for pscfast ops.
+
+Every op has up to three implementations:
+  cpp     the compiled kernels of pscfast._C (CPU C++ and, when built, CUDA C++),
+  triton  the Triton kernels of pscfast.kernels (CUDA tensors; CPU tensors only under TRITON_INTERPRET=1),
+  torch   the plain PyTorch reference of pscfast.ops._reference (always available, any device).
+
+Choice, first match wins: the `backend=` argument of the call, else the environment variable
+PSCFAST_BACKEND (a backend name or a comma-separated list in order of preference), else the default order
+for the tensor's device (CUDA: cpp, triton, torch; CPU: cpp, torch; other devices: torch). A backend named
+explicitly that cannot serve the call raises BackendUnavailable with each candidate's reason in words.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from pscfast import _extension
+
+BACKENDS = ("cpp", "triton", "torch")
+DEFAULT_ORDER = {"cuda": ("cpp", "triton", "torch"), "cpu": ("cpp", "torch")}
+_CPP_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+}
+_TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class BackendUnavailable(RuntimeError):
+    """No requested backend can run this call; the message lists each one's reason."""
+
+
+@dataclass(eq=False)  # hashed by identity: the backend choice is cached per op
+class Op:
+    """One op's implementations and what each supports."""
+
+    name: str
+    impls: dict[str, Callable]
+    cpp_dtypes: dict[str, tuple] = field(default_factory=lambda: dict(_CPP_DTYPES))
+    triton_dtypes: tuple = _TRITON_DTYPES
+
+    def reason(self, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
+        """None when `backend` can run this op on (device, dtype), else why not."""
+        if backend not in self.impls:
+            return f"{self.name} has no {backend} implementation"
+        if backend == "torch":
+            return None
+        if backend == "cpp":
+            return _cpp_reason(self, device.type, dtype)
+        return _triton_reason(self, device.type, dtype)
+
+    def select(self, backend: str | None, tensor: torch.Tensor) -> tuple[str, Callable]:
+        # torch.compile traces the choice once and guards on its inputs; the cache is for eager calls
+        choose = _choose.__wrapped__ if torch.compiler.is_compiling() else _choose
+        name = choose(self, backend, os.environ.get("PSCFAST_BACKEND", ""), tensor.device.type, tensor.dtype)
+        return name, self.impls[name]
+
+
+def _cpp_reason(op: Op, device_type: str, dtype: torch.dtype) -> str | None:
+    if not _extension.loaded():
+        return _extension.load_error()
+    if device_type not in op.cpp_dtypes:
+        return f"no compiled kernel for {device_type} tensors"
+    if not _extension.has_kernel(op.name, device_type):
+        if device_type == "cuda":
+            return _extension.cuda_unavailable_reason()
+        return f"pscfast._C has no {device_type} kernel for {op.name}"
+    if dtype not in op.cpp_dtypes[device_type]:
+        return f"the {device_type} kernel takes {_names(op.cpp_dtypes[device_type])}, not {_names([dtype])}"
+    return None
+
+
+def _triton_reason(op: Op, device_type: str, dtype: torch.dtype) -> str | None:
+    from pscfast import kernels
+
+    if not kernels.AVAILABLE:
+        return kernels.UNAVAILABLE_REASON
+    if device_type == "cpu" and not kernels.INTERPRET:
+        return "Triton kernels run on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1 set before import)"
+    if device_type not in ("cpu", "cuda"):
+        return f"no Triton kernels for {device_type} tensors"
+    if dtype not in op.triton_dtypes:
+        return f"the Triton kernel takes {_names(op.triton_dtypes)}, not {_names([dtype])}"
+    return None
+
+
+def _names(dtypes) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes)
+
+
+def parse_backends(spec: str, source: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in spec.split(",") if s.strip())
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise ValueError(f"{source}: unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
+    return names
+
+
+@functools.lru_cache(maxsize=1024)
+def _choose(op: Op, backend: str | None, env: str, device_type: str, dtype: torch.dtype) -> str:
+    if backend is not None:
+        order, source = parse_backends(backend, "backend="), f"backend={backend!r}"
+    elif env.strip():
+        order, source = parse_backends(env, "PSCFAST_BACKEND"), f"PSCFAST_BACKEND={env!r}"
+    else:
+        order, source = DEFAULT_ORDER.get(device_type, ("torch",)), None
+    reasons = []
+    for name in order:
+        why = op.reason(name, torch.device(device_type), dtype)
+        if why is None:
+            return name
+        reasons.append(f"  {name}: {why}")
+    raise BackendUnavailable(
+        f"pscfast.ops.{op.name}: no backend of {source or 'the default order'} can run on "
+        f"{device_type} {_names([dtype])} tensors:\n" + "\n".join(reasons)
+    )
+
+
+OPS: dict[str, Op] = {}
+
+
+def register_op(op: Op) -> Op:
+    """Adds an op to the table that `python -m pscfast.info` and the tests enumerate."""
+    OPS[op.name] = op
+    return op
+

@@ -1,0 +1,137 @@
+"""warp: sample an image or feature map at an absolute grid, with the grid resized on the fly.
+
+The warp of PSC's warp estimator (16x16 flow -> 256x256 image, bilinear, border, align_corners=True) and
+of any model that warps by a flow. The resized grid is never written to memory; the backward is
+deterministic and computes the image gradient only when the image requires it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import _checks, _reference
+from ._dispatch import Op, register_op
+
+MODES = ("bilinear", "nearest")
+PADDINGS = ("zeros", "border")
+
+
+def _cpp(x, grid, out_size, mode, padding_mode, align_corners):
+    return torch.ops.pscfast.warp(x, grid, list(out_size), mode, padding_mode, align_corners)
+
+
+class _WarpTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, grid, out_size, mode, padding_mode, align_corners):
+        from pscfast.kernels import warp as k
+
+        ctx.save_for_backward(x, grid)
+        ctx.args = (mode, padding_mode, align_corners)
+        return k.warp_fwd(x.contiguous(), grid.contiguous(), out_size, mode, padding_mode, align_corners)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from pscfast.kernels import warp as k
+
+        x, grid = ctx.saved_tensors
+        grad = grad.contiguous()
+        dx = dgrid = None
+        if ctx.needs_input_grad[0]:
+            dx = k.warp_bwd_x(grad, grid.contiguous(), tuple(x.shape), *ctx.args)
+        if ctx.needs_input_grad[1]:
+            dgrid = k.warp_bwd_grid(grad, x.contiguous(), grid.contiguous(), *ctx.args)
+        return dx, dgrid, None, None, None, None
+
+
+def _triton(x, grid, out_size, mode, padding_mode, align_corners):
+    return _WarpTriton.apply(x, grid, tuple(out_size), mode, padding_mode, align_corners)
+
+
+WARP = register_op(Op("warp", {"cpp": _cpp, "triton": _triton, "torch": _reference.warp}))
+
+
+def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "bilinear", padding_mode: str = "zeros",
+         align_corners: bool = True, *, backend: str | None = None) -> torch.Tensor:
+    """Sample x at an absolute sampling grid, resizing the grid on the fly.
+
+    Args:
+        x: (N, C, H, W) image or feature map.
+        grid: (N, h, w, 2) absolute sampling positions, last dim (x, y), normalised to [-1, 1] as
+            grid_sample (align_corners=True: -1 and 1 are the centres of the end pixels).
+        out_size: (Ho, Wo) of the output, default (h, w). A different size resizes the grid bilinearly
+            (align_corners=True) inside the kernel, e.g. a 16x16 flow warping a 256x256 image.
+        mode: "bilinear" or "nearest" (round half to even).
+        padding_mode: "zeros" (0 outside the image) or "border" (nearest edge value).
+        align_corners: grid normalisation, as grid_sample.
+        backend: "cpp", "triton" or "torch" (see pscfast.ops._dispatch); default: fastest available.
+
+    Returns:
+        (N, C, Ho, Wo) tensor in the common dtype of x and grid.
+
+    Example:
+        >>> x = torch.arange(12.0).view(1, 1, 3, 4)
+        >>> ys, xs = torch.meshgrid(torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 4), indexing="ij")
+        >>> identity = torch.stack((xs, ys), dim=-1)[None]
+        >>> torch.allclose(warp(x, identity), x)
+        True
+    """
+    op = "warp"
+    _checks.tensor(op, "x", x, dims=4)
+    _checks.tensor(op, "grid", grid, dims=4, last=2)
+    _checks.same_device(op, x=x, grid=grid)
+    _checks.same_batch(op, x=x, grid=grid)
+    _checks.choice(op, "mode", mode, MODES)
+    _checks.choice(op, "padding_mode", padding_mode, PADDINGS)
+    _checks.nonempty_spatial(op, "x", x)
+    _checks.nonempty_spatial(op, "grid", grid[..., 0])
+    out_size = tuple(grid.shape[1:3]) if out_size is None else _checks.size_pair(op, "out_size", out_size)
+    _checks.finite(op, "grid", grid)
+    x, grid = _checks.promote(x, grid)
+    _, impl = WARP.select(backend, x)
+    return impl(x, grid, out_size, mode, padding_mode, bool(align_corners))
+
+
+def warp_displacement(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros",
+                      *, backend: str | None = None) -> torch.Tensor:
+    """Backward-warp x (N, C, H, W) by a pixel displacement field flow (N, 2, h, w), the convention of
+    PWC-Net and RAFT: output pixel (i, j) reads x at (j + flow[:, 0, i, j], i + flow[:, 1, i, j]).
+    Returns (N, C, h, w); gradients flow to x and to the flow."""
+    op = "warp_displacement"
+    _checks.tensor(op, "x", x, dims=4)
+    _checks.tensor(op, "flow", flow, dims=4)
+    if flow.shape[1] != 2:
+        raise ValueError(f"pscfast.ops.{op}: flow must be (N, 2, h, w), got shape {tuple(flow.shape)}")
+    _checks.same_device(op, x=x, flow=flow)
+    _checks.nonempty_spatial(op, "x", x)
+    _checks.finite(op, "flow", flow)
+    x, flow = _checks.promote(x, flow)
+    grid = _reference.displacement_to_grid(flow, tuple(x.shape[-2:]))
+    return warp(x, grid, mode=mode, padding_mode=padding_mode, align_corners=False, backend=backend)
+
+
+class Warp(nn.Module):
+    """Module form of :func:`warp`: ``Warp(out_size)(x, grid)``."""
+
+    def __init__(self, out_size=None, mode: str = "bilinear", padding_mode: str = "zeros",
+                 align_corners: bool = True, backend: str | None = None):
+        super().__init__()
+        self.out_size, self.mode, self.padding_mode = out_size, mode, padding_mode
+        self.align_corners, self.backend = align_corners, backend
+
+    def forward(self, x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+        return warp(x, grid, self.out_size, self.mode, self.padding_mode, self.align_corners, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return (f"out_size={self.out_size}, mode={self.mode!r}, padding_mode={self.padding_mode!r}, "
+                f"align_corners={self.align_corners}")
+
+
+class WarpDisplacement(nn.Module):
+    """Module form of :func:`warp_displacement`: ``WarpDisplacement()(x, flow)``."""
+
+    def __init__(self, mode: str = "bilinear", padding_mode: str = "zeros", backend: str | None = None):
+        super().__init__()
+        self.mode, self.padding_mode, self.backend = mode, padding_mode, backend
+
+    def forward(self, x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        return warp_displacement(x, flow, self.mode, self.padding_mode, backend=self.backend)

@@ -1,0 +1,204 @@
+"""warp and warp_displacement: every backend against the PyTorch reference, coordinate contract,
+gradcheck, opcheck, determinism, bad input."""
+import pytest
+import torch
+
+from pscfast.ops import Warp, WarpDisplacement, warp, warp_displacement
+from pscfast.ops import _reference as ref
+from tests.utils import BACKENDS, assert_close, identity_grid, noncontiguous, require
+
+# (N, C, H, W, h, w, out_size)
+SHAPES = [
+    pytest.param((2, 3, 9, 7, 4, 5, None), id="odd-direct"),
+    pytest.param((1, 4, 8, 10, 3, 4, (11, 13)), id="batch1-upsampled"),
+    pytest.param((2, 2, 5, 6, 6, 7, (4, 3)), id="downsampled"),
+]
+CASES = [(m, p, a) for m in ("bilinear", "nearest") for p in ("zeros", "border") for a in (True, False)]
+
+
+def _inputs(shape, dtype, device, contiguous=True):
+    n, c, H, W, h, w, _ = shape
+    x = torch.randn(n, c, H, W, dtype=dtype, device=device)
+    grid = torch.rand(n, h, w, 2, dtype=dtype, device=device) * 2.4 - 1.2  # partly outside [-1, 1]
+    if not contiguous:
+        x, grid = noncontiguous(x), noncontiguous(grid)
+    return x, grid
+
+
+def _run(fn, x, grid, gout, *args, **kw):
+    x, grid = x.detach().clone().requires_grad_(), grid.detach().clone().requires_grad_()
+    out = fn(x, grid, *args, **kw)
+    dx, dgrid = torch.autograd.grad(out, (x, grid), gout)
+    return out, dx, dgrid
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_reference(device, backend, dtype, shape, contiguous):
+    require("warp", backend, device, dtype)
+    x, grid = _inputs(shape, dtype, device, contiguous)
+    out_size = shape[-1] or shape[4:6]
+    gout = torch.randn(x.shape[0], x.shape[1], *out_size, dtype=dtype, device=device)
+    for mode, pad, align in CASES:
+        case = f"{mode}/{pad}/align_corners={align}"
+        got = _run(warp, x, grid, gout, shape[-1], mode, pad, align, backend=backend)
+        exp = _run(ref.warp, x, grid, gout, shape[-1], mode, pad, align)
+        assert_close(got[0], exp[0], msg=f"forward {case}")
+        assert_close(got[1], exp[1], msg=f"image gradient {case}")
+        # the grid gradient sums over pixels and channels and is scaled by (size - 1) / 2
+        assert_close(got[2], exp[2], scale=float(exp[2].abs().max().clamp_min(1)), msg=f"grid gradient {case}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_half_precision_error_within_twice_naive(backend, dtype):
+    """On CUDA: error against float32 at most 2x that of grid_sample in the same dtype (+ its ulp)."""
+    device = "cuda"
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    require("warp", backend, device, dtype)
+    x, grid = _inputs((4, 8, 64, 64, 16, 16, (64, 64)), torch.float32, device)
+    exact = ref.warp(x, grid, (64, 64), "bilinear", "border")
+    naive = ref.warp(x.to(dtype), grid.to(dtype), (64, 64), "bilinear", "border").float()
+    ours = warp(x.to(dtype), grid.to(dtype), (64, 64), "bilinear", "border", backend=backend).float()
+    ulp = torch.finfo(dtype).eps * exact.abs().max()
+    assert (ours - exact).abs().max() <= 2 * (naive - exact).abs().max() + ulp
+
+
+@pytest.mark.parametrize("align", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_identity_grid_reproduces_input(device, backend, align):
+    require("warp", backend, device, torch.float64)
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, device=device)
+    for mode in ("bilinear", "nearest"):
+        for pad in ("zeros", "border"):
+            out = warp(x, identity_grid(2, 7, 9, align, torch.float64, device), None, mode, pad, align, backend=backend)
+            torch.testing.assert_close(out, x, rtol=0, atol=1e-12)
+    if align:  # a coarse identity resized with align_corners=True is still the identity
+        coarse = identity_grid(2, 3, 4, True, torch.float64, device)
+        torch.testing.assert_close(warp(x, coarse, (7, 9), backend=backend), x, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_known_shift(device, backend):
+    require("warp", backend, device, torch.float64)
+    x = torch.randn(1, 2, 5, 8, dtype=torch.float64, device=device)
+    grid = identity_grid(1, 5, 8, True, torch.float64, device)
+    step = 2.0 / 7  # one pixel in x with align_corners=True
+    shifted = grid + torch.tensor([2 * step, 0.0], dtype=torch.float64, device=device)
+    out = warp(x, shifted, padding_mode="zeros", backend=backend)
+    torch.testing.assert_close(out[..., :6], x[..., 2:], rtol=0, atol=1e-12)
+    assert out[..., 6:].abs().max() == 0
+    border = warp(x, shifted, padding_mode="border", backend=backend)
+    torch.testing.assert_close(border[..., 6:], x[..., 7:].expand(-1, -1, -1, 2), rtol=0, atol=1e-12)
+    half = warp(x, grid + torch.tensor([0.5 * step, 0.0], dtype=torch.float64, device=device), backend=backend)
+    torch.testing.assert_close(half[..., :7], (x[..., :7] + x[..., 1:]) / 2, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_warp_displacement(device, backend):
+    require("warp", backend, device, torch.float64)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.float64, device=device)
+    zero = torch.zeros(2, 2, 6, 7, dtype=torch.float64, device=device)
+    torch.testing.assert_close(warp_displacement(x, zero, backend=backend), x, rtol=0, atol=1e-12)
+    flow = zero.clone()
+    flow[:, 0], flow[:, 1] = 1.0, -2.0  # read one column right, two rows up
+    out = warp_displacement(x, flow, backend=backend)
+    torch.testing.assert_close(out[:, :, 2:, :6], x[:, :, :4, 1:], rtol=0, atol=1e-12)
+    flow = (torch.randn(2, 2, 6, 7, dtype=torch.float64, device=device) * 2).requires_grad_()
+    got = warp_displacement(x, flow, "bilinear", "border", backend=backend)
+    exp = ref.warp_displacement(x, flow, "bilinear", "border")
+    torch.testing.assert_close(got, exp)
+    gout = torch.randn_like(got)
+    torch.testing.assert_close(torch.autograd.grad(got, flow, gout)[0], torch.autograd.grad(exp, flow, gout)[0])
+
+
+@pytest.mark.parametrize("pad", ["zeros", "border"])
+@pytest.mark.parametrize("align", [True, False])
+def test_gradcheck_float64(device, pad, align):
+    x = torch.randn(1, 2, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
+    grid = (torch.rand(1, 3, 3, 2, dtype=torch.float64, device=device) * 2.2 - 1.1).requires_grad_()
+    for backend in ("cpp", "torch"):
+        require("warp", backend, device, torch.float64)
+        fn = lambda x, g: warp(x, g, (6, 5), "bilinear", pad, align, backend=backend)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (x, grid))
+
+
+def test_opcheck(device):
+    require("warp", "cpp", device, torch.float32)
+    x, grid = _inputs((2, 3, 6, 5, 3, 4, None), torch.float32, device)
+    gout = torch.randn(2, 3, 7, 6, device=device)
+    for mode, pad, align in CASES[:4] + CASES[6:]:
+        args = (mode, pad, align)
+        torch.library.opcheck(torch.ops.pscfast.warp.default,
+                              (x.requires_grad_(), grid.requires_grad_(), [7, 6], *args))
+        torch.library.opcheck(torch.ops.pscfast._warp_backward_grid.default, (gout, x.detach(), grid.detach(), *args))
+        torch.library.opcheck(torch.ops.pscfast._warp_backward_x.default, (gout, grid.detach(), list(x.shape), *args))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backward_is_deterministic(device, backend):
+    require("warp", backend, device, torch.float32)
+    x, grid = _inputs((2, 16, 24, 24, 5, 5, None), torch.float32, device)
+    gout = torch.randn(2, 16, 24, 24, device=device)
+    first = _run(warp, x, grid, gout, (24, 24), backend=backend)
+    second = _run(warp, x, grid, gout, (24, 24), backend=backend)
+    assert torch.equal(first[1], second[1]) and torch.equal(first[2], second[2])
+
+
+def test_image_gradient_only_when_required():
+    require("warp", "cpp", "cpu", torch.float32)
+    x, grid = _inputs((1, 3, 16, 16, 4, 4, None), torch.float32, "cpu")
+    grid.requires_grad_()
+    with torch.autograd.profiler.profile() as prof:
+        warp(x, grid, (16, 16), backend="cpp").sum().backward()
+    names = {e.name for e in prof.function_events}
+    assert "pscfast::_warp_backward_grid" in names and "pscfast::_warp_backward_x" not in names
+
+
+def test_torch_compile():
+    require("warp", "cpp", "cpu", torch.float32)
+    x, grid = _inputs((2, 3, 8, 8, 4, 4, None), torch.float32, "cpu")
+    grid.requires_grad_()
+    fn = torch.compile(lambda x, g: warp(x, g, (8, 8), backend="cpp"), backend="aot_eager")
+    out = fn(x, grid)
+    assert_close(out, ref.warp(x, grid, (8, 8)))
+    out.sum().backward()
+    assert grid.grad is not None and grid.grad.shape == grid.shape
+
+
+def test_modules_equal_functions():
+    x, grid = _inputs((2, 3, 8, 9, 4, 4, None), torch.float32, "cpu")
+    m = Warp((8, 9), "bilinear", "border")
+    assert torch.equal(m(x, grid), warp(x, grid, (8, 9), "bilinear", "border"))
+    assert "border" in repr(m)
+    flow = torch.randn(2, 2, 8, 9)
+    assert torch.equal(WarpDisplacement()(x, flow), warp_displacement(x, flow))
+
+
+@pytest.mark.parametrize(
+    "make, error, words",
+    [
+        (lambda x, g: warp(x[0], g), ValueError, "x must have 4 dimensions"),
+        (lambda x, g: warp(x, g[..., :1]), ValueError, "grid must have size 2"),
+        (lambda x, g: warp(x[:1], g), ValueError, "batch sizes differ"),
+        (lambda x, g: warp(x.long(), g), TypeError, "x must be a floating-point tensor"),
+        (lambda x, g: warp(x.numpy(), g), TypeError, "x must be a torch.Tensor"),
+        (lambda x, g: warp(x, g.to("meta")), ValueError, "one device"),
+        (lambda x, g: warp(x, g.index_fill(1, torch.tensor([0]), float("nan"))), ValueError, "grid contains NaN"),
+        (lambda x, g: warp(x, g * float("inf")), ValueError, "grid contains NaN or infinite"),
+        (lambda x, g: warp(x, g, mode="bicubic"), ValueError, "mode must be one of"),
+        (lambda x, g: warp(x, g, padding_mode="reflection"), ValueError, "padding_mode must be one of"),
+        (lambda x, g: warp(x, g, out_size=(0, 4)), ValueError, "out_size must be"),
+        (lambda x, g: warp(x, g, out_size="big"), ValueError, "out_size must be"),
+        (lambda x, g: warp(x[:, :, :0], g), ValueError, "x has an empty spatial size"),
+        (lambda x, g: warp(x, g, backend="cuda"), ValueError, "unknown backend 'cuda'"),
+        (lambda x, g: warp_displacement(x, g), ValueError, "flow must be (N, 2, h, w)"),
+    ],
+)
+def test_bad_input(make, error, words):
+    x, grid = torch.randn(2, 3, 5, 5), torch.rand(2, 4, 4, 2) * 2 - 1
+    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
+        make(x, grid)
