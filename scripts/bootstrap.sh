@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 venv=${PSCFAST_VENV:-.venv}
 py="$venv/bin/python"
 [ -x "$py" ] || python3 -m venv "$venv"
-"$py" -m pip install -q --upgrade pip setuptools wheel ninja
+"$py" -m pip install -q --upgrade pip setuptools wheel ninja numpy
 if ! "$py" -c "import torch" 2>/dev/null; then
   "$py" -m pip install -q "${PSCFAST_TORCH:-torch==2.14.1}"
 fi

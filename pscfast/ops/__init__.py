@@ -6,6 +6,15 @@ PyTorch); `backend=` or the PSCFAST_BACKEND environment variable chooses one (se
 from pscfast import _extension
 from pscfast.ops import _registrations  # noqa: F401  (autograd + fake kernels of the compiled ops)
 from pscfast.ops._dispatch import OPS, BackendUnavailable
+from pscfast.ops.consistency import Compose, ConsistencyLoss, compose, consistency_loss
+from pscfast.ops.correlation import Correlation, correlation
+from pscfast.ops.similarity_loss import SimilarityLoss, similarity_loss
 from pscfast.ops.warp import Warp, WarpDisplacement, warp, warp_displacement
 
-__all__ = ["OPS", "BackendUnavailable", "Warp", "WarpDisplacement", "warp", "warp_displacement"]
+__all__ = [
+    "OPS", "BackendUnavailable",
+    "Compose", "ConsistencyLoss", "compose", "consistency_loss",
+    "Correlation", "correlation",
+    "SimilarityLoss", "similarity_loss",
+    "Warp", "WarpDisplacement", "warp", "warp_displacement",
+]

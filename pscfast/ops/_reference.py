@@ -50,3 +50,165 @@ def warp_displacement(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear
     """Backward-warp x (N, C, H, W) by a pixel displacement field (N, 2, h, w): out (N, C, h, w)."""
     grid = displacement_to_grid(flow, tuple(x.shape[-2:]))
     return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
+
+
+def resize_features(f: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, size, size), bilinear, align_corners=False, no antialias (as the release)."""
+    if tuple(f.shape[-2:]) == (size, size):
+        return f
+    return F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def correlation(src, tgt, grid: torch.Tensor | None = None, size: int = 16) -> torch.Tensor:
+    """Global multi-layer correlation of PSC's warp estimator.
+
+    src, tgt: sequences of per-layer maps (N, C_l, H_l, W_l) (layers may differ in size and channels; src and
+    tgt layer l have the same C_l). Each tgt layer is resized to size x size; each src layer is resized the
+    same way when grid is None, or sampled at the absolute grid (N, size, size, 2) (bilinear, zeros padding,
+    align_corners=True) from its native resolution. Returns (N, L * size * size, size, size): channel
+    l * size^2 + (row-major tgt position), spatial = src position; value = dot product over C_l.
+    """
+    out = []
+    for s, t in zip(src, tgt):
+        t = resize_features(t, size).flatten(2)  # (N, C, size^2)
+        if grid is None:
+            s = resize_features(s, size)
+        else:
+            s = F.grid_sample(s, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        out.append(torch.einsum("nct,nchw->nthw", t, s))
+    return torch.cat(out, dim=1)
+
+
+def compose(f_ab: torch.Tensor, f_bc: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """F_ab o F_bc on absolute grids: f_ab (N, h, w, 2) sampled (as a 2-channel image; zeros outside,
+    align_corners=True) at the positions f_bc (N, h', w', 2). Returns (N, h', w', 2)."""
+    return F.grid_sample(f_ab.permute(0, 3, 1, 2), f_bc, mode=mode, padding_mode="zeros",
+                         align_corners=True).permute(0, 2, 3, 1)
+
+
+def identity_grid(n: int, h: int, w: int, dtype=torch.float32, device=None) -> torch.Tensor:
+    """(n, h, w, 2) grid that maps every position to itself (align_corners=True)."""
+    ys = torch.linspace(-1, 1, h, dtype=dtype, device=device)
+    xs = torch.linspace(-1, 1, w, dtype=dtype, device=device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack((gx, gy), dim=-1).expand(n, h, w, 2)
+
+
+def consistency_loss(fwd: torch.Tensor, bwd: torch.Tensor, mode: str = "nearest") -> torch.Tensor:
+    """PSC's forward-backward consistency loss (scalar).
+
+    cycle = compose(fwd, bwd, mode) lives on bwd's grid and should be the identity there. The loss is the
+    mean of (cycle - identity)^2 over the coordinates (x and y each on their own) where cycle != 0,
+    identity != 0, |cycle| <= 1 and |identity| <= 1, as the release computes it; 0 when no coordinate
+    qualifies (the release would give NaN). mode="nearest" is the release (gradient to fwd only);
+    "bilinear" is differentiable in both flows.
+    """
+    cycle = compose(fwd, bwd, mode)
+    ident = identity_grid(*cycle.shape[:3], dtype=cycle.dtype, device=cycle.device)
+    mask = (cycle != 0) & (ident != 0) & (cycle.abs() <= 1) & (ident.abs() <= 1)
+    sq = torch.where(mask, (cycle - ident) ** 2, torch.zeros_like(cycle))
+    return sq.sum() / mask.sum().clamp_min(1)
+
+
+def similarity_loss(fw, ft, tau: float = 0.001, size: int = 16):
+    """PSC's weighted perceptual similarity, per direction. Returns (ce, weight), each (N, size^2).
+
+    F = concat over layers of each map resized to size x size (bilinear, align_corners=False), flattened to
+    (N, C, size^2). S[n, i, j] = <Fw[n, :, i], Ft[n, :, j]>; S is L1-normalised over i, then over j
+    (F.normalize, so signed features use |S|); weight[n, i] = max_j S[n, i, j], min-max scaled over the whole
+    batch and detached (0 where the batch is constant); ce[n, j] = -log softmax_i(S[n, :, j] / tau)[j].
+    The training loss of the direction is (ce * weight).mean().
+    """
+    fw = torch.cat([resize_features(f, size) for f in fw], dim=1).flatten(2)
+    ft = torch.cat([resize_features(f, size) for f in ft], dim=1).flatten(2)
+    s = torch.bmm(fw.transpose(1, 2), ft)
+    s = F.normalize(s, p=1, dim=1)
+    s = F.normalize(s, p=1, dim=2)
+    w = s.max(dim=2).values.detach()
+    w = w - w.min()
+    w = w / w.max().clamp_min(torch.finfo(w.dtype).tiny)
+    target = torch.arange(s.shape[2], device=s.device).expand(s.shape[0], -1)
+    ce = F.cross_entropy(s / tau, target, reduction="none")
+    return ce, w
+
+
+def local_correlation(a: torch.Tensor, b: torch.Tensor, kernel_size: int = 1, max_displacement: int = 4,
+                      stride: int = 1, padding: int = 0, dilation: int = 1, dilation_patch: int = 1) -> torch.Tensor:
+    """Windowed cost volume (PWC-Net / FlowNet style), the semantics of spatial_correlation_sampler with
+    patch_size = 2 * max_displacement + 1, flattened: out[n, dy * P + dx, i, j] (P = 2d + 1, displacement
+    (dy - d, dx - d) * dilation_patch, row-major) = sum over c and the kernel window (ki, kj) of
+    a[n, c, u + ki * dilation, v + kj * dilation] * b[n, c, same + displacement], u = i * stride - padding
+    (v likewise); terms where either position is outside the maps are 0. No normalisation by C.
+    Output (N, P^2, H', W'), H' = (H + 2 padding - dilation (kernel_size - 1) - 1) // stride + 1.
+    """
+    N, C, H, W = a.shape
+    d, P, k = max_displacement, 2 * max_displacement + 1, kernel_size
+    Ho = (H + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    Wo = (W + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    pad = padding + d * dilation_patch  # room for every displacement
+    a_p = F.pad(a, (pad, pad, pad, pad))
+    b_p = F.pad(b, (pad, pad, pad, pad))
+    valid = F.pad(torch.ones(1, 1, H, W, dtype=a.dtype, device=a.device), (pad, pad, pad, pad))
+    out = a.new_zeros(N, P * P, Ho, Wo)
+    rows = torch.arange(Ho, device=a.device) * stride + d * dilation_patch
+    cols = torch.arange(Wo, device=a.device) * stride + d * dilation_patch
+    for dy in range(P):
+        for dx in range(P):
+            oy, ox = (dy - d) * dilation_patch, (dx - d) * dilation_patch
+            acc = 0
+            for ki in range(k):
+                for kj in range(k):
+                    r, c = rows + ki * dilation, cols + kj * dilation
+                    va = a_p[:, :, r][:, :, :, c] * valid[:, :, r][:, :, :, c]
+                    vb = b_p[:, :, r + oy][:, :, :, c + ox] * valid[:, :, r + oy][:, :, :, c + ox]
+                    acc = acc + (va * vb).sum(1)
+            out[:, dy * P + dx] = acc
+    return out
+
+
+def kernel_soft_argmax(corr: torch.Tensor, beta: float = 50.0, sigma: float = 5.0,
+                       target_size: tuple[int, int] | None = None) -> torch.Tensor:
+    """SFNet's kernel soft argmax (Lee et al., eq. 2-3) on a correlation in pscfast's layout.
+
+    corr (N, Ht * Wt, Hs, Ws): channel = row-major target position, spatial = source position; target_size
+    (Ht, Wt) defaults to a square. Per source position: n = the correlation row L2-normalised over target
+    positions; k = exp(-|q - q*|^2 / (2 sigma^2)) with q* = argmax_q n (in target cells, no gradient);
+    m = softmax_q(beta * k * n); the expected target position sum_q m(q) q, returned as an absolute grid
+    (N, Hs, Ws, 2) into the target, (x, y) normalised with align_corners=True.
+    """
+    N, T, Hs, Ws = corr.shape
+    Ht, Wt = target_size or (int(round(T ** 0.5)),) * 2
+    c = corr.flatten(2)
+    n = F.normalize(c, p=2, dim=1)
+    q = torch.arange(T, device=corr.device)
+    qy, qx = (q // Wt).to(corr.dtype), (q % Wt).to(corr.dtype)
+    best = n.argmax(dim=1, keepdim=True)  # (N, 1, S)
+    by, bx = (best // Wt).to(corr.dtype), (best % Wt).to(corr.dtype)
+    k = torch.exp(-((qx[None, :, None] - bx) ** 2 + (qy[None, :, None] - by) ** 2) / (2 * sigma ** 2))
+    m = torch.softmax(beta * k * n, dim=1)
+    x = (m * qx[None, :, None]).sum(1)
+    y = (m * qy[None, :, None]).sum(1)
+    gx = x * (2 / (Wt - 1)) - 1 if Wt > 1 else torch.zeros_like(x)
+    gy = y * (2 / (Ht - 1)) - 1 if Ht > 1 else torch.zeros_like(y)
+    return torch.stack((gx, gy), dim=-1).view(N, Hs, Ws, 2)
+
+
+def compose_displacement(f_ab: torch.Tensor, f_bc: torch.Tensor, m_ab: torch.Tensor | None = None,
+                         m_bc: torch.Tensor | None = None):
+    """Transitive composition of pixel displacement fields with matchability (Zhou et al., CVPR 2016):
+    F_ac(p) = F_ab(p) + F_bc(p + F_ab(p)),  M_ac(p) = M_ab(p) * M_bc(p + F_ab(p)),
+    sampled bilinearly, 0 outside image b. f_ab (N, 2, H, W) on image a (x then y, pixels), f_bc
+    (N, 2, Hb, Wb) on image b; matchability maps (N, 1, ., .) default to 1. Returns (f_ac, m_ac)."""
+    sampled = warp_displacement(f_bc, f_ab, "bilinear", "zeros")
+    ones = torch.ones_like(f_bc[:, :1])
+    m_b = warp_displacement(ones if m_bc is None else m_bc, f_ab, "bilinear", "zeros")
+    m_ac = m_b if m_ab is None else m_ab * m_b
+    return f_ab + sampled, m_ac
+
+
+def truncated_flow_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                        T: float = 15.0) -> torch.Tensor:
+    """Zhou et al.'s truncated Euclidean loss: sum over pixels of mask * min(||pred - target||^2, T^2), with
+    flows (N, 2, H, W) and mask (N, 1, H, W) (default all ones). A scalar."""
+    err = ((pred - target) ** 2).sum(dim=1, keepdim=True).clamp_max(T * T)
+    return (err if mask is None else err * mask).sum()

@@ -1,0 +1,80 @@
+"""correlation: PSC's global multi-layer correlation (SPEC section 3, op 1).
+
+Backends: torch (reference). The fused CPU/CUDA/Triton kernels resize or sample the maps while they read
+them, so no resized copy is written to memory.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import _checks, _reference
+from ._dispatch import Op, register_op
+
+CORRELATION = register_op(Op("correlation", {"torch": _reference.correlation}))
+
+
+def _layers(op: str, name: str, value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        value = [value]
+    if not isinstance(value, Sequence) or len(value) == 0:
+        raise TypeError(f"pscfast.ops.{op}: {name} must be a non-empty sequence of (N, C, H, W) tensors")
+    return [_checks.tensor(op, f"{name}[{i}]", t, dims=4) for i, t in enumerate(value)]
+
+
+def correlation(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor], grid: torch.Tensor | None = None,
+                size: int = 16, *, backend: str | None = None) -> torch.Tensor:
+    """Correlate per-layer feature maps of a source and a target image on a size x size grid.
+
+    Args:
+        src, tgt: sequences of L per-layer maps (N, C_l, H_l, W_l); layer l of src and tgt share C_l, and
+            layers may differ in size and channels (a single tensor means one layer).
+        grid: optional absolute grid (N, size, size, 2) at which src is sampled (bilinear, zeros padding,
+            align_corners=True) from its native resolution; without it src is resized like tgt
+            (bilinear, align_corners=False).
+        size: the correlation grid side (16 in the paper).
+        backend: see pscfast.ops._dispatch.
+
+    Returns:
+        (N, L * size * size, size, size): channel l * size^2 + row-major tgt position, spatial = src position.
+    """
+    op = "correlation"
+    src, tgt = _layers(op, "src", src), _layers(op, "tgt", tgt)
+    if len(src) != len(tgt):
+        raise ValueError(f"pscfast.ops.{op}: src has {len(src)} layers but tgt has {len(tgt)}")
+    for i, (s, t) in enumerate(zip(src, tgt)):
+        if s.shape[:2] != t.shape[:2] or s.shape[0] != src[0].shape[0]:
+            raise ValueError(f"pscfast.ops.{op}: layer {i}: src {tuple(s.shape)} and tgt {tuple(t.shape)} must "
+                             "share the batch size and the channel count")
+        _checks.nonempty_spatial(op, f"src[{i}]", s)
+        _checks.nonempty_spatial(op, f"tgt[{i}]", t)
+    size = _checks.size_pair(op, "size", size)[0]
+    _checks.same_device(op, **{f"src[{i}]": s for i, s in enumerate(src)}, **{f"tgt[{i}]": t for i, t in enumerate(tgt)})
+    if grid is not None:
+        _checks.tensor(op, "grid", grid, dims=4, last=2)
+        if tuple(grid.shape[:3]) != (src[0].shape[0], size, size):
+            raise ValueError(f"pscfast.ops.{op}: grid must be (N, size, size, 2) = ({src[0].shape[0]}, {size}, "
+                             f"{size}, 2), got {tuple(grid.shape)}")
+        _checks.same_device(op, src=src[0], grid=grid)
+        _checks.finite(op, "grid", grid)
+    *tensors, = _checks.promote(*src, *tgt, *([grid] if grid is not None else []))
+    src, tgt = tensors[: len(src)], tensors[len(src): 2 * len(src)]
+    grid = tensors[-1] if grid is not None else None
+    _, impl = CORRELATION.select(backend, src[0])
+    return impl(src, tgt, grid, size)
+
+
+class Correlation(nn.Module):
+    """Module form of :func:`correlation`: ``Correlation(size)(src, tgt, grid=None)``."""
+
+    def __init__(self, size: int = 16, backend: str | None = None):
+        super().__init__()
+        self.size, self.backend = size, backend
+
+    def forward(self, src, tgt, grid=None):
+        return correlation(src, tgt, grid, self.size, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
