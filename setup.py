@@ -105,7 +105,7 @@ def _resolve_arch_list():
 def _extensions():
     cuda_home, why = _resolve_cuda()  # before torch.utils.cpp_extension reads CUDA_HOME at import
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp"))
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp"))
     # The C++ standard is torch's choice (BuildExtension passes the one its headers need).
     defines = [("PSCFAST_TORCH_VERSION", f'"{torch.__version__}"')]
     cxx = ["-O3", "-fopenmp"]

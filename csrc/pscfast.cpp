@@ -1,6 +1,7 @@
-// The pscfast operator library: every schema in one place. Kernels register per backend in
-// csrc/ops/{cpu,cuda}/<op>_kernel.*; autograd and fake (meta) implementations register from Python
-// (pscfast/ops/_registrations.py). Forward ops carry the public name, backward ops a leading underscore.
+// The pscfast operator library. Each op declares its schemas in csrc/ops/<op>.cpp (a TORCH_LIBRARY_FRAGMENT),
+// its kernels per backend in csrc/ops/{cpu,cuda}/<op>_kernel.*, and its autograd and fake (meta)
+// implementations in Python (pscfast/ops/<op>.py). Forward ops carry the public name, backward ops a leading
+// underscore.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -30,13 +31,6 @@ std::string build_info() {
 
 TORCH_LIBRARY(pscfast, m) {
   m.def("_build_info() -> str", &build_info);
-
-  // warp: sample x (N, C, H, W) at an absolute grid (N, h, w, 2) resized on the fly to out_size.
-  m.def("warp(Tensor x, Tensor grid, SymInt[2] out_size, str mode, str padding_mode, bool align_corners) -> Tensor");
-  m.def("_warp_backward_grid(Tensor grad_out, Tensor x, Tensor grid, str mode, str padding_mode, "
-        "bool align_corners) -> Tensor");
-  m.def("_warp_backward_x(Tensor grad_out, Tensor grid, SymInt[4] x_size, str mode, str padding_mode, "
-        "bool align_corners) -> Tensor");
 }
 
 }  // namespace pscfast

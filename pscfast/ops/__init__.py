@@ -3,8 +3,6 @@
 Each op runs on the fastest available backend for its inputs (compiled C++/CUDA, Triton, or plain
 PyTorch); `backend=` or the PSCFAST_BACKEND environment variable chooses one (see _dispatch).
 """
-from pscfast import _extension
-from pscfast.ops import _registrations  # noqa: F401  (autograd + fake kernels of the compiled ops)
 from pscfast.ops._dispatch import OPS, BackendUnavailable
 from pscfast.ops.consistency import Compose, ConsistencyLoss, compose, consistency_loss
 from pscfast.ops.correlation import Correlation, correlation

@@ -9,11 +9,49 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pscfast import _extension
+
 from . import _checks, _reference
 from ._dispatch import Op, register_op
 
 MODES = ("bilinear", "nearest")
 PADDINGS = ("zeros", "border")
+
+
+def _register() -> None:
+    """Fake (meta) and autograd implementations of the compiled pscfast::warp ops."""
+    @torch.library.register_fake("pscfast::warp")
+    def _(x, grid, out_size, mode, padding_mode, align_corners):
+        return x.new_empty((x.shape[0], x.shape[1], out_size[0], out_size[1]))
+
+    @torch.library.register_fake("pscfast::_warp_backward_grid")
+    def _(grad_out, x, grid, mode, padding_mode, align_corners):
+        return torch.empty_like(grid)
+
+    @torch.library.register_fake("pscfast::_warp_backward_x")
+    def _(grad_out, grid, x_size, mode, padding_mode, align_corners):
+        return grad_out.new_empty(x_size)
+
+    def setup_warp(ctx, inputs, output):
+        x, grid, _, mode, padding_mode, align_corners = inputs
+        ctx.save_for_backward(x, grid)
+        ctx.args = (mode, padding_mode, align_corners)
+
+    def backward_warp(ctx, grad):
+        x, grid = ctx.saved_tensors
+        grad = grad.contiguous()
+        dx = dgrid = None
+        if ctx.needs_input_grad[0]:
+            dx = torch.ops.pscfast._warp_backward_x(grad, grid, list(x.shape), *ctx.args)
+        if ctx.needs_input_grad[1]:
+            dgrid = torch.ops.pscfast._warp_backward_grid(grad, x, grid, *ctx.args)
+        return dx, dgrid, None, None, None, None
+
+    torch.library.register_autograd("pscfast::warp", backward_warp, setup_context=setup_warp)
+
+
+if _extension.loaded():
+    _register()
 
 
 def _cpp(x, grid, out_size, mode, padding_mode, align_corners):

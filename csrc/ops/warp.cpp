@@ -1,0 +1,11 @@
+// Schemas of the warp op: sample x (N, C, H, W) at an absolute grid (N, h, w, 2) resized on the fly to
+// out_size. Kernels: csrc/ops/{cpu,cuda}/warp_kernel.*; autograd and fake: pscfast/ops/warp.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY_FRAGMENT(pscfast, m) {
+  m.def("warp(Tensor x, Tensor grid, SymInt[2] out_size, str mode, str padding_mode, bool align_corners) -> Tensor");
+  m.def("_warp_backward_grid(Tensor grad_out, Tensor x, Tensor grid, str mode, str padding_mode, "
+        "bool align_corners) -> Tensor");
+  m.def("_warp_backward_x(Tensor grad_out, Tensor grid, SymInt[4] x_size, str mode, str padding_mode, "
+        "bool align_corners) -> Tensor");
+}
