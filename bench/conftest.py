@@ -75,6 +75,7 @@ def pytest_sessionfinish(session, exitstatus):
     if not RESULTS or not session.config.getoption("--benchmark"):
         return
     import pscfast
+    from bench import ceilings
     from pscfast import kernels
 
     device = RESULTS[0]["device"]
@@ -94,6 +95,7 @@ def pytest_sessionfinish(session, exitstatus):
         "versions": {"pscfast": pscfast.__version__, "torch": torch.__version__, "triton": triton_version,
                      "cuda": torch.version.cuda, "python": platform.python_version()},
         "memory_method": MEMORY_METHOD[device],
+        "ceilings": ceilings.measure(device),
     }
     out.write_text(json.dumps({"meta": meta, "results": RESULTS}, indent=1) + "\n")
     print(f"\npscfast benchmark results: {out}")

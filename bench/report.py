@@ -1,0 +1,152 @@
+"""Render committed benchmark results (bench/results/*.json) into README.md's table and a plot.
+
+    python bench/report.py                       # README.md table + bench/results/similarity_loss_vs_grid.png
+    python bench/report.py --results DIR --summary DIR/summary.md --no-readme
+
+Per device file and per (op, shape, dtype, mode): the naive PyTorch time (provider `naive` when a suite has
+one, else `torch`, the reference), the fastest pscfast backend, the speed-up, both peak memories and their
+ratio, and on a GPU the fraction of the device's copy bandwidth (ops with `min_bytes`) or matrix rate (ops
+with `min_flops`) measured in the same run (bench/ceilings.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+BASELINES = ("naive", "torch")
+
+
+def load(results_dir: Path) -> list[dict]:
+    """Every result file under results_dir, newest device files only (one per device name)."""
+    runs = {}
+    for path in sorted(results_dir.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "meta" in data and "results" in data:
+            data["path"] = path
+            runs[data["meta"]["device"]] = data
+    return list(runs.values())
+
+
+def _mib(b):
+    return f"{b / 2**20:,.1f}" if b is not None else "-"
+
+
+def _rate_fraction(rec: dict, ceilings: dict, dtype: str) -> str:
+    if not ceilings:
+        return "-"
+    if rec.get("min_flops"):
+        key = {"bfloat16": "bf16_flop_per_s", "float16": "fp16_flop_per_s"}.get(dtype, "fp32_flop_per_s")
+        if key in ceilings:
+            return f"{100 * rec['min_flops'] / rec['median_s'] / ceilings[key]:.0f}% of matmul"
+    if rec.get("min_bytes"):
+        return f"{100 * rec['min_bytes'] / rec['median_s'] / ceilings['copy_bytes_per_s']:.0f}% of copy"
+    return "-"
+
+
+def table(run: dict) -> str:
+    """One markdown table for one device's run."""
+    meta = run["meta"]
+    groups = defaultdict(dict)
+    for rec in run["results"]:
+        groups[(rec["op"], rec["shape"], rec["dtype"], rec["mode"])][rec["provider"]] = rec
+    gpu = meta.get("device_type") == "cuda"
+    lines = [
+        f"**{meta['device']}** (torch {meta['versions']['torch']}, git {meta['git_revision']}, {meta['date']}; "
+        f"`{run['path'].relative_to(ROOT) if run['path'].is_relative_to(ROOT) else run['path']}`)",
+        "",
+        "| op | shape | dtype | mode | naive ms | pscfast ms (backend) | speed-up | naive MiB | pscfast MiB "
+        "| memory ratio |" + (" roofline |" if gpu else ""),
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else ""),
+    ]
+    for (op, shape, dtype, mode), recs in sorted(groups.items()):
+        base = next((recs[b] for b in BASELINES if b in recs), None)
+        ours = [r for p, r in recs.items() if p not in BASELINES]
+        if not ours:
+            continue
+        best = min(ours, key=lambda r: r["median_s"])
+        speed = f"{base['median_s'] / best['median_s']:.2f}x" if base else "-"
+        mem = "-"
+        if base and base.get("peak_bytes") is not None and best.get("peak_bytes") is not None:
+            # below 1 MiB the measurement is page noise: say so instead of printing a huge ratio
+            mem = (f"{base['peak_bytes'] / best['peak_bytes']:.1f}x" if best["peak_bytes"] >= 2**20
+                   else "pscfast < 1 MiB")
+        row = (f"| {op} | {shape} | {dtype} | {mode} | "
+               f"{base['median_s'] * 1e3:.3f} | " if base else f"| {op} | {shape} | {dtype} | {mode} | - | ")
+        row += (f"{best['median_s'] * 1e3:.3f} ({best['provider']}) | {speed} | "
+                f"{_mib(base.get('peak_bytes') if base else None)} | {_mib(best.get('peak_bytes'))} | {mem} |")
+        if gpu:
+            row += f" {_rate_fraction(best, meta.get('ceilings', {}), dtype)} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def plot_similarity(runs: list[dict], out: Path) -> Path | None:
+    """Time of forward+backward against grid size, reference vs fused similarity loss, per device."""
+    points = defaultdict(list)
+    for run in runs:
+        for rec in run["results"]:
+            grid = re.search(r"g(\d+)", rec["shape"])
+            if rec["op"] == "similarity_loss" and rec["mode"] == "fwd+bwd" and grid:
+                family = re.sub(r"-?g\d+", "", rec["shape"])
+                label = f"{rec['provider']} {family} {rec['dtype']} ({run['meta']['device'][:28]})"
+                points[label].append((int(grid.group(1)), rec["median_s"] * 1e3))
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for label, pts in sorted(points.items()):
+        xs, ys = zip(*sorted(pts))
+        naive = label.split()[0] in BASELINES
+        ax.plot(xs, ys, "--o" if naive else "-o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("feature grid size g (g x g positions)")
+    ax.set_ylabel("forward + backward, ms (median)")
+    ax.set_title("Weighted similarity loss: naive reference vs fused")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--summary", type=Path, help="also write the tables to this markdown file")
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md unchanged")
+    args = parser.parse_args(argv)
+
+    runs = load(args.results)
+    if not runs:
+        raise SystemExit(f"no benchmark result files in {args.results}")
+    runs.sort(key=lambda r: r["meta"].get("device_type") != "cuda")  # GPUs first
+    body = "\n\n".join(table(r) for r in runs)
+    plot = plot_similarity(runs, args.results / "similarity_loss_vs_grid.png")
+    if plot:
+        rel = plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot
+        body += f"\n\n![similarity loss time against grid size]({rel})"
+    if args.summary:
+        args.summary.write_text(body + "\n")
+    if not args.no_readme:
+        readme = ROOT / "README.md"
+        text = readme.read_text()
+        if START not in text or END not in text:
+            raise SystemExit(f"README.md has no {START} ... {END} block")
+        head, rest = text.split(START, 1)
+        readme.write_text(head + START + "\n" + body + "\n" + END + rest.split(END, 1)[1])
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
