@@ -10,9 +10,13 @@ from pscfast.ops import warp
 DEVICE = bench_device()
 DTYPE = torch.float32
 # (name, N, C, H, W, grid size); CPU shapes are scaled down in batch so the CPU suite stays short
+# A grid as large as the image ("g256") is the plain grid_sample case: there the naive version is
+# torch.nn.functional.grid_sample itself, the peer every user already has.
 SHAPES = {
-    "cuda": [("B256-3x256x256-g16", 256, 3, 256, 256, 16), ("B256-3x256x256-g32", 256, 3, 256, 256, 32)],
-    "cpu": [("B8-3x256x256-g16", 8, 3, 256, 256, 16), ("B8-3x256x256-g32", 8, 3, 256, 256, 32)],
+    "cuda": [("B256-3x256x256-g16", 256, 3, 256, 256, 16), ("B256-3x256x256-g32", 256, 3, 256, 256, 32),
+             ("B256-3x256x256-g256", 256, 3, 256, 256, 256)],
+    "cpu": [("B8-3x256x256-g16", 8, 3, 256, 256, 16), ("B8-3x256x256-g32", 8, 3, 256, 256, 32),
+            ("B8-3x256x256-g256", 8, 3, 256, 256, 256)],
 }[DEVICE]
 
 
