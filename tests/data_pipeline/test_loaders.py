@@ -12,7 +12,8 @@ from pscfast.data import (IMAGENET_MEAN, IMAGENET_STD, DatasetError, PSCEvalPair
 
 
 def _pil(root, rel):
-    return torch.from_numpy(np.asarray(Image.open(os.path.join(root, rel)).convert("RGB"), np.float32) / 255).permute(2, 0, 1)
+    arr = np.asarray(Image.open(os.path.join(root, rel)).convert("RGB"), np.float32) / 255
+    return torch.from_numpy(arr).permute(2, 0, 1)
 
 
 def _rows(path):
@@ -71,8 +72,9 @@ def test_test_pairs_keypoints(tiny_root):
 
 def test_normalize_is_imagenet_mean_std():
     x = torch.rand(2, 3, 8, 8)
-    ref = torch.stack([(x[:, c] - m) / s for c, (m, s) in enumerate(zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))], 1)
-    assert (IMAGENET_MEAN, IMAGENET_STD) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    ref = torch.stack([(x[:, c] - mean[c]) / std[c] for c in range(3)], 1)
+    assert (IMAGENET_MEAN, IMAGENET_STD) == (mean, std)
     assert torch.allclose(normalize(x), ref) and torch.allclose(normalize(x[0]), ref[0])
     with pytest.raises(ValueError, match="RGB"):
         normalize(torch.rand(1, 8, 8))
