@@ -28,4 +28,13 @@ inline void check_field(const char* op, const char* name, const at::Tensor& t, c
   TORCH_CHECK(t.size(2) * t.size(3) < (int64_t(1) << 30), "pscfast::", op, ": ", name, " plane too large");
 }
 
+// The identity's coordinates xs (w',) and ys (h',) of consistency_loss for bwd (N, h', w', 2).
+inline void check_identity(const char* op, const at::Tensor& bwd, const at::Tensor& xs, const at::Tensor& ys) {
+  TORCH_CHECK(xs.dim() == 1 && xs.size(0) == bwd.size(2) && ys.dim() == 1 && ys.size(0) == bwd.size(1), "pscfast::",
+              op, ": xs must be (w',) and ys (h',) for bwd (N, h', w', 2)");
+  TORCH_CHECK(xs.scalar_type() == bwd.scalar_type() && ys.scalar_type() == bwd.scalar_type() &&
+                  xs.device() == bwd.device() && ys.device() == bwd.device(),
+              "pscfast::", op, ": xs and ys must have the flows' dtype and device");
+}
+
 }  // namespace pscfast

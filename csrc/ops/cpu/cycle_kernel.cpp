@@ -13,27 +13,10 @@
 #include <vector>
 
 #include "ops/common/cycle_pixel.h"
-#include "ops/common/flow_checks.h"
+#include "ops/common/cycle_checks.h"
 
 namespace pscfast {
 namespace {
-
-struct CycleDims {
-  int64_t N, plane, bplane;
-  int H, W, Hb, Wb;
-};
-
-CycleDims check_cycle(const char* op, const at::Tensor& f_ab, const at::Tensor& f_bc, const at::Tensor& m_ab,
-                      const at::Tensor& m_bc) {
-  TORCH_CHECK(f_ab.dim() == 4 && f_ab.size(1) == 2, "pscfast::", op, ": f_ab must be (N, 2, H, W), got ", f_ab.sizes());
-  check_field(op, "f_bc", f_bc, f_ab, 2);
-  check_field(op, "m_ab", m_ab, f_ab, 1);
-  check_field(op, "m_bc", m_bc, f_ab, 1);
-  TORCH_CHECK(m_ab.sizes().slice(2) == f_ab.sizes().slice(2) && m_bc.sizes().slice(2) == f_bc.sizes().slice(2),
-              "pscfast::", op, ": m_ab must match f_ab's spatial size and m_bc f_bc's");
-  return {f_ab.size(0), f_ab.size(2) * f_ab.size(3), f_bc.size(2) * f_bc.size(3), static_cast<int>(f_ab.size(2)),
-          static_cast<int>(f_ab.size(3)), static_cast<int>(f_bc.size(2)), static_cast<int>(f_bc.size(3))};
-}
 
 std::tuple<at::Tensor, at::Tensor> compose_displacement_cpu(const at::Tensor& f_ab_, const at::Tensor& f_bc_,
                                                             const at::Tensor& m_ab_, const at::Tensor& m_bc_) {
@@ -47,18 +30,18 @@ std::tuple<at::Tensor, at::Tensor> compose_displacement_cpu(const at::Tensor& f_
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / D.H;
         const int i = static_cast<int>(row % D.H);
-        const T* fab = f_ab.const_data_ptr<T>() + n * 2 * D.plane;
-        const T* fbc = f_bc.const_data_ptr<T>() + n * 2 * D.bplane;
-        const T* mab = m_ab.const_data_ptr<T>() + n * D.plane;
-        const T* mbc = m_bc.const_data_ptr<T>() + n * D.bplane;
-        T* fac = f_ac.mutable_data_ptr<T>() + n * 2 * D.plane;
-        T* mac = m_ac.mutable_data_ptr<T>() + n * D.plane;
+        const T* fab = f_ab.const_data_ptr<T>() + n * 2 * D.P;
+        const T* fbc = f_bc.const_data_ptr<T>() + n * 2 * D.Pb;
+        const T* mab = m_ab.const_data_ptr<T>() + n * D.P;
+        const T* mbc = m_bc.const_data_ptr<T>() + n * D.Pb;
+        T* fac = f_ac.mutable_data_ptr<T>() + n * 2 * D.P;
+        T* mac = m_ac.mutable_data_ptr<T>() + n * D.P;
         for (int j = 0; j < D.W; ++j) {
           T u, v;
-          const auto t = cycle_taps(fab, D.plane, i, j, D.W, D.Hb, D.Wb, &u, &v);
+          const auto t = cycle_taps(fab, D.P, i, j, D.W, D.Hb, D.Wb, &u, &v);
           const int64_t p = static_cast<int64_t>(i) * D.W + j;
           fac[p] = u + field_value(t, fbc, 1, 0);
-          fac[D.plane + p] = v + field_value(t, fbc + D.bplane, 1, 0);
+          fac[D.P + p] = v + field_value(t, fbc + D.Pb, 1, 0);
           mac[p] = mab[p] * field_value(t, mbc, 1, 0);
         }
       }
@@ -81,32 +64,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compose_displacement_
     using T = scalar_t;
     at::parallel_for(0, D.N, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
-        const T* fab = f_ab.const_data_ptr<T>() + n * 2 * D.plane;
-        const T* fbc = f_bc.const_data_ptr<T>() + n * 2 * D.bplane;
-        const T* mab = m_ab.const_data_ptr<T>() + n * D.plane;
-        const T* mbc = m_bc.const_data_ptr<T>() + n * D.bplane;
-        const T* gfn = gf.const_data_ptr<T>() + n * 2 * D.plane;
-        const T* gmn = gm.const_data_ptr<T>() + n * D.plane;
-        T* dfab = d_fab.mutable_data_ptr<T>() + n * 2 * D.plane;
-        T* dmab = d_mab.mutable_data_ptr<T>() + n * D.plane;
-        T* dfbc = d_fbc.mutable_data_ptr<T>() + n * 2 * D.bplane;
-        T* dmbc = d_mbc.mutable_data_ptr<T>() + n * D.bplane;
-        for (int64_t p = 0; p < D.plane; ++p) {
+        const T* fab = f_ab.const_data_ptr<T>() + n * 2 * D.P;
+        const T* fbc = f_bc.const_data_ptr<T>() + n * 2 * D.Pb;
+        const T* mab = m_ab.const_data_ptr<T>() + n * D.P;
+        const T* mbc = m_bc.const_data_ptr<T>() + n * D.Pb;
+        const T* gfn = gf.const_data_ptr<T>() + n * 2 * D.P;
+        const T* gmn = gm.const_data_ptr<T>() + n * D.P;
+        T* dfab = d_fab.mutable_data_ptr<T>() + n * 2 * D.P;
+        T* dmab = d_mab.mutable_data_ptr<T>() + n * D.P;
+        T* dfbc = d_fbc.mutable_data_ptr<T>() + n * 2 * D.Pb;
+        T* dmbc = d_mbc.mutable_data_ptr<T>() + n * D.Pb;
+        for (int64_t p = 0; p < D.P; ++p) {
           const int i = static_cast<int>(p / D.W), j = static_cast<int>(p % D.W);
           T u, v;
-          const auto t = cycle_taps(fab, D.plane, i, j, D.W, D.Hb, D.Wb, &u, &v);
-          const T g0 = gfn[p], g1 = gfn[D.plane + p], gmm = gmn[p] * mab[p];
+          const auto t = cycle_taps(fab, D.P, i, j, D.W, D.Hb, D.Wb, &u, &v);
+          const T g0 = gfn[p], g1 = gfn[D.P + p], gmm = gmn[p] * mab[p];
           T ax = T(0), ay = T(0);
           field_coord_grad(t, fbc, 1, 0, g0, &ax, &ay);
-          field_coord_grad(t, fbc + D.bplane, 1, 0, g1, &ax, &ay);
+          field_coord_grad(t, fbc + D.Pb, 1, 0, g1, &ax, &ay);
           field_coord_grad(t, mbc, 1, 0, gmm, &ax, &ay);
           dfab[p] = g0 + ax;
-          dfab[D.plane + p] = g1 + ay;
+          dfab[D.P + p] = g1 + ay;
           dmab[p] = gmn[p] * field_value(t, mbc, 1, 0);
           for (int k = 0; k < 4; ++k) {
             if (t.idx[k] < 0) continue;
             dfbc[t.idx[k]] += t.w[k] * g0;
-            dfbc[D.bplane + t.idx[k]] += t.w[k] * g1;
+            dfbc[D.Pb + t.idx[k]] += t.w[k] * g1;
             dmbc[t.idx[k]] += t.w[k] * gmm;
           }
         }
@@ -114,17 +97,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compose_displacement_
     });
   });
   return {d_fab, d_fbc, d_mab, d_mbc};
-}
-
-void check_loss(const char* op, const at::Tensor& pred, const at::Tensor& target, const c10::optional<at::Tensor>& mask) {
-  TORCH_CHECK(pred.dim() == 4 && pred.size(1) == 2 && target.sizes() == pred.sizes(), "pscfast::", op,
-              ": pred and target must be (N, 2, H, W) of one shape, got ", pred.sizes(), " and ", target.sizes());
-  TORCH_CHECK(target.scalar_type() == pred.scalar_type() && target.device() == pred.device(), "pscfast::", op,
-              ": pred and target must share dtype and device");
-  if (mask.has_value()) {
-    check_field(op, "mask", *mask, pred, 1);
-    TORCH_CHECK(mask->sizes().slice(2) == pred.sizes().slice(2), "pscfast::", op, ": mask must be (N, 1, H, W)");
-  }
 }
 
 at::Tensor truncated_flow_loss_cpu(const at::Tensor& pred_, const at::Tensor& target_,

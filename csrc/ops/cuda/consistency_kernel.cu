@@ -225,14 +225,6 @@ std::tuple<at::Tensor, at::Tensor> compose_backward_cuda(const at::Tensor& grad_
   return {dfab, dfbc};
 }
 
-void check_identity(const char* op, const at::Tensor& bwd, const at::Tensor& xs, const at::Tensor& ys) {
-  TORCH_CHECK(xs.dim() == 1 && xs.size(0) == bwd.size(2) && ys.dim() == 1 && ys.size(0) == bwd.size(1), "pscfast::",
-              op, ": xs must be (w',) and ys (h',) for bwd (N, h', w', 2)");
-  TORCH_CHECK(xs.scalar_type() == bwd.scalar_type() && ys.scalar_type() == bwd.scalar_type() &&
-                  xs.device() == bwd.device() && ys.device() == bwd.device(),
-              "pscfast::", op, ": xs and ys must have the flows' dtype and device");
-}
-
 std::tuple<at::Tensor, at::Tensor> consistency_loss_cuda(const at::Tensor& fwd_, const at::Tensor& bwd_,
                                                          const at::Tensor& xs_, const at::Tensor& ys_,
                                                          c10::string_view mode) {
