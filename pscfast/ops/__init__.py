@@ -6,6 +6,7 @@ PyTorch); `backend=` or the PSCFAST_BACKEND environment variable chooses one (se
 from pscfast.ops._dispatch import OPS, BackendUnavailable
 from pscfast.ops.consistency import Compose, ConsistencyLoss, compose, consistency_loss
 from pscfast.ops.correlation import Correlation, correlation
+from pscfast.ops.cycle import ComposeDisplacement, TruncatedFlowLoss, compose_displacement, truncated_flow_loss
 from pscfast.ops.similarity_loss import SimilarityLoss, similarity_loss
 from pscfast.ops.warp import Warp, WarpDisplacement, warp, warp_displacement
 
@@ -13,6 +14,7 @@ __all__ = [
     "OPS", "BackendUnavailable",
     "Compose", "ConsistencyLoss", "compose", "consistency_loss",
     "Correlation", "correlation",
+    "ComposeDisplacement", "TruncatedFlowLoss", "compose_displacement", "truncated_flow_loss",
     "SimilarityLoss", "similarity_loss",
     "Warp", "WarpDisplacement", "warp", "warp_displacement",
 ]

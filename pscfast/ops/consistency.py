@@ -1,16 +1,135 @@
 """compose and consistency_loss: flow composition on absolute grids and PSC's forward-backward
-consistency loss (SPEC section 3, op 5). Backends: torch (reference)."""
+consistency loss (SPEC section 3, op 5).
+
+Backends: cpp (CPU C++ / CUDA C++), triton, torch (reference). The loss is fused: one launch computes the
+cycle, the release's mask and per-block partial sums, reduced in a fixed order (deterministic); the
+backward recomputes the cycle elementwise. The f_ab gradient (a scatter) is summed in a fixed order too.
+"""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from pscfast import _extension
+
 from . import _checks, _reference
 from ._dispatch import Op, register_op
 
 MODES = ("nearest", "bilinear")
-COMPOSE = register_op(Op("compose", {"torch": _reference.compose}))
-CONSISTENCY_LOSS = register_op(Op("consistency_loss", {"torch": _reference.consistency_loss}))
+
+
+def _identity_axes(bwd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The identity grid's x (w',) and y (h',) coordinates exactly as the reference builds them."""
+    h, w = bwd.shape[1:3]
+    return (torch.linspace(-1, 1, w, dtype=bwd.dtype, device=bwd.device),
+            torch.linspace(-1, 1, h, dtype=bwd.dtype, device=bwd.device))
+
+
+def _register() -> None:
+    """Fake (meta) and autograd implementations of the compiled pscfast::compose and consistency ops."""
+    @torch.library.register_fake("pscfast::compose")
+    def _(f_ab, f_bc, mode):
+        return torch.empty_like(f_bc)
+
+    @torch.library.register_fake("pscfast::_compose_backward")
+    def _(grad_out, f_ab, f_bc, mode):
+        return torch.empty_like(f_ab), torch.empty_like(f_bc)
+
+    @torch.library.register_fake("pscfast::consistency_loss")
+    def _(fwd, bwd, xs, ys, mode):
+        return fwd.new_empty(()), fwd.new_empty((), dtype=torch.int64)
+
+    @torch.library.register_fake("pscfast::_consistency_loss_backward")
+    def _(grad, count, fwd, bwd, xs, ys, mode):
+        return torch.empty_like(fwd), torch.empty_like(bwd)
+
+    def setup_compose(ctx, inputs, output):
+        f_ab, f_bc, mode = inputs
+        ctx.save_for_backward(f_ab, f_bc)
+        ctx.mode = mode
+
+    def backward_compose(ctx, grad):
+        f_ab, f_bc = ctx.saved_tensors
+        d_ab, d_bc = torch.ops.pscfast._compose_backward(grad.contiguous(), f_ab, f_bc, ctx.mode)
+        return d_ab, d_bc, None
+
+    def setup_loss(ctx, inputs, output):
+        fwd, bwd, xs, ys, mode = inputs
+        ctx.save_for_backward(fwd, bwd, xs, ys, output[1])
+        ctx.mode = mode
+
+    def backward_loss(ctx, grad, _grad_count):
+        fwd, bwd, xs, ys, count = ctx.saved_tensors
+        d_fwd, d_bwd = torch.ops.pscfast._consistency_loss_backward(grad, count, fwd, bwd, xs, ys, ctx.mode)
+        return d_fwd, d_bwd, None, None, None
+
+    torch.library.register_autograd("pscfast::compose", backward_compose, setup_context=setup_compose)
+    torch.library.register_autograd("pscfast::consistency_loss", backward_loss, setup_context=setup_loss)
+
+
+if _extension.loaded():
+    _register()
+
+
+def _compose_cpp(f_ab, f_bc, mode):
+    return torch.ops.pscfast.compose(f_ab, f_bc, mode)
+
+
+def _loss_cpp(fwd, bwd, mode):
+    return torch.ops.pscfast.consistency_loss(fwd, bwd, *_identity_axes(bwd), mode)[0]
+
+
+class _ComposeTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, f_ab, f_bc, mode):
+        from pscfast.kernels import consistency as k
+
+        f_ab, f_bc = f_ab.contiguous(), f_bc.contiguous()
+        ctx.save_for_backward(f_ab, f_bc)
+        ctx.mode = mode
+        return k.compose_fwd(f_ab, f_bc, mode)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from pscfast.kernels import consistency as k
+
+        f_ab, f_bc = ctx.saved_tensors
+        d_ab, d_bc = k.compose_bwd(grad.contiguous(), f_ab, f_bc, ctx.mode)
+        return d_ab, d_bc, None
+
+
+class _LossTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, fwd, bwd, mode):
+        from pscfast.kernels import consistency as k
+
+        fwd, bwd = fwd.contiguous(), bwd.contiguous()
+        xs, ys = _identity_axes(bwd)
+        loss, count = k.consistency_fwd(fwd, bwd, xs, ys, mode)
+        ctx.save_for_backward(fwd, bwd, xs, ys, count)
+        ctx.mode = mode
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        from pscfast.kernels import consistency as k
+
+        fwd, bwd, xs, ys, count = ctx.saved_tensors
+        d_fwd, d_bwd = k.consistency_bwd(grad.contiguous(), count, fwd, bwd, xs, ys, ctx.mode)
+        return d_fwd, d_bwd, None
+
+
+def _compose_triton(f_ab, f_bc, mode):
+    return _ComposeTriton.apply(f_ab, f_bc, mode)
+
+
+def _loss_triton(fwd, bwd, mode):
+    return _LossTriton.apply(fwd, bwd, mode)
+
+
+COMPOSE = register_op(Op("compose", {"cpp": _compose_cpp, "triton": _compose_triton, "torch": _reference.compose}))
+CONSISTENCY_LOSS = register_op(Op("consistency_loss", {"cpp": _loss_cpp, "triton": _loss_triton,
+                                                       "torch": _reference.consistency_loss}))
 
 
 def _flows(op: str, **flows: torch.Tensor) -> list[torch.Tensor]:
@@ -25,8 +144,18 @@ def _flows(op: str, **flows: torch.Tensor) -> list[torch.Tensor]:
 
 def compose(f_ab: torch.Tensor, f_bc: torch.Tensor, mode: str = "bilinear", *,
             backend: str | None = None) -> torch.Tensor:
-    """F_ab o F_bc on absolute grids (N, h, w, 2): f_ab sampled at the positions f_bc (zeros outside,
-    align_corners=True). Returns (N, h', w', 2) on f_bc's grid. mode "bilinear" or "nearest"."""
+    """F_ab o F_bc on absolute grids: f_ab sampled at the positions f_bc.
+
+    Args:
+        f_ab: (N, h, w, 2) absolute grid (x, y in [-1, 1], align_corners=True), read as a 2-channel image.
+        f_bc: (N, h', w', 2) absolute grid of sampling positions into f_ab's grid; outside [-1, 1] reads 0.
+        mode: "bilinear" (differentiable in both flows) or "nearest" (round half to even, as grid_sample;
+            gradient to f_ab only).
+        backend: "cpp", "triton" or "torch"; default: fastest available.
+
+    Returns:
+        (N, h', w', 2) composed grid on f_bc's grid, in the common dtype.
+    """
     _checks.choice("compose", "mode", mode, MODES)
     f_ab, f_bc = _flows("compose", f_ab=f_ab, f_bc=f_bc)
     _, impl = COMPOSE.select(backend, f_ab)
@@ -39,7 +168,8 @@ def consistency_loss(fwd: torch.Tensor, bwd: torch.Tensor, mode: str = "nearest"
 
     fwd, bwd: absolute grids (N, h, w, 2) in the release convention (fwd on the sketch grid pointing into the
     photo, bwd the reverse). mode "nearest" reproduces the release (gradient to fwd only); "bilinear" is
-    differentiable in both flows. Returns a scalar; see pscfast.ops._reference.consistency_loss for the mask.
+    differentiable in both flows. The mask keeps each cycle coordinate c (x and y on their own) with identity
+    coordinate i where c != 0, i != 0, |c| <= 1, |i| <= 1. Returns a scalar, 0 when nothing is masked in.
     """
     _checks.choice("consistency_loss", "mode", mode, MODES)
     fwd, bwd = _flows("consistency_loss", fwd=fwd, bwd=bwd)
@@ -48,6 +178,8 @@ def consistency_loss(fwd: torch.Tensor, bwd: torch.Tensor, mode: str = "nearest"
 
 
 class Compose(nn.Module):
+    """Module form of :func:`compose`: ``Compose(mode)(f_ab, f_bc)``."""
+
     def __init__(self, mode: str = "bilinear", backend: str | None = None):
         super().__init__()
         self.mode, self.backend = mode, backend
@@ -55,11 +187,19 @@ class Compose(nn.Module):
     def forward(self, f_ab, f_bc):
         return compose(f_ab, f_bc, self.mode, backend=self.backend)
 
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
 
 class ConsistencyLoss(nn.Module):
+    """Module form of :func:`consistency_loss`: ``ConsistencyLoss(mode)(fwd, bwd)``."""
+
     def __init__(self, mode: str = "nearest", backend: str | None = None):
         super().__init__()
         self.mode, self.backend = mode, backend
 
     def forward(self, fwd, bwd):
         return consistency_loss(fwd, bwd, self.mode, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"

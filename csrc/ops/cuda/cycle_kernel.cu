@@ -1,0 +1,272 @@
+// pscfast::compose_displacement and pscfast::truncated_flow_loss on CUDA: float, double, half, bfloat16
+// (float accumulation for the half types). One launch each way:
+//  - compose_displacement backward: pointwise blocks write the image-a gradients (d f_ab, d m_ab) per pixel;
+//    scatter blocks own 256 image-b nodes each and gather d f_bc, d m_bc from every pixel of image a, tile
+//    by tile through shared memory, in pixel order (deterministic, no atomics);
+//  - truncated_flow_loss forward: per-block partial sums in a fixed tree, the last block sums them in
+//    block order; backward pointwise.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "ops/common/cycle_pixel.h"
+#include "ops/common/cycle_checks.h"
+#include "ops/cuda/reduce.cuh"
+
+namespace pscfast {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
+
+template <typename scalar_t>
+struct CycleArgs {
+  const scalar_t *fab, *fbc, *mab, *mbc, *gf, *gm;
+  scalar_t *fac, *mac, *dfab, *dfbc, *dmab, *dmbc;
+  CycleDims D;
+  int scatter_blocks;
+};
+
+template <typename scalar_t>
+__global__ void compose_displacement_kernel(CycleArgs<scalar_t> A) {
+  using T = at::opmath_type<scalar_t>;
+  const CycleDims& D = A.D;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= D.N * D.P) return;
+  const int64_t n = idx / D.P, p = idx % D.P;
+  const int i = static_cast<int>(p / D.W), j = static_cast<int>(p % D.W);
+  T u, v;
+  const auto t = cycle_taps<T>(A.fab + n * 2 * D.P, D.P, i, j, D.W, D.Hb, D.Wb, &u, &v);
+  const scalar_t* fbc = A.fbc + n * 2 * D.Pb;
+  A.fac[n * 2 * D.P + p] = static_cast<scalar_t>(u + field_value(t, fbc, 1, 0));
+  A.fac[n * 2 * D.P + D.P + p] = static_cast<scalar_t>(v + field_value(t, fbc + D.Pb, 1, 0));
+  A.mac[idx] = static_cast<scalar_t>(static_cast<T>(A.mab[idx]) * field_value(t, A.mbc + n * D.Pb, 1, 0));
+}
+
+template <typename scalar_t>
+__global__ void compose_displacement_backward_kernel(CycleArgs<scalar_t> A) {
+  using T = at::opmath_type<scalar_t>;
+  __shared__ int sidx[4][kThreads];
+  __shared__ T swg[4][kThreads][3];
+  const CycleDims& D = A.D;
+  const int64_t n = blockIdx.y;
+  const scalar_t* fab = A.fab + n * 2 * D.P;
+  const scalar_t* fbc = A.fbc + n * 2 * D.Pb;
+  const scalar_t* mbc = A.mbc + n * D.Pb;
+  if (static_cast<int>(blockIdx.x) >= A.scatter_blocks) {  // pointwise: d f_ab, d m_ab
+    const int64_t p = static_cast<int64_t>(blockIdx.x - A.scatter_blocks) * kThreads + threadIdx.x;
+    if (p >= D.P) return;
+    const int64_t k = n * D.P + p;
+    T u, v;
+    const auto t = cycle_taps<T>(fab, D.P, static_cast<int>(p / D.W), static_cast<int>(p % D.W), D.W, D.Hb, D.Wb,
+                                 &u, &v);
+    const T g0 = static_cast<T>(A.gf[n * 2 * D.P + p]), g1 = static_cast<T>(A.gf[n * 2 * D.P + D.P + p]);
+    const T gm = static_cast<T>(A.gm[k]);
+    T ax = T(0), ay = T(0);
+    field_coord_grad(t, fbc, 1, 0, g0, &ax, &ay);
+    field_coord_grad(t, fbc + D.Pb, 1, 0, g1, &ax, &ay);
+    field_coord_grad(t, mbc, 1, 0, gm * static_cast<T>(A.mab[k]), &ax, &ay);
+    A.dfab[n * 2 * D.P + p] = static_cast<scalar_t>(g0 + ax);
+    A.dfab[n * 2 * D.P + D.P + p] = static_cast<scalar_t>(g1 + ay);
+    A.dmab[k] = static_cast<scalar_t>(gm * field_value(t, mbc, 1, 0));
+    return;
+  }
+  // scatter: image-b node q gathers w_tap g from every (pixel, tap) of image a that reads it, in pixel order
+  const int q = blockIdx.x * kThreads + threadIdx.x;
+  T a0 = T(0), a1 = T(0), am = T(0);
+  for (int64_t tile = 0; tile < D.P; tile += kThreads) {
+    const int64_t p = tile + threadIdx.x;
+    if (p < D.P) {
+      T u, v;
+      const auto t = cycle_taps<T>(fab, D.P, static_cast<int>(p / D.W), static_cast<int>(p % D.W), D.W, D.Hb, D.Wb,
+                                   &u, &v);
+      const T g[3] = {static_cast<T>(A.gf[n * 2 * D.P + p]), static_cast<T>(A.gf[n * 2 * D.P + D.P + p]),
+                      static_cast<T>(A.gm[n * D.P + p]) * static_cast<T>(A.mab[n * D.P + p])};
+      for (int k = 0; k < 4; ++k) {
+        sidx[k][threadIdx.x] = t.idx[k];
+        for (int c = 0; c < 3; ++c) swg[k][threadIdx.x][c] = t.w[k] * g[c];
+      }
+    } else {
+      for (int k = 0; k < 4; ++k) sidx[k][threadIdx.x] = -1;
+    }
+    __syncthreads();
+    const int count = static_cast<int>(D.P - tile < kThreads ? D.P - tile : kThreads);
+    for (int j = 0; j < count; ++j)
+      for (int k = 0; k < 4; ++k)
+        if (sidx[k][j] == q) {
+          a0 += swg[k][j][0];
+          a1 += swg[k][j][1];
+          am += swg[k][j][2];
+        }
+    __syncthreads();
+  }
+  if (q < D.Pb) {
+    A.dfbc[n * 2 * D.Pb + q] = static_cast<scalar_t>(a0);
+    A.dfbc[n * 2 * D.Pb + D.Pb + q] = static_cast<scalar_t>(a1);
+    A.dmbc[n * D.Pb + q] = static_cast<scalar_t>(am);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> compose_displacement_cuda(const at::Tensor& f_ab_, const at::Tensor& f_bc_,
+                                                             const at::Tensor& m_ab_, const at::Tensor& m_bc_) {
+  const CycleDims D = check_cycle("compose_displacement", f_ab_, f_bc_, m_ab_, m_bc_);
+  const c10::cuda::CUDAGuard guard(f_ab_.device());
+  const auto f_ab = f_ab_.contiguous(), f_bc = f_bc_.contiguous(), m_ab = m_ab_.contiguous(), m_bc = m_bc_.contiguous();
+  auto f_ac = at::empty_like(f_ab);
+  auto m_ac = at::empty_like(m_ab);
+  if (D.N * D.P == 0) return {f_ac, m_ac};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_ab.scalar_type(), "compose_displacement_cuda", [&] {
+    CycleArgs<scalar_t> A{f_ab.const_data_ptr<scalar_t>(), f_bc.const_data_ptr<scalar_t>(),
+                          m_ab.const_data_ptr<scalar_t>(), m_bc.const_data_ptr<scalar_t>(), nullptr, nullptr,
+                          f_ac.mutable_data_ptr<scalar_t>(), m_ac.mutable_data_ptr<scalar_t>(), nullptr, nullptr,
+                          nullptr, nullptr, D, 0};
+    compose_displacement_kernel<scalar_t><<<blocks_for(D.N * D.P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {f_ac, m_ac};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compose_displacement_backward_cuda(
+    const at::Tensor& grad_f, const at::Tensor& grad_m, const at::Tensor& f_ab_, const at::Tensor& f_bc_,
+    const at::Tensor& m_ab_, const at::Tensor& m_bc_) {
+  const CycleDims D = check_cycle("_compose_displacement_backward", f_ab_, f_bc_, m_ab_, m_bc_);
+  TORCH_CHECK(grad_f.sizes() == f_ab_.sizes() && grad_m.sizes() == m_ab_.sizes(),
+              "pscfast::_compose_displacement_backward: gradients must have the outputs' shapes");
+  const c10::cuda::CUDAGuard guard(f_ab_.device());
+  const auto f_ab = f_ab_.contiguous(), f_bc = f_bc_.contiguous(), m_ab = m_ab_.contiguous(), m_bc = m_bc_.contiguous();
+  const auto gf = grad_f.contiguous(), gm = grad_m.contiguous();
+  auto d_fab = at::zeros_like(f_ab), d_mab = at::zeros_like(m_ab);
+  auto d_fbc = at::zeros_like(f_bc), d_mbc = at::zeros_like(m_bc);
+  if (D.N == 0) return {d_fab, d_fbc, d_mab, d_mbc};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_ab.scalar_type(), "compose_displacement_backward_cuda",
+                                  [&] {
+    CycleArgs<scalar_t> A{f_ab.const_data_ptr<scalar_t>(), f_bc.const_data_ptr<scalar_t>(),
+                          m_ab.const_data_ptr<scalar_t>(), m_bc.const_data_ptr<scalar_t>(),
+                          gf.const_data_ptr<scalar_t>(), gm.const_data_ptr<scalar_t>(), nullptr, nullptr,
+                          d_fab.mutable_data_ptr<scalar_t>(), d_fbc.mutable_data_ptr<scalar_t>(),
+                          d_mab.mutable_data_ptr<scalar_t>(), d_mbc.mutable_data_ptr<scalar_t>(), D,
+                          static_cast<int>(blocks_for(D.Pb))};
+    const dim3 grid(A.scatter_blocks + blocks_for(D.P), static_cast<unsigned>(D.N));
+    compose_displacement_backward_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {d_fab, d_fbc, d_mab, d_mbc};
+}
+
+template <typename scalar_t, typename T>
+__device__ T squared_error(const scalar_t* pred, const scalar_t* target, int64_t n, int64_t p, int64_t P, T* dx,
+                           T* dy) {
+  const int64_t i0 = n * 2 * P + p, i1 = i0 + P;
+  *dx = static_cast<T>(pred[i0]) - static_cast<T>(target[i0]);
+  *dy = static_cast<T>(pred[i1]) - static_cast<T>(target[i1]);
+  return *dx * *dx + *dy * *dy;
+}
+
+template <typename scalar_t>
+__global__ void truncated_loss_kernel(const scalar_t* __restrict__ pred, const scalar_t* __restrict__ target,
+                                      const scalar_t* __restrict__ mask, at::opmath_type<scalar_t>* psum,
+                                      unsigned* ticket, scalar_t* loss, int64_t N, int64_t P, double cap) {
+  using T = at::opmath_type<scalar_t>;
+  __shared__ T ssum[kThreads];
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  T e = T(0);
+  if (k < N * P) {
+    T dx, dy;
+    e = squared_error(pred, target, k / P, k % P, P, &dx, &dy);
+    e = e > static_cast<T>(cap) ? static_cast<T>(cap) : e;
+    if (mask) e *= static_cast<T>(mask[k]);
+  }
+  const T bs = block_sum(e, ssum);
+  if (threadIdx.x == 0) psum[blockIdx.x] = bs;
+  __syncthreads();
+  if (!last_block(ticket)) return;
+  const T total = sum_partials(psum, gridDim.x, ssum);
+  if (threadIdx.x == 0) *loss = static_cast<scalar_t>(total);
+}
+
+template <typename scalar_t>
+__global__ void truncated_loss_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ pred,
+                                               const scalar_t* __restrict__ target, const scalar_t* __restrict__ mask,
+                                               scalar_t* dpred, scalar_t* dtarget, scalar_t* dmask, int64_t N,
+                                               int64_t P, double cap) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (k >= N * P) return;
+  const int64_t n = k / P, p = k % P;
+  const T g = static_cast<T>(*grad), c = static_cast<T>(cap);
+  T dx, dy;
+  const T e = squared_error(pred, target, n, p, P, &dx, &dy);
+  const T scale = e <= c ? g * (mask ? static_cast<T>(mask[k]) : T(1)) * T(2) : T(0);  // 0 where truncated
+  const int64_t i0 = n * 2 * P + p;
+  dpred[i0] = static_cast<scalar_t>(scale * dx);
+  dpred[i0 + P] = static_cast<scalar_t>(scale * dy);
+  dtarget[i0] = static_cast<scalar_t>(-scale * dx);
+  dtarget[i0 + P] = static_cast<scalar_t>(-scale * dy);
+  dmask[k] = static_cast<scalar_t>(g * (e > c ? c : e));
+}
+
+at::Tensor truncated_flow_loss_cuda(const at::Tensor& pred_, const at::Tensor& target_,
+                                    const c10::optional<at::Tensor>& mask_, double trunc) {
+  check_loss("truncated_flow_loss", pred_, target_, mask_);
+  const c10::cuda::CUDAGuard guard(pred_.device());
+  const auto pred = pred_.contiguous(), target = target_.contiguous();
+  const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
+  const int64_t N = pred.size(0), P = pred.size(2) * pred.size(3), blocks = blocks_for(N * P);
+  auto loss = at::zeros({}, pred.options());
+  if (blocks == 0) return loss;
+  auto ticket = at::zeros({1}, pred.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "truncated_flow_loss_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    auto psum = at::empty({blocks}, pred.options().dtype(c10::CppTypeToScalarType<T>::value));
+    truncated_loss_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        pred.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(),
+        mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr, psum.mutable_data_ptr<T>(),
+        reinterpret_cast<unsigned*>(ticket.mutable_data_ptr<int32_t>()), loss.mutable_data_ptr<scalar_t>(), N, P,
+        trunc * trunc);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return loss;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> truncated_flow_loss_backward_cuda(
+    const at::Tensor& grad, const at::Tensor& pred_, const at::Tensor& target_, const c10::optional<at::Tensor>& mask_,
+    double trunc) {
+  check_loss("_truncated_flow_loss_backward", pred_, target_, mask_);
+  TORCH_CHECK(grad.numel() == 1, "pscfast::_truncated_flow_loss_backward: grad must be a scalar");
+  const c10::cuda::CUDAGuard guard(pred_.device());
+  const auto pred = pred_.contiguous(), target = target_.contiguous();
+  const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
+  const auto g = grad.to(pred.scalar_type()).contiguous();
+  const int64_t N = pred.size(0), P = pred.size(2) * pred.size(3);
+  auto d_pred = at::empty_like(pred), d_target = at::empty_like(pred);
+  auto d_mask = at::empty({N, 1, pred.size(2), pred.size(3)}, pred.options());
+  if (N * P == 0) return {d_pred, d_target, d_mask};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "truncated_flow_loss_backward_cuda",
+                                  [&] {
+    truncated_loss_backward_kernel<scalar_t><<<blocks_for(N * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        g.const_data_ptr<scalar_t>(), pred.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(),
+        mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr, d_pred.mutable_data_ptr<scalar_t>(),
+        d_target.mutable_data_ptr<scalar_t>(), d_mask.mutable_data_ptr<scalar_t>(), N, P, trunc * trunc);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {d_pred, d_target, d_mask};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pscfast, CUDA, m) {
+  m.impl("compose_displacement", &compose_displacement_cuda);
+  m.impl("_compose_displacement_backward", &compose_displacement_backward_cuda);
+  m.impl("truncated_flow_loss", &truncated_flow_loss_cuda);
+  m.impl("_truncated_flow_loss_backward", &truncated_flow_loss_backward_cuda);
+}
+
+}  // namespace pscfast

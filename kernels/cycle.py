@@ -1,0 +1,212 @@
+"""Triton kernels of compose_displacement and truncated_flow_loss (Zhou et al.; see
+pscfast.ops._reference.compose_displacement / truncated_flow_loss). Accumulation in float32 (float64 for
+float64).
+
+compose_displacement: pixel p = (i, j) of image a reads image b at q = (j + u, i + v), (u, v) = f_ab(p),
+bilinearly with zeros outside: f_ac = f_ab + f_bc(q), m_ac = m_ab m_bc(q). Backward, one launch with two kinds
+of programs (gf = d L / d f_ac, gm = d L / d m_ac):
+  pointwise  d f_ab(p) = gf + sum over channels (f_bc0, f_bc1, m_bc) of g_k d sample_k / d q  (g = gf0, gf1,
+             gm m_ab), d m_ab(p) = gm m_bc(q);
+  scatter    d f_bc(node), d m_bc(node) = sum over pixels p and taps reading node of w_tap g(p): each program owns
+             a block of image-b nodes and scans every pixel of image a in order (deterministic, no atomics).
+truncated_flow_loss: sum over p of mask min(|pred - target|^2, T^2): per-program partial sums, the last
+program (an integer ticket) sums them in program order. Backward pointwise: d pred = 2 g mask (pred - target)
+where the error is <= T^2 (0 where truncated), d target = -d pred, d mask = g min(err, T^2).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._field import clamp_pixel, field_taps, gather_scatter, tap_values
+
+BLOCK = 128
+BQ, BP = 32, 64
+RBLOCK = 128
+
+
+def _acc(dtype):
+    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
+
+
+@triton.jit
+def _sample(fab_n, fbc_n, mbc_n, pix, mask, W, P, Hb, Wb, Pb, ACC: tl.constexpr):
+    """Taps of q(p) in image b, the tap values of f_bc0, f_bc1, m_bc, and (u, v) = f_ab(p)."""
+    u = tl.load(fab_n + pix, mask=mask, other=0.0).to(ACC)
+    v = tl.load(fab_n + P + pix, mask=mask, other=0.0).to(ACC)
+    px = clamp_pixel((pix % W).to(ACC) + u, Wb)
+    py = clamp_pixel((pix // W).to(ACC) + v, Hb)
+    i0, i1, i2, i3, w0, w1, w2, w3, e, r, s, d = field_taps(px, py, Hb, Wb, False)
+    a0, a1, a2, a3 = tap_values(fbc_n, i0, i1, i2, i3, 1, mask, ACC)
+    b0, b1, b2, b3 = tap_values(fbc_n + Pb, i0, i1, i2, i3, 1, mask, ACC)
+    c0, c1, c2, c3 = tap_values(mbc_n, i0, i1, i2, i3, 1, mask, ACC)
+    return (i0, i1, i2, i3, w0, w1, w2, w3, e, r, s, d, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, u, v)
+
+
+@triton.jit
+def compose_displacement_fwd_kernel(fab_ptr, fbc_ptr, mab_ptr, mbc_ptr, fac_ptr, mac_ptr, W, P, Hb, Wb, Pb,
+                                    ACC: tl.constexpr, BLOCK: tl.constexpr):
+    n = tl.program_id(1).to(tl.int64)
+    pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = pix < P
+    (i0, i1, i2, i3, w0, w1, w2, w3, e, r, s, d, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, u, v) = \
+        _sample(fab_ptr + n * 2 * P, fbc_ptr + n * 2 * Pb, mbc_ptr + n * Pb, pix, mask, W, P, Hb, Wb, Pb, ACC)
+    mab = tl.load(mab_ptr + n * P + pix, mask=mask, other=0.0).to(ACC)
+    fac = fac_ptr + n * 2 * P + pix
+    ty = fac_ptr.dtype.element_ty
+    tl.store(fac, (u + (w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3)).to(ty), mask=mask)
+    tl.store(fac + P, (v + (w0 * b0 + w1 * b1 + w2 * b2 + w3 * b3)).to(ty), mask=mask)
+    tl.store(mac_ptr + n * P + pix, (mab * (w0 * c0 + w1 * c1 + w2 * c2 + w3 * c3)).to(ty), mask=mask)
+
+
+@triton.jit
+def compose_displacement_bwd_kernel(gf_ptr, gm_ptr, fab_ptr, fbc_ptr, mab_ptr, mbc_ptr, dfab_ptr, dfbc_ptr,
+                                    dmab_ptr, dmbc_ptr, W, P, Hb, Wb, Pb, NQB, ACC: tl.constexpr, BQ: tl.constexpr,
+                                    BP: tl.constexpr):
+    n = tl.program_id(1).to(tl.int64)
+    pid = tl.program_id(0)
+    fab_n = fab_ptr + n * 2 * P
+    fbc_n = fbc_ptr + n * 2 * Pb
+    mbc_n = mbc_ptr + n * Pb
+    gf_n = gf_ptr + n * 2 * P
+    gm_n = gm_ptr + n * P
+    mab_n = mab_ptr + n * P
+    ty = dfab_ptr.dtype.element_ty
+    if pid < NQB:  # scatter onto image-b nodes [pid * BQ, pid * BQ + BQ), gathering every pixel in order
+        q = pid * BQ + tl.arange(0, BQ)
+        a0 = tl.zeros([BQ], ACC)
+        a1 = tl.zeros([BQ], ACC)
+        am = tl.zeros([BQ], ACC)
+        for p0 in range(0, P, BP):
+            pix = p0 + tl.arange(0, BP)
+            mask = pix < P
+            t = _sample(fab_n, fbc_n, mbc_n, pix, mask, W, P, Hb, Wb, Pb, ACC)
+            g0 = tl.load(gf_n + pix, mask=mask, other=0.0).to(ACC)
+            g1 = tl.load(gf_n + P + pix, mask=mask, other=0.0).to(ACC)
+            gmm = tl.load(gm_n + pix, mask=mask, other=0.0).to(ACC) * tl.load(mab_n + pix, mask=mask, other=0.0).to(ACC)
+            a0 += gather_scatter(q, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], g0)
+            a1 += gather_scatter(q, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], g1)
+            am += gather_scatter(q, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], gmm)
+        ok = q < Pb
+        tl.store(dfbc_ptr + n * 2 * Pb + q, a0.to(ty), mask=ok)
+        tl.store(dfbc_ptr + n * 2 * Pb + Pb + q, a1.to(ty), mask=ok)
+        tl.store(dmbc_ptr + n * Pb + q, am.to(ty), mask=ok)
+    else:  # pointwise gradients of image a
+        pix = (pid - NQB) * BP + tl.arange(0, BP)
+        mask = pix < P
+        (i0, i1, i2, i3, w0, w1, w2, w3, e, r, s, d, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, u, v) = \
+            _sample(fab_n, fbc_n, mbc_n, pix, mask, W, P, Hb, Wb, Pb, ACC)
+        g0 = tl.load(gf_n + pix, mask=mask, other=0.0).to(ACC)
+        g1 = tl.load(gf_n + P + pix, mask=mask, other=0.0).to(ACC)
+        gm = tl.load(gm_n + pix, mask=mask, other=0.0).to(ACC)
+        gmm = gm * tl.load(mab_n + pix, mask=mask, other=0.0).to(ACC)
+        dx = g0 * ((a1 - a0) * s + (a3 - a2) * d) + g1 * ((b1 - b0) * s + (b3 - b2) * d) \
+            + gmm * ((c1 - c0) * s + (c3 - c2) * d)
+        dy = g0 * ((a2 - a0) * e + (a3 - a1) * r) + g1 * ((b2 - b0) * e + (b3 - b1) * r) \
+            + gmm * ((c2 - c0) * e + (c3 - c1) * r)
+        tl.store(dfab_ptr + n * 2 * P + pix, (g0 + dx).to(ty), mask=mask)
+        tl.store(dfab_ptr + n * 2 * P + P + pix, (g1 + dy).to(ty), mask=mask)
+        tl.store(dmab_ptr + n * P + pix, (gm * (w0 * c0 + w1 * c1 + w2 * c2 + w3 * c3)).to(ty), mask=mask)
+
+
+@triton.jit
+def _error(pred_ptr, target_ptr, n, pix, mask, P, ACC: tl.constexpr):
+    base = n * 2 * P + pix
+    dx = tl.load(pred_ptr + base, mask=mask, other=0.0).to(ACC) - tl.load(target_ptr + base, mask=mask, other=0.0).to(ACC)
+    dy = tl.load(pred_ptr + base + P, mask=mask, other=0.0).to(ACC) \
+        - tl.load(target_ptr + base + P, mask=mask, other=0.0).to(ACC)
+    return dx, dy, dx * dx + dy * dy
+
+
+@triton.jit
+def truncated_loss_fwd_kernel(pred_ptr, target_ptr, mask_ptr, psum_ptr, ticket_ptr, loss_ptr, P, cap, NBLK, NPROG,
+                              HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr, RBLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    n = (pid // NBLK).to(tl.int64)
+    pix = (pid % NBLK) * BLOCK + tl.arange(0, BLOCK)
+    mask = pix < P
+    _, _, err = _error(pred_ptr, target_ptr, n, pix, mask, P, ACC)
+    err = tl.minimum(err, cap)
+    if HAS_MASK:
+        err = err * tl.load(mask_ptr + n * P + pix, mask=mask, other=0.0).to(ACC)
+    tl.store(psum_ptr + pid, tl.sum(tl.where(mask, err, 0.0), axis=0))
+    tl.debug_barrier()
+    ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
+    if ticket == NPROG - 1:  # the last program sums the partials in program order
+        acc = tl.zeros([RBLOCK], ACC)
+        for r0 in range(0, NPROG, RBLOCK):
+            idx = r0 + tl.arange(0, RBLOCK)
+            acc += tl.load(psum_ptr + idx, mask=idx < NPROG, other=0.0, volatile=True)
+        tl.store(loss_ptr, tl.sum(acc, axis=0).to(loss_ptr.dtype.element_ty))
+
+
+@triton.jit
+def truncated_loss_bwd_kernel(grad_ptr, pred_ptr, target_ptr, mask_ptr, dpred_ptr, dtarget_ptr, dmask_ptr, P, cap,
+                              HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    n = tl.program_id(1).to(tl.int64)
+    pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = pix < P
+    g = tl.load(grad_ptr).to(ACC)
+    dx, dy, err = _error(pred_ptr, target_ptr, n, pix, mask, P, ACC)
+    scale = g * 2.0
+    if HAS_MASK:
+        scale = scale * tl.load(mask_ptr + n * P + pix, mask=mask, other=0.0).to(ACC)
+    scale = tl.where(err <= cap, scale, 0.0)  # clamp_max passes the gradient where err <= T^2
+    ty = dpred_ptr.dtype.element_ty
+    base = n * 2 * P + pix
+    tl.store(dpred_ptr + base, (scale * dx).to(ty), mask=mask)
+    tl.store(dpred_ptr + base + P, (scale * dy).to(ty), mask=mask)
+    tl.store(dtarget_ptr + base, (-scale * dx).to(ty), mask=mask)
+    tl.store(dtarget_ptr + base + P, (-scale * dy).to(ty), mask=mask)
+    tl.store(dmask_ptr + n * P + pix, (g * tl.minimum(err, cap)).to(ty), mask=mask)
+
+
+def compose_displacement_fwd(f_ab, f_bc, m_ab, m_bc):
+    N, _, H, W = f_ab.shape
+    Hb, Wb = f_bc.shape[2:]
+    f_ac, m_ac = torch.empty_like(f_ab), torch.empty_like(m_ab)
+    if N:
+        compose_displacement_fwd_kernel[(triton.cdiv(H * W, BLOCK), N)](
+            f_ab, f_bc, m_ab, m_bc, f_ac, m_ac, W, H * W, Hb, Wb, Hb * Wb, ACC=_acc(f_ab.dtype)[0], BLOCK=BLOCK)
+    return f_ac, m_ac
+
+
+def compose_displacement_bwd(grad_f, grad_m, f_ab, f_bc, m_ab, m_bc):
+    """(d f_ab, d f_bc, d m_ab, d m_bc)."""
+    N, _, H, W = f_ab.shape
+    Hb, Wb = f_bc.shape[2:]
+    out = [torch.empty_like(t) for t in (f_ab, f_bc, m_ab, m_bc)]
+    if N:
+        nqb = triton.cdiv(Hb * Wb, BQ)
+        compose_displacement_bwd_kernel[(nqb + triton.cdiv(H * W, BP), N)](
+            grad_f, grad_m, f_ab, f_bc, m_ab, m_bc, out[0], out[1], out[2], out[3], W, H * W, Hb, Wb, Hb * Wb, nqb,
+            ACC=_acc(f_ab.dtype)[0], BQ=BQ, BP=BP)
+    return tuple(out)
+
+
+def truncated_loss_fwd(pred, target, mask, T):
+    N, _, H, W = pred.shape
+    acc, acc_t = _acc(pred.dtype)
+    nblk = triton.cdiv(H * W, BLOCK)
+    nprog = N * nblk
+    psum = torch.empty(nprog, dtype=acc_t, device=pred.device)
+    ticket = torch.zeros(1, dtype=torch.int32, device=pred.device)
+    loss = torch.zeros((), dtype=pred.dtype, device=pred.device)
+    if nprog:
+        truncated_loss_fwd_kernel[(nprog,)](pred, target, pred if mask is None else mask, psum, ticket, loss, H * W,
+                                            T * T, nblk, nprog, HAS_MASK=mask is not None, ACC=acc, BLOCK=BLOCK,
+                                            RBLOCK=RBLOCK)
+    return loss
+
+
+def truncated_loss_bwd(grad, pred, target, mask, T):
+    """(d pred, d target, d mask); d mask is min(err, T^2) * grad whether or not a mask was given."""
+    N, _, H, W = pred.shape
+    d_pred, d_target = torch.empty_like(pred), torch.empty_like(pred)
+    d_mask = pred.new_empty((N, 1, H, W))
+    if N:
+        truncated_loss_bwd_kernel[(triton.cdiv(H * W, BLOCK), N)](
+            grad, pred, target, pred if mask is None else mask, d_pred, d_target, d_mask, H * W, T * T,
+            HAS_MASK=mask is not None, ACC=_acc(pred.dtype)[0], BLOCK=BLOCK)
+    return d_pred, d_target, d_mask
