@@ -56,7 +56,36 @@ def _cpp(src, tgt, grid, size):
     return torch.ops.pscfast.correlation(list(src), list(tgt), grid, size)
 
 
-CORRELATION = register_op(Op("correlation", {"cpp": _cpp, "torch": _reference.correlation}))
+class _CorrelationTriton(torch.autograd.Function):
+    """Triton path; the layers travel flattened (autograd tracks tensor arguments only)."""
+
+    @staticmethod
+    def forward(ctx, size, layers, grid, *maps):
+        from pscfast.kernels import correlation as k
+
+        maps = [m.contiguous() for m in maps]
+        grid = grid.contiguous() if grid is not None else None
+        ctx.size, ctx.layers, ctx.has_grid = size, layers, grid is not None
+        ctx.save_for_backward(grid, *maps)
+        return k.correlation_fwd(maps[:layers], maps[layers:], grid, size)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from pscfast.kernels import correlation as k
+
+        grid, *maps = ctx.saved_tensors
+        L = ctx.layers
+        need = ctx.needs_input_grad
+        dsrc, dtgt, dgrid = k.correlation_bwd(grad.contiguous(), maps[:L], maps[L:], grid, ctx.size,
+                                              any(need[3:3 + L]), any(need[3 + L:]), ctx.has_grid and need[2])
+        return (None, None, dgrid, *(dsrc or [None] * L), *(dtgt or [None] * L))
+
+
+def _triton(src, tgt, grid, size):
+    return _CorrelationTriton.apply(size, len(src), grid, *src, *tgt)
+
+
+CORRELATION = register_op(Op("correlation", {"cpp": _cpp, "triton": _triton, "torch": _reference.correlation}))
 
 
 def _layers(op: str, name: str, value) -> list[torch.Tensor]:
