@@ -21,10 +21,13 @@ import triton.language as tl
 
 from ._tables import lerp_table
 
-BT = 32  # tgt positions per tile
-BS = 32  # src positions per tile
-BC = 16  # channels per step
 BLOCK = 128
+
+
+def _blocks(device: torch.device) -> tuple[int, int, int]:
+    """(tgt positions, src positions, channels) per tile. The interpreter (CPU tensors) runs each program
+    in numpy, so fewer, larger programs are much faster there."""
+    return (64, 64, 32) if device.type == "cuda" else (256, 256, 32)
 
 
 @triton.jit
@@ -285,6 +288,7 @@ def correlation_fwd(src, tgt, grid, size):
         return out
     acc, acc_t, dot, ieee = _types(src[0].dtype)
     g = grid if grid is not None else src[0]
+    BT, BS, BC = _blocks(out.device)
     for l, (s, t) in enumerate(zip(src, tgt)):
         C, Hs, Ws = s.shape[1:]
         Ht, Wt = t.shape[2:]
@@ -324,6 +328,7 @@ def correlation_bwd(gout, src, tgt, grid, size, need_src, need_tgt, need_grid):
     need_grid = need_grid and grid is not None
     dsrc, dtgt, parts = [], [], []
     g = grid if grid is not None else src[0]
+    BT, BS, BC = _blocks(device)
     for l, (s, t) in enumerate(zip(src, tgt)):
         C, Hs, Ws = s.shape[1:]
         Ht, Wt = t.shape[2:]

@@ -43,7 +43,8 @@ def _register() -> None:
         need = [any(n) if isinstance(n, (list, tuple)) else bool(n) for n in ctx.needs_input_grad[:3]]
         mask = [need[0], need[1], ctx.has_grid and need[2]]
         dsrc, dtgt, dgrid = torch.ops.pscfast._correlation_backward(grad.contiguous(), src, tgt, grid, ctx.size, mask)
-        return (dsrc if mask[0] else None, dtgt if mask[1] else None, dgrid if mask[2] else None, None)
+        none = [None] * L  # a list input takes a list of gradients
+        return (dsrc if mask[0] else none, dtgt if mask[1] else none, dgrid if mask[2] else None, None)
 
     torch.library.register_autograd("pscfast::correlation", backward, setup_context=setup)
 
