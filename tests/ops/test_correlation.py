@@ -82,6 +82,25 @@ def test_matches_reference(device, backend, dtype, case, contiguous, warped):
         assert_close(a, b, scale=float(b.detach().abs().max().clamp_min(1)), msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_half_precision_error_within_twice_naive(backend, dtype):
+    """On CUDA: error against float32 at most 2x that of the naive op in the same dtype (+ its ulp)."""
+    device = "cuda"
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    require("correlation", backend, device, dtype)
+    src, tgt, grid = _inputs([(64, 32, 32, 32, 32), (128, 16, 16, 16, 16)], 4, 16, torch.float32, device)
+    half = lambda ts: [t.to(dtype) for t in ts]  # noqa: E731
+    for g in (None, grid):
+        exact = ref.correlation(src, tgt, g, 16)
+        gh = g.to(dtype) if g is not None else None
+        naive = ref.correlation(half(src), half(tgt), gh, 16).float()
+        ours = correlation(half(src), half(tgt), gh, 16, backend=backend).float()
+        ulp = torch.finfo(dtype).eps * exact.abs().max()
+        assert (ours - exact).abs().max() <= 2 * (naive - exact).abs().max() + ulp
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_identity_grid_equals_plain(device, backend):
     """Maps already size x size: sampling at the identity grid is the plain correlation (resize = identity)."""
