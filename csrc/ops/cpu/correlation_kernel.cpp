@@ -1,9 +1,9 @@
 // pscfast::correlation on the CPU: float and double.
 //
 // Per sample and layer: the resized tgt map R_t and the resized or grid-sampled src map R_s, each
-// (C, S) with S = size^2, go to two scratch buffers reused across samples (never a copy of the whole
-// batch), and one GEMM writes the output block out[n, l S : (l + 1) S] = R_t^T R_s. The resampling
-// runs in parallel over channels (at::parallel_for), the GEMM on the BLAS threads.
+// (C, S) with S = size^2, go to two scratch buffers reused across a block of samples (never a copy of the
+// whole batch), and one GEMM writes the output block out[n, l S : (l + 1) S] = R_t^T R_s. Samples run in
+// parallel (see for_sample_blocks).
 // Backward, per sample and layer, with G = grad block (S_t, S_s):
 //   dR_t = R_s G^T and dR_s = R_t G (GEMMs), then each is sent back through its taps (the adjoint of the
 //   resampling): one task per channel block visits the positions in order, so every element of the input
@@ -123,6 +123,18 @@ void grid_grad(const T* x, int64_t C, int H, int W, const T* grid_n, const T* dR
   });
 }
 
+// Runs fn(n0, n1) over blocks of samples. With at least as many samples as threads, the blocks run in
+// parallel and each sample's resampling and GEMMs run on one thread (one parallel region per layer, and
+// scratch buffers per block); otherwise one block, with the parallelism inside the resampling and GEMMs.
+// Either way every sample is computed by the same code in the same order: results do not depend on timing.
+template <typename F>
+void for_sample_blocks(int64_t N, const F& fn) {
+  if (N >= at::get_num_threads() && N > 1)
+    at::parallel_for(0, N, 1, fn);
+  else
+    fn(0, N);
+}
+
 struct Layer {
   int64_t C;
   int Hs, Ws, Ht, Wt;
@@ -157,18 +169,21 @@ at::Tensor correlation_cpu(at::TensorList src_, at::TensorList tgt_, const c10::
     using T = scalar_t;
     for (int64_t l = 0; l < nL; ++l) {
       const Layer& ly = L[l];
-      TapTable<T> tt, ts;
+      TapTable<T> tt, ts_plain;
       resize_table(sz, ly.Ht, ly.Wt, tt);
-      if (!grid.defined()) resize_table(sz, ly.Hs, ly.Ws, ts);
-      auto Rt = at::empty({ly.C, S}, out.options()), Rs = at::empty({ly.C, S}, out.options());
+      if (!grid.defined()) resize_table(sz, ly.Hs, ly.Ws, ts_plain);
       const int64_t pt = static_cast<int64_t>(ly.Ht) * ly.Wt, ps = static_cast<int64_t>(ly.Hs) * ly.Ws;
-      for (int64_t n = 0; n < N; ++n) {
-        resample(tgt[l].const_data_ptr<T>() + n * ly.C * pt, ly.C, pt, tt, S, Rt.mutable_data_ptr<T>());
-        if (grid.defined()) grid_table(grid.const_data_ptr<T>() + n * S * 2, sz, ly.Hs, ly.Ws, ts);
-        resample(src[l].const_data_ptr<T>() + n * ly.C * ps, ly.C, ps, ts, S, Rs.mutable_data_ptr<T>());
-        auto block = out3.select(0, n).narrow(0, l * S, S);
-        at::mm_out(block, Rt.t(), Rs);
-      }
+      for_sample_blocks(N, [&](int64_t n0, int64_t n1) {
+        auto Rt = at::empty({ly.C, S}, out.options()), Rs = at::empty({ly.C, S}, out.options());
+        TapTable<T> ts = ts_plain;
+        for (int64_t n = n0; n < n1; ++n) {
+          resample(tgt[l].const_data_ptr<T>() + n * ly.C * pt, ly.C, pt, tt, S, Rt.mutable_data_ptr<T>());
+          if (grid.defined()) grid_table(grid.const_data_ptr<T>() + n * S * 2, sz, ly.Hs, ly.Ws, ts);
+          resample(src[l].const_data_ptr<T>() + n * ly.C * ps, ly.C, ps, ts, S, Rs.mutable_data_ptr<T>());
+          auto block = out3.select(0, n).narrow(0, l * S, S);
+          at::mm_out(block, Rt.t(), Rs);
+        }
+      });
     }
   });
   return out;
@@ -199,32 +214,36 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
     using T = scalar_t;
     for (int64_t l = 0; l < nL; ++l) {
       const Layer& ly = L[l];
-      TapTable<T> tt, ts;
+      TapTable<T> tt, ts_plain;
       resize_table(sz, ly.Ht, ly.Wt, tt);
-      if (!grid.defined()) resize_table(sz, ly.Hs, ly.Ws, ts);
+      if (!grid.defined()) resize_table(sz, ly.Hs, ly.Ws, ts_plain);
       const auto opts = gout.options();
-      auto Rt = at::empty({ly.C, S}, opts), Rs = at::empty({ly.C, S}, opts);
-      auto dRt = at::empty({ly.C, S}, opts), dRs = at::empty({ly.C, S}, opts);
       const int64_t pt = static_cast<int64_t>(ly.Ht) * ly.Wt, ps = static_cast<int64_t>(ly.Hs) * ly.Ws;
-      for (int64_t n = 0; n < N; ++n) {
-        const T* xs = src[l].const_data_ptr<T>() + n * ly.C * ps;
-        const T* gn = grid.defined() ? grid.const_data_ptr<T>() + n * S * 2 : nullptr;
-        const auto G = gout.select(0, n).narrow(0, l * S, S);  // (S_t, S_s)
-        if (grid.defined()) grid_table(gn, sz, ly.Hs, ly.Ws, ts);
-        if (need_tgt) {
-          resample(xs, ly.C, ps, ts, S, Rs.mutable_data_ptr<T>());
-          at::mm_out(dRt, Rs, G.t());
-          scatter(dRt.const_data_ptr<T>(), ly.C, pt, tt, S, dtgt[l].mutable_data_ptr<T>() + n * ly.C * pt);
+      for_sample_blocks(N, [&](int64_t n0, int64_t n1) {
+        auto Rt = at::empty({ly.C, S}, opts), Rs = at::empty({ly.C, S}, opts);
+        auto dRt = at::empty({ly.C, S}, opts), dRs = at::empty({ly.C, S}, opts);
+        TapTable<T> ts = ts_plain;
+        for (int64_t n = n0; n < n1; ++n) {
+          const T* xs = src[l].const_data_ptr<T>() + n * ly.C * ps;
+          const T* gn = grid.defined() ? grid.const_data_ptr<T>() + n * S * 2 : nullptr;
+          const auto G = gout.select(0, n).narrow(0, l * S, S);  // (S_t, S_s)
+          if (grid.defined()) grid_table(gn, sz, ly.Hs, ly.Ws, ts);
+          if (need_tgt) {
+            resample(xs, ly.C, ps, ts, S, Rs.mutable_data_ptr<T>());
+            at::mm_out(dRt, Rs, G.t());
+            scatter(dRt.const_data_ptr<T>(), ly.C, pt, tt, S, dtgt[l].mutable_data_ptr<T>() + n * ly.C * pt);
+          }
+          if (need_src || need_grid) {
+            resample(tgt[l].const_data_ptr<T>() + n * ly.C * pt, ly.C, pt, tt, S, Rt.mutable_data_ptr<T>());
+            at::mm_out(dRs, Rt, G);
+            if (need_src)
+              scatter(dRs.const_data_ptr<T>(), ly.C, ps, ts, S, dsrc[l].mutable_data_ptr<T>() + n * ly.C * ps);
+            if (need_grid)
+              grid_grad(xs, ly.C, ly.Hs, ly.Ws, gn, dRs.const_data_ptr<T>(), S,
+                        dgrid.mutable_data_ptr<T>() + n * S * 2);
+          }
         }
-        if (need_src || need_grid) {
-          resample(tgt[l].const_data_ptr<T>() + n * ly.C * pt, ly.C, pt, tt, S, Rt.mutable_data_ptr<T>());
-          at::mm_out(dRs, Rt, G);
-          if (need_src)
-            scatter(dRs.const_data_ptr<T>(), ly.C, ps, ts, S, dsrc[l].mutable_data_ptr<T>() + n * ly.C * ps);
-          if (need_grid)
-            grid_grad(xs, ly.C, ly.Hs, ly.Ws, gn, dRs.const_data_ptr<T>(), S, dgrid.mutable_data_ptr<T>() + n * S * 2);
-        }
-      }
+      });
     }
   });
   return {dsrc, dtgt, dgrid};
