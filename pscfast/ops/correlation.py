@@ -1,7 +1,9 @@
 """correlation: PSC's global multi-layer correlation (SPEC section 3, op 1).
 
-Backends: torch (reference). The fused CPU/CUDA/Triton kernels resize or sample the maps while they read
-them, so no resized copy is written to memory.
+Backends: cpp (CPU: per-sample scratch buffers + GEMM; CUDA: fused tiles), triton, torch (reference). The
+fused GPU kernels resize or sample the maps while they load them, so no resized copy of the maps is
+written to memory; the CPU kernel keeps one sample's resized maps in a scratch buffer. Backward passes are
+hand-written and deterministic.
 """
 from __future__ import annotations
 
@@ -10,10 +12,81 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from pscfast import _extension
+
 from . import _checks, _reference
 from ._dispatch import Op, register_op
 
-CORRELATION = register_op(Op("correlation", {"torch": _reference.correlation}))
+
+def _register() -> None:
+    """Fake (meta) and autograd implementations of the compiled pscfast::correlation ops."""
+    @torch.library.register_fake("pscfast::correlation")
+    def _(src, tgt, grid, size):
+        return src[0].new_empty((src[0].shape[0], len(src) * size * size, size, size))
+
+    @torch.library.register_fake("pscfast::_correlation_backward")
+    def _(grad_out, src, tgt, grid, size, output_mask):
+        dsrc = [torch.empty_like(s) for s in src] if output_mask[0] else []
+        dtgt = [torch.empty_like(t) for t in tgt] if output_mask[1] else []
+        dgrid = torch.empty_like(grid) if output_mask[2] and grid is not None else src[0].new_empty((0,))
+        return dsrc, dtgt, dgrid
+
+    def setup(ctx, inputs, output):
+        src, tgt, grid, size = inputs
+        ctx.layers, ctx.size, ctx.has_grid = len(src), size, grid is not None
+        ctx.save_for_backward(*src, *tgt, *([grid] if grid is not None else []))
+
+    def backward(ctx, grad):
+        saved, L = ctx.saved_tensors, ctx.layers
+        src, tgt = list(saved[:L]), list(saved[L:2 * L])
+        grid = saved[2 * L] if ctx.has_grid else None
+        need = [any(n) if isinstance(n, (list, tuple)) else bool(n) for n in ctx.needs_input_grad[:3]]
+        mask = [need[0], need[1], ctx.has_grid and need[2]]
+        dsrc, dtgt, dgrid = torch.ops.pscfast._correlation_backward(grad.contiguous(), src, tgt, grid, ctx.size, mask)
+        none = [None] * L  # a list input takes a list of gradients
+        return (dsrc if mask[0] else none, dtgt if mask[1] else none, dgrid if mask[2] else None, None)
+
+    torch.library.register_autograd("pscfast::correlation", backward, setup_context=setup)
+
+
+if _extension.loaded():
+    _register()
+
+
+def _cpp(src, tgt, grid, size):
+    return torch.ops.pscfast.correlation(list(src), list(tgt), grid, size)
+
+
+class _CorrelationTriton(torch.autograd.Function):
+    """Triton path; the layers travel flattened (autograd tracks tensor arguments only)."""
+
+    @staticmethod
+    def forward(ctx, size, layers, grid, *maps):
+        from pscfast.kernels import correlation as k
+
+        maps = [m.contiguous() for m in maps]
+        grid = grid.contiguous() if grid is not None else None
+        ctx.size, ctx.layers, ctx.has_grid = size, layers, grid is not None
+        ctx.save_for_backward(grid, *maps)
+        return k.correlation_fwd(maps[:layers], maps[layers:], grid, size)
+
+    @staticmethod
+    def backward(ctx, grad):
+        from pscfast.kernels import correlation as k
+
+        grid, *maps = ctx.saved_tensors
+        L = ctx.layers
+        need = ctx.needs_input_grad
+        dsrc, dtgt, dgrid = k.correlation_bwd(grad.contiguous(), maps[:L], maps[L:], grid, ctx.size,
+                                              any(need[3:3 + L]), any(need[3 + L:]), ctx.has_grid and need[2])
+        return (None, None, dgrid, *(dsrc or [None] * L), *(dtgt or [None] * L))
+
+
+def _triton(src, tgt, grid, size):
+    return _CorrelationTriton.apply(size, len(src), grid, *src, *tgt)
+
+
+CORRELATION = register_op(Op("correlation", {"cpp": _cpp, "triton": _triton, "torch": _reference.correlation}))
 
 
 def _layers(op: str, name: str, value) -> list[torch.Tensor]:

@@ -1,0 +1,108 @@
+// The two 4-tap linear maps of the correlation op, shared by the CPU and CUDA kernels: each maps an
+// H x W plane to the size x size grid of the correlation (position s = row-major (i, j)).
+//   resize (tgt always, src without grid): F.interpolate(mode="bilinear", align_corners=False), no
+//     antialias: src = max((dst + 0.5) * in / out - 0.5, 0), i0 = floor(src) (<= in - 1),
+//     i1 = min(i0 + 1, in - 1), weights (1 - l, l) per axis; separable, so the taps are the products.
+//   sample (src with grid): grid_sample(bilinear, zeros, align_corners=True) at grid point s; taps outside
+//     the plane read nothing (weight 0, offset 0).
+// Tap order: 0 = (y0, x0), 1 = (y0, x1), 2 = (y1, x0), 3 = (y1, x1).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include "ops/common/sampling.h"
+
+namespace pscfast {
+
+// One axis of the align_corners=False resize.
+template <typename T>
+PSC_HD Lerp<T> resize_index_half_pixel(int dst, int in, int out) {
+  const T scale = static_cast<T>(in) / static_cast<T>(out);
+  T src = scale * (static_cast<T>(dst) + T(0.5)) - T(0.5);
+  if (src < T(0)) src = T(0);
+  int i0 = static_cast<int>(src);
+  if (i0 > in - 1) i0 = in - 1;
+  T l1 = src - static_cast<T>(i0);
+  l1 = l1 < T(0) ? T(0) : (l1 > T(1) ? T(1) : l1);
+  Lerp<T> r;
+  r.i0 = i0;
+  r.i1 = i0 + (i0 < in - 1 ? 1 : 0);
+  r.l1 = l1;
+  r.l0 = T(1) - l1;
+  return r;
+}
+
+// Four taps of one grid position: flat offsets into the plane and weights (0 for taps outside).
+template <typename T>
+struct Tap4 {
+  int off[4];
+  T w[4];
+};
+
+template <typename T>
+PSC_HD Tap4<T> resize_taps(int s, int size, int H, int W) {
+  const Lerp<T> ly = resize_index_half_pixel<T>(s / size, H, size);
+  const Lerp<T> lx = resize_index_half_pixel<T>(s % size, W, size);
+  Tap4<T> t;
+  t.off[0] = ly.i0 * W + lx.i0;
+  t.off[1] = ly.i0 * W + lx.i1;
+  t.off[2] = ly.i1 * W + lx.i0;
+  t.off[3] = ly.i1 * W + lx.i1;
+  t.w[0] = ly.l0 * lx.l0;
+  t.w[1] = ly.l0 * lx.l1;
+  t.w[2] = ly.l1 * lx.l0;
+  t.w[3] = ly.l1 * lx.l1;
+  return t;
+}
+
+// Bilinear taps of grid point (gx, gy) (zeros padding, align_corners=True) and d(pixel)/d(grid) per axis.
+template <typename T>
+PSC_HD Taps<T> grid_taps(T gx, T gy, int H, int W, T* dpx, T* dpy) {
+  const T px = grid_to_pixel(gx, W, true, Padding::kZeros, dpx);
+  const T py = grid_to_pixel(gy, H, true, Padding::kZeros, dpy);
+  return bilinear_taps(px, py, H, W);
+}
+
+template <typename T>
+PSC_HD Tap4<T> to_tap4(const Taps<T>& b, int W) {
+  Tap4<T> t;
+  for (int k = 0; k < 4; ++k) {
+    const bool in = b.in[k];
+    t.off[k] = in ? (b.y0 + (k >> 1)) * W + b.x0 + (k & 1) : 0;
+    t.w[k] = in ? b.w[k] : T(0);
+  }
+  return t;
+}
+
+// Argument checks for direct torch.ops.pscfast calls (pscfast.ops.correlation checks first, in words).
+inline void check_correlation_inputs(at::TensorList src, at::TensorList tgt, const c10::optional<at::Tensor>& grid,
+                                     int64_t size) {
+  TORCH_CHECK(!src.empty(), "pscfast::correlation: src and tgt must hold at least one layer");
+  TORCH_CHECK(src.size() == tgt.size(), "pscfast::correlation: src has ", src.size(), " layers, tgt ", tgt.size());
+  TORCH_CHECK(size > 0 && size * size < (int64_t(1) << 31), "pscfast::correlation: bad size ", size);
+  const auto& ref = src[0];
+  for (size_t l = 0; l < src.size(); ++l) {
+    for (const auto* t : {&src[l], &tgt[l]}) {
+      TORCH_CHECK(t->dim() == 4, "pscfast::correlation: layer ", l, " must be (N, C, H, W), got ", t->sizes());
+      TORCH_CHECK(t->size(0) == ref.size(0), "pscfast::correlation: layer ", l, " has batch ", t->size(0),
+                  ", layer 0 has ", ref.size(0));
+      TORCH_CHECK(t->scalar_type() == ref.scalar_type() && t->device() == ref.device(),
+                  "pscfast::correlation: every map must share one dtype and device");
+      TORCH_CHECK(t->size(2) > 0 && t->size(3) > 0 && t->size(2) * t->size(3) < (int64_t(1) << 31),
+                  "pscfast::correlation: layer ", l, " has a bad spatial size ", t->sizes());
+    }
+    TORCH_CHECK(src[l].size(1) == tgt[l].size(1), "pscfast::correlation: layer ", l, ": src has ",
+                src[l].size(1), " channels, tgt ", tgt[l].size(1));
+  }
+  if (grid.has_value()) {
+    const auto& g = *grid;
+    TORCH_CHECK(g.dim() == 4 && g.size(0) == ref.size(0) && g.size(1) == size && g.size(2) == size && g.size(3) == 2,
+                "pscfast::correlation: grid must be (N, size, size, 2) = (", ref.size(0), ", ", size, ", ", size,
+                ", 2), got ", g.sizes());
+    TORCH_CHECK(g.scalar_type() == ref.scalar_type() && g.device() == ref.device(),
+                "pscfast::correlation: grid must share the maps' dtype and device");
+  }
+}
+
+}  // namespace pscfast

@@ -1,0 +1,360 @@
+"""Triton kernels of the correlation op (PSC's global multi-layer correlation), one layer per launch.
+
+Per sample n and layer l, with S = size^2, R_t (C, S) the tgt map resized to size x size (bilinear,
+align_corners=False) and R_s (C, S) the src map resized the same way or sampled at the grid (bilinear, zeros,
+align_corners=True): out[n, l S + t, s] = sum_c R_t[c, t] R_s[c, s]. Both resamplings are 4-tap linear
+maps (_taps); the kernels apply them while loading tiles, so R_t and R_s never reach global memory.
+Accumulation in float32 (float64 for float64); float32 dot products in IEEE precision (no TF32).
+
+Backward (deterministic, no atomics), with G = grad block (S_t, S_s) of the layer:
+  dR_t = R_s G^T (C, S_t) and dR_s = R_t G (C, S_s): tiled like the forward, written to a float buffer;
+  dgrid[n, s] = sum over layers and channels of dR_s[c, s] * d(sample)/d(pixel) * (W - 1) / 2 (resp. H):
+        per-channel-block partials, then summed in a fixed order;
+  dmap[c, q] = sum over the (position, tap) pairs that read q of w * dR[c, s]: the pairs are stably sorted
+        by q and each element sums its segment in that order (a gather, as the warp's image gradient).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._tables import lerp_table
+
+BLOCK = 128
+
+
+def _blocks(device: torch.device) -> tuple[int, int, int]:
+    """(tgt positions, src positions, channels) per tile. The interpreter (CPU tensors) runs each program
+    in numpy, so fewer, larger programs are much faster there."""
+    return (64, 64, 32) if device.type == "cuda" else (256, 256, 32)
+
+
+@triton.jit
+def _taps(grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, pos, mask, size, H, W, GRID: tl.constexpr,
+          ACC: tl.constexpr):
+    """Offsets (into an H x W plane; 0 for taps outside) and weights (0 outside) of the four taps of
+    positions `pos` of the size x size grid: the resize (lerp tables) or the grid sample."""
+    if GRID:
+        base = grid_ptr + n.to(tl.int64) * size * size * 2 + pos * 2
+        gx = tl.load(base, mask=mask, other=0.0).to(ACC)
+        gy = tl.load(base + 1, mask=mask, other=0.0).to(ACC)
+        px = tl.minimum(tl.maximum(((gx + 1.0) / 2.0) * (W - 1), -2.0), W + 1.0)
+        py = tl.minimum(tl.maximum(((gy + 1.0) / 2.0) * (H - 1), -2.0), H + 1.0)
+        fx = tl.floor(px)
+        fy = tl.floor(py)
+        x0 = fx.to(tl.int32)
+        y0 = fy.to(tl.int32)
+        e = fx + 1.0 - px
+        r = px - fx
+        s = fy + 1.0 - py
+        d = py - fy
+        in_x0 = (x0 >= 0) & (x0 < W)
+        in_x1 = (x0 + 1 >= 0) & (x0 + 1 < W)
+        in_y0 = (y0 >= 0) & (y0 < H)
+        in_y1 = (y0 + 1 >= 0) & (y0 + 1 < H)
+        q = y0 * W + x0
+        k0 = in_y0 & in_x0
+        k1 = in_y0 & in_x1
+        k2 = in_y1 & in_x0
+        k3 = in_y1 & in_x1
+        o0 = tl.where(k0, q, 0)
+        o1 = tl.where(k1, q + 1, 0)
+        o2 = tl.where(k2, q + W, 0)
+        o3 = tl.where(k3, q + W + 1, 0)
+        w0 = tl.where(k0, e * s, 0.0)
+        w1 = tl.where(k1, r * s, 0.0)
+        w2 = tl.where(k2, e * d, 0.0)
+        w3 = tl.where(k3, r * d, 0.0)
+    else:
+        oy = pos // size
+        ox = pos % size
+        y0 = tl.load(ry_ptr + oy * 2, mask=mask, other=0)
+        y1 = tl.load(ry_ptr + oy * 2 + 1, mask=mask, other=0)
+        x0 = tl.load(rx_ptr + ox * 2, mask=mask, other=0)
+        x1 = tl.load(rx_ptr + ox * 2 + 1, mask=mask, other=0)
+        ly1 = tl.load(rly_ptr + oy, mask=mask, other=0.0).to(ACC)
+        lx1 = tl.load(rlx_ptr + ox, mask=mask, other=0.0).to(ACC)
+        ly0 = 1.0 - ly1
+        lx0 = 1.0 - lx1
+        o0 = y0 * W + x0
+        o1 = y0 * W + x1
+        o2 = y1 * W + x0
+        o3 = y1 * W + x1
+        w0 = ly0 * lx0
+        w1 = ly0 * lx1
+        w2 = ly1 * lx0
+        w3 = ly1 * lx1
+    return o0, o1, o2, o3, w0, w1, w2, w3
+
+
+@triton.jit
+def _tile(x_n, chan, cmask, plane, o0, o1, o2, o3, w0, w1, w2, w3, pmask, ACC: tl.constexpr):
+    """(BC, BP) tile of the resampled map: channels `chan` x positions with taps (o, w)."""
+    rows = x_n + chan[:, None].to(tl.int64) * plane
+    m = cmask[:, None] & pmask[None, :]
+    v = w0[None, :] * tl.load(rows + o0[None, :], mask=m, other=0.0).to(ACC)
+    v += w1[None, :] * tl.load(rows + o1[None, :], mask=m, other=0.0).to(ACC)
+    v += w2[None, :] * tl.load(rows + o2[None, :], mask=m, other=0.0).to(ACC)
+    v += w3[None, :] * tl.load(rows + o3[None, :], mask=m, other=0.0).to(ACC)
+    return v
+
+
+@triton.jit
+def _dot(a, b, acc, DOT: tl.constexpr, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a.to(DOT), b.to(DOT), acc, input_precision="ieee")
+    return tl.dot(a.to(DOT), b.to(DOT), acc)
+
+
+@triton.jit
+def correlation_fwd_kernel(src_ptr, tgt_ptr, grid_ptr, out_ptr, sry, srly, srx, srlx, try_, trly, trx, trlx,
+                           C, Hs, Ws, Ht, Wt, size, layer, layers, GRID: tl.constexpr, ACC: tl.constexpr,
+                           DOT: tl.constexpr, IEEE: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
+                           BC: tl.constexpr):
+    """Program (t block, s block, n): out[n, layer S + t, s] for its tile of tgt x src positions."""
+    n = tl.program_id(2)
+    S = size * size
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    s = tl.program_id(1) * BS + tl.arange(0, BS)
+    tm = t < S
+    sm = s < S
+    ta = _taps(grid_ptr, try_, trly, trx, trlx, n, t, tm, size, Ht, Wt, False, ACC)
+    sa = _taps(grid_ptr, sry, srly, srx, srlx, n, s, sm, size, Hs, Ws, GRID, ACC)
+    pt = Ht * Wt
+    ps = Hs * Ws
+    tgt_n = tgt_ptr + n.to(tl.int64) * C * pt
+    src_n = src_ptr + n.to(tl.int64) * C * ps
+    acc = tl.zeros((BT, BS), dtype=ACC)
+    for c0 in range(0, C, BC):
+        chan = c0 + tl.arange(0, BC)
+        cm = chan < C
+        a = _tile(tgt_n, chan, cm, pt, ta[0], ta[1], ta[2], ta[3], ta[4], ta[5], ta[6], ta[7], tm, ACC)
+        b = _tile(src_n, chan, cm, ps, sa[0], sa[1], sa[2], sa[3], sa[4], sa[5], sa[6], sa[7], sm, ACC)
+        acc = _dot(tl.trans(a), b, acc, DOT, IEEE)
+    rows = (n.to(tl.int64) * layers + layer) * S + t
+    ptr = out_ptr + rows[:, None] * S + s[None, :]
+    tl.store(ptr, acc.to(out_ptr.dtype.element_ty), mask=tm[:, None] & sm[None, :])
+
+
+@triton.jit
+def correlation_bwd_resampled_kernel(x_ptr, y_ptr, grid_ptr, gout_ptr, dr_ptr, part_ptr, xry, xrly, xrx, xrlx,
+                                     C, Hx, Wx, Hy, Wy, size, layer, layers, X_GRID: tl.constexpr,
+                                     WRT_SRC: tl.constexpr, NEED_GRID: tl.constexpr, ACC: tl.constexpr,
+                                     DOT: tl.constexpr, IEEE: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr,
+                                     BK: tl.constexpr):
+    """Program (c block, p block, n): dR_y[c, p] = sum_k R_x[c, k] G'[k, p] for the map y whose gradient this
+    is, x the other map (WRT_SRC: y = src, x = tgt, G' = G; else y = tgt, x = src, G' = G^T). With NEED_GRID
+    (y = src sampled at the grid) it also writes this channel block's part of d L / d grid at positions p."""
+    n = tl.program_id(2)
+    S = size * size
+    chan = tl.program_id(0) * BC + tl.arange(0, BC)
+    cm = chan < C
+    p = tl.program_id(1) * BP + tl.arange(0, BP)
+    pm = p < S
+    plane_x = Hx * Wx
+    x_n = x_ptr + n.to(tl.int64) * C * plane_x
+    g_n = gout_ptr + (n.to(tl.int64) * layers + layer) * S * S
+    acc = tl.zeros((BC, BP), dtype=ACC)
+    for k0 in range(0, S, BK):
+        k = k0 + tl.arange(0, BK)
+        km = k < S
+        xa = _taps(grid_ptr, xry, xrly, xrx, xrlx, n, k, km, size, Hx, Wx, X_GRID, ACC)
+        a = _tile(x_n, chan, cm, plane_x, xa[0], xa[1], xa[2], xa[3], xa[4], xa[5], xa[6], xa[7], km, ACC)
+        if WRT_SRC:  # G[t = k, s = p]
+            gp = g_n + k[:, None] * S + p[None, :]
+        else:  # G^T[s = k, t = p] = G[p, k]
+            gp = g_n + p[None, :] * S + k[:, None]
+        g = tl.load(gp, mask=km[:, None] & pm[None, :], other=0.0).to(ACC)
+        acc = _dot(a, g, acc, DOT, IEEE)
+    m = cm[:, None] & pm[None, :]
+    tl.store(dr_ptr + (n.to(tl.int64) * C + chan[:, None]) * S + p[None, :], acc, mask=m)
+    if NEED_GRID:
+        # d sample / d px = (v1 - v0) s + (v3 - v2) d, d sample / d py = (v2 - v0) e + (v3 - v1) r (taps 0..3
+        # = (y0, x0), (y0, x1), (y1, x0), (y1, x1); v = 0 outside), then d px / d gx = (W - 1) / 2
+        base = grid_ptr + n.to(tl.int64) * S * 2 + p * 2
+        gx = tl.load(base, mask=pm, other=0.0).to(ACC)
+        gy = tl.load(base + 1, mask=pm, other=0.0).to(ACC)
+        fpx = tl.minimum(tl.maximum(((gx + 1.0) / 2.0) * (Wy - 1), -2.0), Wy + 1.0)
+        fpy = tl.minimum(tl.maximum(((gy + 1.0) / 2.0) * (Hy - 1), -2.0), Hy + 1.0)
+        fx = tl.floor(fpx)
+        fy = tl.floor(fpy)
+        x0 = fx.to(tl.int32)
+        y0 = fy.to(tl.int32)
+        e = fx + 1.0 - fpx
+        r = fpx - fx
+        s = fy + 1.0 - fpy
+        d = fpy - fy
+        in_x0 = (x0 >= 0) & (x0 < Wy)
+        in_x1 = (x0 + 1 >= 0) & (x0 + 1 < Wy)
+        in_y0 = (y0 >= 0) & (y0 < Hy)
+        in_y1 = (y0 + 1 >= 0) & (y0 + 1 < Hy)
+        q = y0 * Wy + x0
+        rows = y_ptr + (n.to(tl.int64) * C + chan[:, None]) * (Hy * Wy)
+        k0 = in_y0 & in_x0
+        k1 = in_y0 & in_x1
+        k2 = in_y1 & in_x0
+        k3 = in_y1 & in_x1
+        v0 = tl.load(rows + tl.where(k0, q, 0)[None, :], mask=m & k0[None, :], other=0.0).to(ACC)
+        v1 = tl.load(rows + tl.where(k1, q + 1, 0)[None, :], mask=m & k1[None, :], other=0.0).to(ACC)
+        v2 = tl.load(rows + tl.where(k2, q + Wy, 0)[None, :], mask=m & k2[None, :], other=0.0).to(ACC)
+        v3 = tl.load(rows + tl.where(k3, q + Wy + 1, 0)[None, :], mask=m & k3[None, :], other=0.0).to(ACC)
+        ax = tl.sum(acc * ((v1 - v0) * s[None, :] + (v3 - v2) * d[None, :]), axis=0) * ((Wy - 1) / 2.0)
+        ay = tl.sum(acc * ((v2 - v0) * e[None, :] + (v3 - v1) * r[None, :]), axis=0) * ((Hy - 1) / 2.0)
+        out = part_ptr + ((n.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * S + p) * 2
+        tl.store(out, ax, mask=pm)
+        tl.store(out + 1, ay, mask=pm)
+
+
+@triton.jit
+def correlation_tap_keys_kernel(grid_ptr, ry, rly, rx, rlx, keys_ptr, weights_ptr, size, H, W,
+                                GRID: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Program (position block, n): key (n * H * W + element read, or the past-the-end key for taps outside)
+    and weight of each of the 4 taps of every position; one sample (n = 0) for the resize."""
+    n = tl.program_id(1)
+    S = size * size
+    pos = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = pos < S
+    o0, o1, o2, o3, w0, w1, w2, w3 = _taps(grid_ptr, ry, rly, rx, rlx, n, pos, mask, size, H, W, GRID, ACC)
+    plane = H * W
+    none = tl.num_programs(1) * plane
+    base = (n * S + pos).to(tl.int64) * 4
+    key = n * plane
+    tl.store(keys_ptr + base, tl.where(w0 != 0.0, key + o0, none), mask=mask)
+    tl.store(keys_ptr + base + 1, tl.where(w1 != 0.0, key + o1, none), mask=mask)
+    tl.store(keys_ptr + base + 2, tl.where(w2 != 0.0, key + o2, none), mask=mask)
+    tl.store(keys_ptr + base + 3, tl.where(w3 != 0.0, key + o3, none), mask=mask)
+    tl.store(weights_ptr + base, w0, mask=mask)
+    tl.store(weights_ptr + base + 1, w1, mask=mask)
+    tl.store(weights_ptr + base + 2, w2, mask=mask)
+    tl.store(weights_ptr + base + 3, w3, mask=mask)
+
+
+@triton.jit
+def correlation_gather_kernel(dr_ptr, order_ptr, offsets_ptr, weights_ptr, dx_ptr, C, plane, S,
+                              PER_SAMPLE: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """Program (element block, n * C + c): dx[n, c, q] = sum over q's sorted taps of weight * dR[n, c, s]."""
+    q = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    row = tl.program_id(1)
+    n = row // C
+    mask = q < plane
+    ks = n if PER_SAMPLE else 0  # the sample whose tap table holds the keys
+    key = ks * plane + q
+    start = tl.load(offsets_ptr + key, mask=mask, other=0)
+    end = tl.load(offsets_ptr + key + 1, mask=mask, other=0)
+    longest = tl.max(end - start, axis=0)
+    dr_row = dr_ptr + row.to(tl.int64) * S
+    acc = tl.zeros((BLOCK,), dtype=ACC)
+    for j in range(0, longest):
+        e = start + j
+        ok = e < end
+        entry = tl.load(order_ptr + e, mask=ok, other=0)
+        s = entry // 4 - ks * S
+        w = tl.load(weights_ptr + entry, mask=ok, other=0.0).to(ACC)
+        g = tl.load(dr_row + s, mask=ok, other=0.0).to(ACC)
+        acc += tl.where(ok, w * g, 0.0)
+    tl.store(dx_ptr + row.to(tl.int64) * plane + q, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Launchers. Inputs: lists of contiguous (N, C_l, H_l, W_l) maps and an optional contiguous grid
+# (N, size, size, 2), all of one dtype.
+
+def _types(dtype: torch.dtype):
+    """(accumulation tl type, its torch dtype, dot operand type, IEEE fp32 dot)."""
+    if dtype == torch.float64:
+        return tl.float64, torch.float64, tl.float64, True
+    if dtype in (torch.float16, torch.bfloat16):
+        return tl.float32, torch.float32, tl.float16 if dtype == torch.float16 else tl.bfloat16, False
+    return tl.float32, torch.float32, tl.float32, True
+
+
+def _resize_tables(H, W, size, acc_t, device):
+    ry, rly = lerp_table(H, size, False, acc_t, device)
+    rx, rlx = lerp_table(W, size, False, acc_t, device)
+    return ry, rly, rx, rlx
+
+
+def _dummy_tables(acc_t, device):
+    i = torch.zeros(2, dtype=torch.int32, device=device)
+    f = torch.zeros(1, dtype=acc_t, device=device)
+    return i, f, i, f
+
+
+def correlation_fwd(src, tgt, grid, size):
+    N, L, S = src[0].shape[0], len(src), size * size
+    out = torch.empty((N, L * S, size, size), device=src[0].device, dtype=src[0].dtype)
+    if out.numel() == 0:
+        return out
+    acc, acc_t, dot, ieee = _types(src[0].dtype)
+    g = grid if grid is not None else src[0]
+    BT, BS, BC = _blocks(out.device)
+    for l, (s, t) in enumerate(zip(src, tgt)):
+        C, Hs, Ws = s.shape[1:]
+        Ht, Wt = t.shape[2:]
+        st = _dummy_tables(acc_t, s.device) if grid is not None else _resize_tables(Hs, Ws, size, acc_t, s.device)
+        tt = _resize_tables(Ht, Wt, size, acc_t, s.device)
+        correlation_fwd_kernel[(triton.cdiv(S, BT), triton.cdiv(S, BS), N)](
+            s, t, g, out, *st, *tt, C, Hs, Ws, Ht, Wt, size, l, L, GRID=grid is not None, ACC=acc, DOT=dot,
+            IEEE=ieee, BT=BT, BS=BS, BC=BC)
+    return out
+
+
+def _adjoint(dr, grid, tables, shape, size, acc, acc_t, dtype):
+    """Map gradient (N, C, H, W) from dR (N, C, S) through the taps (resize tables, or the grid)."""
+    N, C, H, W = shape
+    S, plane = size * size, H * W
+    nk = N if grid is not None else 1  # tap tables: one per sample for the grid, one for the resize
+    if nk * plane >= 1 << 31 or nk * S * 4 >= 1 << 31:
+        raise ValueError("pscfast.ops.correlation: maps too large for the Triton backward")
+    keys = torch.empty(nk * S * 4, device=dr.device, dtype=torch.int32)
+    weights = torch.empty(nk * S * 4, device=dr.device, dtype=acc_t)
+    g = grid if grid is not None else dr
+    correlation_tap_keys_kernel[(triton.cdiv(S, BLOCK), nk)](
+        g, *tables, keys, weights, size, H, W, GRID=grid is not None, ACC=acc, BLOCK=BLOCK)
+    sorted_keys, order = torch.sort(keys, stable=True)
+    offsets = torch.searchsorted(sorted_keys, torch.arange(nk * plane + 1, device=dr.device, dtype=torch.int32))
+    dx = torch.empty(shape, device=dr.device, dtype=dtype)
+    correlation_gather_kernel[(triton.cdiv(plane, BLOCK), N * C)](
+        dr, order, offsets, weights, dx, C, plane, S, PER_SAMPLE=grid is not None, ACC=acc, BLOCK=BLOCK)
+    return dx
+
+
+def correlation_bwd(gout, src, tgt, grid, size, need_src, need_tgt, need_grid):
+    """(dsrc list or None, dtgt list or None, dgrid or None); gout (N, L * S, size, size) contiguous."""
+    N, L, S = src[0].shape[0], len(src), size * size
+    dtype, device = src[0].dtype, src[0].device
+    acc, acc_t, dot, ieee = _types(dtype)
+    need_grid = need_grid and grid is not None
+    dsrc, dtgt, parts = [], [], []
+    g = grid if grid is not None else src[0]
+    BT, BS, BC = _blocks(device)
+    for l, (s, t) in enumerate(zip(src, tgt)):
+        C, Hs, Ws = s.shape[1:]
+        Ht, Wt = t.shape[2:]
+        st = _dummy_tables(acc_t, device) if grid is not None else _resize_tables(Hs, Ws, size, acc_t, device)
+        tt = _resize_tables(Ht, Wt, size, acc_t, device)
+        dr = torch.empty((N, C, S), device=device, dtype=acc_t)
+        launch = (triton.cdiv(C, BC), triton.cdiv(S, BS), N)
+        flags = dict(ACC=acc, DOT=dot, IEEE=ieee, BC=BC, BP=BS, BK=BT)
+        if need_tgt:  # x = src (resized or sampled), y = tgt
+            correlation_bwd_resampled_kernel[launch](
+                s, t, g, gout, dr, dr, *st, C, Hs, Ws, Ht, Wt, size, l, L, X_GRID=grid is not None,
+                WRT_SRC=False, NEED_GRID=False, **flags)
+            dtgt.append(_adjoint(dr, None, tt, t.shape, size, acc, acc_t, dtype))
+        if need_src or need_grid:  # x = tgt (resized), y = src
+            part = torch.empty((N, launch[0], S, 2), device=device, dtype=acc_t) if need_grid else dr
+            correlation_bwd_resampled_kernel[launch](
+                t, s, g, gout, dr, part, *tt, C, Ht, Wt, Hs, Ws, size, l, L, X_GRID=False, WRT_SRC=True,
+                NEED_GRID=need_grid, **flags)
+            if need_src:
+                dsrc.append(_adjoint(dr, grid, st, s.shape, size, acc, acc_t, dtype))
+            if need_grid:
+                parts.append(part.sum(1))
+    dgrid = None
+    if need_grid:
+        dgrid = parts[0]
+        for p in parts[1:]:
+            dgrid = dgrid + p
+        dgrid = dgrid.view(N, size, size, 2).to(dtype)
+    return (dsrc if need_src else None), (dtgt if need_tgt else None), dgrid
