@@ -86,7 +86,8 @@ def _triton(fw, ft, tau, size):
 
 
 SIMILARITY_LOSS = register_op(Op("similarity_loss", {"cpp": _cpp, "triton": _triton,
-                                                     "torch": _reference.similarity_loss}))
+                                                     "torch": _reference.similarity_loss},
+                                  triton_dtypes=(torch.float16, torch.bfloat16, torch.float32)))
 
 
 def similarity_loss(fw: Sequence[torch.Tensor], ft: Sequence[torch.Tensor], tau: float = 0.001, size: int = 16,

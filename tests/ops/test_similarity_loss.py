@@ -38,12 +38,17 @@ def _weight_scale(fw, ft, size):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_golden(backend):
-    require("similarity_loss", backend, "cpu", torch.float32)
+    if backend == "triton" and not torch.cuda.is_available():
+        pytest.skip("size 16, C = 384 takes ~1 min in the Triton interpreter; covered on CUDA")
+    require("similarity_loss", backend, "cuda" if backend == "triton" else "cpu", torch.float32)
+    device = "cuda" if backend == "triton" else "cpu"
     g = torch.load(GOLDEN)
     tau, loss = float(g["sim_tau"]), 0
     for k in "12":
-        fw, ft = list(g[f"sim_fw{k}"].values()), list(g[f"sim_ft{k}"].values())
+        fw = [f.to(device) for f in g[f"sim_fw{k}"].values()]
+        ft = [f.to(device) for f in g[f"sim_ft{k}"].values()]
         ce, weight = similarity_loss(fw, ft, tau, 16, backend=backend)
+        ce, weight = ce.cpu(), weight.cpu()
         torch.testing.assert_close(ce, g[f"sim_ce{k}"], rtol=1e-5, atol=0)
         # weight and loss: the min-max scaling amplifies rounding ~29x on these inputs, so the float32 golden
         # is itself 4.4e-5 (weight) and 3.5e-5 relative (loss) from the float64 value of the same formula;
@@ -69,8 +74,8 @@ CASES = [
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 def test_matches_reference(device, backend, dtype, tau, case):
     n, c, size, signed = case
-    if backend == "triton" and (dtype == torch.float64 or size > 16 or tau < 0.01) and device == "cpu":
-        pytest.skip("interpreter: float32, size <= 16 and one tau keep the run short")
+    if backend == "triton" and (dtype == torch.float64 or size > 11 or tau < 0.01) and device == "cpu":
+        pytest.skip("interpreter: float32, size <= 11 and one tau keep the run short")
     require("similarity_loss", backend, device, dtype)
     fw = _layers(n, c, signed, dtype, device, seed=1 + c)
     ft = _layers(n, c, signed, dtype, device, seed=2 + c)
