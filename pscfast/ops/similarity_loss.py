@@ -24,7 +24,8 @@ def _register() -> None:
     @torch.library.register_fake("pscfast::similarity_loss")
     def _(fw, ft, tau):
         n, p = fw.shape[0], fw.shape[2] * fw.shape[3]
-        return fw.new_empty((n, p)), fw.new_empty((n, p)), fw.new_empty((n, 3, p))
+        stats_dtype = torch.float32 if fw.dtype in (torch.float16, torch.bfloat16) else fw.dtype  # fp32 LSE
+        return fw.new_empty((n, p)), fw.new_empty((n, p)), fw.new_empty((n, 3, p), dtype=stats_dtype)
 
     @torch.library.register_fake("pscfast::_similarity_loss_backward")
     def _(grad_ce, fw, ft, stats, tau, need_ft):
