@@ -1,0 +1,251 @@
+"""Triton kernels of the fused similarity loss on concatenated features fw, ft (N, C, P), P = size^2.
+
+S = Fw^T Ft is recomputed in (BI x BJ) tiles by tl.dot over C (float32 accumulation, IEEE precision for
+float32 inputs) and never stored. a_j = sum_i |S_ij|, b_i = sum_j |S_ij| / a_j (matrix-vector products for
+non-negative features, tile passes for signed ones), S2 = S / (a_j b_i), z = S2 / tau.
+Forward: one program per (sample, column block) runs an online log-sum-exp over i in float32 and writes
+per-(column block, row) partial row maxima; the weight is their max (order-independent).
+Backward (g = dL/dce, P_ij = exp(z_ij - lse_j), sgn_ij = sign(S_ij); see csrc/ops/cpu/similarity_loss_kernel.cpp):
+  G2 = g_j (P_ij - [i == j]) / tau,  u_i = sum_j G2 S2 (row programs),
+  v_j = sum_i (G2 S2 - u_i |S2|) (column programs),  G0 = ((G2 - sgn u_i) / b_i - sgn v_j) / a_j,
+  dFw[c, i] = sum_j G0_ij Ft[c, j] (programs own (c block, i block)), dFt[c, j] = sum_i G0_ij Fw[c, i].
+Every sum is a fixed-order loop inside one program: no atomics, bitwise reproducible.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import INTERPRET
+
+EPS = 1e-12  # F.normalize's eps
+BLOCK = 32 if INTERPRET else 64
+BK = 32
+
+
+@triton.jit
+def _tile(fw_ptr, ft_ptr, base, offs_i, offs_j, C, P, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+          PREC: tl.constexpr):
+    """S[offs_i, offs_j] of one sample (rows or columns outside P give 0), float32."""
+    acc = tl.zeros((BI, BJ), dtype=tl.float32)
+    mi, mj = offs_i < P, offs_j < P
+    for k0 in range(0, C, BK):
+        ck = k0 + tl.arange(0, BK)
+        mk = ck < C
+        a = tl.load(fw_ptr + base + ck[:, None] * P + offs_i[None, :], mask=mk[:, None] & mi[None, :], other=0.0)
+        b = tl.load(ft_ptr + base + ck[:, None] * P + offs_j[None, :], mask=mk[:, None] & mj[None, :], other=0.0)
+        acc += tl.dot(tl.trans(a), b, input_precision=PREC)
+    return acc
+
+
+@triton.jit
+def _colsum_abs_kernel(fw_ptr, ft_ptr, a_ptr, C, P, BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr,
+                       PREC: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    offs_j = tl.program_id(1) * BJ + tl.arange(0, BJ)
+    acc = tl.zeros((BJ,), dtype=tl.float32)
+    for i0 in range(0, P, BI):
+        s = _tile(fw_ptr, ft_ptr, n * C * P, i0 + tl.arange(0, BI), offs_j, C, P, BI, BJ, BK, PREC)
+        acc += tl.sum(tl.abs(s), axis=0)
+    tl.store(a_ptr + n * P + offs_j, acc, mask=offs_j < P)
+
+
+@triton.jit
+def _rowsum_abs_kernel(fw_ptr, ft_ptr, ia_ptr, b_ptr, C, P, BI: tl.constexpr, BJ: tl.constexpr,
+                       BK: tl.constexpr, PREC: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    offs_i = tl.program_id(1) * BI + tl.arange(0, BI)
+    acc = tl.zeros((BI,), dtype=tl.float32)
+    for j0 in range(0, P, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        s = _tile(fw_ptr, ft_ptr, n * C * P, offs_i, offs_j, C, P, BI, BJ, BK, PREC)
+        ia = tl.load(ia_ptr + n * P + offs_j, mask=offs_j < P, other=0.0)
+        acc += tl.sum(tl.abs(s) * ia[None, :], axis=1)
+    tl.store(b_ptr + n * P + offs_i, acc, mask=offs_i < P)
+
+
+@triton.jit
+def _fwd_kernel(fw_ptr, ft_ptr, st_ptr, ce_ptr, rowmax_ptr, C, P, itau,
+                BI: tl.constexpr, BJ: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    pj = tl.program_id(1)
+    offs_j = pj * BJ + tl.arange(0, BJ)
+    mj = offs_j < P
+    ia = tl.load(st_ptr + n * 5 * P + offs_j, mask=mj, other=0.0)
+    m = tl.full((BJ,), float("-inf"), dtype=tl.float32)
+    s = tl.zeros((BJ,), dtype=tl.float32)
+    diag = tl.zeros((BJ,), dtype=tl.float32)
+    for i0 in range(0, P, BI):
+        offs_i = i0 + tl.arange(0, BI)
+        mi = offs_i < P
+        ib = tl.load(st_ptr + (n * 5 + 1) * P + offs_i, mask=mi, other=0.0)
+        s2 = _tile(fw_ptr, ft_ptr, n * C * P, offs_i, offs_j, C, P, BI, BJ, BK, PREC) * ia[None, :] * ib[:, None]
+        valid = mi[:, None] & mj[None, :]
+        tl.store(rowmax_ptr + (n * tl.num_programs(1) + pj) * P + offs_i,
+                 tl.max(tl.where(valid, s2, float("-inf")), axis=1), mask=mi)
+        z = tl.where(valid, s2 * itau, float("-inf"))
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(z - m_safe[None, :]), axis=0)
+        m = m_new
+        diag += tl.sum(tl.where(offs_i[:, None] == offs_j[None, :], s2 * itau, 0.0), axis=0)
+    lse = m + tl.log(tl.where(mj, s, 1.0))
+    tl.store(st_ptr + (n * 5 + 2) * P + offs_j, lse, mask=mj)
+    tl.store(ce_ptr + n * P + offs_j, lse - diag, mask=mj)
+
+
+@triton.jit
+def _g2s2(s, offs_i, offs_j, g, lse, ia, ib, itau):
+    """S2 and G2 = dL/dS2 of one tile (0 outside P, since g and S are 0 there)."""
+    s2 = s * ia[None, :] * ib[:, None]
+    p = tl.exp(s2 * itau - lse[None, :]) - tl.where(offs_i[:, None] == offs_j[None, :], 1.0, 0.0)
+    return s2, g[None, :] * p * itau
+
+
+@triton.jit
+def _g0(s, offs_i, offs_j, g, lse, ia, ib, u, v, itau):
+    """G0 = dL/dS of one tile."""
+    s2, g2 = _g2s2(s, offs_i, offs_j, g, lse, ia, ib, itau)
+    sg = tl.where(s > 0, 1.0, tl.where(s < 0, -1.0, 0.0))
+    return ((g2 - sg * u[:, None]) * ib[:, None] - sg * v[None, :]) * ia[None, :]
+
+
+@triton.jit
+def _bwd_u_kernel(fw_ptr, ft_ptr, g_ptr, st_ptr, u_ptr, C, P, itau, BI: tl.constexpr, BJ: tl.constexpr,
+                  BK: tl.constexpr, PREC: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    offs_i = tl.program_id(1) * BI + tl.arange(0, BI)
+    mi = offs_i < P
+    ib = tl.load(st_ptr + (n * 5 + 1) * P + offs_i, mask=mi, other=0.0)
+    acc = tl.zeros((BI,), dtype=tl.float32)
+    for j0 in range(0, P, BJ):
+        offs_j = j0 + tl.arange(0, BJ)
+        mj = offs_j < P
+        g = tl.load(g_ptr + n * P + offs_j, mask=mj, other=0.0).to(tl.float32)
+        ia = tl.load(st_ptr + n * 5 * P + offs_j, mask=mj, other=0.0)
+        lse = tl.load(st_ptr + (n * 5 + 2) * P + offs_j, mask=mj, other=0.0)
+        s = _tile(fw_ptr, ft_ptr, n * C * P, offs_i, offs_j, C, P, BI, BJ, BK, PREC)
+        s2, g2 = _g2s2(s, offs_i, offs_j, g, lse, ia, ib, itau)
+        acc += tl.sum(g2 * s2, axis=1)
+    active = tl.load(st_ptr + (n * 5 + 4) * P + offs_i, mask=mi, other=0.0)  # b >= eps
+    tl.store(u_ptr + n * P + offs_i, acc * active, mask=mi)
+
+
+@triton.jit
+def _bwd_v_kernel(fw_ptr, ft_ptr, g_ptr, st_ptr, u_ptr, v_ptr, C, P, itau, BI: tl.constexpr, BJ: tl.constexpr,
+                  BK: tl.constexpr, PREC: tl.constexpr):
+    n = tl.program_id(0).to(tl.int64)
+    offs_j = tl.program_id(1) * BJ + tl.arange(0, BJ)
+    mj = offs_j < P
+    g = tl.load(g_ptr + n * P + offs_j, mask=mj, other=0.0).to(tl.float32)
+    ia = tl.load(st_ptr + n * 5 * P + offs_j, mask=mj, other=0.0)
+    lse = tl.load(st_ptr + (n * 5 + 2) * P + offs_j, mask=mj, other=0.0)
+    acc = tl.zeros((BJ,), dtype=tl.float32)
+    for i0 in range(0, P, BI):
+        offs_i = i0 + tl.arange(0, BI)
+        mi = offs_i < P
+        ib = tl.load(st_ptr + (n * 5 + 1) * P + offs_i, mask=mi, other=0.0)
+        u = tl.load(u_ptr + n * P + offs_i, mask=mi, other=0.0)
+        s = _tile(fw_ptr, ft_ptr, n * C * P, offs_i, offs_j, C, P, BI, BJ, BK, PREC)
+        s2, g2 = _g2s2(s, offs_i, offs_j, g, lse, ia, ib, itau)
+        acc += tl.sum(g2 * s2 - u[:, None] * tl.abs(s2), axis=0)
+    active = tl.load(st_ptr + (n * 5 + 3) * P + offs_j, mask=mj, other=0.0)  # a >= eps
+    tl.store(v_ptr + n * P + offs_j, acc * active, mask=mj)
+
+
+@triton.jit
+def _bwd_df_kernel(x_ptr, y_ptr, g_ptr, st_ptr, u_ptr, v_ptr, out_ptr, C, P, itau, FOR_FW: tl.constexpr,
+                   BO: tl.constexpr, BR: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """FOR_FW: out = dFw[c block, i block] = sum_j G0_ij Ft[c, j] (x = fw, y = ft, reduced index r = j);
+    else out = dFt[c block, j block] = sum_i G0_ij Fw[c, i] (x = ft, y = fw, r = i)."""
+    n = tl.program_id(0).to(tl.int64)
+    offs_o = tl.program_id(1) * BO + tl.arange(0, BO)
+    offs_c = tl.program_id(2) * BC + tl.arange(0, BC)
+    mo, mc = offs_o < P, offs_c < C
+    base = n * C * P
+    acc = tl.zeros((BC, BO), dtype=tl.float32)
+    for r0 in range(0, P, BR):
+        offs_r = r0 + tl.arange(0, BR)
+        mr = offs_r < P
+        if FOR_FW:
+            offs_i, offs_j, mi, mj = offs_o, offs_r, mo, mr
+            s = _tile(x_ptr, y_ptr, base, offs_i, offs_j, C, P, BO, BR, BK, PREC)
+        else:
+            offs_i, offs_j, mi, mj = offs_r, offs_o, mr, mo
+            s = _tile(y_ptr, x_ptr, base, offs_i, offs_j, C, P, BR, BO, BK, PREC)
+        g = tl.load(g_ptr + n * P + offs_j, mask=mj, other=0.0).to(tl.float32)
+        ia = tl.load(st_ptr + n * 5 * P + offs_j, mask=mj, other=0.0)
+        lse = tl.load(st_ptr + (n * 5 + 2) * P + offs_j, mask=mj, other=0.0)
+        v = tl.load(v_ptr + n * P + offs_j, mask=mj, other=0.0)
+        ib = tl.load(st_ptr + (n * 5 + 1) * P + offs_i, mask=mi, other=0.0)
+        u = tl.load(u_ptr + n * P + offs_i, mask=mi, other=0.0)
+        g0 = _g0(s, offs_i, offs_j, g, lse, ia, ib, u, v, itau)
+        yc = tl.load(y_ptr + base + offs_c[:, None] * P + offs_r[None, :], mask=mc[:, None] & mr[None, :], other=0.0)
+        if FOR_FW:
+            acc += tl.dot(yc, tl.trans(g0).to(yc.dtype), input_precision=PREC)
+        else:
+            acc += tl.dot(yc, g0.to(yc.dtype), input_precision=PREC)
+    tl.store(out_ptr + base + offs_c[:, None] * P + offs_o[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=mc[:, None] & mo[None, :])
+
+
+def _prec(x: torch.Tensor) -> str:
+    """float32 products in IEEE float32 (no TF32: the fp32 path must reproduce the goldens)."""
+    return "ieee"
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(x.shape[0], x.shape[1], -1).contiguous()
+
+
+def similarity_loss_fwd(fw: torch.Tensor, ft: torch.Tensor, tau: float):
+    """fw, ft (N, C, h, w) -> ce (N, P), weight (N, P) (min-max scaled), stats (N, 5, P) float32:
+    1/max(a, eps), 1/max(b, eps), lse, [a >= eps], [b >= eps]."""
+    n, c = fw.shape[:2]
+    w, t = _flat(fw), _flat(ft)
+    p = w.shape[2]
+    grid_j, grid_i = (n, triton.cdiv(p, BLOCK)), (n, triton.cdiv(p, BLOCK))
+    prec = _prec(w)
+    if bool((w.min() >= 0) & (t.min() >= 0)):  # |S| = S: the L1 sums are matrix-vector products
+        w32, t32 = w.float(), t.float()
+        a = torch.einsum("ncj,nc->nj", t32, w32.sum(2))
+        b = torch.einsum("nci,nc->ni", w32, torch.einsum("ncj,nj->nc", t32, 1 / a.clamp_min(EPS)))
+    else:
+        a = torch.empty(n, p, dtype=torch.float32, device=w.device)
+        b = torch.empty_like(a)
+        _colsum_abs_kernel[grid_j](w, t, a, c, p, BLOCK, BLOCK, BK, prec)
+        _rowsum_abs_kernel[grid_i](w, t, 1 / a.clamp_min(EPS), b, c, p, BLOCK, BLOCK, BK, prec)
+    stats = torch.stack([1 / a.clamp_min(EPS), 1 / b.clamp_min(EPS), torch.empty_like(a), (a >= EPS).float(),
+                         (b >= EPS).float()], dim=1).contiguous()
+    ce = torch.empty(n, p, dtype=torch.float32, device=w.device)
+    rowmax = torch.empty(n, grid_j[1], p, dtype=torch.float32, device=w.device)
+    _fwd_kernel[grid_j](w, t, stats, ce, rowmax, c, p, 1.0 / tau,
+                        BLOCK, BLOCK, BK, prec)
+    weight = rowmax.amax(1)
+    weight = weight - weight.min()
+    weight = weight / weight.max().clamp_min(torch.finfo(fw.dtype).tiny)
+    return ce.to(fw.dtype), weight.to(fw.dtype), stats
+
+
+def similarity_loss_bwd(grad_ce: torch.Tensor, fw: torch.Tensor, ft: torch.Tensor, stats: torch.Tensor, tau: float,
+                        need_ft: bool):
+    """Gradients (dfw, dft or None) of sum(grad_ce * ce), shapes of fw and ft."""
+    n, c = fw.shape[:2]
+    w, t = _flat(fw), _flat(ft)
+    p = w.shape[2]
+    prec, itau = _prec(w), 1.0 / tau
+    g = grad_ce.contiguous()
+    u = torch.empty(n, p, dtype=torch.float32, device=w.device)
+    v = torch.empty_like(u)
+    nb = triton.cdiv(p, BLOCK)
+    _bwd_u_kernel[(n, nb)](w, t, g, stats, u, c, p, itau, BLOCK, BLOCK, BK, prec)
+    _bwd_v_kernel[(n, nb)](w, t, g, stats, u, v, c, p, itau, BLOCK, BLOCK, BK, prec)
+    grid = (n, nb, triton.cdiv(c, BK))
+    dfw = torch.empty_like(w)
+    _bwd_df_kernel[grid](w, t, g, stats, u, v, dfw, c, p, itau, True, BLOCK, BLOCK, BK, BK, prec)
+    dft = None
+    if need_ft:
+        dft = torch.empty_like(t)
+        _bwd_df_kernel[grid](t, w, g, stats, u, v, dft, c, p, itau, False, BLOCK, BLOCK, BK, BK, prec)
+    return dfw.view_as(fw), (dft.view_as(ft) if need_ft else None)
