@@ -33,6 +33,7 @@ class TrainConfig:
     sim_weight: float = 0.1
     con_weight: float = 1.0
     tau: float = 0.001
+    augment: bool = True                 # False: no augmentation (tests comparing runs)
     encoder_train_mode: bool = False     # True: the release's stage 2 (encoder BN in train mode)
     imagenet: str | None = None          # local torchvision/MoCo ImageNet checkpoint for the encoder
     init: str | None = None              # a pscfast/release checkpoint to start from (e.g. stage-1 weights)

@@ -78,7 +78,7 @@ class Stage:
             raise ValueError(f"stage {stage}: batch_size {cfg.batch_size} x {world} processes exceeds the "
                              f"{len(loader_data)} training pairs")
         self.epochs = cfg.epochs_encoder if stage == 1 else cfg.epochs_estimator
-        self.aug = AugmentConfig()
+        self.aug = AugmentConfig() if cfg.augment else AugmentConfig(flip_p=0.0, appearance=False, geometric=False)
         self.gen = torch.Generator(device=device)
         self.amp_dtype = _amp_dtype(cfg.amp, device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
@@ -154,7 +154,7 @@ class Stage:
         self.scaler.update()
         self.sched.step()
         self.step += 1
-        return {k: float(dist_utils.all_reduce_mean(v)) for k, v in out.items()}
+        return {k: float(dist_utils.all_reduce_mean(v.detach())) for k, v in out.items()}
 
     # ---------------------------------------------------------------- state
     def state_dict(self, epoch: int) -> dict:
