@@ -7,6 +7,15 @@ from pscfast.ops._reference import identity_grid, kernel_soft_argmax
 from pscfast.training.sfnet_losses import flow_loss, mask_loss, sfnet_loss, smoothness_loss
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small convolutions: one thread avoids oversubscription when CI shares its cores (10x faster here)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _images(n=2, size=64):
     return torch.randn(n, 3, size, size), torch.randn(n, 3, size, size)
 
