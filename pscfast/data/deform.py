@@ -30,17 +30,18 @@ class Deformation:
 
     @classmethod
     def random(cls, rng, size=SIZE, strength=1.0):
-        """Rotation +-12 deg, per-axis scale 0.88..1.1, shear +-0.1, shift +-10 px, three sine terms of
-        2..6 px at 0.3..1 cycles per image (all scaled by `strength`)."""
-        ang = np.deg2rad(rng.uniform(-12, 12) * strength)
+        """Rotation +-20 deg, per-axis scale 0.75..1.15, shear +-0.15, shift +-28 px, three sine terms of
+        3..7 px at 0.3..0.8 cycles per image (all scaled by `strength`). The sine field's Lipschitz constant
+        (<= 3 * 7 * 2 pi * 0.8 / 256 = 0.41) stays below the smallest singular value of A (>= 0.65)."""
+        ang = np.deg2rad(rng.uniform(-20, 20) * strength)
         rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
-        scale = np.diag(1 + (rng.uniform(0.88, 1.1, 2) - 1) * strength)
-        shear = np.array([[1, rng.uniform(-0.1, 0.1) * strength], [0, 1]])
-        t = rng.uniform(-10, 10, 2) * strength * size / SIZE
+        scale = np.diag(1 + (rng.uniform(0.75, 1.15, 2) - 1) * strength)
+        shear = np.array([[1, rng.uniform(-0.15, 0.15) * strength], [0, 1]])
+        t = rng.uniform(-28, 28, 2) * strength * size / SIZE
         k = 3
-        amps = rng.uniform(2, 6, (k, 2)) * rng.choice([-1, 1], (k, 2)) * strength * size / SIZE
+        amps = rng.uniform(3, 7, (k, 2)) * rng.choice([-1, 1], (k, 2)) * strength * size / SIZE
         theta = rng.uniform(0, 2 * np.pi, k)
-        freqs = rng.uniform(0.3, 1.0, k)[:, None] * np.stack([np.cos(theta), np.sin(theta)], 1)
+        freqs = rng.uniform(0.3, 0.8, k)[:, None] * np.stack([np.cos(theta), np.sin(theta)], 1)
         return cls(rot @ scale @ shear, t, amps, freqs, rng.uniform(0, 2 * np.pi, k), size)
 
     def _field(self, p):

@@ -35,8 +35,8 @@ MARGIN = 3.0
 
 
 def _place(parts, rng):
-    """Object units -> photo pixels: 68..84 px per unit, rotation +-8 deg, centre 128 +- 10 px."""
-    s = rng.uniform(68, 84) * np.array([rng.uniform(0.9, 1.1), 1.0])
+    """Object units -> photo pixels: 60..76 px per unit, rotation +-8 deg, centre 128 +- 10 px."""
+    s = rng.uniform(60, 76) * np.array([rng.uniform(0.9, 1.1), 1.0])
     a = np.deg2rad(rng.uniform(-8, 8))
     rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
     centre = (SIZE - 1) / 2 + rng.uniform(-10, 10, 2)
