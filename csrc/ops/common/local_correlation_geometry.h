@@ -7,6 +7,12 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#ifdef __CUDACC__
+#define PSC_CORR_HD __host__ __device__
+#else
+#define PSC_CORR_HD
+#endif
+
 namespace pscfast {
 
 struct CorrGeometry {
@@ -15,8 +21,8 @@ struct CorrGeometry {
   int k, d, P, stride, pad, dil, dilp;
 
   // displacement of channel p, in pixels
-  int oy(int p) const { return (p / P - d) * dilp; }
-  int ox(int p) const { return (p % P - d) * dilp; }
+  PSC_CORR_HD int oy(int p) const { return (p / P - d) * dilp; }
+  PSC_CORR_HD int ox(int p) const { return (p % P - d) * dilp; }
 };
 
 inline CorrGeometry corr_geometry(const at::Tensor& a, const at::Tensor& b, int64_t kernel_size,
@@ -56,11 +62,7 @@ inline CorrGeometry corr_geometry(const at::Tensor& a, const at::Tensor& b, int6
 
 // The output rows i whose window row ki reads input row y: i = (y + pad - ki * dil) / stride when exact.
 // Returns -1 when none.
-inline
-#ifdef __CUDACC__
-    __host__ __device__
-#endif
-    int window_index(int y, int kk, int pad, int dil, int stride, int n_out) {
+inline PSC_CORR_HD int window_index(int y, int kk, int pad, int dil, int stride, int n_out) {
   const int t = y + pad - kk * dil;
   if (t < 0 || t % stride != 0) return -1;
   const int i = t / stride;
