@@ -6,13 +6,17 @@ PyTorch); `backend=` or the PSCFAST_BACKEND environment variable chooses one (se
 from pscfast.ops._dispatch import OPS, BackendUnavailable
 from pscfast.ops.consistency import Compose, ConsistencyLoss, compose, consistency_loss
 from pscfast.ops.correlation import Correlation, correlation
+from pscfast.ops.local_correlation import LocalCorrelation, local_correlation
 from pscfast.ops.similarity_loss import SimilarityLoss, similarity_loss
+from pscfast.ops.soft_argmax import KernelSoftArgmax, kernel_soft_argmax
 from pscfast.ops.warp import Warp, WarpDisplacement, warp, warp_displacement
 
 __all__ = [
     "OPS", "BackendUnavailable",
     "Compose", "ConsistencyLoss", "compose", "consistency_loss",
     "Correlation", "correlation",
+    "LocalCorrelation", "local_correlation",
     "SimilarityLoss", "similarity_loss",
+    "KernelSoftArgmax", "kernel_soft_argmax",
     "Warp", "WarpDisplacement", "warp", "warp_displacement",
 ]
