@@ -1,0 +1,98 @@
+"""predict (any image sizes, picture + flow file), viz pictures, the evaluate CLI."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pscfast import viz
+from pscfast.evaluate import main as evaluate_main
+from pscfast.ops._reference import identity_grid
+from pscfast.predict import build_predictor, main as predict_main, predict_pair
+
+R = "rendered_256x256/256x256"
+
+
+@pytest.fixture
+def odd_pair(tiny_root, tmp_path):
+    photo = Image.open(os.path.join(tiny_root, R, "photo/tx_000100000000/car/car_0002.jpg")).resize((300, 220))
+    sketch = Image.open(os.path.join(tiny_root, R, "sketch/tx_000100000000/car/car_0002-1.png")).resize((180, 260))
+    photo.save(tmp_path / "photo.jpg")
+    sketch.save(tmp_path / "sketch.png")
+    return str(tmp_path / "photo.jpg"), str(tmp_path / "sketch.png")
+
+
+def _scaled(kp, src_wh, dst_wh):
+    return (np.asarray(kp) + 0.5) / np.asarray(src_wh) * np.asarray(dst_wh) - 0.5
+
+
+def test_predict_cli_writes_picture_and_flow(odd_pair, tmp_path):
+    out = tmp_path / "out" / "fig.png"
+    predict_main([*odd_pair, "--checkpoint", "identity", "--out", str(out), "--keypoints", "20,30;150,110;290,200"])
+    fig = np.asarray(Image.open(out))
+    assert fig.shape[0] == 320 and fig.shape[2] == 3
+    assert fig.shape[1] == round(300 * 320 / 220) + 2 * round(180 * 320 / 260) + 2 * 6
+    flow = torch.load(str(out).replace(".png", ".flow.pt"))
+    assert flow["fwd"].shape == flow["bwd"].shape == (16, 16, 2)
+    assert flow["kp_photo"].tolist() == [[20, 30], [150, 110], [290, 200]]
+    # identity flow: the same relative position in the sketch, up to the 256-frame rounding (0.5 px there)
+    expect = _scaled(flow["kp_photo"], (300, 220), (180, 260))
+    assert np.abs(flow["kp_sketch"].numpy() - expect).max() <= 0.5 * 260 / 256 + 1e-6
+
+
+def test_predict_default_keypoints_come_from_the_sketch(odd_pair):
+    shift = torch.tensor([16.0, -8.0]) * 2 / 255  # photo point = sketch point + (16, -8) in the 256 frame
+    r = predict_pair(*odd_pair, lambda p, s: (identity_grid(1, 16, 16) + shift, identity_grid(1, 16, 16) - shift))
+    assert r["kp_sketch"].shape == (8, 2)
+    photo_256 = _scaled(r["kp_photo"], (300, 220), (256, 256))
+    sketch_256 = _scaled(r["kp_sketch"], (180, 260), (256, 256))
+    assert np.abs(photo_256 - (np.round(sketch_256) + [16, -8])).max() < 1e-3
+    assert r["figure"].dtype == np.uint8 and r["figure"].shape[0] == 320
+
+
+def test_predict_rejects_bad_keypoints(odd_pair, tmp_path):
+    with pytest.raises(SystemExit, match="x,y"):
+        predict_main([*odd_pair, "--checkpoint", "identity", "--out", str(tmp_path / "f.png"), "--keypoints", "1,2,3"])
+
+
+def test_flow_figure_and_warp():
+    photo = torch.rand(3, 256, 256)
+    sketch = torch.ones(3, 256, 256)
+    ident = identity_grid(1, 16, 16)[0]
+    arr = viz.flow_figure(photo, sketch, ident, ident)
+    assert arr.shape == (256, 3 * 256 + 12, 3) and arr.dtype == np.uint8
+    batch = viz.batch_figure(photo.expand(3, -1, -1, -1), sketch.expand(3, -1, -1, -1), ident.expand(3, -1, -1, -1),
+                             ident.expand(3, -1, -1, -1), n=2)
+    assert batch.shape == (512, 3 * 256 + 12, 3) and np.array_equal(batch[:256], arr)
+    assert torch.allclose(viz.warp_image(photo, ident), photo, atol=1e-4)  # float32 grid rounding
+    flipped = ident * torch.tensor([-1.0, 1.0])  # samples x mirrored
+    assert torch.allclose(viz.warp_image(photo, flipped), photo.flip(-1), atol=1e-4)
+    # the warped panel of a blank sketch is the photo itself, apart from the drawn points
+    assert np.median(np.abs(arr[:, -256:].astype(int) - viz.to_uint8(photo).astype(int))) <= 1
+
+
+def test_evaluate_cli(tiny_root, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert evaluate_main(["--data-root", tiny_root, "--gt", "--json", str(out), "--classes", "car,fish"]) == 0
+    r = json.loads(out.read_text())
+    assert r["pck10"] >= 0.99 and r["identity"]["pck10"] < r["pck10"] and r["pairs"] == 4
+    assert set(r["per_class"]) == {"car", "fish"}
+    assert "PCK@0.05" in capsys.readouterr().out
+    preds = tmp_path / "gt.pt"
+    assert evaluate_main(["--data-root", tiny_root, "--gt", "--save-predictions", str(preds)]) == 0
+    assert evaluate_main(["--data-root", tiny_root, "--checkpoint", "identity", "--compare", str(preds),
+                          "--json", str(out)]) == 0
+    r_id = json.loads(out.read_text())
+    # ground truth vs identity: as far apart as the identity is from the annotations (GT = annotations)
+    assert abs(r_id["consistency_with"]["value"] - r_id["consistency"]) < 0.005
+    bad = tmp_path / "bad.json"
+    assert evaluate_main(["--data-root", str(tmp_path / "missing"), "--gt", "--json", str(bad)]) == 2
+    assert not bad.exists()
+    assert "root not found" in capsys.readouterr().err
+
+
+def test_identity_predictor_shapes():
+    fwd, bwd = build_predictor("identity")(torch.zeros(2, 3, 256, 256), None)
+    assert fwd.shape == bwd.shape == (2, 16, 16, 2)
