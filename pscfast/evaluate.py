@@ -7,7 +7,8 @@
 `--gt` scores the synthetic benchmark's ground-truth deformation instead (a sanity check: ~100%).
 `--classes` (ids or names, comma- or space-separated) evaluates those categories only (held-out classes).
 The JSON (written only when the evaluation completes) holds pck05, pck10 in [0, 1], the identity flow's,
-both directions, the consistency with the annotations and the per-class table.
+both directions, the consistency with the annotations and the per-class table. The paper's consistency
+between two systems: run one with `--save-predictions a.pt`, the other with `--compare a.pt` (same pairs).
 """
 import argparse
 import json
@@ -18,7 +19,7 @@ import time
 import torch
 
 from pscfast.data import DatasetError, PSCTestPairs
-from pscfast.evaluation import GroundTruthFlows, evaluate, format_table
+from pscfast.evaluation import GroundTruthFlows, consistency, evaluate, format_table
 
 
 def _write_json(path, obj):
@@ -40,6 +41,9 @@ def main(argv=None):
     ap.add_argument("--shared-bn", default=None, choices=["0", "1"], help="override the checkpoint's BN sharing")
     ap.add_argument("--classes", nargs="+", default=None, help="class ids or names (comma/space separated)")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--save-predictions", default=None, help="save the predicted keypoints (.pt) for --compare")
+    ap.add_argument("--compare", default=None,
+                    help="predictions saved by another run: report the paper's consistency with them")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -60,7 +64,14 @@ def main(argv=None):
             model = load_checkpoint(a.checkpoint, arch=a.arch, shared_bn=shared).to(a.device).eval()
             predict, what = (lambda p, s: model.predict_flow(normalize(p), normalize(s))), a.checkpoint
         t0 = time.perf_counter()
-        result = evaluate(predict, data, a.batch_size, a.device, classes=classes, num_workers=a.workers)
+        result = evaluate(predict, data, a.batch_size, a.device, classes=classes, num_workers=a.workers,
+                          return_predictions=True)
+        preds = result.pop("predictions")
+        if a.compare:
+            other = torch.load(a.compare)
+            result["consistency_with"] = {"file": a.compare, "value": consistency(
+                torch.cat([preds["photo_to_sketch"], preds["sketch_to_photo"]]),
+                torch.cat([other["photo_to_sketch"], other["sketch_to_photo"]]))}
     except (DatasetError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"pscfast.evaluate: {e}", file=sys.stderr)
         return 2
@@ -70,6 +81,10 @@ def main(argv=None):
     print(f"PCK@0.05 {100 * result['pck05']:.2f}  PCK@0.10 {100 * result['pck10']:.2f}  "
           f"(identity {100 * result['identity']['pck05']:.2f} / {100 * result['identity']['pck10']:.2f}, "
           f"consistency {result['consistency']:.4f}, {result['pairs']} pairs, {what})")
+    if "consistency_with" in result:
+        print(f"consistency with {a.compare}: {result['consistency_with']['value']:.4f}")
+    if a.save_predictions:
+        torch.save(preds, a.save_predictions)
     if a.json:
         _write_json(a.json, result)
     return 0

@@ -126,3 +126,9 @@ def flow_figure(photo, sketch, fwd, bwd, kp_photo=None):
     pred = transfer_keypoints(bwd[None].float().cpu(), kp.flip(-1)[None], size)[0].flip(-1)
     warped = warp_image(photo.float().cpu(), fwd.float().cpu())
     return correspondence_figure(photo, sketch, kp.numpy(), pred.numpy(), warped)
+
+
+def batch_figure(photos, sketches, fwd, bwd, n=4):
+    """`flow_figure` of the first n pairs of a batch stacked vertically: (n*S, W, 3) uint8 (for TensorBoard)."""
+    rows = [flow_figure(photos[i], sketches[i], fwd[i], bwd[i]) for i in range(min(n, photos.shape[0]))]
+    return np.concatenate(rows, 0)

@@ -93,15 +93,16 @@ class _PairsBase(Dataset):
         self.csv_path = csv_path
         self.csv_name = os.path.basename(csv_path)
         self.rows = []
-        names = {}
+        names, seen = {}, set()
         for line, r in _read_rows(csv_path, self.columns):
             row = self._parse_row(line, r)
             for key in ("photo", "sketch"):
                 if not r[key]:
                     raise DatasetError(f"{self.csv_name} line {line}: column {key!r} is empty")
-                if check_files and not os.path.isfile(os.path.join(root, r[key])):
+                if check_files and r[key] not in seen and not os.path.isfile(os.path.join(root, r[key])):
                     raise DatasetError(f"image not found: {os.path.join(root, r[key])} "
                                        f"({self.csv_name} line {line}, column {key!r})")
+                seen.add(r[key])
             name = class_name_of(r["photo"])
             if names.setdefault(row["class_id"], name) != name:
                 raise DatasetError(f"{self.csv_name} line {line}: class {row['class_id']} is folder {name!r} here "

@@ -63,6 +63,9 @@ def test_flow_figure_and_warp():
     ident = identity_grid(1, 16, 16)[0]
     arr = viz.flow_figure(photo, sketch, ident, ident)
     assert arr.shape == (256, 3 * 256 + 12, 3) and arr.dtype == np.uint8
+    batch = viz.batch_figure(photo.expand(3, -1, -1, -1), sketch.expand(3, -1, -1, -1), ident.expand(3, -1, -1, -1),
+                             ident.expand(3, -1, -1, -1), n=2)
+    assert batch.shape == (512, 3 * 256 + 12, 3) and np.array_equal(batch[:256], arr)
     assert torch.allclose(viz.warp_image(photo, ident), photo, atol=1e-4)  # float32 grid rounding
     flipped = ident * torch.tensor([-1.0, 1.0])  # samples x mirrored
     assert torch.allclose(viz.warp_image(photo, flipped), photo.flip(-1), atol=1e-4)
@@ -77,6 +80,13 @@ def test_evaluate_cli(tiny_root, tmp_path, capsys):
     assert r["pck10"] >= 0.99 and r["identity"]["pck10"] < r["pck10"] and r["pairs"] == 4
     assert set(r["per_class"]) == {"car", "fish"}
     assert "PCK@0.05" in capsys.readouterr().out
+    preds = tmp_path / "gt.pt"
+    assert evaluate_main(["--data-root", tiny_root, "--gt", "--save-predictions", str(preds)]) == 0
+    assert evaluate_main(["--data-root", tiny_root, "--checkpoint", "identity", "--compare", str(preds),
+                          "--json", str(out)]) == 0
+    r_id = json.loads(out.read_text())
+    # ground truth vs identity: as far apart as the identity is from the annotations (GT = annotations)
+    assert abs(r_id["consistency_with"]["value"] - r_id["consistency"]) < 0.005
     bad = tmp_path / "bad.json"
     assert evaluate_main(["--data-root", str(tmp_path / "missing"), "--gt", "--json", str(bad)]) == 2
     assert not bad.exists()

@@ -41,8 +41,9 @@ def test_layout_and_images(tiny_root):
         path = os.path.join(tiny_root, synthetic.PREFIX, kind, synthetic.TX, "fish", "fish_0000" + ext)
         im = Image.open(path)
         assert im.size == (256, 256)
-    photo = np.asarray(Image.open(os.path.join(tiny_root, synthetic.PREFIX, "photo", synthetic.TX, "fish", "fish_0000.jpg")))
-    sketch = np.asarray(Image.open(os.path.join(tiny_root, synthetic.PREFIX, "sketch", synthetic.TX, "fish", "fish_0000-1.png")))
+    base = os.path.join(tiny_root, synthetic.PREFIX, "{}", synthetic.TX, "fish", "fish_0000{}")
+    photo = np.asarray(Image.open(base.format("photo", ".jpg")))
+    sketch = np.asarray(Image.open(base.format("sketch", "-1.png")))
     assert photo.std() > 20  # colour, texture, clutter
     ink = (sketch < 128).mean()
     assert 0.005 < ink < 0.15 and (sketch[sketch >= 128] == 255).all()  # strokes on white paper
