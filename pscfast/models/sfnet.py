@@ -24,7 +24,6 @@ from torch import nn
 from pscfast import ops
 from pscfast.models.resnet import PHOTO, SKETCH, ResNet
 from pscfast.models.stn import upsample_flow
-from pscfast.ops._reference import kernel_soft_argmax
 
 BETA, SIGMA = 50.0, 5.0  # the paper's kernel soft argmax temperature and Gaussian std (feature cells)
 
@@ -49,7 +48,8 @@ class SFNet(nn.Module):
     """``SFNet(arch="resnet18", shared_bn=False, beta=50, sigma=5, backend=None)``.
 
     ``encoder`` is a pscfast.models.ResNet (frozen; load ImageNet or PSC weights into it), ``adapt3`` and
-    ``adapt4`` the trainable adaptation layers. ``backend`` picks the pscfast.ops backend of the correlation.
+    ``adapt4`` the trainable adaptation layers. ``backend`` picks the pscfast.ops backend of the correlation
+    and of the kernel soft argmax.
     """
 
     def __init__(self, arch: str = "resnet18", shared_bn: bool = False, beta: float = BETA, sigma: float = SIGMA,
@@ -100,8 +100,8 @@ class SFNet(nn.Module):
         corr = self.correlation(f_sketch, f_photo)
         n, t, h, w = corr.shape
         corr_t = corr.flatten(2).transpose(1, 2).reshape(n, t, h, w)
-        fwd = kernel_soft_argmax(corr, self.beta, self.sigma)
-        bwd = kernel_soft_argmax(corr_t, self.beta, self.sigma)
+        fwd = ops.kernel_soft_argmax(corr, self.beta, self.sigma, backend=self.backend)
+        bwd = ops.kernel_soft_argmax(corr_t, self.beta, self.sigma, backend=self.backend)
         return fwd, bwd, corr
 
     def forward(self, photo: torch.Tensor, sketch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
