@@ -131,3 +131,25 @@ def test_training_reduces_loss():
     losses = [train_step(model, opt, batch, 64, {"mask": 3.0, "flow": 16.0, "smooth": 0.5}, "cpu")["loss"]
               for _ in range(12)]
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_checkpoint_round_trip_and_cli(tmp_path):
+    from pscfast.models import save_checkpoint
+    from pscfast.training.sfnet import load_sfnet, parse, split_model_flag
+    model = SFNet("resnet18", sigma=3.0).eval()
+    for p in model.adapt3.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    save_checkpoint(tmp_path / "s.pt", model, model_kind="sfnet", beta=model.beta, sigma=model.sigma)
+    loaded = load_sfnet(str(tmp_path / "s.pt"))
+    photo, sketch = _images(1, 64)
+    for a, b in zip(model.predict_flow(photo, sketch), loaded.predict_flow(photo, sketch)):
+        torch.testing.assert_close(a, b)
+    assert loaded.sigma == 3.0
+    save_checkpoint(tmp_path / "p.pt", model)
+    with pytest.raises(ValueError, match="not an SFNet checkpoint"):
+        load_sfnet(str(tmp_path / "p.pt"))
+    model_name, rest = split_model_flag(["--epochs", "2", "--model", "sfnet", "--no-progress"])
+    assert model_name == "sfnet" and rest == ["--epochs", "2", "--no-progress"]
+    cfg = parse(rest)
+    assert cfg.epochs == 2 and cfg.progress is False and cfg.lr == parse([]).lr
+    assert split_model_flag(["--arch", "resnet50"]) == ("psc", ["--arch", "resnet50"])
