@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from pscfast.models import load_checkpoint, load_imagenet, save_checkpoint
 from pscfast.models.sfnet import BETA, SIGMA, SFNet
-from pscfast.training.pipeline import prepare_data
+from pscfast.training.pipeline import evaluate_pck, prepare_data
 from pscfast.training.sfnet_data import MaskedPairs
 from pscfast.training.sfnet_losses import WEIGHTS, sfnet_loss
 from pscfast.training.trainer import normalize, resize
@@ -88,23 +88,6 @@ def train_step(model: SFNet, opt: torch.optim.Optimizer, batch: dict, image_size
     out["loss"].backward()
     opt.step()
     return {k: float(v.detach()) for k, v in out.items()}
-
-
-def predictor(model: SFNet, image_size: int):
-    """predict_fn for pscfast.evaluation.evaluate: [0, 1] images -> (fwd, bwd) grids."""
-    def predict(photo: torch.Tensor, sketch: torch.Tensor):
-        model.eval()
-        return model.predict_flow(normalize(resize(photo, image_size)), normalize(resize(sketch, image_size)))
-    return predict
-
-
-def evaluate_pck(cfg: SFNetConfig, model: SFNet, root: str, csv_dir: str, device) -> dict:
-    from pscfast.data import PSCTestPairs
-    from pscfast.evaluation import evaluate
-    data = PSCTestPairs(root, os.path.join(csv_dir, "test_pairs_ps.csv"))
-    if cfg.eval_limit:
-        data = torch.utils.data.Subset(data, range(min(cfg.eval_limit, len(data))))
-    return evaluate(predictor(model, cfg.image_size), data, cfg.eval_batch_size, device, progress=cfg.progress)
 
 
 def _device(name: str) -> torch.device:
