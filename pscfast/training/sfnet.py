@@ -34,7 +34,7 @@ class SFNetConfig:
     out: str = "runs/sfnet"
     image_size: int = 256                # 16x16 flows (layer3)
     batch_size: int = 8
-    epochs: int = 8
+    epochs: int = 16
     max_steps_per_epoch: int | None = None
     lr: float = 1e-3                     # the paper: 3e-5 for 7k iterations
     lr_decay_epoch: int | None = None    # the paper: 30 (lr / 5 from then on)
