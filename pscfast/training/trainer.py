@@ -22,7 +22,7 @@ from pscfast import ops
 from pscfast.data import normalize
 from pscfast.models import PHOTO, SKETCH, MoCo, PSCNet, load_imagenet, save_checkpoint
 from pscfast.training import distributed as dist_utils
-from pscfast.training.augment import AugmentConfig, augment_images, augment_pair
+from pscfast.training.augment import AugmentConfig, augment_images, augment_pair, augment_reference
 from pscfast.training.config import TrainConfig
 from pscfast.training.losses import stage2_loss
 
@@ -122,7 +122,8 @@ class Stage:
 
     def step_estimator(self, batch) -> dict[str, torch.Tensor]:
         cfg, enc = self.cfg, self.model.encoder
-        photo, sketch, _ = augment_pair(*self._images(batch), self.aug, self.gen)
+        augment = augment_reference if cfg.augment_loop else augment_pair
+        photo, sketch, _ = augment(*self._images(batch), self.aug, self.gen)
         photo, sketch = normalize(photo), normalize(sketch)
         with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
             with torch.no_grad():
