@@ -34,6 +34,7 @@ class TrainConfig:
     con_weight: float = 1.0
     tau: float = 0.001
     augment: bool = True                 # False: no augmentation (tests comparing runs)
+    augment_loop: bool = False           # True: the release's per-sample augmentation loop (benchmarks)
     encoder_train_mode: bool = False     # True: the release's stage 2 (encoder BN in train mode)
     imagenet: str | None = None          # local torchvision/MoCo ImageNet checkpoint for the encoder
     init: str | None = None              # a pscfast/release checkpoint to start from (e.g. stage-1 weights)

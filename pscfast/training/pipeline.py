@@ -5,10 +5,11 @@ import os
 
 import torch
 
+from pscfast.data import normalize
 from pscfast.models import PSCNet, save_checkpoint
 from pscfast.training import distributed as dist_utils
 from pscfast.training.config import TrainConfig
-from pscfast.training.trainer import Stage, build_model, checkpoint_path, normalize, resize, save_stage
+from pscfast.training.trainer import Stage, build_model, resize, save_stage
 
 SYNTHETIC_ROOT = "runs/synthetic"
 
@@ -36,16 +37,39 @@ def predictor(model: PSCNet, image_size: int):
     return predict
 
 
-def evaluate_pck(cfg: TrainConfig, model: PSCNet, root: str, csv_dir: str, device) -> dict:
+def evaluate_pck(cfg: TrainConfig, model: PSCNet, root: str, csv_dir: str, device, writer=None, step=0) -> dict:
+    """PCK on the test CSV with the evaluation CLI's geometry; logs it and a correspondence picture."""
     from pscfast.data import PSCTestPairs
     from pscfast.evaluation import evaluate
     data = PSCTestPairs(root, os.path.join(csv_dir, "test_pairs_ps.csv"))
     if cfg.eval_limit:
         data = torch.utils.data.Subset(data, range(min(cfg.eval_limit, len(data))))
     was_training = model.training
-    result = evaluate(predictor(model, cfg.image_size), data, cfg.eval_batch_size, device)
+    predict = predictor(model, cfg.image_size)
+    result = evaluate(predict, data, cfg.eval_batch_size, device, progress=False)
+    picture = _picture(predict, data, device)
     model.train(was_training)
+    if picture is not None:
+        from PIL import Image
+        Image.fromarray(picture).save(os.path.join(cfg.out, "correspondence.png"))
+    if writer is not None:
+        for k in ("pck05", "pck10"):
+            writer.add_scalar(f"eval/{k}", result[k], step)
+        if picture is not None:
+            writer.add_image("eval/correspondence", picture, step, dataformats="HWC")
     return result
+
+
+def _picture(predict, data, device, n: int = 4):
+    try:
+        from pscfast.viz import batch_figure
+    except ImportError:
+        return None
+    items = [data[i] for i in range(min(n, len(data)))]
+    photos = torch.stack([it["photo"] for it in items]).to(device)
+    sketches = torch.stack([it["sketch"] for it in items]).to(device)
+    fwd, bwd = predict(photos, sketches)
+    return batch_figure(photos.cpu(), sketches.cpu(), fwd.cpu(), bwd.cpu(), n)
 
 
 def _writer(cfg: TrainConfig, rank: int):
@@ -77,10 +101,7 @@ def train(cfg: TrainConfig) -> dict:
     def on_epoch(stage: Stage, epoch: int):
         save_stage(cfg, stage, epoch, rank)
         if stage.stage == 2 and cfg.eval_every and epoch % cfg.eval_every == 0 and epoch != stage.epochs and rank == 0:
-            pck = evaluate_pck(cfg, model, root, csv_dir, device)
-            if writer is not None:
-                for k in ("pck05", "pck10"):
-                    writer.add_scalar(f"eval/{k}", pck[k], stage.step)
+            evaluate_pck(cfg, model, root, csv_dir, device, writer, stage.step)
 
     history = {}
     for s in cfg.stages():
@@ -95,10 +116,7 @@ def train(cfg: TrainConfig) -> dict:
         history[s] = stage.run(log, on_epoch)
     pck = None
     if 2 in cfg.stages() and rank == 0:
-        pck = evaluate_pck(cfg, model, root, csv_dir, device)
-        if writer is not None:
-            for k in ("pck05", "pck10"):
-                writer.add_scalar(f"eval/{k}", pck[k], sum(len(h) for h in history.values()))
+        pck = evaluate_pck(cfg, model, root, csv_dir, device, writer, sum(len(h) for h in history.values()))
     if rank == 0:
         save_checkpoint(os.path.join(cfg.out, "final.pt"), model, config=cfg.__dict__)
     if writer is not None:

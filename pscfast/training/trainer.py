@@ -19,21 +19,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pscfast import ops
+from pscfast.data import normalize
 from pscfast.models import PHOTO, SKETCH, MoCo, PSCNet, load_imagenet, save_checkpoint
 from pscfast.training import distributed as dist_utils
-from pscfast.training.augment import AugmentConfig, augment_images, augment_pair
+from pscfast.training.augment import AugmentConfig, augment_images, augment_pair, augment_reference
 from pscfast.training.config import TrainConfig
 from pscfast.training.losses import stage2_loss
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-
-
-def normalize(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] images (N, 3, H, W) -> ImageNet-normalised."""
-    mean = torch.tensor(MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -93,7 +84,7 @@ class Stage:
             self.moco = None
             model.encoder.requires_grad_(False)
             model.encoder.train(cfg.encoder_train_mode)
-            stn = nn.SyncBatchNorm.convert_sync_batchnorm(model.stn) if world > 1 else model.stn
+            stn = dist_utils.sync_batchnorm(model.stn, device) if world > 1 else model.stn
             model.stn = stn
             self.net = FlowPair(stn)
             params = list(stn.parameters())
@@ -131,7 +122,8 @@ class Stage:
 
     def step_estimator(self, batch) -> dict[str, torch.Tensor]:
         cfg, enc = self.cfg, self.model.encoder
-        photo, sketch, _ = augment_pair(*self._images(batch), self.aug, self.gen)
+        augment = augment_reference if cfg.augment_loop else augment_pair
+        photo, sketch, _ = augment(*self._images(batch), self.aug, self.gen)
         photo, sketch = normalize(photo), normalize(sketch)
         with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
             with torch.no_grad():
