@@ -1,6 +1,7 @@
 """local_correlation: PWC-Net-style cost volume (kernel_size 1, max displacement 4) against the naive PyTorch
-versions (the reference's loop over displacements, `torch`; an F.unfold version, `unfold`) and, where it is
-installed, spatial_correlation_sampler (`sampler`, not a pscfast dependency). Each case also records the
+versions (the reference's loop over displacements, `torch`; an F.unfold version, `unfold`) and, where they are
+installed, spatial_correlation_sampler (`sampler`) and localcorr's Triton sampler (`localcorr`, CUDA only: on
+CPU it is the Triton interpreter); neither is a pscfast dependency. Each case also records the
 largest error against float64 (`max_err`) and whether the output is finite: on CUDA in float16 too, where
 the sampler's half path is known to give NaN."""
 import pytest
@@ -37,7 +38,20 @@ def _sampler():
     return spatial_correlation_sample, None
 
 
+def _localcorr(device):
+    try:
+        from localcorr.triton.spatial_corr import TritonSpatialCorrelationSampler
+    except ImportError as exc:
+        return None, f"localcorr is not installed ({exc})"
+    if device != "cuda":
+        return None, "localcorr's kernels are Triton: on CPU only the interpreter"
+    return TritonSpatialCorrelationSampler, None
+
+
 def _impl(provider):
+    if provider == "localcorr":
+        module = _localcorr(DEVICE)[0](patch_size=2 * D + 1)
+        return lambda a, b: module(a, b).flatten(1, 2)
     if provider == "unfold":
         return lambda a, b: unfold_correlation(a, b, D)
     if provider == "sampler":
@@ -48,11 +62,11 @@ def _impl(provider):
 
 def _all_providers(dtype):
     found = providers("local_correlation", DEVICE, dtype, False)
-    return found + [("unfold", None), ("sampler", _sampler()[1])]
+    return found + [("unfold", None), ("sampler", _sampler()[1]), ("localcorr", _localcorr(DEVICE)[1])]
 
 
 @pytest.mark.parametrize("mode", ["fwd", "bwd", "fwd+bwd"])
-@pytest.mark.parametrize("provider", ["torch", "cpp", "triton", "unfold", "sampler"])
+@pytest.mark.parametrize("provider", ["torch", "cpp", "triton", "unfold", "sampler", "localcorr"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
 def test_local_correlation(benchmark, request, shape, dtype, provider, mode):

@@ -64,7 +64,7 @@ def _stats(c_ptr, base, s, smask, T, S, Wt, beta, inv2s2, BT: tl.constexpr, BS: 
 
 @triton.jit
 def _logits(c_ptr, base, q, s, m, S, Wt, r, bx, by, beta, inv2s2, ACC: tl.constexpr):
-    """z = beta * k * n for a [BT, BS] tile; returns z (the tile of n is recomputed by the callers)."""
+    """The logits z = beta * k * n of a [BT, BS] tile (target rows q, source columns s)."""
     v = tl.load(c_ptr + base + q[:, None].to(tl.int64) * S + s[None, :], mask=m, other=0.0).to(ACC)
     dx = (q % Wt).to(ACC)[:, None] - bx[None, :]
     dy = (q // Wt).to(ACC)[:, None] - by[None, :]

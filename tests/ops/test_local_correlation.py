@@ -82,6 +82,16 @@ def test_matches_spatial_correlation_sampler():
         assert_close(ours, theirs.reshape(ours.shape), scale=8.0 * k * k)
 
 
+def test_matches_localcorr():
+    """localcorr's Triton sampler (kernel_size 1, stride 1; on CPU under the Triton interpreter)."""
+    peer = pytest.importorskip("localcorr.triton.spatial_corr", reason="localcorr not installed")
+    a, b = torch.randn(1, 4, 6, 7), torch.randn(1, 4, 6, 7)
+    for d, dilp in [(2, 1), (1, 2)]:
+        theirs = peer.TritonSpatialCorrelationSampler(patch_size=2 * d + 1, dilation_patch=dilp)(a, b)
+        ours = local_correlation(a, b, max_displacement=d, dilation_patch=dilp)
+        assert_close(ours, theirs.reshape(ours.shape), scale=4.0)
+
+
 def test_gradcheck_float64(device):
     a = torch.randn(1, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
     b = torch.randn(1, 2, 4, 3, dtype=torch.float64, device=device, requires_grad=True)
