@@ -7,7 +7,9 @@ from pscfast.ops._dispatch import OPS, BackendUnavailable
 from pscfast.ops.consistency import Compose, ConsistencyLoss, compose, consistency_loss
 from pscfast.ops.correlation import Correlation, correlation
 from pscfast.ops.cycle import ComposeDisplacement, TruncatedFlowLoss, compose_displacement, truncated_flow_loss
+from pscfast.ops.local_correlation import LocalCorrelation, local_correlation
 from pscfast.ops.similarity_loss import SimilarityLoss, similarity_loss
+from pscfast.ops.soft_argmax import KernelSoftArgmax, kernel_soft_argmax
 from pscfast.ops.warp import Warp, WarpDisplacement, warp, warp_displacement
 
 __all__ = [
@@ -15,6 +17,8 @@ __all__ = [
     "Compose", "ConsistencyLoss", "compose", "consistency_loss",
     "Correlation", "correlation",
     "ComposeDisplacement", "TruncatedFlowLoss", "compose_displacement", "truncated_flow_loss",
+    "LocalCorrelation", "local_correlation",
     "SimilarityLoss", "similarity_loss",
+    "KernelSoftArgmax", "kernel_soft_argmax",
     "Warp", "WarpDisplacement", "warp", "warp_displacement",
 ]

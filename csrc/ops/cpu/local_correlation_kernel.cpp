@@ -1,0 +1,185 @@
+// pscfast::local_correlation on the CPU: forward and backward, float and double, OpenMP through
+// at::parallel_for. The inputs are read channels-last (N, H, W, C) so that every term is a dot product
+// (forward) or an axpy (backward) over contiguous channels.
+// Backward in gather form: each element of grad_a / grad_b sums, in a fixed order (displacement, then the
+// window taps), every output it contributed to; one task writes it. No atomics: results are bitwise
+// reproducible and independent of the thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+#include <vector>
+
+#include "ops/common/local_correlation_geometry.h"
+#include "ops/cpu/vectorize.h"
+
+namespace pscfast {
+namespace {
+
+constexpr int kLanes = 16;  // independent partial sums of a dot product (a fixed order: deterministic)
+constexpr int kChunk = 64;  // channels whose gradient is accumulated in registers at once
+
+template <typename T>
+inline __attribute__((always_inline)) T dot(const T* __restrict a, const T* __restrict b, int64_t C) {
+  T acc[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc[l] += a[c + l] * b[c + l];
+  T s = T(0);
+  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  for (; c < C; ++c) s += a[c] * b[c];
+  return s;
+}
+
+inline bool inside(int y, int x, int H, int W) { return y >= 0 && y < H && x >= 0 && x < W; }
+
+// One output row (n, i) of the cost volume; a, b channels-last (N, H, W, C), out (N, P*P, Ho, Wo).
+template <typename T>
+PSC_MULTIVERSION void forward_row(const CorrGeometry& G, const T* __restrict a, const T* __restrict b,
+                                  T* __restrict out, int64_t n, int i) {
+  const int P2 = G.P * G.P;
+  const int64_t plane = static_cast<int64_t>(G.Ho) * G.Wo;
+  const T* an = a + n * G.H * G.W * G.C;
+  const T* bn = b + n * G.H * G.W * G.C;
+  T* on = out + n * P2 * plane + static_cast<int64_t>(i) * G.Wo;
+  for (int j = 0; j < G.Wo; ++j) {
+    for (int p = 0; p < P2; ++p) {
+      const int oy = G.oy(p), ox = G.ox(p);
+      T acc = T(0);
+      for (int ki = 0; ki < G.k; ++ki) {
+        const int ya = i * G.stride - G.pad + ki * G.dil;
+        for (int kj = 0; kj < G.k; ++kj) {
+          const int xa = j * G.stride - G.pad + kj * G.dil;
+          if (!inside(ya, xa, G.H, G.W) || !inside(ya + oy, xa + ox, G.H, G.W)) continue;
+          acc += dot(an + (static_cast<int64_t>(ya) * G.W + xa) * G.C,
+                     bn + (static_cast<int64_t>(ya + oy) * G.W + xa + ox) * G.C, G.C);
+        }
+      }
+      on[p * plane + j] = acc;
+    }
+  }
+}
+
+template <typename T>
+void forward_impl(const CorrGeometry& G, const T* a, const T* b, T* out) {
+  at::parallel_for(0, G.N * G.Ho, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) forward_row(G, a, b, out, row / G.Ho, static_cast<int>(row % G.Ho));
+  });
+}
+
+// One input row (n, y) of the gradient of a (sign = +1: partner b at (y + oy, x + ox), window position (y, x))
+// or of b (sign = -1: partner a at (y - oy, x - ox), which is also the window position). gout_t is
+// (N, Ho, Wo, P*P), other and grad channels-last (N, H, W, C). The channels go in chunks whose sums stay in
+// registers across displacements and taps.
+// rows[y * k + ki] (cols[x * k + kj]): the output row (column) whose window tap ki (kj) reads input row y
+// (column x), or -1; tables so that the inner loops do no integer division.
+template <typename T>
+PSC_MULTIVERSION void backward_row(const CorrGeometry& G, const T* __restrict gout_t, const T* __restrict other,
+                                   T* __restrict grad, const int* __restrict rows, const int* __restrict cols,
+                                   int sign, int64_t n, int y) {
+  const int P2 = G.P * G.P;
+  const T* on = other + n * G.H * G.W * G.C;
+  const T* gn = gout_t + n * G.Ho * G.Wo * P2;
+  for (int x = 0; x < G.W; ++x) {
+    T* out = grad + ((n * G.H + y) * G.W + x) * G.C;
+    for (int64_t c0 = 0; c0 < G.C; c0 += kChunk) {
+      const int width = static_cast<int>(std::min<int64_t>(kChunk, G.C - c0));
+      T acc[kChunk] = {};
+      for (int p = 0; p < P2; ++p) {
+        const int py = y + sign * G.oy(p), px = x + sign * G.ox(p);
+        if (!inside(py, px, G.H, G.W)) continue;
+        const int wy = sign > 0 ? y : py, wx = sign > 0 ? x : px;  // the position of a in the window
+        T g = T(0);
+        for (int ki = 0; ki < G.k; ++ki) {
+          const int i = rows[wy * G.k + ki];
+          if (i < 0) continue;
+          for (int kj = 0; kj < G.k; ++kj) {
+            const int j = cols[wx * G.k + kj];
+            if (j >= 0) g += gn[(static_cast<int64_t>(i) * G.Wo + j) * P2 + p];
+          }
+        }
+        const T* partner = on + (static_cast<int64_t>(py) * G.W + px) * G.C + c0;
+        if (width == kChunk) {
+          for (int l = 0; l < kChunk; ++l) acc[l] += g * partner[l];
+        } else {
+          for (int l = 0; l < width; ++l) acc[l] += g * partner[l];
+        }
+      }
+      for (int l = 0; l < width; ++l) out[c0 + l] = acc[l];
+    }
+  }
+}
+
+template <typename T>
+void backward_impl(const CorrGeometry& G, const T* gout_t, const T* other, T* grad, int sign) {
+  std::vector<int> rows(static_cast<size_t>(G.H) * G.k), cols(static_cast<size_t>(G.W) * G.k);
+  for (int y = 0; y < G.H; ++y)
+    for (int kk = 0; kk < G.k; ++kk) rows[y * G.k + kk] = window_index(y, kk, G.pad, G.dil, G.stride, G.Ho);
+  for (int x = 0; x < G.W; ++x)
+    for (int kk = 0; kk < G.k; ++kk) cols[x * G.k + kk] = window_index(x, kk, G.pad, G.dil, G.stride, G.Wo);
+  at::parallel_for(0, G.N * G.H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row)
+      backward_row(G, gout_t, other, grad, rows.data(), cols.data(), sign, row / G.H, static_cast<int>(row % G.H));
+  });
+}
+
+at::Tensor channels_last(const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous(); }
+
+at::Tensor local_correlation_cpu(const at::Tensor& a, const at::Tensor& b, int64_t kernel_size,
+                                 int64_t max_displacement, int64_t stride, int64_t padding, int64_t dilation,
+                                 int64_t dilation_patch) {
+  const auto G = corr_geometry(a, b, kernel_size, max_displacement, stride, padding, dilation, dilation_patch);
+  const auto a_t = channels_last(a), b_t = channels_last(b);
+  auto out = at::empty({G.N, G.P * G.P, G.Ho, G.Wo}, a.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "local_correlation_cpu", [&] {
+    forward_impl(G, a_t.const_data_ptr<scalar_t>(), b_t.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& a, const at::Tensor& b, int64_t kernel_size,
+    int64_t max_displacement, int64_t stride, int64_t padding, int64_t dilation, int64_t dilation_patch,
+    bool need_a, bool need_b) {
+  const auto G = corr_geometry(a, b, kernel_size, max_displacement, stride, padding, dilation, dilation_patch);
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == G.N && grad_out.size(1) == G.P * G.P &&
+                  grad_out.size(2) == G.Ho && grad_out.size(3) == G.Wo,
+              "pscfast::_local_correlation_backward: grad_out must be (", G.N, ", ", G.P * G.P, ", ", G.Ho, ", ",
+              G.Wo, "), got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == a.scalar_type(), "pscfast::_local_correlation_backward: dtype mismatch");
+  const auto gout_t = channels_last(grad_out);
+  at::Tensor grad_a, grad_b;
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "local_correlation_backward_cpu", [&] {
+    if (need_a) {
+      const auto b_t = channels_last(b);
+      auto ga = at::empty({G.N, G.H, G.W, G.C}, a.options());
+      backward_impl(G, gout_t.const_data_ptr<scalar_t>(), b_t.const_data_ptr<scalar_t>(),
+                    ga.mutable_data_ptr<scalar_t>(), 1);
+      grad_a = ga.permute({0, 3, 1, 2}).contiguous();
+    }
+    if (need_b) {
+      const auto a_t = channels_last(a);
+      auto gb = at::empty({G.N, G.H, G.W, G.C}, a.options());
+      backward_impl(G, gout_t.const_data_ptr<scalar_t>(), a_t.const_data_ptr<scalar_t>(),
+                    gb.mutable_data_ptr<scalar_t>(), -1);
+      grad_b = gb.permute({0, 3, 1, 2}).contiguous();
+    }
+  });
+  if (!need_a) grad_a = at::zeros(a.sizes(), a.options());
+  if (!need_b) grad_b = at::zeros(b.sizes(), b.options());
+  return {grad_a, grad_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pscfast, CPU, m) {
+  m.impl("local_correlation", &local_correlation_cpu);
+  m.impl("_local_correlation_backward", &local_correlation_backward_cpu);
+}
+
+}  // namespace pscfast

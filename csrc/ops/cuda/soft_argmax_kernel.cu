@@ -1,0 +1,179 @@
+// pscfast::kernel_soft_argmax on CUDA: float, double, half and bfloat16 (accumulation in float for the half
+// types). One thread per source position streams its correlation row (stride S between target positions, so
+// a warp reads consecutive addresses). Math and conventions: ops/common/soft_argmax_math.h.
+// Forward: pass 1 norm and first argmax, pass 2 softmax maximum, pass 3 sum and expected position.
+// Backward: the same, then pass 4 <n, nb> and pass 5 writes each gradient element once: deterministic.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "ops/common/soft_argmax_math.h"
+
+namespace pscfast {
+namespace {
+
+constexpr int kThreads = 128;
+
+struct Shape {
+  int64_t N, T, S;
+  int Ht, Wt;
+};
+
+template <typename T>
+struct RowStats {
+  T r, zmax, sum, x, y;
+  int bx, by;
+  bool big;
+};
+
+template <typename scalar_t, typename T>
+__device__ T logit(const scalar_t* c, int64_t q, const Shape& sh, const RowStats<T>& st, T beta, T inv2s2) {
+  const T dx = static_cast<T>(static_cast<int>(q % sh.Wt) - st.bx);
+  const T dy = static_cast<T>(static_cast<int>(q / sh.Wt) - st.by);
+  return beta * exp(-(dx * dx + dy * dy) * inv2s2) * (static_cast<T>(c[q * sh.S]) / st.r);
+}
+
+template <typename scalar_t, typename T>
+__device__ RowStats<T> row_stats(const scalar_t* c, const Shape& sh, T beta, T inv2s2) {
+  RowStats<T> st;
+  T sq = T(0), best = static_cast<T>(c[0]);
+  int arg = 0;
+  for (int64_t q = 0; q < sh.T; ++q) {
+    const T v = static_cast<T>(c[q * sh.S]);
+    sq += v * v;
+    if (v > best) best = v, arg = static_cast<int>(q);
+  }
+  const T norm = sqrt(sq);
+  st.big = norm > static_cast<T>(kNormEps);
+  st.r = st.big ? norm : static_cast<T>(kNormEps);
+  st.bx = arg % sh.Wt;
+  st.by = arg / sh.Wt;
+  st.zmax = -INFINITY;
+  for (int64_t q = 0; q < sh.T; ++q) st.zmax = max(st.zmax, logit(c, q, sh, st, beta, inv2s2));
+  st.sum = st.x = st.y = T(0);
+  for (int64_t q = 0; q < sh.T; ++q) {
+    const T e = exp(logit(c, q, sh, st, beta, inv2s2) - st.zmax);
+    st.sum += e;
+    st.x += e * static_cast<T>(q % sh.Wt);
+    st.y += e * static_cast<T>(q / sh.Wt);
+  }
+  st.x /= st.sum;
+  st.y /= st.sum;
+  return st;
+}
+
+// d L / d n_q (returned) and n_q (in nq) for target position q.
+template <typename scalar_t, typename T>
+__device__ T grad_n(const scalar_t* c, int64_t q, const Shape& sh, const RowStats<T>& st, T beta, T inv2s2, T xb,
+                    T yb, T dv, T& nq) {
+  const T dx = static_cast<T>(static_cast<int>(q % sh.Wt) - st.bx);
+  const T dy = static_cast<T>(static_cast<int>(q / sh.Wt) - st.by);
+  const T k = exp(-(dx * dx + dy * dy) * inv2s2);
+  nq = static_cast<T>(c[q * sh.S]) / st.r;
+  const T m = exp(beta * k * nq - st.zmax) / st.sum;
+  return beta * k * m * (xb * static_cast<T>(q % sh.Wt) + yb * static_cast<T>(q / sh.Wt) - dv);
+}
+
+template <typename scalar_t>
+__global__ void forward_kernel(const scalar_t* __restrict__ corr, scalar_t* __restrict__ out, Shape sh,
+                               at::opmath_type<scalar_t> beta, at::opmath_type<scalar_t> inv2s2) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= sh.N * sh.S) return;
+  const int64_t n = idx / sh.S, s = idx % sh.S;
+  const auto st = row_stats<scalar_t, T>(corr + n * sh.T * sh.S + s, sh, beta, inv2s2);
+  out[idx * 2] = static_cast<scalar_t>(to_normalised(st.x, sh.Wt));
+  out[idx * 2 + 1] = static_cast<scalar_t>(to_normalised(st.y, sh.Ht));
+}
+
+template <typename scalar_t>
+__global__ void backward_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ corr,
+                                scalar_t* __restrict__ grad, Shape sh, at::opmath_type<scalar_t> beta,
+                                at::opmath_type<scalar_t> inv2s2) {
+  using T = at::opmath_type<scalar_t>;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= sh.N * sh.S) return;
+  const int64_t n = idx / sh.S, s = idx % sh.S;
+  const scalar_t* c = corr + n * sh.T * sh.S + s;
+  scalar_t* g = grad + n * sh.T * sh.S + s;
+  const auto st = row_stats<scalar_t, T>(c, sh, beta, inv2s2);
+  const T xb = static_cast<T>(gout[idx * 2]) * cell_scale<T>(sh.Wt);
+  const T yb = static_cast<T>(gout[idx * 2 + 1]) * cell_scale<T>(sh.Ht);
+  const T dv = xb * st.x + yb * st.y;
+  T dn = T(0);
+  for (int64_t q = 0; q < sh.T; ++q) {
+    T nq;
+    const T nb = grad_n(c, q, sh, st, beta, inv2s2, xb, yb, dv, nq);
+    dn += nq * nb;
+  }
+  for (int64_t q = 0; q < sh.T; ++q) {
+    T nq;
+    const T nb = grad_n(c, q, sh, st, beta, inv2s2, xb, yb, dv, nq);
+    g[q * sh.S] = static_cast<scalar_t>(st.big ? (nb - nq * dn) / st.r : nb / static_cast<T>(kNormEps));
+  }
+}
+
+Shape check(const at::Tensor& corr, int64_t Ht, int64_t Wt, double sigma) {
+  TORCH_CHECK(corr.dim() == 4, "pscfast::kernel_soft_argmax: corr must be (N, Ht*Wt, Hs, Ws), got ", corr.sizes());
+  TORCH_CHECK(Ht > 0 && Wt > 0 && Ht * Wt == corr.size(1), "pscfast::kernel_soft_argmax: target size ", Ht, "x",
+              Wt, " does not match the ", corr.size(1), " channels of corr");
+  TORCH_CHECK(sigma > 0, "pscfast::kernel_soft_argmax: sigma must be positive");
+  return {corr.size(0), corr.size(1), corr.size(2) * corr.size(3), static_cast<int>(Ht), static_cast<int>(Wt)};
+}
+
+at::Tensor soft_argmax_cuda(const at::Tensor& corr_, int64_t Ht, int64_t Wt, double beta, double sigma) {
+  const Shape sh = check(corr_, Ht, Wt, sigma);
+  const c10::cuda::CUDAGuard guard(corr_.device());
+  const auto corr = corr_.contiguous();
+  auto out = at::empty({sh.N, corr.size(2), corr.size(3), 2}, corr.options());
+  const int64_t total = sh.N * sh.S;
+  if (total == 0) return out;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, corr.scalar_type(), "kernel_soft_argmax_cuda", [&] {
+    using T = at::opmath_type<scalar_t>;
+    forward_kernel<scalar_t><<<(total + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+        corr.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), sh, static_cast<T>(beta),
+        static_cast<T>(1.0 / (2.0 * sigma * sigma)));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+at::Tensor soft_argmax_backward_cuda(const at::Tensor& grad_out, const at::Tensor& corr_, int64_t Ht, int64_t Wt,
+                                    double beta, double sigma) {
+  const Shape sh = check(corr_, Ht, Wt, sigma);
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == sh.N && grad_out.size(1) * grad_out.size(2) == sh.S &&
+                  grad_out.size(3) == 2 && grad_out.scalar_type() == corr_.scalar_type(),
+              "pscfast::_kernel_soft_argmax_backward: grad_out must be (N, Hs, Ws, 2) in corr's dtype, got ",
+              grad_out.sizes());
+  const c10::cuda::CUDAGuard guard(corr_.device());
+  const auto corr = corr_.contiguous();
+  const auto gout = grad_out.contiguous();
+  auto grad = at::empty_like(corr);
+  const int64_t total = sh.N * sh.S;
+  if (total == 0) return grad;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, corr.scalar_type(), "kernel_soft_argmax_backward_cuda",
+                                  [&] {
+    using T = at::opmath_type<scalar_t>;
+    backward_kernel<scalar_t><<<(total + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+        gout.const_data_ptr<scalar_t>(), corr.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), sh,
+        static_cast<T>(beta), static_cast<T>(1.0 / (2.0 * sigma * sigma)));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pscfast, CUDA, m) {
+  m.impl("kernel_soft_argmax", &soft_argmax_cuda);
+  m.impl("_kernel_soft_argmax_backward", &soft_argmax_backward_cuda);
+}
+
+}  // namespace pscfast

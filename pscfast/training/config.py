@@ -1,0 +1,72 @@
+"""Training configuration of PSC (frozen dataclass), loadable from train/configs/*.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Defaults: the small CPU run of ``python train/run.py`` on the synthetic benchmark (a few minutes on
+    2 cores). The paper's settings are in train/configs/paper_r18.json and paper_r101.json."""
+    stage: str = "both"                  # encoder | estimator | both (1 | 2 accepted)
+    arch: str = "resnet18"
+    shared_bn: bool = False              # True reproduces the release's single BN per pair
+    data_root: str = "runs/synthetic"    # Sketchy root (generated there when it is the synthetic default)
+    csv_dir: str | None = None           # where train_pairs_ps.csv / test_pairs_ps.csv are (default data_root)
+    out: str = "runs/default"
+    image_size: int = 128                # training/inference resolution (the paper: 256)
+    batch_size: int = 8
+    epochs_encoder: int = 1
+    epochs_estimator: int = 3
+    max_steps_per_epoch: int | None = 12
+    lr_encoder: float = 0.03
+    lr_estimator: float = 0.003
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 0.25
+    moco_dim: int = 128
+    moco_k: int = 8192
+    moco_m: float = 0.999
+    moco_t: float = 0.07
+    sim_weight: float = 0.1
+    con_weight: float = 1.0
+    tau: float = 0.001
+    augment: bool = True                 # False: no augmentation (tests comparing runs)
+    augment_loop: bool = False           # True: the release's per-sample augmentation loop (benchmarks)
+    encoder_train_mode: bool = False     # True: the release's stage 2 (encoder BN in train mode)
+    imagenet: str | None = None          # local torchvision/MoCo ImageNet checkpoint for the encoder
+    init: str | None = None              # a pscfast/release checkpoint to start from (e.g. stage-1 weights)
+    backend: str | None = None           # pscfast.ops backend ("torch" = reference ops)
+    amp: str = "auto"                    # auto (bf16 on CUDA) | bf16 | fp16 | none
+    channels_last: bool = False
+    compile: bool = False
+    save_every: int = 50                 # epochs
+    eval_every: int = 0                  # epochs, 0 = only at the end
+    eval_batch_size: int = 16
+    eval_limit: int | None = None        # evaluate on the first N test pairs only
+    workers: int = 0
+    seed: int = 0
+    device: str = "auto"
+    resume: str | None = None
+    tensorboard: bool = True
+    progress: bool = True
+
+    def replace(self, **kw) -> "TrainConfig":
+        return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    @classmethod
+    def from_json(cls, path: str, **overrides) -> "TrainConfig":
+        with open(path) as f:
+            data = json.load(f)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
+        return cls(**data).replace(**overrides)
+
+    def stages(self) -> tuple[int, ...]:
+        names = {"encoder": (1,), "1": (1,), "estimator": (2,), "2": (2,), "both": (1, 2)}
+        if str(self.stage) not in names:
+            raise ValueError(f"stage must be one of {sorted(names)}, got {self.stage!r}")
+        return names[str(self.stage)]

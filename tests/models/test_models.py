@@ -1,0 +1,98 @@
+"""PSC model: shapes, STN parameter count, conditional BN, MoCo, ImageNet init."""
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from pscfast.models import PHOTO, SKETCH, MoCo, PSCNet, ResNet, load_imagenet
+from pscfast.ops._reference import identity_grid
+
+
+def test_stn_parameter_count_matches_spec():
+    n = sum(p.numel() for p in PSCNet().stn.parameters())
+    assert round(n / 1e6, 2) == 10.23
+
+
+def test_feature_and_flow_shapes():
+    m = PSCNet().eval()
+    x = torch.rand(2, 3, 256, 256)
+    l2, l3 = m.encoder.features(x, PHOTO)
+    assert l2.shape == (2, 128, 32, 32) and l3.shape == (2, 256, 16, 16)
+    assert (l2 >= 0).all() and (l3 >= 0).all()  # raw post-ReLU, not normalised
+    fwd, bwd = m.predict_flow(x, torch.rand(2, 3, 256, 256))
+    assert fwd.shape == bwd.shape == (2, 16, 16, 2)
+    # N(0, 1e-3) init: every residual is tiny, so the flows start at the identity
+    assert torch.allclose(fwd, identity_grid(2, 16, 16), atol=1e-2)
+    full, _ = m.predict_flow(x, x, full_res=True)
+    assert full.shape == (2, 256, 256, 2)
+    assert torch.allclose(full[:, ::17, ::17], fwd, atol=1e-5)  # align_corners=True: corners coincide
+
+
+def test_bottleneck_feature_channels():
+    enc = ResNet("resnet50").eval()
+    l2, l3 = enc.features(torch.rand(1, 3, 64, 64), SKETCH)
+    assert l2.shape == (1, 512, 8, 8) and l3.shape == (1, 1024, 4, 4)
+    assert enc.layer2[0].conv2.stride == (2, 2)  # v1.5: stride on the 3x3 conv
+
+
+def test_replicate_padding_on_spatial_convs():
+    enc = ResNet("resnet18")
+    convs = [m for m in enc.modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1]
+    assert convs and all(m.padding_mode == "replicate" for m in convs)
+
+
+def test_conditional_bn_selects_modality():
+    torch.manual_seed(1)
+    enc = ResNet("resnet18").eval()
+    for m in enc.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.running_mean, -0.1, 0.1)
+    x = torch.rand(1, 3, 64, 64)
+    assert not torch.allclose(enc(x, PHOTO), enc(x, SKETCH))
+    shared = ResNet("resnet18", shared_bn=True).eval()
+    assert list(shared.state_dict()) == list(enc.state_dict())  # same norms.0 / norms.1 layout
+    shared.load_state_dict({k: v for k, v in enc.state_dict().items() if ".norms.1." not in k}, strict=False)
+    assert torch.equal(shared(x, PHOTO), shared(x, SKETCH))
+    assert torch.allclose(shared(x, PHOTO), enc(x, PHOTO), atol=1e-6)
+
+
+def test_bad_modality_and_arch():
+    with pytest.raises(ValueError, match="modality"):
+        ResNet()(torch.rand(1, 3, 32, 32), 2)
+    with pytest.raises(ValueError, match="arch"):
+        ResNet("resnet34")
+
+
+def test_imagenet_checkpoint_init(tmp_path):
+    tv = torchvision.models.resnet18()
+    nn.init.uniform_(tv.bn1.running_var, 1, 2)
+    torch.save(tv.state_dict(), tmp_path / "r18.pth")
+    enc = ResNet("resnet18")
+    load_imagenet(enc, str(tmp_path / "r18.pth"))
+    assert torch.equal(enc.layer3[1].conv2.weight, tv.layer3[1].conv2.weight)
+    assert torch.equal(enc.bn1.norms[0].running_var, tv.bn1.running_var)
+    assert torch.equal(enc.bn1.norms[1].running_var, tv.bn1.running_var)
+    moco = {f"module.encoder_q.{k}": v for k, v in tv.state_dict().items()}
+    torch.save({"state_dict": moco}, tmp_path / "moco.pth")
+    load_imagenet(ResNet("resnet18"), str(tmp_path / "moco.pth"))
+
+
+def test_moco_queue_and_momentum():
+    torch.manual_seed(0)
+    enc = ResNet("resnet18")
+    moco = MoCo(enc, dim=16, K=12, m=0.5)
+    with torch.no_grad():
+        enc.conv1.weight.add_(1.0)
+    before_k = moco.encoder_k.conv1.weight.clone()
+    x = torch.rand(4, 3, 32, 32)
+    loss = moco(x, PHOTO, x.flip(-1), SKETCH)
+    assert torch.isfinite(loss) and loss.requires_grad
+    expected = 0.5 * before_k + 0.5 * enc.conv1.weight.detach()
+    assert torch.allclose(moco.encoder_k.conv1.weight, expected)
+    assert int(moco.queue_ptr) == 4
+    moco(x, PHOTO, x, SKETCH)
+    moco(x, PHOTO, x, SKETCH)
+    assert int(moco.queue_ptr) == 0  # wraps around K = 12
+    assert torch.allclose(moco.queue.norm(dim=0), torch.ones(12), atol=1e-5)
+    assert not any(p.requires_grad for p in moco.encoder_k.parameters())

@@ -1,0 +1,22 @@
+"""Run by test_ddp.py under torchrun (gloo, CPU): a tiny stage-2 run, parameters saved per rank."""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from pscfast.training import distributed as dist_utils  # noqa: E402
+from pscfast.training.trainer import Stage, build_model  # noqa: E402
+from tests.training.fake_pairs import FakePairs, tiny_config  # noqa: E402
+
+if __name__ == "__main__":
+    out, batch = sys.argv[1], int(sys.argv[2])
+    cfg = tiny_config(batch_size=batch, augment=False, sim_weight=0.0, epochs_estimator=1, lr_estimator=0.01)
+    rank, world, device = dist_utils.init("cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg, device)
+    if rank == 0:
+        torch.save({k: v.detach().clone() for k, v in model.stn.state_dict().items()}, os.path.join(out, "init.pt"))
+    Stage(cfg, 2, model, FakePairs(4), device, rank, world).run()
+    torch.save({k: v.detach().clone() for k, v in model.stn.state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))

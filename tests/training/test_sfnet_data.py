@@ -1,0 +1,48 @@
+"""SFNet's masked training pairs on a tiny synthetic benchmark."""
+import os
+
+import pytest
+import torch
+
+from pscfast.data import DatasetError
+from pscfast.data.synthetic import generate
+from pscfast.training.sfnet_data import MaskedPairs, load_mask, mask_path
+
+
+def test_mask_path():
+    assert mask_path("r/256x256/photo/tx_1/cat/cat_0001.jpg", "photo") == "r/256x256/mask/tx_1/cat/cat_0001.png"
+    assert (mask_path("r/256x256/sketch/tx_1/cat/cat_0001-2.png", "sketch")
+            == "r/256x256/sketch_mask/tx_1/cat/cat_0001-2.png")
+    with pytest.raises(DatasetError, match="no 'sketch' folder"):
+        mask_path("r/photo/cat/x.png", "sketch")
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("sfnet") / "synthetic")
+    generate(out, seed=3, classes=["fish"], photos_per_class=2, sketches_per_photo=2, test_photos_per_class=1)
+    return out
+
+
+def test_items_carry_their_masks_flipped_with_the_images(bench):
+    data = MaskedPairs(bench, os.path.join(bench, "train_pairs_ps.csv"), generator=torch.Generator().manual_seed(0))
+    flips = set()
+    for _ in range(8):
+        item = data[0]
+        flips.add(item["flip"])
+        for kind in ("photo", "sketch"):
+            m = item[f"{kind}_mask"]
+            assert m.shape == (1, 256, 256) and set(m.unique().tolist()) == {0.0, 1.0}
+            raw = load_mask(os.path.join(bench, mask_path(item[f"{kind}_path"], kind)))
+            torch.testing.assert_close(m, raw.flip(-1) if item["flip"] else raw)
+        # the photo's object (the mask) is not the clutter: its mean colour differs from the background's
+        p, m = item["photo"], item["photo_mask"]
+        assert ((p * m).sum((1, 2)) / m.sum() - (p * (1 - m)).sum((1, 2)) / (1 - m).sum()).abs().max() > 0.02
+    assert flips == {0, 1}
+
+
+def test_missing_mask_is_a_clear_error(bench):
+    data = MaskedPairs(bench, os.path.join(bench, "train_pairs_ps.csv"))
+    os.remove(os.path.join(bench, mask_path(data.pairs.photos[0], "photo")))
+    with pytest.raises(DatasetError, match="mask not found"):
+        data[0]
