@@ -35,11 +35,11 @@ def test_two_process_gloo_ddp_matches_single_process(tmp_path):
         if not r0[k].is_floating_point():
             assert torch.equal(r0[k], single[k]), k
             continue
-        # one SGD step: compare the updates (the STN's BN divides by small early variances, so compare
-        # relative to the size of the update, not the weights)
+        # one SGD step: compare the updates relative to their size (5%: float summation order in the global
+        # BN; gradients that were not all-reduced, or summed instead of averaged, are off by 50-100%)
         d_ddp, d_single = r0[k] - init[k], single[k] - init[k]
         scale = d_single.abs().max().item()
         moved += scale > 0
         ulp = torch.finfo(torch.float32).eps * init[k].abs().max().item()  # an update of 1e-6 on a weight of 1
-        torch.testing.assert_close(d_ddp, d_single, rtol=0, atol=2e-2 * scale + 4 * ulp + 1e-9, msg=k)
+        torch.testing.assert_close(d_ddp, d_single, rtol=0, atol=5e-2 * scale + 4 * ulp + 1e-9, msg=k)
     assert moved > 10
