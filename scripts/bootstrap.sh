@@ -3,7 +3,8 @@
 # Idempotent: a second run only rebuilds what changed. Environment:
 #   PSCFAST_VENV   where the environment lives (default .venv)
 #   PSCFAST_TORCH  the torch requirement when torch is missing (default torch==2.14.1, a CUDA build that
-#                  also runs on CPU and brings Triton)
+#                  also runs on CPU and brings Triton), installed with PSCFAST_TORCHVISION (default
+#                  torchvision==0.29.1, its match; the tests compare our ResNet with torchvision's key layout)
 #   and the build variables of setup.py (FORCE_CUDA, PSCFAST_FORCE_NO_CUDA, TORCH_CUDA_ARCH_LIST, MAX_JOBS).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,7 @@ py="$venv/bin/python"
 [ -x "$py" ] || python3 -m venv "$venv"
 "$py" -m pip install -q --upgrade pip setuptools wheel ninja numpy
 if ! "$py" -c "import torch" 2>/dev/null; then
-  "$py" -m pip install -q "${PSCFAST_TORCH:-torch==2.14.1}"
+  "$py" -m pip install -q "${PSCFAST_TORCH:-torch==2.14.1}" "${PSCFAST_TORCHVISION:-torchvision==0.29.1}"
 fi
 
 # No GPU visible: compile the CUDA kernels (when a toolkit exists) for Hopper only, to keep the build short.
