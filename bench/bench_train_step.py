@@ -5,7 +5,7 @@ per-sample augmentation loop ("naive"). CPU: batch 8 R18 at 256x256; CUDA: batch
 import pytest
 import torch
 
-from bench.conftest import bench_device, device_name
+from bench.conftest import RESULTS, bench_device, peak_bytes
 from pscfast.training.config import TrainConfig
 from pscfast.training.trainer import Stage, build_model
 
@@ -41,11 +41,12 @@ def test_train_step(benchmark, provider):
         sync()
 
     step()  # warm-up
-    if DEVICE == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    benchmark.extra_info.update(op="train_step", provider=provider, mode="fwd+bwd", shape=f"B{BATCH}-R18-256",
-                                device=device_name(DEVICE), dtype="bf16-amp" if DEVICE == "cuda" else "float32")
+    peak = peak_bytes(step, DEVICE)  # beyond the resident model, optimizer state and batch
     benchmark.group = f"train_step-B{BATCH}"
     benchmark.pedantic(step, rounds=3 if DEVICE == "cuda" else 2, iterations=1)
-    if DEVICE == "cuda":
-        benchmark.extra_info["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    stats = benchmark.stats.stats
+    record = {"op": "train_step", "provider": provider, "mode": "fwd+bwd", "shape": f"B{BATCH}-R18-256",
+              "device": DEVICE, "dtype": "bf16-amp" if DEVICE == "cuda" else "float32", "median_s": stats.median,
+              "iqr_s": stats.iqr, "min_s": stats.min, "rounds": stats.rounds, "peak_bytes": peak}
+    benchmark.extra_info.update(record)
+    RESULTS.append(record)

@@ -4,7 +4,7 @@
     python bench/report.py --results DIR --summary DIR/summary.md --no-readme
 
 Per device file and per (op, shape, dtype, mode): the naive PyTorch time (provider `naive` when a suite has
-one, else `torch`, the reference), the fastest pscfast backend, the speed-up, both peak memories and their
+one, else `torch`, the reference), the fastest pscfast backend (cpp, triton; `pscfast` for the training step), the speed-up, both peak memories and their
 ratio, and on a GPU the fraction of the device's copy bandwidth (ops with `min_bytes`) or matrix rate (ops
 with `min_flops`) measured in the same run (bench/ceilings.py).
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
 BASELINES = ("naive", "torch")
+OURS = ("cpp", "triton", "pscfast")  # other providers (unfold, peers) are comparisons, never "ours"
 
 
 def load(results_dir: Path) -> list[dict]:
@@ -39,10 +40,11 @@ def _mib(b):
 def _rate_fraction(rec: dict, ceilings: dict, dtype: str) -> str:
     if not ceilings:
         return "-"
-    if rec.get("min_flops"):
+    flops = rec.get("min_flops")
+    if flops:
         key = {"bfloat16": "bf16_flop_per_s", "float16": "fp16_flop_per_s"}.get(dtype, "fp32_flop_per_s")
         if key in ceilings:
-            return f"{100 * rec['min_flops'] / rec['median_s'] / ceilings[key]:.0f}% of matmul"
+            return f"{100 * flops / rec['median_s'] / ceilings[key]:.0f}% of matmul"
     if rec.get("min_bytes"):
         return f"{100 * rec['min_bytes'] / rec['median_s'] / ceilings['copy_bytes_per_s']:.0f}% of copy"
     return "-"
@@ -65,7 +67,7 @@ def table(run: dict) -> str:
     ]
     for (op, shape, dtype, mode), recs in sorted(groups.items()):
         base = next((recs[b] for b in BASELINES if b in recs), None)
-        ours = [r for p, r in recs.items() if p not in BASELINES]
+        ours = [r for p, r in recs.items() if p in OURS]
         if not ours:
             continue
         best = min(ours, key=lambda r: r["median_s"])
