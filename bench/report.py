@@ -88,15 +88,16 @@ def table(run: dict) -> str:
 
 
 def plot_similarity(runs: list[dict], out: Path) -> Path | None:
-    """Time of forward+backward against grid size, reference vs fused similarity loss, per device."""
+    """Time of forward+backward per sample against grid size, reference vs fused similarity loss, per device
+    (per sample because the batch of a suite shrinks where the naive version runs out of memory)."""
     points = defaultdict(list)
     for run in runs:
         for rec in run["results"]:
-            grid = re.search(r"g(\d+)", rec["shape"])
-            if rec["op"] == "similarity_loss" and rec["mode"] == "fwd+bwd" and grid:
-                family = re.sub(r"-?g\d+", "", rec["shape"])
+            grid, batch = re.search(r"g(\d+)", rec["shape"]), re.search(r"B(\d+)", rec["shape"])
+            if rec["op"] == "similarity_loss" and rec["mode"] == "fwd+bwd" and grid and batch:
+                family = re.sub(r"-?[gB]\d+", "", rec["shape"]).strip("-")
                 label = f"{rec['provider']} {family} {rec['dtype']} ({run['meta']['device'][:28]})"
-                points[label].append((int(grid.group(1)), rec["median_s"] * 1e3))
+                points[label].append((int(grid.group(1)), rec["median_s"] * 1e3 / int(batch.group(1))))
     if not points:
         return None
     import matplotlib
@@ -112,7 +113,7 @@ def plot_similarity(runs: list[dict], out: Path) -> Path | None:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("feature grid size g (g x g positions)")
-    ax.set_ylabel("forward + backward, ms (median)")
+    ax.set_ylabel("forward + backward, ms per sample (median / batch)")
     ax.set_title("Weighted similarity loss: naive reference vs fused")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
