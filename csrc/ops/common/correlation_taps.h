@@ -19,18 +19,8 @@ namespace pscfast {
 template <typename T>
 PSC_HD Lerp<T> resize_index_half_pixel(int dst, int in, int out) {
   const T scale = static_cast<T>(in) / static_cast<T>(out);
-  T src = scale * (static_cast<T>(dst) + T(0.5)) - T(0.5);
-  if (src < T(0)) src = T(0);
-  int i0 = static_cast<int>(src);
-  if (i0 > in - 1) i0 = in - 1;
-  T l1 = src - static_cast<T>(i0);
-  l1 = l1 < T(0) ? T(0) : (l1 > T(1) ? T(1) : l1);
-  Lerp<T> r;
-  r.i0 = i0;
-  r.i1 = i0 + (i0 < in - 1 ? 1 : 0);
-  r.l1 = l1;
-  r.l0 = T(1) - l1;
-  return r;
+  const T src = scale * (static_cast<T>(dst) + T(0.5)) - T(0.5);
+  return lerp_at<T>(src < T(0) ? T(0) : src, in);
 }
 
 // Four taps of one grid position: flat offsets into the plane and weights (0 for taps outside).

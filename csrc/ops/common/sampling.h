@@ -42,17 +42,16 @@ inline Padding parse_padding(const std::string& s) {
   throw std::invalid_argument("pscfast: padding_mode must be 'zeros' or 'border', got '" + s + "'");
 }
 
-// One axis of an align_corners=True bilinear resize: output index -> two source indices and weights.
+// One axis of a bilinear resize: output index -> two source indices and their weights.
 template <typename T>
 struct Lerp {
   int i0, i1;
   T l0, l1;
 };
 
+// The two taps of source position src (>= 0) on an axis of `in` pixels, clamped at the last one.
 template <typename T>
-PSC_HD Lerp<T> resize_index(int dst, int in, int out) {
-  const T scale = out > 1 ? static_cast<T>(in - 1) / static_cast<T>(out - 1) : T(0);
-  const T src = scale * static_cast<T>(dst);
+PSC_HD Lerp<T> lerp_at(T src, int in) {
   int i0 = static_cast<int>(src);
   if (i0 > in - 1) i0 = in - 1;
   T l1 = src - static_cast<T>(i0);
@@ -63,6 +62,13 @@ PSC_HD Lerp<T> resize_index(int dst, int in, int out) {
   r.l1 = l1;
   r.l0 = T(1) - l1;
   return r;
+}
+
+// Source position of output index dst when resizing in -> out with align_corners=True.
+template <typename T>
+PSC_HD Lerp<T> resize_index(int dst, int in, int out) {
+  const T scale = out > 1 ? static_cast<T>(in - 1) / static_cast<T>(out - 1) : T(0);
+  return lerp_at<T>(scale * static_cast<T>(dst), in);
 }
 
 // Grid coordinate -> pixel coordinate along one axis, with the derivative dp/dg (0 where clipped).
