@@ -146,7 +146,13 @@ class Stage:
         self.scaler.update()
         self.sched.step()
         self.step += 1
-        return {k: float(dist_utils.all_reduce_mean(v.detach())) for k, v in out.items()}
+        losses = {k: float(dist_utils.all_reduce_mean(v.detach())) for k, v in out.items()}
+        if not math.isfinite(losses["loss"]):  # rank-averaged: every rank stops at the same step
+            lr = self.cfg.lr_encoder if self.stage == 1 else self.cfg.lr_estimator
+            raise FloatingPointError(
+                f"stage {self.stage}, step {self.step}: the loss is {losses['loss']} ({losses}); training "
+                f"diverged at lr {lr:g}. Lower --lr, or --resume from the last checkpoint in {self.cfg.out}")
+        return losses
 
     # ---------------------------------------------------------------- state
     def state_dict(self, epoch: int) -> dict:

@@ -1,6 +1,7 @@
 """Trainer: exact resume, reference ops vs default ops, losses decrease the objective."""
 import copy
 
+import pytest
 import torch
 
 from pscfast.training.trainer import Stage, build_model
@@ -50,7 +51,9 @@ def test_reference_ops_and_default_ops_give_the_same_loss_curve():
         torch.manual_seed(0)
         _, hist = _run(cfg, 2, build_model(cfg, CPU))
         curves.append(torch.tensor([[h["loss"], h["similarity"], h["consistency"]] for h in hist]))
-    torch.testing.assert_close(curves[0][0], curves[1][0], rtol=1e-4, atol=1e-6)
+    # the batch-wide min-max of the similarity weight amplifies fp32 rounding ~30x (tests/ops/test_similarity_loss.py
+    # bounds the weight at 1e-4 relative), and the BLAS kernels differ between CPUs
+    torch.testing.assert_close(curves[0][0], curves[1][0], rtol=5e-4, atol=1e-6)
     # tau = 0.001 puts logits near 1000, so float rounding differences grow slowly along the run
     torch.testing.assert_close(curves[0], curves[1], rtol=1e-2, atol=1e-5)
 
@@ -66,3 +69,17 @@ def test_stage2_updates_only_the_estimator():
     assert changed and all(k.startswith("stn.") for k in changed)
     assert any(k.startswith("stn.net_4x.0.weight") for k in changed)
     assert not model.encoder.training  # frozen encoder evaluated in eval mode (BN statistics untouched)
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_error(monkeypatch):
+    cfg = tiny_config(epochs_estimator=1)
+    torch.manual_seed(0)
+    st = Stage(cfg, 2, build_model(cfg, CPU), FakePairs(), CPU, 0, 1)
+    real = st.step_estimator
+
+    def diverging(batch):
+        out = real(batch)
+        return {**out, "loss": out["loss"] * float("nan")}
+    monkeypatch.setattr(st, "step_estimator", diverging)
+    with pytest.raises(FloatingPointError, match=r"stage 2, step 1: the loss is nan.*Lower --lr"):
+        st.run()
