@@ -54,6 +54,22 @@ def draw_points(image, points, radius=5, labels=True):
     return np.asarray(im)
 
 
+def draw_truth(image, points, truth, radius=5):
+    """Ground truth of numbered `points`: a ring at each `truth` position in the point's colour, joined to
+    the point by a line (the error)."""
+    im = Image.fromarray(to_uint8(image).copy())
+    draw = ImageDraw.Draw(im)
+    pts, tru = (np.asarray(p, np.float64).reshape(-1, 2) for p in (points, truth))
+    w, h = im.size
+    r = radius + 2
+    for (x, y), (u, v), c in zip(pts, tru, colours(len(pts))):
+        x, y = min(max(x, 0), w - 1), min(max(y, 0), h - 1)
+        draw.line([x, y, u, v], fill=c, width=2)
+        draw.ellipse([u - r, v - r, u + r, v + r], outline=(0, 0, 0), width=4)
+        draw.ellipse([u - r, v - r, u + r, v + r], outline=c, width=2)
+    return np.asarray(im)
+
+
 def warp_image(image, flow, size=None):
     """Sample `image` (3, H, W) at the absolute grid `flow` (h, w, 2) upsampled to `size` = (H', W')
     (default: the image size): bilinear, border padding, align_corners=True, as PSC warps images."""
@@ -95,14 +111,17 @@ def _fit(image, points, height):
     return resized, (np.asarray(points, np.float64) + 0.5) * scale - 0.5
 
 
-def correspondence_figure(photo, sketch, kp_photo, kp_sketch, warped=None, height=None, radius=5):
+def correspondence_figure(photo, sketch, kp_photo, kp_sketch, warped=None, height=None, radius=5, kp_truth=None):
     """[photo with numbered points | sketch with the same numbers | optional warped photo with the sketch's
     strokes on top]. kp_photo / kp_sketch: (K, 2) (x, y) in each image's own pixels, point i <-> point i.
+    kp_truth: optional (K, 2) true positions in the sketch, drawn as rings joined to kp_sketch.
     `height`: panel height in the picture (default: the photo's); points keep `radius` px there."""
     height = height or to_uint8(photo).shape[0]
     photo, kp_photo = _fit(photo, kp_photo, height)
     sketch_small, kp_small = _fit(sketch, kp_sketch, height)
-    panels = [draw_points(photo, kp_photo, radius), draw_points(sketch_small, kp_small, radius)]
+    marked = sketch_small if kp_truth is None else draw_truth(sketch_small, kp_small, _fit(sketch, kp_truth, height)[1],
+                                                              radius)
+    panels = [draw_points(photo, kp_photo, radius), draw_points(marked, kp_small, radius)]
     if warped is not None:
         warped_small, _ = _fit(warped, kp_sketch, height)
         panels.append(draw_points(overlay_strokes(warped_small, sketch_small), kp_small, radius, labels=False))
@@ -116,19 +135,24 @@ def grid_keypoints(n=4, size=256, margin=0.2):
     return np.stack([xs.ravel(), ys.ravel()], 1)
 
 
-def flow_figure(photo, sketch, fwd, bwd, kp_photo=None):
-    """Training picture of one pair: photo points (default a 4x4 grid) carried into the sketch by `bwd`,
-    and the photo warped into the sketch frame by `fwd`. photo, sketch (3, S, S) in [0, 1]; fwd, bwd
-    (h, w, 2) absolute grids (release convention). Returns (H, W, 3) uint8."""
+def flow_figure(photo, sketch, fwd, bwd, kp_photo=None, kp_sketch=None):
+    """Training picture of one pair: photo points (default a 4x4 grid) carried into the sketch by `bwd`
+    (with rings at their true positions `kp_sketch` when given), and the photo warped into the sketch frame
+    by `fwd`. photo, sketch (3, S, S) in [0, 1]; fwd, bwd (h, w, 2) absolute grids (release convention);
+    keypoints (K, 2) (x, y) pixels. Returns (H, W, 3) uint8."""
     from pscfast.evaluation.pck import transfer_keypoints
     size = photo.shape[-1]
     kp = torch.as_tensor(grid_keypoints(4, size) if kp_photo is None else kp_photo, dtype=torch.float32)
     pred = transfer_keypoints(bwd[None].float().cpu(), kp.flip(-1)[None], size)[0].flip(-1)
     warped = warp_image(photo.float().cpu(), fwd.float().cpu())
-    return correspondence_figure(photo, sketch, kp.numpy(), pred.numpy(), warped)
+    return correspondence_figure(photo, sketch, kp.numpy(), pred.numpy(), warped,
+                                 kp_truth=None if kp_sketch is None else np.asarray(kp_sketch))
 
 
-def batch_figure(photos, sketches, fwd, bwd, n=4):
-    """`flow_figure` of the first n pairs of a batch stacked vertically: (n*S, W, 3) uint8 (for TensorBoard)."""
-    rows = [flow_figure(photos[i], sketches[i], fwd[i], bwd[i]) for i in range(min(n, photos.shape[0]))]
+def batch_figure(photos, sketches, fwd, bwd, n=4, kp_photo=None, kp_sketch=None):
+    """`flow_figure` of the first n pairs of a batch stacked vertically: (n*S, W, 3) uint8 (for TensorBoard).
+    kp_photo, kp_sketch: optional per-pair keypoints (sequences of (K, 2)), e.g. a test set's."""
+    pick = lambda kps, i: None if kps is None else kps[i]  # noqa: E731
+    rows = [flow_figure(photos[i], sketches[i], fwd[i], bwd[i], pick(kp_photo, i), pick(kp_sketch, i))
+            for i in range(min(n, photos.shape[0]))]
     return np.concatenate(rows, 0)

@@ -69,7 +69,8 @@ def _picture(predict, data, device, n: int = 4):
     photos = torch.stack([it["photo"] for it in items]).to(device)
     sketches = torch.stack([it["sketch"] for it in items]).to(device)
     fwd, bwd = predict(photos, sketches)
-    return batch_figure(photos.cpu(), sketches.cpu(), fwd.cpu(), bwd.cpu(), n)
+    return batch_figure(photos.cpu(), sketches.cpu(), fwd.cpu(), bwd.cpu(), n,
+                        [it["kp_photo"] for it in items], [it["kp_sketch"] for it in items])
 
 
 def _writer(cfg: TrainConfig, rank: int):

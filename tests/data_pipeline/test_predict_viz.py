@@ -96,3 +96,21 @@ def test_evaluate_cli(tiny_root, tmp_path, capsys):
 def test_identity_predictor_shapes():
     fwd, bwd = build_predictor("identity")(torch.zeros(2, 3, 256, 256), None)
     assert fwd.shape == bwd.shape == (2, 16, 16, 2)
+
+
+def test_flow_figure_marks_the_true_positions():
+    photo, sketch = torch.rand(3, 256, 256), torch.ones(3, 256, 256)
+    ident = identity_grid(1, 16, 16)[0]
+    kp_photo = np.array([[60.0, 60.0], [190.0, 120.0]])
+    truth = np.array([[100.0, 60.0], [190.0, 200.0]])  # 40 and 80 px from where the identity flow puts them
+    plain = viz.flow_figure(photo, sketch, ident, ident, kp_photo)
+    marked = viz.flow_figure(photo, sketch, ident, ident, kp_photo, truth)
+    sketch_panel = slice(256 + 6, 2 * 256 + 6)
+    changed = np.any(marked[:, sketch_panel] != plain[:, sketch_panel], axis=2)
+    for (u, v), colour in zip(truth, viz.colours(2)):
+        ring = marked[int(v) - 10:int(v) + 11, sketch_panel][:, int(u) - 10:int(u) + 11].reshape(-1, 3)
+        assert any(tuple(p) == colour for p in ring)          # a ring in the keypoint's colour at the truth
+    assert changed[60, 85] and changed[160, 190]              # the error lines between predictions and truths
+    assert not changed[30, 160]                               # and nothing elsewhere
+    # the photo and warped panels do not change
+    assert np.array_equal(marked[:, :256], plain[:, :256]) and np.array_equal(marked[:, -256:], plain[:, -256:])
