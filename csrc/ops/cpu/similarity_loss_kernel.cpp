@@ -1,6 +1,9 @@
 // pscfast::similarity_loss on the CPU, float and double; one task per sample (at::parallel_for).
-// Per sample, Fw and Ft are (C, P) and S = Fw^T Ft (P x P) is never stored: it is recomputed in blocks of
-// kRows rows (a BLAS product into a kRows x P tile, the only O(P) x O(P) memory, per thread).
+// Per sample, the layers are resized and concatenated into per-thread buffers Fw, Ft (C, P)
+// (resize_matrix.h), so memory beyond the inputs and outputs is O(C P) per thread, never O(N C P); the
+// backward maps dFw, dFt back through the adjoint resize into that sample's slice of each layer's gradient.
+// S = Fw^T Ft (P x P) is never stored: it is recomputed in blocks of kRows rows (a BLAS product into a
+// kRows x P tile, the only O(P) x O(P) memory, per thread).
 //   a_j = sum_i |S_ij|, b_i = sum_j |S_ij| / a_j, S2 = diag(1/b) S diag(1/a), z = S2 / tau.
 // Non-negative features: |S| = S, so a = Ft^T (Fw 1) and b = Fw^T (Ft (1/a)) are matrix-vector products
 // and the forward is one pass over the tiles; signed features take one more pass for the exact a.
@@ -12,7 +15,8 @@
 //   G0_ij = (G1_ij - sgn_ij v_j) / a_j,  v_j = sum_i G1_ij S1_ij = sum_i (G2_ij S2_ij - u_i |S2_ij|)
 //   dFw_i = sum_j G0_ij Ft_j,  dFt_j = sum_i G0_ij Fw_i.
 // Pass 1 computes u (row-local) and v (column sums); pass 2 recomputes the tile, forms G0 and multiplies.
-// Every sum runs in a fixed order inside one task: results are bitwise reproducible.
+// Every sum runs in a fixed order inside one task (each sample, and so each sample's slice of the layer
+// gradients, is owned by one task): results are bitwise reproducible.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -20,7 +24,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mv.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -30,6 +33,7 @@
 #include <tuple>
 #include <vector>
 
+#include "ops/common/resize_matrix.h"
 #include "ops/common/similarity_loss_checks.h"
 #include "ops/cpu/vectorize.h"
 
@@ -209,54 +213,106 @@ void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, con
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cpu(const at::Tensor& fw_, const at::Tensor& ft_,
-                                                                   double tau) {
-  check_similarity_inputs(fw_, ft_, tau);
-  const int64_t N = fw_.size(0), C = fw_.size(1), P = fw_.size(2) * fw_.size(3);
-  // detached: the tile products below are plain ATen calls that autograd must not record
-  const at::Tensor fw = fw_.detach().reshape({N, C, P}).contiguous(), ft = ft_.detach().reshape({N, C, P}).contiguous();
-  const bool nonneg = fw.min().item<double>() >= 0 && ft.min().item<double>() >= 0;
-  at::Tensor ce = at::empty({N, P}, fw.options()), weight = at::empty({N, P}, fw.options());
-  at::Tensor stats = at::empty({N, 3, P}, fw.options());
-  AT_DISPATCH_FLOATING_TYPES(fw.scalar_type(), "similarity_loss_cpu", [&] {
+// The layers detached (the tile products are plain ATen calls that autograd must not record).
+std::vector<at::Tensor> detached(at::TensorList layers) {
+  std::vector<at::Tensor> out;
+  for (const auto& x : layers) out.push_back(x.detach());
+  return out;
+}
+
+// A bilinear resize of non-negative maps is non-negative, so the inputs decide the L1 sums' fast path.
+bool all_nonneg(at::TensorList layers) {
+  for (const auto& x : layers)
+    if (x.min().item<double>() < 0) return false;
+  return true;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cpu(at::TensorList fw_, at::TensorList ft_,
+                                                                   double tau, int64_t size) {
+  check_similarity_inputs(fw_, ft_, tau, size);
+  const std::vector<at::Tensor> fw = detached(fw_), ft = detached(ft_);
+  const auto opts = fw[0].options();
+  const ConcatResize rw(fw, size, opts.dtype().toScalarType()), rt(ft, size, opts.dtype().toScalarType());
+  const int64_t N = fw[0].size(0), C = rw.channels(), P = size * size;
+  const bool nonneg = all_nonneg(fw) && all_nonneg(ft);
+  at::Tensor ce = at::empty({N, P}, opts), weight = at::empty({N, P}, opts);
+  at::Tensor stats = at::empty({N, 3, P}, opts);
+  AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "similarity_loss_cpu", [&] {
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-      at::Tensor tile = at::empty({std::min(kRows, P), P}, fw.options());
-      for (int64_t n = n0; n < n1; ++n)
-        forward_sample<scalar_t>(fw[n], ft[n], static_cast<scalar_t>(tau), nonneg, tile,
+      at::Tensor tile = at::empty({std::min(kRows, P), P}, opts);
+      at::Tensor wn = at::empty({1, C, P}, opts), tn = at::empty({1, C, P}, opts);
+      for (int64_t n = n0; n < n1; ++n) {
+        rw.resize(fw, n, wn);
+        rt.resize(ft, n, tn);
+        forward_sample<scalar_t>(wn[0], tn[0], static_cast<scalar_t>(tau), nonneg, tile,
                                  ce.data_ptr<scalar_t>() + n * P, weight.data_ptr<scalar_t>() + n * P,
                                  stats.data_ptr<scalar_t>() + n * 3 * P);
+      }
     });
   });
   // the batch-wide min-max of the reference, on the row maxima (max and min are order-independent)
   weight = weight.sub(weight.min());
-  const double tiny = fw.scalar_type() == at::kFloat ? std::numeric_limits<float>::min()
+  const double tiny = ce.scalar_type() == at::kFloat ? std::numeric_limits<float>::min()
                                                       : std::numeric_limits<double>::min();
   weight = weight.div(weight.max().clamp_min(tiny));
   return {ce, weight, stats};
 }
 
-std::tuple<at::Tensor, at::Tensor> similarity_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& fw_,
-                                                                const at::Tensor& ft_, const at::Tensor& stats_,
-                                                                double tau, bool need_ft) {
-  check_similarity_inputs(fw_, ft_, tau);
-  check_similarity_backward(grad_, fw_, stats_);
-  const int64_t N = fw_.size(0), C = fw_.size(1), P = fw_.size(2) * fw_.size(3);
-  // detached: the tile products below are plain ATen calls that autograd must not record
-  const at::Tensor fw = fw_.detach().reshape({N, C, P}).contiguous(), ft = ft_.detach().reshape({N, C, P}).contiguous();
-  const at::Tensor grad = grad_.detach().to(fw.scalar_type()).contiguous();
-  const at::Tensor stats = stats_.detach().to(fw.scalar_type()).contiguous();
-  at::Tensor dfw = at::empty({N, C, P}, fw.options());
-  at::Tensor dft = need_ft ? at::zeros({N, C, P}, fw.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(fw.scalar_type(), "similarity_loss_backward_cpu", [&] {
+std::vector<at::Tensor> empty_like_layers(at::TensorList layers) {
+  std::vector<at::Tensor> out;
+  for (const auto& x : layers) out.push_back(at::empty(x.sizes(), x.options()));
+  return out;
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_backward_cpu(
+    const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau,
+    int64_t size, bool need_ft) {
+  check_similarity_inputs(fw_, ft_, tau, size);
+  check_similarity_backward(grad_, fw_, stats_, size);
+  const std::vector<at::Tensor> fw = detached(fw_), ft = detached(ft_);
+  const auto opts = fw[0].options();
+  const ConcatResize rw(fw, size, opts.dtype().toScalarType()), rt(ft, size, opts.dtype().toScalarType());
+  const int64_t N = fw[0].size(0), C = rw.channels(), P = size * size;
+  const at::Tensor grad = grad_.detach().to(opts.dtype()).contiguous();
+  const at::Tensor stats = stats_.detach().to(opts.dtype()).contiguous();
+  std::vector<at::Tensor> dfw = empty_like_layers(fw), dft = need_ft ? empty_like_layers(ft) : std::vector<at::Tensor>();
+  AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "similarity_loss_backward_cpu", [&] {
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-      at::Tensor tile = at::empty({std::min(kRows, P), P}, fw.options());
-      for (int64_t n = n0; n < n1; ++n)
-        backward_sample<scalar_t>(grad.data_ptr<scalar_t>() + n * P, fw[n], ft[n],
-                                  stats.data_ptr<scalar_t>() + n * 3 * P, static_cast<scalar_t>(tau), tile, dfw[n],
-                                  need_ft ? dft[n] : at::Tensor());
+      at::Tensor tile = at::empty({std::min(kRows, P), P}, opts);
+      at::Tensor wn = at::empty({1, C, P}, opts), tn = at::empty({1, C, P}, opts);
+      at::Tensor dwn = at::empty({1, C, P}, opts), dtn = need_ft ? at::empty({1, C, P}, opts) : at::Tensor();
+      for (int64_t n = n0; n < n1; ++n) {
+        rw.resize(fw, n, wn);
+        rt.resize(ft, n, tn);
+        if (need_ft) dtn.zero_();  // backward_sample accumulates dFt over row blocks
+        backward_sample<scalar_t>(grad.data_ptr<scalar_t>() + n * P, wn[0], tn[0],
+                                  stats.data_ptr<scalar_t>() + n * 3 * P, static_cast<scalar_t>(tau), tile, dwn[0],
+                                  need_ft ? dtn[0] : at::Tensor());
+        rw.adjoint(dwn, n, dfw);
+        if (need_ft) rt.adjoint(dtn, n, dft);
+      }
     });
   });
-  return {dfw.view(fw_.sizes()), need_ft ? dft.view(ft_.sizes()) : at::empty({0}, fw.options())};
+  return {dfw, dft};
+}
+
+at::Tensor similarity_resize_cpu(at::TensorList layers, int64_t size) {
+  check_similarity_inputs(layers, layers, 1.0, size);
+  const ConcatResize r(layers, size, layers[0].scalar_type());
+  at::Tensor out = at::empty({layers[0].size(0), r.channels(), size * size}, layers[0].options());
+  r.resize(detached(layers), 0, out);
+  return out;
+}
+
+std::vector<at::Tensor> similarity_resize_adjoint_cpu(const at::Tensor& grad, at::TensorList layers, int64_t size) {
+  check_similarity_inputs(layers, layers, 1.0, size);
+  const ConcatResize r(layers, size, layers[0].scalar_type());
+  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == layers[0].size(0) && grad.size(1) == r.channels() &&
+                  grad.size(2) == size * size,
+              "pscfast::_similarity_resize_adjoint: grad must be (N, sum C_l, size^2), got ", grad.sizes());
+  std::vector<at::Tensor> out = empty_like_layers(layers);
+  r.adjoint(grad.detach().to(layers[0].scalar_type()), 0, out);
+  return out;
 }
 
 }  // namespace
@@ -264,6 +320,8 @@ std::tuple<at::Tensor, at::Tensor> similarity_loss_backward_cpu(const at::Tensor
 TORCH_LIBRARY_IMPL(pscfast, CPU, m) {
   m.impl("similarity_loss", &similarity_loss_cpu);
   m.impl("_similarity_loss_backward", &similarity_loss_backward_cpu);
+  m.impl("_similarity_resize", &similarity_resize_cpu);
+  m.impl("_similarity_resize_adjoint", &similarity_resize_adjoint_cpu);
 }
 
 }  // namespace pscfast
