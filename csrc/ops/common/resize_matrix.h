@@ -12,7 +12,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/matmul.h>
+#include <ATen/ops/min.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 
@@ -116,5 +116,26 @@ class ConcatResize {
   int64_t size_, channels_ = 0;
   at::ScalarType acc_;
 };
+
+// Layer-list helpers of the host code.
+// The layers detached (the kernels' products are plain ATen calls that autograd must not record).
+inline std::vector<at::Tensor> detached(at::TensorList layers) {
+  std::vector<at::Tensor> out;
+  for (const auto& x : layers) out.push_back(x.detach());
+  return out;
+}
+
+// A bilinear resize of non-negative maps is non-negative, so the inputs decide the L1 sums' fast path.
+inline bool all_nonneg(at::TensorList layers) {
+  for (const auto& x : layers)
+    if (x.min().item<double>() < 0) return false;
+  return true;
+}
+
+inline std::vector<at::Tensor> empty_like_layers(at::TensorList layers) {
+  std::vector<at::Tensor> out;
+  for (const auto& x : layers) out.push_back(at::empty(x.sizes(), x.options()));
+  return out;
+}
 
 }  // namespace pscfast

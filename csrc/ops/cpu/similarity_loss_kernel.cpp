@@ -213,20 +213,6 @@ void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, con
   }
 }
 
-// The layers detached (the tile products are plain ATen calls that autograd must not record).
-std::vector<at::Tensor> detached(at::TensorList layers) {
-  std::vector<at::Tensor> out;
-  for (const auto& x : layers) out.push_back(x.detach());
-  return out;
-}
-
-// A bilinear resize of non-negative maps is non-negative, so the inputs decide the L1 sums' fast path.
-bool all_nonneg(at::TensorList layers) {
-  for (const auto& x : layers)
-    if (x.min().item<double>() < 0) return false;
-  return true;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cpu(at::TensorList fw_, at::TensorList ft_,
                                                                    double tau, int64_t size) {
   check_similarity_inputs(fw_, ft_, tau, size);
@@ -258,12 +244,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cpu(at::TensorLis
   return {ce, weight, stats};
 }
 
-std::vector<at::Tensor> empty_like_layers(at::TensorList layers) {
-  std::vector<at::Tensor> out;
-  for (const auto& x : layers) out.push_back(at::empty(x.sizes(), x.options()));
-  return out;
-}
-
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_backward_cpu(
     const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau,
     int64_t size, bool need_ft) {
@@ -275,7 +255,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_bac
   const int64_t N = fw[0].size(0), C = rw.channels(), P = size * size;
   const at::Tensor grad = grad_.detach().to(opts.dtype()).contiguous();
   const at::Tensor stats = stats_.detach().to(opts.dtype()).contiguous();
-  std::vector<at::Tensor> dfw = empty_like_layers(fw), dft = need_ft ? empty_like_layers(ft) : std::vector<at::Tensor>();
+  std::vector<at::Tensor> dfw = empty_like_layers(fw);
+  std::vector<at::Tensor> dft = need_ft ? empty_like_layers(ft) : std::vector<at::Tensor>();
   AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "similarity_loss_backward_cpu", [&] {
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
       at::Tensor tile = at::empty({std::min(kRows, P), P}, opts);

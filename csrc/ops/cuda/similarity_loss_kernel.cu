@@ -246,19 +246,6 @@ int64_t chunk_samples(int64_t N, int64_t C, int64_t P, int64_t itemsize) {
   return std::max<int64_t>(1, std::min(N, budget / (4 * C * P * itemsize)));
 }
 
-std::vector<at::Tensor> detached(at::TensorList layers) {
-  std::vector<at::Tensor> out;
-  for (const auto& x : layers) out.push_back(x.detach());
-  return out;
-}
-
-// A bilinear resize of non-negative maps is non-negative, so the inputs decide the L1 sums' fast path.
-bool all_nonneg(at::TensorList layers) {
-  for (const auto& x : layers)
-    if (x.min().item<double>() < 0) return false;
-  return true;
-}
-
 // One chunk: resized w, t (B, C, P) -> its rows of stats, ce and the raw row maxima wmax.
 void forward_chunk(const at::Tensor& w, const at::Tensor& t, bool nonneg, double tau, at::Tensor stats,
                    at::Tensor ce, at::Tensor wmax) {
@@ -347,12 +334,6 @@ void backward_chunk(const at::Tensor& w, const at::Tensor& t, const at::Tensor& 
   });
 }
 
-std::vector<at::Tensor> empty_like_layers(at::TensorList layers) {
-  std::vector<at::Tensor> out;
-  for (const auto& x : layers) out.push_back(at::empty(x.sizes(), x.options()));
-  return out;
-}
-
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_backward_cuda(
     const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau,
     int64_t size, bool need_ft) {
@@ -364,7 +345,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_bac
   const ConcatResize rw(fw, size, acc_type), rt(ft, size, acc_type);
   const int64_t N = fw[0].size(0), C = rw.channels(), P = size * size;
   const at::Tensor g = grad_.detach().to(acc_type).contiguous(), stats = stats_.detach().to(acc_type).contiguous();
-  std::vector<at::Tensor> dfw = empty_like_layers(fw), dft = need_ft ? empty_like_layers(ft) : std::vector<at::Tensor>();
+  std::vector<at::Tensor> dfw = empty_like_layers(fw);
+  std::vector<at::Tensor> dft = need_ft ? empty_like_layers(ft) : std::vector<at::Tensor>();
   const int64_t chunk = chunk_samples(N, C, P, fw[0].element_size());
   const auto opts = fw[0].options();
   const at::Tensor wbuf = at::empty({chunk, C, P}, opts), tbuf = at::empty({chunk, C, P}, opts);
