@@ -10,6 +10,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/baddbmm.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/min.h>
@@ -103,6 +104,24 @@ class ConcatResize {
       } else {
         dst.copy_(at::mm(v2, l.ax).view(dst.sizes()));
       }
+    }
+  }
+
+  // The adjoint of grid rows [r0, r0 + rows) alone: db (channels, rows * size), contiguous -> added to
+  // grads[k][n] (zeroed before the first block). The CPU backward maps dFw block by block with it, so no
+  // (channels, size^2) buffer of dFw exists.
+  void adjoint_rows_add(const at::Tensor& db, int64_t n, int64_t r0, int64_t rows, at::TensorList grads) const {
+    const int64_t S = size_;
+    for (size_t k = 0; k < layers_.size(); ++k) {
+      const Layer& l = layers_[k];
+      at::Tensor g = grads[k][n];  // (C, H, W), contiguous
+      const at::Tensor d = db.narrow(0, l.offset, l.C);
+      if (l.same_size(S)) {
+        g.view({l.C, S * S}).narrow(1, r0 * S, rows * S).add_(d);
+        continue;
+      }
+      const at::Tensor t = at::mm(d.view({l.C * rows, S}), l.ax);
+      g.baddbmm_(l.ay.narrow(0, r0, rows).t().expand({l.C, l.H, rows}), t.view({l.C, rows, l.W}));
     }
   }
 

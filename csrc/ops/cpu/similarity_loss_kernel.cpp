@@ -1,7 +1,8 @@
 // pscfast::similarity_loss on the CPU, float and double; one task per sample (at::parallel_for).
 // Per sample, the layers are resized and concatenated into per-thread buffers Fw, Ft (C, P)
 // (resize_matrix.h), so memory beyond the inputs and outputs is O(C P) per thread, never O(N C P); the
-// backward maps dFw, dFt back through the adjoint resize into that sample's slice of each layer's gradient.
+// backward maps dFw (one block of grid rows at a time, never stored whole) and dFt back through the adjoint
+// resize into that sample's slice of each layer's gradient.
 // S = Fw^T Ft (P x P) is never stored: it is recomputed in blocks of kRows rows (a BLAS product into a
 // kRows x P tile, the only O(P) x O(P) memory, per thread).
 //   a_j = sum_i |S_ij|, b_i = sum_j |S_ij| / a_j, S2 = diag(1/b) S diag(1/a), z = S2 / tau.
@@ -157,9 +158,13 @@ void forward_sample(const at::Tensor& Wn, const at::Tensor& Tn, T tau, bool nonn
   }
 }
 
-template <typename T>
-void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, const T* stats, T tau,
-                     at::Tensor& tile, at::Tensor dWn, at::Tensor dTn) {
+// Blocks of whole grid rows (size S each) for the backward, so that dFw can go through the adjoint resize
+// block by block (on_dw(i0, n, dFw[:, i0:i0 + n])) instead of being stored whole.
+int64_t grid_row_block(int64_t S) { return std::max<int64_t>(1, kRows / S) * S; }
+
+template <typename T, typename OnDw>
+void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, const T* stats, T tau, int64_t rows,
+                     at::Tensor& tile, at::Tensor& dw_scratch, at::Tensor dTn, const OnDw& on_dw) {
   const int64_t P = Wn.size(1);
   const T *a = stats, *b = stats + P, *lse = stats + 2 * P;
   const std::vector<T> ia = inverse_clamped(a, P), ib = inverse_clamped(b, P);
@@ -177,8 +182,8 @@ void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, con
     }
     return acc;
   };
-  for (int64_t i0 = 0; i0 < P; i0 += kRows) {
-    const int64_t n = std::min(kRows, P - i0);
+  for (int64_t i0 = 0; i0 < P; i0 += rows) {
+    const int64_t n = std::min(rows, P - i0);
     const T* s = block(Wn, Tn, tile, i0, n).data_ptr<T>();
     for (int64_t i = 0; i < n; ++i) {
       const T* si = s + i * P;
@@ -191,8 +196,8 @@ void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, con
   }
   for (int64_t j = 0; j < P; ++j)
     if (a[j] < T(kSimilarityEps)) v[j] = 0;
-  for (int64_t i0 = 0; i0 < P; i0 += kRows) {
-    const int64_t n = std::min(kRows, P - i0);
+  for (int64_t i0 = 0; i0 < P; i0 += rows) {
+    const int64_t n = std::min(rows, P - i0);
     at::Tensor t = block(Wn, Tn, tile, i0, n);
     T* s = t.data_ptr<T>();
     for (int64_t i = 0; i < n; ++i) {
@@ -207,8 +212,9 @@ void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, con
         si[j] = ((g2 - sg * u[r]) * ib[r] - sg * v[j]) * ia[j];
       }
     }
-    at::Tensor dw = dWn.narrow(1, i0, n);
+    at::Tensor dw = dw_scratch.narrow(0, 0, Tn.size(0) * n).view({Tn.size(0), n});
     at::mm_out(dw, Tn, t.t());
+    on_dw(i0, n, dw);
     if (dTn.defined()) dTn.addmm_(Wn.narrow(1, i0, n), t);
   }
 }
@@ -252,24 +258,26 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_bac
   const std::vector<at::Tensor> fw = detached(fw_), ft = detached(ft_);
   const auto opts = fw[0].options();
   const ConcatResize rw(fw, size, opts.dtype().toScalarType()), rt(ft, size, opts.dtype().toScalarType());
-  const int64_t N = fw[0].size(0), C = rw.channels(), P = size * size;
+  const int64_t N = fw[0].size(0), C = rw.channels(), P = size * size, rows = grid_row_block(size);
   const at::Tensor grad = grad_.detach().to(opts.dtype()).contiguous();
   const at::Tensor stats = stats_.detach().to(opts.dtype()).contiguous();
   std::vector<at::Tensor> dfw = empty_like_layers(fw);
   std::vector<at::Tensor> dft = need_ft ? empty_like_layers(ft) : std::vector<at::Tensor>();
   AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "similarity_loss_backward_cpu", [&] {
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-      at::Tensor tile = at::empty({std::min(kRows, P), P}, opts);
+      at::Tensor tile = at::empty({rows, P}, opts), dw = at::empty({C * rows}, opts);
       at::Tensor wn = at::empty({1, C, P}, opts), tn = at::empty({1, C, P}, opts);
-      at::Tensor dwn = at::empty({1, C, P}, opts), dtn = need_ft ? at::empty({1, C, P}, opts) : at::Tensor();
+      at::Tensor dtn = need_ft ? at::empty({1, C, P}, opts) : at::Tensor();
       for (int64_t n = n0; n < n1; ++n) {
         rw.resize(fw, n, wn);
         rt.resize(ft, n, tn);
-        if (need_ft) dtn.zero_();  // backward_sample accumulates dFt over row blocks
+        for (auto& x : dfw) x[n].zero_();  // the row blocks of dFw are added
+        if (need_ft) dtn.zero_();          // backward_sample accumulates dFt over row blocks
         backward_sample<scalar_t>(grad.data_ptr<scalar_t>() + n * P, wn[0], tn[0],
-                                  stats.data_ptr<scalar_t>() + n * 3 * P, static_cast<scalar_t>(tau), tile, dwn[0],
-                                  need_ft ? dtn[0] : at::Tensor());
-        rw.adjoint(dwn, n, dfw);
+                                  stats.data_ptr<scalar_t>() + n * 3 * P, static_cast<scalar_t>(tau), rows, tile, dw,
+                                  need_ft ? dtn[0] : at::Tensor(), [&](int64_t i0, int64_t k, const at::Tensor& d) {
+                                    rw.adjoint_rows_add(d, n, i0 / size, k / size, dfw);
+                                  });
         if (need_ft) rt.adjoint(dtn, n, dft);
       }
     });
