@@ -3,8 +3,8 @@
 // (resize_matrix.h), so memory beyond the inputs and outputs is O(C P) per thread, never O(N C P); the
 // backward maps dFw (one block of grid rows at a time, never stored whole) and dFt back through the adjoint
 // resize into that sample's slice of each layer's gradient.
-// S = Fw^T Ft (P x P) is never stored: it is recomputed in blocks of kRows rows (a BLAS product into a
-// kRows x P tile, the only O(P) x O(P) memory, per thread).
+// S = Fw^T Ft (P x P) is never stored: it is recomputed in blocks of kRows rows (whole grid rows in the
+// backward; a BLAS product into a tile of a block's rows x P, the only O(P) x O(P) memory, per thread).
 //   a_j = sum_i |S_ij|, b_i = sum_j |S_ij| / a_j, S2 = diag(1/b) S diag(1/a), z = S2 / tau.
 // Non-negative features: |S| = S, so a = Ft^T (Fw 1) and b = Fw^T (Ft (1/a)) are matrix-vector products
 // and the forward is one pass over the tiles; signed features take one more pass for the exact a.
