@@ -1,4 +1,7 @@
-"""Triton kernels of the fused similarity loss on concatenated features fw, ft (N, C, P), P = size^2.
+"""Triton kernels of the fused similarity loss on per-layer maps fw, ft, resized to size x size and
+concatenated on channels one chunk of samples at a time (kernels/_resize.py), so the resized features
+(C, P), P = size^2, exist for one chunk only; ce, the row maxima and stats are per sample, so chunks are
+independent and the batch-wide min-max of the weight runs once after the last one.
 
 S = Fw^T Ft is recomputed in (BI x BJ) tiles by tl.dot over C (float32 accumulation, IEEE precision for
 float32 inputs) and never stored. a_j = sum_i |S_ij|, b_i = sum_j |S_ij| / a_j (matrix-vector products for
@@ -18,6 +21,7 @@ import triton
 import triton.language as tl
 
 from . import INTERPRET
+from ._resize import ConcatResize, chunks
 
 EPS = 1e-12  # F.normalize's eps
 BLOCK = 32 if INTERPRET else 64
@@ -195,57 +199,73 @@ def _prec(x: torch.Tensor) -> str:
     return "ieee"
 
 
-def _flat(x: torch.Tensor) -> torch.Tensor:
-    return x.reshape(x.shape[0], x.shape[1], -1).contiguous()
+def _plans(fw, ft, size):
+    acc = torch.float64 if fw[0].dtype == torch.float64 else torch.float32
+    rw, rt = ConcatResize(fw, size, acc), ConcatResize(ft, size, acc)
+    return rw, rt, chunks(fw[0].shape[0], rw.channels, size * size, fw[0].element_size())
 
 
-def similarity_loss_fwd(fw: torch.Tensor, ft: torch.Tensor, tau: float):
-    """fw, ft (N, C, h, w) -> ce (N, P), weight (N, P) (min-max scaled), stats (N, 5, P) float32:
-    1/max(a, eps), 1/max(b, eps), lse, [a >= eps], [b >= eps]."""
-    n, c = fw.shape[:2]
-    w, t = _flat(fw), _flat(ft)
-    p = w.shape[2]
-    grid_j, grid_i = (n, triton.cdiv(p, BLOCK)), (n, triton.cdiv(p, BLOCK))
+def _fwd_chunk(w, t, tau, nonneg, ce, wmax, stats):
+    """One chunk of resized features w, t (B, C, P): ce, raw row maxima wmax (B, P), stats (B, 5, P)."""
+    n, c, p = w.shape
+    grid = (n, triton.cdiv(p, BLOCK))
     prec = _prec(w)
-    if bool((w.min() >= 0) & (t.min() >= 0)):  # |S| = S: the L1 sums are matrix-vector products
+    if nonneg:  # |S| = S: the L1 sums are matrix-vector products
         w32, t32 = w.float(), t.float()
         a = torch.einsum("ncj,nc->nj", t32, w32.sum(2))
         b = torch.einsum("nci,nc->ni", w32, torch.einsum("ncj,nj->nc", t32, 1 / a.clamp_min(EPS)))
     else:
         a = torch.empty(n, p, dtype=torch.float32, device=w.device)
         b = torch.empty_like(a)
-        _colsum_abs_kernel[grid_j](w, t, a, c, p, BLOCK, BLOCK, BK, prec)
-        _rowsum_abs_kernel[grid_i](w, t, 1 / a.clamp_min(EPS), b, c, p, BLOCK, BLOCK, BK, prec)
-    stats = torch.stack([1 / a.clamp_min(EPS), 1 / b.clamp_min(EPS), torch.empty_like(a), (a >= EPS).float(),
-                         (b >= EPS).float()], dim=1).contiguous()
-    ce = torch.empty(n, p, dtype=torch.float32, device=w.device)
-    rowmax = torch.empty(n, grid_j[1], p, dtype=torch.float32, device=w.device)
-    _fwd_kernel[grid_j](w, t, stats, ce, rowmax, c, p, 1.0 / tau,
-                        BLOCK, BLOCK, BK, prec)
-    weight = rowmax.amax(1)
-    weight = weight - weight.min()
-    weight = weight / weight.max().clamp_min(torch.finfo(fw.dtype).tiny)
-    return ce.to(fw.dtype), weight.to(fw.dtype), stats
+        _colsum_abs_kernel[grid](w, t, a, c, p, BLOCK, BLOCK, BK, prec)
+        _rowsum_abs_kernel[grid](w, t, 1 / a.clamp_min(EPS), b, c, p, BLOCK, BLOCK, BK, prec)
+    stats.copy_(torch.stack([1 / a.clamp_min(EPS), 1 / b.clamp_min(EPS), torch.empty_like(a), (a >= EPS).float(),
+                             (b >= EPS).float()], dim=1))
+    rowmax = torch.empty(n, grid[1], p, dtype=torch.float32, device=w.device)
+    _fwd_kernel[grid](w, t, stats, ce, rowmax, c, p, 1.0 / tau, BLOCK, BLOCK, BK, prec)
+    wmax.copy_(rowmax.amax(1))
 
 
-def similarity_loss_bwd(grad_ce: torch.Tensor, fw: torch.Tensor, ft: torch.Tensor, stats: torch.Tensor, tau: float,
-                        need_ft: bool):
-    """Gradients (dfw, dft or None) of sum(grad_ce * ce), shapes of fw and ft."""
-    n, c = fw.shape[:2]
-    w, t = _flat(fw), _flat(ft)
-    p = w.shape[2]
-    prec, itau = _prec(w), 1.0 / tau
+def similarity_loss_fwd(fw, ft, tau: float, size: int):
+    """Layer lists fw, ft (N, C_l, H_l, W_l) -> ce (N, P), weight (N, P) (min-max scaled), stats (N, 5, P)
+    float32: 1/max(a, eps), 1/max(b, eps), lse, [a >= eps], [b >= eps]."""
+    n, p, dev = fw[0].shape[0], size * size, fw[0].device
+    rw, rt, ranges = _plans(fw, ft, size)
+    # a bilinear resize of non-negative maps is non-negative
+    nonneg = all(bool(f.min() >= 0) for f in (*fw, *ft))
+    ce, wmax = (torch.empty(n, p, dtype=torch.float32, device=dev) for _ in range(2))
+    stats = torch.empty(n, 5, p, dtype=torch.float32, device=dev)
+    for n0, n1 in ranges:
+        _fwd_chunk(rw.resize(fw, n0, n1), rt.resize(ft, n0, n1), tau, nonneg, ce[n0:n1], wmax[n0:n1],
+                   stats[n0:n1])
+    weight = wmax - wmax.min()
+    weight = weight / weight.max().clamp_min(torch.finfo(fw[0].dtype).tiny)
+    return ce.to(fw[0].dtype), weight.to(fw[0].dtype), stats
+
+
+def similarity_loss_bwd(grad_ce: torch.Tensor, fw, ft, stats: torch.Tensor, tau: float, size: int, need_ft: bool):
+    """Gradients (dfw, dft or None: lists shaped like the layers) of sum(grad_ce * ce)."""
+    n, p = fw[0].shape[0], size * size
+    rw, rt, ranges = _plans(fw, ft, size)
+    itau = 1.0 / tau
     g = grad_ce.contiguous()
-    u = torch.empty(n, p, dtype=torch.float32, device=w.device)
-    v = torch.empty_like(u)
-    nb = triton.cdiv(p, BLOCK)
-    _bwd_u_kernel[(n, nb)](w, t, g, stats, u, c, p, itau, BLOCK, BLOCK, BK, prec)
-    _bwd_v_kernel[(n, nb)](w, t, g, stats, u, v, c, p, itau, BLOCK, BLOCK, BK, prec)
-    grid = (n, nb, triton.cdiv(c, BK))
-    dfw = torch.empty_like(w)
-    _bwd_df_kernel[grid](w, t, g, stats, u, v, dfw, c, p, itau, True, BLOCK, BLOCK, BK, BK, prec)
-    dft = None
-    if need_ft:
-        dft = torch.empty_like(t)
-        _bwd_df_kernel[grid](t, w, g, stats, u, v, dft, c, p, itau, False, BLOCK, BLOCK, BK, BK, prec)
-    return dfw.view_as(fw), (dft.view_as(ft) if need_ft else None)
+    dfw = [torch.empty(f.shape, dtype=f.dtype, device=f.device) for f in fw]
+    dft = [torch.empty(f.shape, dtype=f.dtype, device=f.device) for f in ft] if need_ft else None
+    for n0, n1 in ranges:
+        w, t = rw.resize(fw, n0, n1), rt.resize(ft, n0, n1)
+        gc, st, c = g[n0:n1], stats[n0:n1], rw.channels
+        u = torch.empty(n1 - n0, p, dtype=torch.float32, device=w.device)
+        v = torch.empty_like(u)
+        nb = triton.cdiv(p, BLOCK)
+        prec = _prec(w)
+        _bwd_u_kernel[(n1 - n0, nb)](w, t, gc, st, u, c, p, itau, BLOCK, BLOCK, BK, prec)
+        _bwd_v_kernel[(n1 - n0, nb)](w, t, gc, st, u, v, c, p, itau, BLOCK, BLOCK, BK, prec)
+        grid = (n1 - n0, nb, triton.cdiv(c, BK))
+        dw = torch.empty_like(w)
+        _bwd_df_kernel[grid](w, t, gc, st, u, v, dw, c, p, itau, True, BLOCK, BLOCK, BK, BK, prec)
+        rw.adjoint(dw, n0, dfw)
+        if need_ft:
+            dt = torch.empty_like(t)
+            _bwd_df_kernel[grid](t, w, gc, st, u, v, dt, c, p, itau, False, BLOCK, BLOCK, BK, BK, prec)
+            rt.adjoint(dt, n0, dft)
+    return dfw, dft

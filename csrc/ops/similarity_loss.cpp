@@ -1,11 +1,19 @@
-// Schemas of the fused similarity loss on resized, concatenated features fw, ft (N, C, h, w); P = h * w.
+// Schemas of the fused similarity loss on per-layer maps fw, ft (lists of (N, C_l, H_l, W_l)): each layer is
+// resized to size x size (bilinear, align_corners=False) and the layers are concatenated on channels inside
+// the op (csrc/ops/common/resize_matrix.h), a sample or a chunk of samples at a time, so the resized
+// features of the whole batch are never stored; P = size^2.
 // stats (N, 3, P) = raw column L1 sums a, raw row L1 sums b (before the eps clamp of F.normalize) and the
-// log-sum-exp over i of each column's logits: what the backward needs besides the features.
+// log-sum-exp over i of each column's logits: what the backward needs besides the input layers.
 // Kernels: csrc/ops/{cpu,cuda}/similarity_loss_kernel.*; autograd and fake: pscfast/ops/similarity_loss.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
-  m.def("similarity_loss(Tensor fw, Tensor ft, float tau) -> (Tensor ce, Tensor weight, Tensor stats)");
-  m.def("_similarity_loss_backward(Tensor grad_ce, Tensor fw, Tensor ft, Tensor stats, float tau, "
-        "bool need_ft) -> (Tensor grad_fw, Tensor grad_ft)");
+  m.def("similarity_loss(Tensor[] fw, Tensor[] ft, float tau, SymInt size) -> (Tensor ce, Tensor weight, "
+        "Tensor stats)");
+  // grad_ft comes back as an empty list when need_ft is false
+  m.def("_similarity_loss_backward(Tensor grad_ce, Tensor[] fw, Tensor[] ft, Tensor stats, float tau, "
+        "SymInt size, bool need_ft) -> (Tensor[] grad_fw, Tensor[] grad_ft)");
+  // The ops' resize on its own (layers -> (N, sum C_l, size^2)) and its adjoint: internal, for tests
+  m.def("_similarity_resize(Tensor[] layers, SymInt size) -> Tensor");
+  m.def("_similarity_resize_adjoint(Tensor grad, Tensor[] layers, SymInt size) -> Tensor[]");
 }

@@ -1,9 +1,11 @@
 """similarity_loss: PSC's weighted perceptual similarity (SPEC sections 1 and 3, op 3), fused.
 
-The layers are resized and concatenated with ATen ops (O(N C size^2), differentiable by autograd); the
-compiled and Triton kernels take the concatenated features and never store the (size^2 x size^2)
-similarity matrix: they recompute it tile by tile in a forward pass and two backward passes.
-Backends: cpp (CPU, CUDA), triton, torch (reference).
+The ops take the layer lists: each layer is resized (bilinear, align_corners=False) and the layers are
+concatenated inside the op, one sample (CPU) or one chunk of samples (CUDA, Triton) at a time, as separable
+interpolation matrices whose adjoint is two matmuls (deterministic, unlike interpolate's CUDA backward).
+So neither the resized features of the whole batch nor the (size^2 x size^2) similarity matrix are ever
+stored: S is recomputed tile by tile in a forward pass and two backward passes; autograd keeps only the
+input layers (resident anyway) and the per-sample stats. Backends: cpp (CPU, CUDA), triton, torch (reference).
 """
 from __future__ import annotations
 
@@ -22,27 +24,39 @@ from .correlation import _layers
 def _register() -> None:
     """Fake (meta) and autograd implementations of the compiled pscfast::similarity_loss ops."""
     @torch.library.register_fake("pscfast::similarity_loss")
-    def _(fw, ft, tau):
-        n, p = fw.shape[0], fw.shape[2] * fw.shape[3]
-        stats_dtype = torch.float32 if fw.dtype in (torch.float16, torch.bfloat16) else fw.dtype  # fp32 LSE
-        return fw.new_empty((n, p)), fw.new_empty((n, p)), fw.new_empty((n, 3, p), dtype=stats_dtype)
+    def _(fw, ft, tau, size):
+        x = fw[0]
+        n, p = x.shape[0], size * size
+        stats_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype  # fp32 LSE
+        return x.new_empty((n, p)), x.new_empty((n, p)), x.new_empty((n, 3, p), dtype=stats_dtype)
 
     @torch.library.register_fake("pscfast::_similarity_loss_backward")
-    def _(grad_ce, fw, ft, stats, tau, need_ft):
-        return torch.empty_like(fw, memory_format=torch.contiguous_format), \
-            (torch.empty_like(ft, memory_format=torch.contiguous_format) if need_ft else fw.new_empty((0,)))
+    def _(grad_ce, fw, ft, stats, tau, size, need_ft):
+        like = lambda xs: [torch.empty_like(x, memory_format=torch.contiguous_format) for x in xs]  # noqa: E731
+        return like(fw), (like(ft) if need_ft else [])
+
+    @torch.library.register_fake("pscfast::_similarity_resize")
+    def _(layers, size):
+        return layers[0].new_empty((layers[0].shape[0], sum(x.shape[1] for x in layers), size * size))
+
+    @torch.library.register_fake("pscfast::_similarity_resize_adjoint")
+    def _(grad, layers, size):
+        return [torch.empty_like(x, memory_format=torch.contiguous_format) for x in layers]
 
     def setup(ctx, inputs, output):
-        fw, ft, tau = inputs
-        ctx.save_for_backward(fw, ft, output[2])
-        ctx.tau = tau
+        fw, ft, tau, size = inputs
+        ctx.layers, ctx.tau, ctx.size = len(fw), tau, size
+        ctx.save_for_backward(*fw, *ft, output[2])
         ctx.mark_non_differentiable(output[1], output[2])
 
     def backward(ctx, grad_ce, grad_weight, grad_stats):
-        fw, ft, stats = ctx.saved_tensors
-        dfw, dft = torch.ops.pscfast._similarity_loss_backward(grad_ce.contiguous(), fw, ft, stats, ctx.tau,
-                                                                ctx.needs_input_grad[1])
-        return (dfw if ctx.needs_input_grad[0] else None), (dft if ctx.needs_input_grad[1] else None), None
+        *layers, stats = ctx.saved_tensors
+        L = ctx.layers
+        need = [any(n) if isinstance(n, (list, tuple)) else bool(n) for n in ctx.needs_input_grad[:2]]
+        dfw, dft = torch.ops.pscfast._similarity_loss_backward(grad_ce.contiguous(), layers[:L], layers[L:], stats,
+                                                                ctx.tau, ctx.size, need[1])
+        none = [None] * L  # a list input takes a list of gradients
+        return (dfw if need[0] else none), (dft if need[1] else none), None, None
 
     torch.library.register_autograd("pscfast::similarity_loss", backward, setup_context=setup)
 
@@ -51,25 +65,21 @@ if _extension.loaded():
     _register()
 
 
-def _features(layers, size: int) -> torch.Tensor:
-    """(N, sum C_l, size, size): every layer resized (bilinear, align_corners=False), then concatenated."""
-    return torch.cat([_reference.resize_features(f, size) for f in layers], dim=1)
-
-
 def _cpp(fw, ft, tau, size):
-    ce, weight, _ = torch.ops.pscfast.similarity_loss(_features(fw, size).contiguous(),
-                                                      _features(ft, size).contiguous(), tau)
+    ce, weight, _ = torch.ops.pscfast.similarity_loss(list(fw), list(ft), tau, size)
     return ce, weight
 
 
 class _SimilarityLossTriton(torch.autograd.Function):
+    """Triton path; the layers travel flattened (autograd tracks tensor arguments only)."""
+
     @staticmethod
-    def forward(ctx, fw, ft, tau):
+    def forward(ctx, tau, size, layers, *maps):
         from pscfast.kernels import similarity_loss as k
 
-        ce, weight, stats = k.similarity_loss_fwd(fw, ft, tau)
-        ctx.save_for_backward(fw, ft, stats)
-        ctx.tau = tau
+        ce, weight, stats = k.similarity_loss_fwd(maps[:layers], maps[layers:], tau, size)
+        ctx.save_for_backward(stats, *maps)
+        ctx.tau, ctx.size, ctx.layers = tau, size, layers
         ctx.mark_non_differentiable(weight)
         return ce, weight
 
@@ -77,13 +87,14 @@ class _SimilarityLossTriton(torch.autograd.Function):
     def backward(ctx, grad_ce, grad_weight):
         from pscfast.kernels import similarity_loss as k
 
-        fw, ft, stats = ctx.saved_tensors
-        dfw, dft = k.similarity_loss_bwd(grad_ce.contiguous(), fw, ft, stats, ctx.tau, ctx.needs_input_grad[1])
-        return (dfw if ctx.needs_input_grad[0] else None), dft, None
+        stats, *maps = ctx.saved_tensors
+        L, need = ctx.layers, ctx.needs_input_grad
+        dfw, dft = k.similarity_loss_bwd(grad_ce, maps[:L], maps[L:], stats, ctx.tau, ctx.size, any(need[3 + L:]))
+        return (None, None, None, *dfw, *(dft or [None] * L))
 
 
 def _triton(fw, ft, tau, size):
-    return _SimilarityLossTriton.apply(_features(fw, size).contiguous(), _features(ft, size).contiguous(), tau)
+    return _SimilarityLossTriton.apply(tau, size, len(fw), *fw, *ft)
 
 
 SIMILARITY_LOSS = register_op(Op("similarity_loss", {"cpp": _cpp, "triton": _triton,

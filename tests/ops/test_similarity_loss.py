@@ -1,8 +1,10 @@
 """similarity_loss: goldens, every backend against the PyTorch reference forward and backward (sizes,
-channels, batch 1, odd sizes, signed features), gradcheck, opcheck, determinism, bad input."""
+channels, batch 1, odd sizes, signed features, layers larger, smaller and equal to the grid), the in-op
+chunks of samples, gradcheck, opcheck, determinism, bad input (the in-op resize: test_similarity_resize.py)."""
 import pytest
 import torch
 
+from pscfast.kernels import _resize
 from pscfast.ops import SimilarityLoss, similarity_loss
 from pscfast.ops import _reference as ref
 from tests.utils import BACKENDS, assert_close, require
@@ -10,11 +12,11 @@ from tests.utils import BACKENDS, assert_close, require
 GOLDEN = "tests/data/golden-psc-ops.pt"
 
 
-def _layers(n, c, signed, dtype, device, seed):
-    """Two layers of different resolutions (32x32-ish and 16x16-ish, odd sizes) with c channels in all."""
+def _layers(n, c, signed, dtype, device, seed, hw=((13, 11), (7, 6))):
+    """Two layers of different resolutions (by default 32x32-ish and 16x16-ish, odd sizes), c channels in all."""
     gen = torch.Generator().manual_seed(seed)
     draw = torch.randn if signed else torch.rand
-    shapes = [(n, c // 2, 13, 11), (n, c - c // 2, 7, 6)]
+    shapes = [(n, c // 2, *hw[0]), (n, c - c // 2, *hw[1])]
     return [draw(*s, generator=gen, dtype=dtype).to(device) for s in shapes]
 
 
@@ -102,6 +104,25 @@ def test_cpp_large_channels_and_size64(c):
         assert_close(a, b, scale=float(b.abs().max()))
 
 
+@pytest.mark.parametrize("case", [(16, (32, 32), (16, 16)), (32, (45, 64), (32, 32)), (6, (12, 9), (6, 6))],
+                         ids=["g16", "g32-odd", "g6"])
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_layers_larger_than_and_equal_to_the_grid(device, backend, case):
+    """Layers downsampled to the grid (layer2 of R18 at g16) and layers already at its size (copied)."""
+    size, *hw = case
+    if backend == "triton" and device == "cpu" and size > 6:
+        pytest.skip("interpreter: the small case keeps the run short")
+    require("similarity_loss", backend, device, torch.float32)
+    fw, ft = _layers(2, 24, True, torch.float32, device, 41, hw), _layers(2, 24, True, torch.float32, device, 42, hw)
+    gout = torch.rand(2, size * size, device=device)
+    got = _run(similarity_loss, fw, ft, gout, 0.05, size, backend=backend)
+    exp = _run(ref.similarity_loss, fw, ft, gout, 0.05, size)
+    assert_close(got[0], exp[0], msg="ce")
+    assert_close(got[1], exp[1], scale=_weight_scale(fw, ft, size), msg="weight")
+    for i, (a, b) in enumerate(zip(got[2], exp[2])):
+        assert_close(a, b, scale=float(b.abs().max()), msg=f"gradient of input {i}")
+
+
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("backend", ["cpp", "torch"])
 def test_gradcheck_float64(backend, signed):
@@ -117,14 +138,32 @@ def test_gradcheck_float64(backend, signed):
 def test_opcheck():
     require("similarity_loss", "cpp", "cpu", torch.float64)
     for signed in (False, True):
-        fw = torch.rand(2, 5, 4, 3, dtype=torch.float64) - 0.5 * signed
-        ft = torch.rand(2, 5, 4, 3, dtype=torch.float64)
-        torch.library.opcheck(torch.ops.pscfast.similarity_loss.default, (fw.requires_grad_(), ft, 0.1))
-        _, _, stats = torch.ops.pscfast.similarity_loss(fw.detach(), ft, 0.1)
-        g = torch.rand(2, 12, dtype=torch.float64)
+        fw = [torch.rand(2, 5, 4, 3, dtype=torch.float64) - 0.5 * signed, torch.rand(2, 2, 2, 2, dtype=torch.float64)]
+        ft = [torch.rand(2, 5, 3, 3, dtype=torch.float64), torch.rand(2, 2, 5, 4, dtype=torch.float64)]
+        torch.library.opcheck(torch.ops.pscfast.similarity_loss.default,
+                              ([f.requires_grad_() for f in fw], ft, 0.1, 3))
+        fw = [f.detach() for f in fw]
+        _, _, stats = torch.ops.pscfast.similarity_loss(fw, ft, 0.1, 3)
+        g = torch.rand(2, 9, dtype=torch.float64)
         for need_ft in (True, False)[: 2 - signed]:
             torch.library.opcheck(torch.ops.pscfast._similarity_loss_backward.default,
-                                  (g, fw.detach(), ft, stats, 0.1, need_ft))
+                                  (g, fw, ft, stats, 0.1, 3, need_ft))
+
+
+def test_chunks_give_the_same_result_as_one_chunk(device, monkeypatch):
+    """The CUDA and Triton paths resize a chunk of samples at a time; one sample per chunk changes nothing."""
+    backend = "cpp" if device == "cuda" else "triton"
+    require("similarity_loss", backend, device, torch.float32)
+    fw, ft = _layers(3, 16, True, torch.float32, device, 31), _layers(3, 16, True, torch.float32, device, 32)
+    gout = torch.rand(3, 36, device=device)
+    whole = _run(similarity_loss, fw, ft, gout, 0.05, 6, backend=backend)
+    monkeypatch.setenv("PSCFAST_SIMILARITY_CHUNK_BYTES", "1")
+    assert len(_resize.chunks(3, 16, 36, 4)) == 3
+    chunked = _run(similarity_loss, fw, ft, gout, 0.05, 6, backend=backend)
+    torch.testing.assert_close(chunked[0], whole[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(chunked[1], whole[1], rtol=1e-6, atol=1e-7)
+    for a, b in zip(chunked[2], whole[2]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7 * float(b.abs().max()))
 
 
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
@@ -134,7 +173,7 @@ def test_backward_is_deterministic(device, backend):
     gout = torch.rand(2, 64, device=device)
     first = _run(similarity_loss, fw, ft, gout, 0.001, 8, backend=backend)
     second = _run(similarity_loss, fw, ft, gout, 0.001, 8, backend=backend)
-    for a, b in zip(first[2], second[2]):
+    for a, b in zip((*first[:2], *first[2]), (*second[:2], *second[2])):
         assert torch.equal(a, b)
 
 
@@ -161,7 +200,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="ft"):
         similarity_loss([a], [torch.rand(2, 4, 5)])
     with pytest.raises(RuntimeError, match="ft"):
-        torch.ops.pscfast.similarity_loss(a, b, 0.1)
+        torch.ops.pscfast.similarity_loss([a], [b], 0.1, 5)
 
 
 def test_module_equals_function():

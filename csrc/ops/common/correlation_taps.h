@@ -15,14 +15,6 @@
 
 namespace pscfast {
 
-// One axis of the align_corners=False resize.
-template <typename T>
-PSC_HD Lerp<T> resize_index_half_pixel(int dst, int in, int out) {
-  const T scale = static_cast<T>(in) / static_cast<T>(out);
-  const T src = scale * (static_cast<T>(dst) + T(0.5)) - T(0.5);
-  return lerp_at<T>(src < T(0) ? T(0) : src, in);
-}
-
 // Four taps of one grid position: flat offsets into the plane and weights (0 for taps outside).
 template <typename T>
 struct Tap4 {

@@ -10,7 +10,8 @@
 //   padding "zeros" lets taps outside the image contribute 0;
 //   "nearest" rounds half to even (std::nearbyint, as grid_sample).
 // A low-resolution grid (h, w) is resized to the output size (Ho, Wo) bilinearly with align_corners=True
-// on the fly: src = dst * (in - 1) / (out - 1), i0 = floor(src), i1 = min(i0 + 1, in - 1).
+// on the fly: src = dst * (in - 1) / (out - 1), i0 = floor(src), i1 = min(i0 + 1, in - 1); feature maps
+// are resized with align_corners=False (resize_index_half_pixel).
 #pragma once
 
 #include <cmath>
@@ -69,6 +70,15 @@ template <typename T>
 PSC_HD Lerp<T> resize_index(int dst, int in, int out) {
   const T scale = out > 1 ? static_cast<T>(in - 1) / static_cast<T>(out - 1) : T(0);
   return lerp_at<T>(scale * static_cast<T>(dst), in);
+}
+
+// Source position of output index dst when resizing in -> out with align_corners=False (F.interpolate's
+// bilinear, no antialias): src = max((dst + 0.5) * in / out - 0.5, 0).
+template <typename T>
+PSC_HD Lerp<T> resize_index_half_pixel(int dst, int in, int out) {
+  const T scale = static_cast<T>(in) / static_cast<T>(out);
+  const T src = scale * (static_cast<T>(dst) + T(0.5)) - T(0.5);
+  return lerp_at<T>(src < T(0) ? T(0) : src, in);
 }
 
 // Grid coordinate -> pixel coordinate along one axis, with the derivative dp/dg (0 where clipped).

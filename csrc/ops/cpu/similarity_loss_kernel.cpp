@@ -1,6 +1,10 @@
 // pscfast::similarity_loss on the CPU, float and double; one task per sample (at::parallel_for).
-// Per sample, Fw and Ft are (C, P) and S = Fw^T Ft (P x P) is never stored: it is recomputed in blocks of
-// kRows rows (a BLAS product into a kRows x P tile, the only O(P) x O(P) memory, per thread).
+// Per sample, the layers are resized and concatenated into per-thread buffers Fw, Ft (C, P)
+// (resize_matrix.h), so memory beyond the inputs and outputs is O(C P) per thread, never O(N C P); the
+// backward maps dFw (one block of grid rows at a time, never stored whole) and dFt back through the adjoint
+// resize into that sample's slice of each layer's gradient.
+// S = Fw^T Ft (P x P) is never stored: it is recomputed in blocks of kRows rows (whole grid rows in the
+// backward; a BLAS product into a tile of a block's rows x P, the only O(P) x O(P) memory, per thread).
 //   a_j = sum_i |S_ij|, b_i = sum_j |S_ij| / a_j, S2 = diag(1/b) S diag(1/a), z = S2 / tau.
 // Non-negative features: |S| = S, so a = Ft^T (Fw 1) and b = Fw^T (Ft (1/a)) are matrix-vector products
 // and the forward is one pass over the tiles; signed features take one more pass for the exact a.
@@ -12,7 +16,8 @@
 //   G0_ij = (G1_ij - sgn_ij v_j) / a_j,  v_j = sum_i G1_ij S1_ij = sum_i (G2_ij S2_ij - u_i |S2_ij|)
 //   dFw_i = sum_j G0_ij Ft_j,  dFt_j = sum_i G0_ij Fw_i.
 // Pass 1 computes u (row-local) and v (column sums); pass 2 recomputes the tile, forms G0 and multiplies.
-// Every sum runs in a fixed order inside one task: results are bitwise reproducible.
+// Every sum runs in a fixed order inside one task (each sample, and so each sample's slice of the layer
+// gradients, is owned by one task): results are bitwise reproducible.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -20,7 +25,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/mv.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -30,6 +34,7 @@
 #include <tuple>
 #include <vector>
 
+#include "ops/common/resize_matrix.h"
 #include "ops/common/similarity_loss_checks.h"
 #include "ops/cpu/vectorize.h"
 
@@ -153,9 +158,13 @@ void forward_sample(const at::Tensor& Wn, const at::Tensor& Tn, T tau, bool nonn
   }
 }
 
-template <typename T>
-void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, const T* stats, T tau,
-                     at::Tensor& tile, at::Tensor dWn, at::Tensor dTn) {
+// Blocks of whole grid rows (size S each) for the backward, so that dFw can go through the adjoint resize
+// block by block (on_dw(i0, n, dFw[:, i0:i0 + n])) instead of being stored whole.
+int64_t grid_row_block(int64_t S) { return std::max<int64_t>(1, kRows / S) * S; }
+
+template <typename T, typename OnDw>
+void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, const T* stats, T tau, int64_t rows,
+                     at::Tensor& tile, at::Tensor& dw_scratch, at::Tensor dTn, const OnDw& on_dw) {
   const int64_t P = Wn.size(1);
   const T *a = stats, *b = stats + P, *lse = stats + 2 * P;
   const std::vector<T> ia = inverse_clamped(a, P), ib = inverse_clamped(b, P);
@@ -173,8 +182,8 @@ void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, con
     }
     return acc;
   };
-  for (int64_t i0 = 0; i0 < P; i0 += kRows) {
-    const int64_t n = std::min(kRows, P - i0);
+  for (int64_t i0 = 0; i0 < P; i0 += rows) {
+    const int64_t n = std::min(rows, P - i0);
     const T* s = block(Wn, Tn, tile, i0, n).data_ptr<T>();
     for (int64_t i = 0; i < n; ++i) {
       const T* si = s + i * P;
@@ -187,8 +196,8 @@ void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, con
   }
   for (int64_t j = 0; j < P; ++j)
     if (a[j] < T(kSimilarityEps)) v[j] = 0;
-  for (int64_t i0 = 0; i0 < P; i0 += kRows) {
-    const int64_t n = std::min(kRows, P - i0);
+  for (int64_t i0 = 0; i0 < P; i0 += rows) {
+    const int64_t n = std::min(rows, P - i0);
     at::Tensor t = block(Wn, Tn, tile, i0, n);
     T* s = t.data_ptr<T>();
     for (int64_t i = 0; i < n; ++i) {
@@ -203,60 +212,96 @@ void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, con
         si[j] = ((g2 - sg * u[r]) * ib[r] - sg * v[j]) * ia[j];
       }
     }
-    at::Tensor dw = dWn.narrow(1, i0, n);
+    at::Tensor dw = dw_scratch.narrow(0, 0, Tn.size(0) * n).view({Tn.size(0), n});
     at::mm_out(dw, Tn, t.t());
+    on_dw(i0, n, dw);
     if (dTn.defined()) dTn.addmm_(Wn.narrow(1, i0, n), t);
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cpu(const at::Tensor& fw_, const at::Tensor& ft_,
-                                                                   double tau) {
-  check_similarity_inputs(fw_, ft_, tau);
-  const int64_t N = fw_.size(0), C = fw_.size(1), P = fw_.size(2) * fw_.size(3);
-  // detached: the tile products below are plain ATen calls that autograd must not record
-  const at::Tensor fw = fw_.detach().reshape({N, C, P}).contiguous(), ft = ft_.detach().reshape({N, C, P}).contiguous();
-  const bool nonneg = fw.min().item<double>() >= 0 && ft.min().item<double>() >= 0;
-  at::Tensor ce = at::empty({N, P}, fw.options()), weight = at::empty({N, P}, fw.options());
-  at::Tensor stats = at::empty({N, 3, P}, fw.options());
-  AT_DISPATCH_FLOATING_TYPES(fw.scalar_type(), "similarity_loss_cpu", [&] {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cpu(at::TensorList fw_, at::TensorList ft_,
+                                                                   double tau, int64_t size) {
+  check_similarity_inputs(fw_, ft_, tau, size);
+  const std::vector<at::Tensor> fw = detached(fw_), ft = detached(ft_);
+  const auto opts = fw[0].options();
+  const ConcatResize rw(fw, size, opts.dtype().toScalarType()), rt(ft, size, opts.dtype().toScalarType());
+  const int64_t N = fw[0].size(0), C = rw.channels(), P = size * size;
+  const bool nonneg = all_nonneg(fw) && all_nonneg(ft);
+  at::Tensor ce = at::empty({N, P}, opts), weight = at::empty({N, P}, opts);
+  at::Tensor stats = at::empty({N, 3, P}, opts);
+  AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "similarity_loss_cpu", [&] {
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-      at::Tensor tile = at::empty({std::min(kRows, P), P}, fw.options());
-      for (int64_t n = n0; n < n1; ++n)
-        forward_sample<scalar_t>(fw[n], ft[n], static_cast<scalar_t>(tau), nonneg, tile,
+      at::Tensor tile = at::empty({std::min(kRows, P), P}, opts);
+      at::Tensor wn = at::empty({1, C, P}, opts), tn = at::empty({1, C, P}, opts);
+      for (int64_t n = n0; n < n1; ++n) {
+        rw.resize(fw, n, wn);
+        rt.resize(ft, n, tn);
+        forward_sample<scalar_t>(wn[0], tn[0], static_cast<scalar_t>(tau), nonneg, tile,
                                  ce.data_ptr<scalar_t>() + n * P, weight.data_ptr<scalar_t>() + n * P,
                                  stats.data_ptr<scalar_t>() + n * 3 * P);
+      }
     });
   });
   // the batch-wide min-max of the reference, on the row maxima (max and min are order-independent)
   weight = weight.sub(weight.min());
-  const double tiny = fw.scalar_type() == at::kFloat ? std::numeric_limits<float>::min()
+  const double tiny = ce.scalar_type() == at::kFloat ? std::numeric_limits<float>::min()
                                                       : std::numeric_limits<double>::min();
   weight = weight.div(weight.max().clamp_min(tiny));
   return {ce, weight, stats};
 }
 
-std::tuple<at::Tensor, at::Tensor> similarity_loss_backward_cpu(const at::Tensor& grad_, const at::Tensor& fw_,
-                                                                const at::Tensor& ft_, const at::Tensor& stats_,
-                                                                double tau, bool need_ft) {
-  check_similarity_inputs(fw_, ft_, tau);
-  check_similarity_backward(grad_, fw_, stats_);
-  const int64_t N = fw_.size(0), C = fw_.size(1), P = fw_.size(2) * fw_.size(3);
-  // detached: the tile products below are plain ATen calls that autograd must not record
-  const at::Tensor fw = fw_.detach().reshape({N, C, P}).contiguous(), ft = ft_.detach().reshape({N, C, P}).contiguous();
-  const at::Tensor grad = grad_.detach().to(fw.scalar_type()).contiguous();
-  const at::Tensor stats = stats_.detach().to(fw.scalar_type()).contiguous();
-  at::Tensor dfw = at::empty({N, C, P}, fw.options());
-  at::Tensor dft = need_ft ? at::zeros({N, C, P}, fw.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(fw.scalar_type(), "similarity_loss_backward_cpu", [&] {
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_backward_cpu(
+    const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau,
+    int64_t size, bool need_ft) {
+  check_similarity_inputs(fw_, ft_, tau, size);
+  check_similarity_backward(grad_, fw_, stats_, size);
+  const std::vector<at::Tensor> fw = detached(fw_), ft = detached(ft_);
+  const auto opts = fw[0].options();
+  const ConcatResize rw(fw, size, opts.dtype().toScalarType()), rt(ft, size, opts.dtype().toScalarType());
+  const int64_t N = fw[0].size(0), C = rw.channels(), P = size * size, rows = grid_row_block(size);
+  const at::Tensor grad = grad_.detach().to(opts.dtype()).contiguous();
+  const at::Tensor stats = stats_.detach().to(opts.dtype()).contiguous();
+  std::vector<at::Tensor> dfw = empty_like_layers(fw);
+  std::vector<at::Tensor> dft = need_ft ? empty_like_layers(ft) : std::vector<at::Tensor>();
+  AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "similarity_loss_backward_cpu", [&] {
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
-      at::Tensor tile = at::empty({std::min(kRows, P), P}, fw.options());
-      for (int64_t n = n0; n < n1; ++n)
-        backward_sample<scalar_t>(grad.data_ptr<scalar_t>() + n * P, fw[n], ft[n],
-                                  stats.data_ptr<scalar_t>() + n * 3 * P, static_cast<scalar_t>(tau), tile, dfw[n],
-                                  need_ft ? dft[n] : at::Tensor());
+      at::Tensor tile = at::empty({rows, P}, opts), dw = at::empty({C * rows}, opts);
+      at::Tensor wn = at::empty({1, C, P}, opts), tn = at::empty({1, C, P}, opts);
+      at::Tensor dtn = need_ft ? at::empty({1, C, P}, opts) : at::Tensor();
+      for (int64_t n = n0; n < n1; ++n) {
+        rw.resize(fw, n, wn);
+        rt.resize(ft, n, tn);
+        for (auto& x : dfw) x[n].zero_();  // the row blocks of dFw are added
+        if (need_ft) dtn.zero_();          // backward_sample accumulates dFt over row blocks
+        backward_sample<scalar_t>(grad.data_ptr<scalar_t>() + n * P, wn[0], tn[0],
+                                  stats.data_ptr<scalar_t>() + n * 3 * P, static_cast<scalar_t>(tau), rows, tile, dw,
+                                  need_ft ? dtn[0] : at::Tensor(), [&](int64_t i0, int64_t k, const at::Tensor& d) {
+                                    rw.adjoint_rows_add(d, n, i0 / size, k / size, dfw);
+                                  });
+        if (need_ft) rt.adjoint(dtn, n, dft);
+      }
     });
   });
-  return {dfw.view(fw_.sizes()), need_ft ? dft.view(ft_.sizes()) : at::empty({0}, fw.options())};
+  return {dfw, dft};
+}
+
+at::Tensor similarity_resize_cpu(at::TensorList layers, int64_t size) {
+  check_similarity_inputs(layers, layers, 1.0, size);
+  const ConcatResize r(layers, size, layers[0].scalar_type());
+  at::Tensor out = at::empty({layers[0].size(0), r.channels(), size * size}, layers[0].options());
+  r.resize(detached(layers), 0, out);
+  return out;
+}
+
+std::vector<at::Tensor> similarity_resize_adjoint_cpu(const at::Tensor& grad, at::TensorList layers, int64_t size) {
+  check_similarity_inputs(layers, layers, 1.0, size);
+  const ConcatResize r(layers, size, layers[0].scalar_type());
+  TORCH_CHECK(grad.dim() == 3 && grad.size(0) == layers[0].size(0) && grad.size(1) == r.channels() &&
+                  grad.size(2) == size * size,
+              "pscfast::_similarity_resize_adjoint: grad must be (N, sum C_l, size^2), got ", grad.sizes());
+  std::vector<at::Tensor> out = empty_like_layers(layers);
+  r.adjoint(grad.detach().to(layers[0].scalar_type()), 0, out);
+  return out;
 }
 
 }  // namespace
@@ -264,6 +309,8 @@ std::tuple<at::Tensor, at::Tensor> similarity_loss_backward_cpu(const at::Tensor
 TORCH_LIBRARY_IMPL(pscfast, CPU, m) {
   m.impl("similarity_loss", &similarity_loss_cpu);
   m.impl("_similarity_loss_backward", &similarity_loss_backward_cpu);
+  m.impl("_similarity_resize", &similarity_resize_cpu);
+  m.impl("_similarity_resize_adjoint", &similarity_resize_adjoint_cpu);
 }
 
 }  // namespace pscfast

@@ -1,5 +1,8 @@
 // pscfast::similarity_loss on CUDA: float, double, half, bfloat16 (float accumulation, float log-sum-exp).
-// The same passes as the CPU and Triton kernels (see csrc/ops/cpu/similarity_loss_kernel.cpp for the math):
+// The layers are resized and concatenated one chunk of samples at a time (resize_matrix.h: cuBLAS products,
+// deterministic, where interpolate's backward would scatter with atomics); every kernel below works on one
+// chunk (ce, row maxima and stats are per sample), and the batch-wide min-max of the weight runs once after
+// the last chunk. The same passes as the CPU and Triton kernels (csrc/ops/cpu/similarity_loss_kernel.cpp):
 // S = Fw^T Ft is recomputed in 32 x 32 shared-memory tiles (K-loop over channels), never stored.
 //   forward:  one block per (column block, sample): online log-sum-exp over i, diagonal logit, and partial
 //             row maxima per (column block, row) whose max is the weight (order-independent);
@@ -18,9 +21,13 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <limits>
 #include <tuple>
+#include <vector>
 
+#include "ops/common/resize_matrix.h"
 #include "ops/common/similarity_loss_checks.h"
 
 namespace pscfast {
@@ -229,83 +236,133 @@ __global__ void backward_df_kernel(const scalar_t* fw, const scalar_t* ft, const
 
 unsigned blocks(int64_t P) { return static_cast<unsigned>((P + kB - 1) / kB); }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cuda(const at::Tensor& fw_, const at::Tensor& ft_,
-                                                                    double tau) {
-  check_similarity_inputs(fw_, ft_, tau);
-  const c10::cuda::CUDAGuard guard(fw_.device());
-  const int64_t N = fw_.size(0), C = fw_.size(1), P = fw_.size(2) * fw_.size(3);
-  const at::Tensor fw = fw_.detach().reshape({N, C, P}).contiguous(), ft = ft_.detach().reshape({N, C, P}).contiguous();
-  const auto acc_type = at::toOpMathType(fw.scalar_type());
-  const auto opts = fw.options().dtype(acc_type);
-  at::Tensor stats = at::empty({N, 3, P}, opts), ce = at::empty({N, P}, opts);
-  at::Tensor rowmax = at::empty({N, static_cast<int64_t>(blocks(P)), P}, opts);
-  const bool nonneg = fw.min().item<double>() >= 0 && ft.min().item<double>() >= 0;
+// Samples per chunk: the resized copies of a chunk (fw, ft and, in the backward, their gradients: 4 buffers
+// of (C, P) per sample) stay under 256 MiB, small next to a training step's activations, while a chunk still
+// gives the grid enough blocks (R18 at size 64: 10 samples x 128 column blocks). PSCFAST_SIMILARITY_CHUNK_BYTES
+// overrides the budget (tests force several chunks with it; kernels/_resize.py reads the same variable).
+int64_t chunk_samples(int64_t N, int64_t C, int64_t P, int64_t itemsize) {
+  int64_t budget = int64_t(256) << 20;
+  if (const char* e = std::getenv("PSCFAST_SIMILARITY_CHUNK_BYTES")) budget = std::atoll(e);
+  return std::max<int64_t>(1, std::min(N, budget / (4 * C * P * itemsize)));
+}
+
+// One chunk: resized w, t (B, C, P) -> its rows of stats, ce and the raw row maxima wmax.
+void forward_chunk(const at::Tensor& w, const at::Tensor& t, bool nonneg, double tau, at::Tensor stats,
+                   at::Tensor ce, at::Tensor wmax) {
+  const int64_t B = w.size(0), C = w.size(1), P = w.size(2);
+  const auto acc_type = stats.scalar_type();
+  at::Tensor rowmax = at::empty({B, static_cast<int64_t>(blocks(P)), P}, stats.options());
   if (nonneg) {  // |S| = S: a = Ft^T (Fw 1), b = Fw^T (Ft (1/a))
-    const at::Tensor w = fw.to(acc_type), t = ft.to(acc_type);
-    const at::Tensor a = at::bmm(w.sum(2).unsqueeze(1), t).squeeze(1);
-    const at::Tensor y = at::bmm(t, a.clamp_min(kSimilarityEps).reciprocal().unsqueeze(2));
+    const at::Tensor wa = w.to(acc_type), ta = t.to(acc_type);
+    const at::Tensor a = at::bmm(wa.sum(2).unsqueeze(1), ta).squeeze(1);
+    const at::Tensor y = at::bmm(ta, a.clamp_min(kSimilarityEps).reciprocal().unsqueeze(2));
     stats.select(1, 0).copy_(a);
-    stats.select(1, 1).copy_(at::bmm(w.transpose(1, 2), y).squeeze(2));
+    stats.select(1, 1).copy_(at::bmm(wa.transpose(1, 2), y).squeeze(2));
   }
   auto stream = at::cuda::getCurrentCUDAStream();
-  const dim3 grid(blocks(P), static_cast<unsigned>(N));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fw.scalar_type(), "similarity_loss_cuda", [&] {
+  const dim3 grid(blocks(P), static_cast<unsigned>(B));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "similarity_loss_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t *w = fw.data_ptr<scalar_t>(), *t = ft.data_ptr<scalar_t>();
+    const scalar_t *wp = w.data_ptr<scalar_t>(), *tp = t.data_ptr<scalar_t>();
     if (!nonneg) {
-      colsum_abs_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(w, t, stats.data_ptr<acc_t>(), C, P);
+      colsum_abs_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(wp, tp, stats.data_ptr<acc_t>(), C, P);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      rowsum_abs_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(w, t, stats.data_ptr<acc_t>(), C, P);
+      rowsum_abs_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(wp, tp, stats.data_ptr<acc_t>(), C, P);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(w, t, stats.data_ptr<acc_t>(), ce.data_ptr<acc_t>(),
-                                                                   rowmax.data_ptr<acc_t>(), C, P,
-                                                                   static_cast<acc_t>(1.0 / tau));
+    forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(wp, tp, stats.data_ptr<acc_t>(),
+                                                                   ce.data_ptr<acc_t>(), rowmax.data_ptr<acc_t>(),
+                                                                   C, P, static_cast<acc_t>(1.0 / tau));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  at::Tensor weight = at::amax(rowmax, {1});
+  wmax.copy_(at::amax(rowmax, {1}));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cuda(at::TensorList fw_, at::TensorList ft_,
+                                                                    double tau, int64_t size) {
+  check_similarity_inputs(fw_, ft_, tau, size);
+  const c10::cuda::CUDAGuard guard(fw_[0].device());
+  const std::vector<at::Tensor> fw = detached(fw_), ft = detached(ft_);
+  const auto dtype = fw[0].scalar_type();
+  const auto acc_type = at::toOpMathType(dtype);
+  const ConcatResize rw(fw, size, acc_type), rt(ft, size, acc_type);
+  const int64_t N = fw[0].size(0), C = rw.channels(), P = size * size;
+  const auto opts = fw[0].options().dtype(acc_type);
+  at::Tensor stats = at::empty({N, 3, P}, opts), ce = at::empty({N, P}, opts), weight = at::empty({N, P}, opts);
+  const bool nonneg = all_nonneg(fw) && all_nonneg(ft);
+  const int64_t chunk = chunk_samples(N, C, P, fw[0].element_size());
+  const at::Tensor wbuf = at::empty({chunk, C, P}, fw[0].options()), tbuf = at::empty({chunk, C, P}, fw[0].options());
+  for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+    const int64_t B = std::min(chunk, N - n0);
+    const at::Tensor w = wbuf.narrow(0, 0, B), t = tbuf.narrow(0, 0, B);
+    rw.resize(fw, n0, w);
+    rt.resize(ft, n0, t);
+    forward_chunk(w, t, nonneg, tau, stats.narrow(0, n0, B), ce.narrow(0, n0, B), weight.narrow(0, n0, B));
+  }
   weight = weight.sub(weight.min());
   weight = weight.div(weight.max().clamp_min(acc_type == at::kDouble ? std::numeric_limits<double>::min()
                                                                      : std::numeric_limits<float>::min()));
-  return {ce.to(fw.scalar_type()), weight.to(fw.scalar_type()), stats};
+  return {ce.to(dtype), weight.to(dtype), stats};
 }
 
-std::tuple<at::Tensor, at::Tensor> similarity_loss_backward_cuda(const at::Tensor& grad_, const at::Tensor& fw_,
-                                                                 const at::Tensor& ft_, const at::Tensor& stats_,
-                                                                 double tau, bool need_ft) {
-  check_similarity_inputs(fw_, ft_, tau);
-  check_similarity_backward(grad_, fw_, stats_);
-  const c10::cuda::CUDAGuard guard(fw_.device());
-  const int64_t N = fw_.size(0), C = fw_.size(1), P = fw_.size(2) * fw_.size(3);
-  const at::Tensor fw = fw_.detach().reshape({N, C, P}).contiguous(), ft = ft_.detach().reshape({N, C, P}).contiguous();
-  const auto acc_type = at::toOpMathType(fw.scalar_type());
-  const at::Tensor g = grad_.detach().to(acc_type).contiguous(), stats = stats_.detach().to(acc_type).contiguous();
-  at::Tensor u = at::empty({N, P}, g.options()), v = at::empty({N, P}, g.options());
-  at::Tensor dfw = at::empty({N, C, P}, fw.options());
-  at::Tensor dft = need_ft ? at::empty({N, C, P}, ft.options()) : at::empty({0}, ft.options());
+// One chunk: resized w, t (B, C, P), its rows of g and stats -> dw and (when defined) dt (B, C, P).
+void backward_chunk(const at::Tensor& w, const at::Tensor& t, const at::Tensor& g, const at::Tensor& stats,
+                    double tau, at::Tensor& dw, at::Tensor& dt) {
+  const int64_t B = w.size(0), C = w.size(1), P = w.size(2);
+  at::Tensor u = at::empty({B, P}, g.options()), v = at::empty({B, P}, g.options());
   auto stream = at::cuda::getCurrentCUDAStream();
-  const dim3 grid(blocks(P), static_cast<unsigned>(N));
-  const dim3 grid_c(blocks(P), static_cast<unsigned>(N), static_cast<unsigned>((C + kK - 1) / kK));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fw.scalar_type(), "similarity_loss_backward_cuda", [&] {
+  const dim3 grid(blocks(P), static_cast<unsigned>(B));
+  const dim3 grid_c(blocks(P), static_cast<unsigned>(B), static_cast<unsigned>((C + kK - 1) / kK));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, w.scalar_type(), "similarity_loss_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t *w = fw.data_ptr<scalar_t>(), *t = ft.data_ptr<scalar_t>();
+    const scalar_t *wp = w.data_ptr<scalar_t>(), *tp = t.data_ptr<scalar_t>();
     const acc_t *gp = g.data_ptr<acc_t>(), *st = stats.data_ptr<acc_t>();
     const acc_t itau = static_cast<acc_t>(1.0 / tau);
-    backward_u_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(w, t, gp, st, u.data_ptr<acc_t>(), C, P, itau);
+    backward_u_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(wp, tp, gp, st, u.data_ptr<acc_t>(), C, P, itau);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    backward_v_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(w, t, gp, st, u.data_ptr<acc_t>(),
+    backward_v_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(wp, tp, gp, st, u.data_ptr<acc_t>(),
                                                                       v.data_ptr<acc_t>(), C, P, itau);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     backward_df_kernel<scalar_t, acc_t, true><<<grid_c, kThreads, 0, stream>>>(
-        w, t, gp, st, u.data_ptr<acc_t>(), v.data_ptr<acc_t>(), dfw.data_ptr<scalar_t>(), C, P, itau);
+        wp, tp, gp, st, u.data_ptr<acc_t>(), v.data_ptr<acc_t>(), dw.data_ptr<scalar_t>(), C, P, itau);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    if (need_ft) {
+    if (dt.defined()) {
       backward_df_kernel<scalar_t, acc_t, false><<<grid_c, kThreads, 0, stream>>>(
-          w, t, gp, st, u.data_ptr<acc_t>(), v.data_ptr<acc_t>(), dft.data_ptr<scalar_t>(), C, P, itau);
+          wp, tp, gp, st, u.data_ptr<acc_t>(), v.data_ptr<acc_t>(), dt.data_ptr<scalar_t>(), C, P, itau);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
-  return {dfw.view(fw_.sizes()), need_ft ? dft.view(ft_.sizes()) : dft};
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_backward_cuda(
+    const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau,
+    int64_t size, bool need_ft) {
+  check_similarity_inputs(fw_, ft_, tau, size);
+  check_similarity_backward(grad_, fw_, stats_, size);
+  const c10::cuda::CUDAGuard guard(fw_[0].device());
+  const std::vector<at::Tensor> fw = detached(fw_), ft = detached(ft_);
+  const auto acc_type = at::toOpMathType(fw[0].scalar_type());
+  const ConcatResize rw(fw, size, acc_type), rt(ft, size, acc_type);
+  const int64_t N = fw[0].size(0), C = rw.channels(), P = size * size;
+  const at::Tensor g = grad_.detach().to(acc_type).contiguous(), stats = stats_.detach().to(acc_type).contiguous();
+  std::vector<at::Tensor> dfw = empty_like_layers(fw);
+  std::vector<at::Tensor> dft = need_ft ? empty_like_layers(ft) : std::vector<at::Tensor>();
+  const int64_t chunk = chunk_samples(N, C, P, fw[0].element_size());
+  const auto opts = fw[0].options();
+  const at::Tensor wbuf = at::empty({chunk, C, P}, opts), tbuf = at::empty({chunk, C, P}, opts);
+  const at::Tensor dwbuf = at::empty({chunk, C, P}, opts);
+  const at::Tensor dtbuf = need_ft ? at::empty({chunk, C, P}, opts) : at::Tensor();
+  for (int64_t n0 = 0; n0 < N; n0 += chunk) {
+    const int64_t B = std::min(chunk, N - n0);
+    const at::Tensor w = wbuf.narrow(0, 0, B), t = tbuf.narrow(0, 0, B);
+    rw.resize(fw, n0, w);
+    rt.resize(ft, n0, t);
+    at::Tensor dw = dwbuf.narrow(0, 0, B), dt = need_ft ? dtbuf.narrow(0, 0, B) : at::Tensor();
+    backward_chunk(w, t, g.narrow(0, n0, B), stats.narrow(0, n0, B), tau, dw, dt);
+    rw.adjoint(dw, n0, dfw);
+    if (need_ft) rt.adjoint(dt, n0, dft);
+  }
+  return {dfw, dft};
 }
 
 }  // namespace
