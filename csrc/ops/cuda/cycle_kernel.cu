@@ -161,15 +161,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compose_displacement_
   return {d_fab, d_fbc, d_mab, d_mbc};
 }
 
-template <typename scalar_t, typename T>
-__device__ T squared_error(const scalar_t* pred, const scalar_t* target, int64_t n, int64_t p, int64_t P, T* dx,
-                           T* dy) {
-  const int64_t i0 = n * 2 * P + p, i1 = i0 + P;
-  *dx = static_cast<T>(pred[i0]) - static_cast<T>(target[i0]);
-  *dy = static_cast<T>(pred[i1]) - static_cast<T>(target[i1]);
-  return *dx * *dx + *dy * *dy;
-}
-
 template <typename scalar_t>
 __global__ void truncated_loss_kernel(const scalar_t* __restrict__ pred, const scalar_t* __restrict__ target,
                                       const scalar_t* __restrict__ mask, at::opmath_type<scalar_t>* psum,
@@ -180,7 +171,8 @@ __global__ void truncated_loss_kernel(const scalar_t* __restrict__ pred, const s
   T e = T(0);
   if (k < N * P) {
     T dx, dy;
-    e = squared_error(pred, target, k / P, k % P, P, &dx, &dy);
+    const int64_t n = k / P;
+    e = squared_error(pred + n * 2 * P, target + n * 2 * P, P, k - n * P, &dx, &dy);
     e = e > static_cast<T>(cap) ? static_cast<T>(cap) : e;
     if (mask) e *= static_cast<T>(mask[k]);
   }
@@ -192,6 +184,7 @@ __global__ void truncated_loss_kernel(const scalar_t* __restrict__ pred, const s
   if (threadIdx.x == 0) *loss = static_cast<scalar_t>(total);
 }
 
+// Gradients not asked for (null outputs) are neither computed nor written.
 template <typename scalar_t>
 __global__ void truncated_loss_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ pred,
                                                const scalar_t* __restrict__ target, const scalar_t* __restrict__ mask,
@@ -200,17 +193,21 @@ __global__ void truncated_loss_backward_kernel(const scalar_t* __restrict__ grad
   using T = at::opmath_type<scalar_t>;
   const int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (k >= N * P) return;
-  const int64_t n = k / P, p = k % P;
+  const int64_t n = k / P, p = k - n * P, i0 = n * 2 * P + p;
   const T g = static_cast<T>(*grad), c = static_cast<T>(cap);
   T dx, dy;
-  const T e = squared_error(pred, target, n, p, P, &dx, &dy);
+  const T e = squared_error(pred + n * 2 * P, target + n * 2 * P, P, p, &dx, &dy);
+  if (dmask) dmask[k] = static_cast<scalar_t>(g * (e > c ? c : e));
+  if (!dpred && !dtarget) return;
   const T scale = e <= c ? g * (mask ? static_cast<T>(mask[k]) : T(1)) * T(2) : T(0);  // 0 where truncated
-  const int64_t i0 = n * 2 * P + p;
-  dpred[i0] = static_cast<scalar_t>(scale * dx);
-  dpred[i0 + P] = static_cast<scalar_t>(scale * dy);
-  dtarget[i0] = static_cast<scalar_t>(-scale * dx);
-  dtarget[i0 + P] = static_cast<scalar_t>(-scale * dy);
-  dmask[k] = static_cast<scalar_t>(g * (e > c ? c : e));
+  if (dpred) {
+    dpred[i0] = static_cast<scalar_t>(scale * dx);
+    dpred[i0 + P] = static_cast<scalar_t>(scale * dy);
+  }
+  if (dtarget) {
+    dtarget[i0] = static_cast<scalar_t>(-scale * dx);
+    dtarget[i0 + P] = static_cast<scalar_t>(-scale * dy);
+  }
 }
 
 at::Tensor truncated_flow_loss_cuda(const at::Tensor& pred_, const at::Tensor& target_,
@@ -238,7 +235,7 @@ at::Tensor truncated_flow_loss_cuda(const at::Tensor& pred_, const at::Tensor& t
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> truncated_flow_loss_backward_cuda(
     const at::Tensor& grad, const at::Tensor& pred_, const at::Tensor& target_, const c10::optional<at::Tensor>& mask_,
-    double trunc) {
+    double trunc, std::array<bool, 3> output_mask) {
   check_loss("_truncated_flow_loss_backward", pred_, target_, mask_);
   TORCH_CHECK(grad.numel() == 1, "pscfast::_truncated_flow_loss_backward: grad must be a scalar");
   const c10::cuda::CUDAGuard guard(pred_.device());
@@ -246,15 +243,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> truncated_flow_loss_backward_cuda
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
   const auto g = grad.to(pred.scalar_type()).contiguous();
   const int64_t N = pred.size(0), P = pred.size(2) * pred.size(3);
-  auto d_pred = at::empty_like(pred), d_target = at::empty_like(pred);
-  auto d_mask = at::empty({N, 1, pred.size(2), pred.size(3)}, pred.options());
-  if (N * P == 0) return {d_pred, d_target, d_mask};
+  at::Tensor d_pred, d_target, d_mask;
+  std::tie(d_pred, d_target, d_mask) = loss_grad_buffers(pred, output_mask);
+  if (N * P == 0 || !(output_mask[0] || output_mask[1] || output_mask[2])) return {d_pred, d_target, d_mask};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "truncated_flow_loss_backward_cuda",
                                   [&] {
     truncated_loss_backward_kernel<scalar_t><<<blocks_for(N * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         g.const_data_ptr<scalar_t>(), pred.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(),
-        mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr, d_pred.mutable_data_ptr<scalar_t>(),
-        d_target.mutable_data_ptr<scalar_t>(), d_mask.mutable_data_ptr<scalar_t>(), N, P, trunc * trunc);
+        mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr,
+        output_mask[0] ? d_pred.mutable_data_ptr<scalar_t>() : nullptr,
+        output_mask[1] ? d_target.mutable_data_ptr<scalar_t>() : nullptr,
+        output_mask[2] ? d_mask.mutable_data_ptr<scalar_t>() : nullptr, N, P, trunc * trunc);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {d_pred, d_target, d_mask};
