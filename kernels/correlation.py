@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._field import clamp_pixel, field_taps, grid_to_pixel, tap_values
+from ._field import clamp_pixel, field_taps, grid_to_pixel, resize_taps, tap_values
 from ._tables import lerp_table
 
 BLOCK = 128
@@ -59,12 +59,7 @@ def _taps(grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, pos, mask, size, H, W, 
     else:
         oy = pos // size
         ox = pos % size
-        y0 = tl.load(ry_ptr + oy * 2, mask=mask, other=0)
-        y1 = tl.load(ry_ptr + oy * 2 + 1, mask=mask, other=0)
-        x0 = tl.load(rx_ptr + ox * 2, mask=mask, other=0)
-        x1 = tl.load(rx_ptr + ox * 2 + 1, mask=mask, other=0)
-        ly1 = tl.load(rly_ptr + oy, mask=mask, other=0.0).to(ACC)
-        lx1 = tl.load(rlx_ptr + ox, mask=mask, other=0.0).to(ACC)
+        y0, y1, x0, x1, ly1, lx1 = resize_taps(ry_ptr, rly_ptr, rx_ptr, rlx_ptr, oy, ox, mask, ACC)
         ly0 = 1.0 - ly1
         lx0 = 1.0 - lx1
         o0 = y0 * W + x0

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._field import clamp_pixel, field_taps, grid_to_pixel, tap_values
+from ._field import clamp_pixel, field_taps, grid_to_pixel, resize_taps, tap_values
 from ._tables import cell_starts, lerp_table
 
 BLOCK = 128
@@ -30,12 +30,7 @@ def _grid_point(grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, oy, ox, h, w, mas
         gx = tl.load(base + off, mask=mask, other=0.0).to(ACC)
         gy = tl.load(base + off + 1, mask=mask, other=0.0).to(ACC)
     else:
-        y0 = tl.load(ry_ptr + oy * 2, mask=mask, other=0)
-        y1 = tl.load(ry_ptr + oy * 2 + 1, mask=mask, other=0)
-        x0 = tl.load(rx_ptr + ox * 2, mask=mask, other=0)
-        x1 = tl.load(rx_ptr + ox * 2 + 1, mask=mask, other=0)
-        ly1 = tl.load(rly_ptr + oy, mask=mask, other=0.0).to(ACC)
-        lx1 = tl.load(rlx_ptr + ox, mask=mask, other=0.0).to(ACC)
+        y0, y1, x0, x1, ly1, lx1 = resize_taps(ry_ptr, rly_ptr, rx_ptr, rlx_ptr, oy, ox, mask, ACC)
         ly0 = 1.0 - ly1
         lx0 = 1.0 - lx1
         o00 = (y0 * w + x0) * 2
@@ -164,12 +159,7 @@ def warp_bwd_grid_cells_kernel(x_ptr, gout_ptr, grid_ptr, ry_ptr, rly_ptr, rx_pt
         gx, gy = _pixel_grid_grad(x_ptr, gout_ptr, grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, pix, mask, C, H,
                                   W, h, w, Ho, Wo, False, ALIGN, BORDER, ACC)
         # corner weights; the second corner folds into the first in the last row/column (i1 == i0)
-        iy0 = tl.load(ry_ptr + oy * 2, mask=mask, other=0)
-        iy1 = tl.load(ry_ptr + oy * 2 + 1, mask=mask, other=0)
-        ix0 = tl.load(rx_ptr + ox * 2, mask=mask, other=0)
-        ix1 = tl.load(rx_ptr + ox * 2 + 1, mask=mask, other=0)
-        ly1 = tl.load(rly_ptr + oy, mask=mask, other=0.0).to(ACC)
-        lx1 = tl.load(rlx_ptr + ox, mask=mask, other=0.0).to(ACC)
+        iy0, iy1, ix0, ix1, ly1, lx1 = resize_taps(ry_ptr, rly_ptr, rx_ptr, rlx_ptr, oy, ox, mask, ACC)
         wy0 = tl.where(iy1 == iy0, 1.0, 1.0 - ly1)
         wy1 = tl.where(iy1 == iy0, 0.0, ly1)
         wx0 = tl.where(ix1 == ix0, 1.0, 1.0 - lx1)
