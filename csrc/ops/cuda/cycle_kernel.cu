@@ -18,14 +18,14 @@
 
 #include "ops/common/cycle_pixel.h"
 #include "ops/common/cycle_checks.h"
+#include "ops/cuda/gather_scan.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/reduce.cuh"
 
 namespace pscfast {
 namespace {
 
 constexpr int kThreads = 256;
-
-inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 template <typename scalar_t>
 struct CycleArgs {
@@ -54,8 +54,6 @@ __global__ void compose_displacement_kernel(CycleArgs<scalar_t> A) {
 template <typename scalar_t>
 __global__ void compose_displacement_backward_kernel(CycleArgs<scalar_t> A) {
   using T = at::opmath_type<scalar_t>;
-  __shared__ int sidx[4][kThreads];
-  __shared__ T swg[4][kThreads][3];
   const CycleDims& D = A.D;
   const int64_t n = blockIdx.y;
   const scalar_t* fab = A.fab + n * 2 * D.P;
@@ -81,37 +79,20 @@ __global__ void compose_displacement_backward_kernel(CycleArgs<scalar_t> A) {
   }
   // scatter: image-b node q gathers w_tap g from every (pixel, tap) of image a that reads it, in pixel order
   const int q = blockIdx.x * kThreads + threadIdx.x;
-  T a0 = T(0), a1 = T(0), am = T(0);
-  for (int64_t tile = 0; tile < D.P; tile += kThreads) {
-    const int64_t p = tile + threadIdx.x;
-    if (p < D.P) {
-      T u, v;
-      const auto t = cycle_taps<T>(fab, D.P, static_cast<int>(p / D.W), static_cast<int>(p % D.W), D.W, D.Hb, D.Wb,
-                                   &u, &v);
-      const T g[3] = {static_cast<T>(A.gf[n * 2 * D.P + p]), static_cast<T>(A.gf[n * 2 * D.P + D.P + p]),
-                      static_cast<T>(A.gm[n * D.P + p]) * static_cast<T>(A.mab[n * D.P + p])};
-      for (int k = 0; k < 4; ++k) {
-        sidx[k][threadIdx.x] = t.idx[k];
-        for (int c = 0; c < 3; ++c) swg[k][threadIdx.x][c] = t.w[k] * g[c];
-      }
-    } else {
-      for (int k = 0; k < 4; ++k) sidx[k][threadIdx.x] = -1;
-    }
-    __syncthreads();
-    const int count = static_cast<int>(D.P - tile < kThreads ? D.P - tile : kThreads);
-    for (int j = 0; j < count; ++j)
-      for (int k = 0; k < 4; ++k)
-        if (sidx[k][j] == q) {
-          a0 += swg[k][j][0];
-          a1 += swg[k][j][1];
-          am += swg[k][j][2];
-        }
-    __syncthreads();
-  }
+  T acc[3] = {T(0), T(0), T(0)};
+  gather_scan<3, kThreads>(D.P, q, [&](int64_t p, T* g) {
+    T u, v;
+    const auto t = cycle_taps<T>(fab, D.P, static_cast<int>(p / D.W), static_cast<int>(p % D.W), D.W, D.Hb, D.Wb,
+                                 &u, &v);
+    g[0] = static_cast<T>(A.gf[n * 2 * D.P + p]);
+    g[1] = static_cast<T>(A.gf[n * 2 * D.P + D.P + p]);
+    g[2] = static_cast<T>(A.gm[n * D.P + p]) * static_cast<T>(A.mab[n * D.P + p]);
+    return t;
+  }, acc);
   if (q < D.Pb) {
-    A.dfbc[n * 2 * D.Pb + q] = static_cast<scalar_t>(a0);
-    A.dfbc[n * 2 * D.Pb + D.Pb + q] = static_cast<scalar_t>(a1);
-    A.dmbc[n * D.Pb + q] = static_cast<scalar_t>(am);
+    A.dfbc[n * 2 * D.Pb + q] = static_cast<scalar_t>(acc[0]);
+    A.dfbc[n * 2 * D.Pb + D.Pb + q] = static_cast<scalar_t>(acc[1]);
+    A.dmbc[n * D.Pb + q] = static_cast<scalar_t>(acc[2]);
   }
 }
 
@@ -128,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor> compose_displacement_cuda(const at::Tensor& f
                           m_ab.const_data_ptr<scalar_t>(), m_bc.const_data_ptr<scalar_t>(), nullptr, nullptr,
                           f_ac.mutable_data_ptr<scalar_t>(), m_ac.mutable_data_ptr<scalar_t>(), nullptr, nullptr,
                           nullptr, nullptr, D, 0};
-    compose_displacement_kernel<scalar_t><<<blocks_for(D.N * D.P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
+    compose_displacement_kernel<scalar_t><<<blocks_for<kThreads>(D.N * D.P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {f_ac, m_ac};
@@ -153,8 +134,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compose_displacement_
                           gf.const_data_ptr<scalar_t>(), gm.const_data_ptr<scalar_t>(), nullptr, nullptr,
                           d_fab.mutable_data_ptr<scalar_t>(), d_fbc.mutable_data_ptr<scalar_t>(),
                           d_mab.mutable_data_ptr<scalar_t>(), d_mbc.mutable_data_ptr<scalar_t>(), D,
-                          static_cast<int>(blocks_for(D.Pb))};
-    const dim3 grid(A.scatter_blocks + blocks_for(D.P), static_cast<unsigned>(D.N));
+                          static_cast<int>(blocks_for<kThreads>(D.Pb))};
+    const dim3 grid(A.scatter_blocks + blocks_for<kThreads>(D.P), static_cast<unsigned>(D.N));
     compose_displacement_backward_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -216,7 +197,7 @@ at::Tensor truncated_flow_loss_cuda(const at::Tensor& pred_, const at::Tensor& t
   const c10::cuda::CUDAGuard guard(pred_.device());
   const auto pred = pred_.contiguous(), target = target_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
-  const int64_t N = pred.size(0), P = pred.size(2) * pred.size(3), blocks = blocks_for(N * P);
+  const int64_t N = pred.size(0), P = pred.size(2) * pred.size(3), blocks = blocks_for<kThreads>(N * P);
   auto loss = at::zeros({}, pred.options());
   if (blocks == 0) return loss;
   auto ticket = at::zeros({1}, pred.options().dtype(at::kInt));
@@ -248,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> truncated_flow_loss_backward_cuda
   if (N * P == 0 || !(output_mask[0] || output_mask[1] || output_mask[2])) return {d_pred, d_target, d_mask};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "truncated_flow_loss_backward_cuda",
                                   [&] {
-    truncated_loss_backward_kernel<scalar_t><<<blocks_for(N * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    truncated_loss_backward_kernel<scalar_t><<<blocks_for<kThreads>(N * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         g.const_data_ptr<scalar_t>(), pred.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(),
         mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr,
         output_mask[0] ? d_pred.mutable_data_ptr<scalar_t>() : nullptr,
