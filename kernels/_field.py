@@ -1,5 +1,6 @@
-"""Triton helpers shared by the consistency and cycle kernels: the taps of a position in a small field
-(bilinear or nearest, zeros outside), as csrc/ops/common/field_sample.h.
+"""Triton helpers shared by the consistency, cycle, warp and correlation kernels: grid_sample's grid-to-pixel
+conversion, the taps of a bilinear resize, and the taps of a position in a plane (bilinear or nearest, zeros
+outside), as csrc/ops/common/field_sample.h.
 
 A position (px, py) in pixels of an H x W plane reads taps 0 = (y0, x0), 1 = (y0, x0 + 1), 2 = (y0 + 1, x0),
 3 = (y0 + 1, x0 + 1) with flat indices (-1 outside) and weights; the distances e, r (to the right / left tap
@@ -11,6 +12,27 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def grid_to_pixel(g, size, ALIGN: tl.constexpr):
+    """grid_sample's unnormalisation of grid coordinates in [-1, 1] to pixels of an axis of `size` pixels."""
+    if ALIGN:
+        return ((g + 1.0) / 2.0) * (size - 1)
+    return ((g + 1.0) * size - 1.0) / 2.0
+
+
+@triton.jit
+def resize_taps(ry_ptr, rly_ptr, rx_ptr, rlx_ptr, oy, ox, mask, ACC: tl.constexpr):
+    """Source rows (y0, y1), columns (x0, x1) and the second ones' weights (ly1, lx1) of output pixels (oy, ox)
+    of a bilinear resize, from the tables of kernels/_tables.lerp_table."""
+    y0 = tl.load(ry_ptr + oy * 2, mask=mask, other=0)
+    y1 = tl.load(ry_ptr + oy * 2 + 1, mask=mask, other=0)
+    x0 = tl.load(rx_ptr + ox * 2, mask=mask, other=0)
+    x1 = tl.load(rx_ptr + ox * 2 + 1, mask=mask, other=0)
+    ly1 = tl.load(rly_ptr + oy, mask=mask, other=0.0).to(ACC)
+    lx1 = tl.load(rlx_ptr + ox, mask=mask, other=0.0).to(ACC)
+    return y0, y1, x0, x1, ly1, lx1
 
 
 @triton.jit

@@ -19,6 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._field import clamp_pixel, field_taps, grid_to_pixel, resize_taps, tap_values
 from ._tables import lerp_table
 
 BLOCK = 128
@@ -31,50 +32,34 @@ def _blocks(device: torch.device) -> tuple[int, int, int]:
 
 
 @triton.jit
+def _grid_taps(grid_ptr, n, pos, mask, size, H, W, ACC: tl.constexpr):
+    """field_taps of positions `pos` of the size x size grid sampling an H x W plane (align_corners=True)."""
+    base = grid_ptr + n.to(tl.int64) * size * size * 2 + pos * 2
+    gx = tl.load(base, mask=mask, other=0.0).to(ACC)
+    gy = tl.load(base + 1, mask=mask, other=0.0).to(ACC)
+    return field_taps(clamp_pixel(grid_to_pixel(gx, W, True), W), clamp_pixel(grid_to_pixel(gy, H, True), H), H, W,
+                      False)
+
+
+@triton.jit
 def _taps(grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, pos, mask, size, H, W, GRID: tl.constexpr,
           ACC: tl.constexpr):
     """Offsets (into an H x W plane; 0 for taps outside) and weights (0 outside) of the four taps of
     positions `pos` of the size x size grid: the resize (lerp tables) or the grid sample."""
     if GRID:
-        base = grid_ptr + n.to(tl.int64) * size * size * 2 + pos * 2
-        gx = tl.load(base, mask=mask, other=0.0).to(ACC)
-        gy = tl.load(base + 1, mask=mask, other=0.0).to(ACC)
-        px = tl.minimum(tl.maximum(((gx + 1.0) / 2.0) * (W - 1), -2.0), W + 1.0)
-        py = tl.minimum(tl.maximum(((gy + 1.0) / 2.0) * (H - 1), -2.0), H + 1.0)
-        fx = tl.floor(px)
-        fy = tl.floor(py)
-        x0 = fx.to(tl.int32)
-        y0 = fy.to(tl.int32)
-        e = fx + 1.0 - px
-        r = px - fx
-        s = fy + 1.0 - py
-        d = py - fy
-        in_x0 = (x0 >= 0) & (x0 < W)
-        in_x1 = (x0 + 1 >= 0) & (x0 + 1 < W)
-        in_y0 = (y0 >= 0) & (y0 < H)
-        in_y1 = (y0 + 1 >= 0) & (y0 + 1 < H)
-        q = y0 * W + x0
-        k0 = in_y0 & in_x0
-        k1 = in_y0 & in_x1
-        k2 = in_y1 & in_x0
-        k3 = in_y1 & in_x1
-        o0 = tl.where(k0, q, 0)
-        o1 = tl.where(k1, q + 1, 0)
-        o2 = tl.where(k2, q + W, 0)
-        o3 = tl.where(k3, q + W + 1, 0)
-        w0 = tl.where(k0, e * s, 0.0)
-        w1 = tl.where(k1, r * s, 0.0)
-        w2 = tl.where(k2, e * d, 0.0)
-        w3 = tl.where(k3, r * d, 0.0)
+        i0, i1, i2, i3, w0, w1, w2, w3, _, _, _, _ = _grid_taps(grid_ptr, n, pos, mask, size, H, W, ACC)
+        o0 = tl.maximum(i0, 0)
+        o1 = tl.maximum(i1, 0)
+        o2 = tl.maximum(i2, 0)
+        o3 = tl.maximum(i3, 0)
+        w0 = tl.where(i0 >= 0, w0, 0.0)
+        w1 = tl.where(i1 >= 0, w1, 0.0)
+        w2 = tl.where(i2 >= 0, w2, 0.0)
+        w3 = tl.where(i3 >= 0, w3, 0.0)
     else:
         oy = pos // size
         ox = pos % size
-        y0 = tl.load(ry_ptr + oy * 2, mask=mask, other=0)
-        y1 = tl.load(ry_ptr + oy * 2 + 1, mask=mask, other=0)
-        x0 = tl.load(rx_ptr + ox * 2, mask=mask, other=0)
-        x1 = tl.load(rx_ptr + ox * 2 + 1, mask=mask, other=0)
-        ly1 = tl.load(rly_ptr + oy, mask=mask, other=0.0).to(ACC)
-        lx1 = tl.load(rlx_ptr + ox, mask=mask, other=0.0).to(ACC)
+        y0, y1, x0, x1, ly1, lx1 = resize_taps(ry_ptr, rly_ptr, rx_ptr, rlx_ptr, oy, ox, mask, ACC)
         ly0 = 1.0 - ly1
         lx0 = 1.0 - lx1
         o0 = y0 * W + x0
@@ -172,33 +157,9 @@ def correlation_bwd_resampled_kernel(x_ptr, y_ptr, grid_ptr, gout_ptr, dr_ptr, p
     if NEED_GRID:
         # d sample / d px = (v1 - v0) s + (v3 - v2) d, d sample / d py = (v2 - v0) e + (v3 - v1) r (taps 0..3
         # = (y0, x0), (y0, x1), (y1, x0), (y1, x1); v = 0 outside), then d px / d gx = (W - 1) / 2
-        base = grid_ptr + n.to(tl.int64) * S * 2 + p * 2
-        gx = tl.load(base, mask=pm, other=0.0).to(ACC)
-        gy = tl.load(base + 1, mask=pm, other=0.0).to(ACC)
-        fpx = tl.minimum(tl.maximum(((gx + 1.0) / 2.0) * (Wy - 1), -2.0), Wy + 1.0)
-        fpy = tl.minimum(tl.maximum(((gy + 1.0) / 2.0) * (Hy - 1), -2.0), Hy + 1.0)
-        fx = tl.floor(fpx)
-        fy = tl.floor(fpy)
-        x0 = fx.to(tl.int32)
-        y0 = fy.to(tl.int32)
-        e = fx + 1.0 - fpx
-        r = fpx - fx
-        s = fy + 1.0 - fpy
-        d = fpy - fy
-        in_x0 = (x0 >= 0) & (x0 < Wy)
-        in_x1 = (x0 + 1 >= 0) & (x0 + 1 < Wy)
-        in_y0 = (y0 >= 0) & (y0 < Hy)
-        in_y1 = (y0 + 1 >= 0) & (y0 + 1 < Hy)
-        q = y0 * Wy + x0
+        i0, i1, i2, i3, _, _, _, _, e, r, s, d = _grid_taps(grid_ptr, n, p, pm, size, Hy, Wy, ACC)
         rows = y_ptr + (n.to(tl.int64) * C + chan[:, None]) * (Hy * Wy)
-        k0 = in_y0 & in_x0
-        k1 = in_y0 & in_x1
-        k2 = in_y1 & in_x0
-        k3 = in_y1 & in_x1
-        v0 = tl.load(rows + tl.where(k0, q, 0)[None, :], mask=m & k0[None, :], other=0.0).to(ACC)
-        v1 = tl.load(rows + tl.where(k1, q + 1, 0)[None, :], mask=m & k1[None, :], other=0.0).to(ACC)
-        v2 = tl.load(rows + tl.where(k2, q + Wy, 0)[None, :], mask=m & k2[None, :], other=0.0).to(ACC)
-        v3 = tl.load(rows + tl.where(k3, q + Wy + 1, 0)[None, :], mask=m & k3[None, :], other=0.0).to(ACC)
+        v0, v1, v2, v3 = tap_values(rows, i0[None, :], i1[None, :], i2[None, :], i3[None, :], 1, m, ACC)
         ax = tl.sum(acc * ((v1 - v0) * s[None, :] + (v3 - v2) * d[None, :]), axis=0) * ((Wy - 1) / 2.0)
         ay = tl.sum(acc * ((v2 - v0) * e[None, :] + (v3 - v1) * r[None, :]), axis=0) * ((Hy - 1) / 2.0)
         out = part_ptr + ((n.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * S + p) * 2

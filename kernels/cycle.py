@@ -143,7 +143,8 @@ def truncated_loss_fwd_kernel(pred_ptr, target_ptr, mask_ptr, psum_ptr, ticket_p
 
 @triton.jit
 def truncated_loss_bwd_kernel(grad_ptr, pred_ptr, target_ptr, mask_ptr, dpred_ptr, dtarget_ptr, dmask_ptr, P, cap,
-                              HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+                              HAS_MASK: tl.constexpr, NEED_PRED: tl.constexpr, NEED_TARGET: tl.constexpr,
+                              NEED_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     n = tl.program_id(1).to(tl.int64)
     pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = pix < P
@@ -155,11 +156,14 @@ def truncated_loss_bwd_kernel(grad_ptr, pred_ptr, target_ptr, mask_ptr, dpred_pt
     scale = tl.where(err <= cap, scale, 0.0)  # clamp_max passes the gradient where err <= T^2
     ty = dpred_ptr.dtype.element_ty
     base = n * 2 * P + pix
-    tl.store(dpred_ptr + base, (scale * dx).to(ty), mask=mask)
-    tl.store(dpred_ptr + base + P, (scale * dy).to(ty), mask=mask)
-    tl.store(dtarget_ptr + base, (-scale * dx).to(ty), mask=mask)
-    tl.store(dtarget_ptr + base + P, (-scale * dy).to(ty), mask=mask)
-    tl.store(dmask_ptr + n * P + pix, (g * tl.minimum(err, cap)).to(ty), mask=mask)
+    if NEED_PRED:
+        tl.store(dpred_ptr + base, (scale * dx).to(ty), mask=mask)
+        tl.store(dpred_ptr + base + P, (scale * dy).to(ty), mask=mask)
+    if NEED_TARGET:
+        tl.store(dtarget_ptr + base, (-scale * dx).to(ty), mask=mask)
+        tl.store(dtarget_ptr + base + P, (-scale * dy).to(ty), mask=mask)
+    if NEED_MASK:
+        tl.store(dmask_ptr + n * P + pix, (g * tl.minimum(err, cap)).to(ty), mask=mask)
 
 
 def compose_displacement_fwd(f_ab, f_bc, m_ab, m_bc):
@@ -200,13 +204,16 @@ def truncated_loss_fwd(pred, target, mask, T):
     return loss
 
 
-def truncated_loss_bwd(grad, pred, target, mask, T):
-    """(d pred, d target, d mask); d mask is min(err, T^2) * grad whether or not a mask was given."""
+def truncated_loss_bwd(grad, pred, target, mask, T, need):
+    """(d pred, d target, d mask), each None unless asked for in need; d mask is min(err, T^2) * grad whether or
+    not a mask was given."""
     N, _, H, W = pred.shape
-    d_pred, d_target = torch.empty_like(pred), torch.empty_like(pred)
-    d_mask = pred.new_empty((N, 1, H, W))
-    if N:
+    shapes = (pred.shape, pred.shape, (N, 1, H, W))
+    out = [pred.new_empty(s) if want else None for s, want in zip(shapes, need)]
+    if N and any(need):
+        d_pred, d_target, d_mask = (pred if t is None else t for t in out)  # placeholders the kernel never writes
         truncated_loss_bwd_kernel[(triton.cdiv(H * W, BLOCK), N)](
             grad, pred, target, pred if mask is None else mask, d_pred, d_target, d_mask, H * W, T * T,
-            HAS_MASK=mask is not None, ACC=_acc(pred.dtype)[0], BLOCK=BLOCK)
-    return d_pred, d_target, d_mask
+            HAS_MASK=mask is not None, NEED_PRED=need[0], NEED_TARGET=need[1], NEED_MASK=need[2],
+            ACC=_acc(pred.dtype)[0], BLOCK=BLOCK)
+    return tuple(out)

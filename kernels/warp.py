@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._field import clamp_pixel, field_taps, grid_to_pixel, resize_taps, tap_values
 from ._tables import cell_starts, lerp_table
 
 BLOCK = 128
@@ -29,12 +30,7 @@ def _grid_point(grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, oy, ox, h, w, mas
         gx = tl.load(base + off, mask=mask, other=0.0).to(ACC)
         gy = tl.load(base + off + 1, mask=mask, other=0.0).to(ACC)
     else:
-        y0 = tl.load(ry_ptr + oy * 2, mask=mask, other=0)
-        y1 = tl.load(ry_ptr + oy * 2 + 1, mask=mask, other=0)
-        x0 = tl.load(rx_ptr + ox * 2, mask=mask, other=0)
-        x1 = tl.load(rx_ptr + ox * 2 + 1, mask=mask, other=0)
-        ly1 = tl.load(rly_ptr + oy, mask=mask, other=0.0).to(ACC)
-        lx1 = tl.load(rlx_ptr + ox, mask=mask, other=0.0).to(ACC)
+        y0, y1, x0, x1, ly1, lx1 = resize_taps(ry_ptr, rly_ptr, rx_ptr, rlx_ptr, oy, ox, mask, ACC)
         ly0 = 1.0 - ly1
         lx0 = 1.0 - lx1
         o00 = (y0 * w + x0) * 2
@@ -55,11 +51,10 @@ def _grid_point(grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, oy, ox, h, w, mas
 @triton.jit
 def _to_pixel(g, size, ALIGN: tl.constexpr, BORDER: tl.constexpr):
     """Pixel coordinate and d(pixel)/d(grid) (0 where the border clips), as grid_sample."""
+    p = grid_to_pixel(g, size, ALIGN)
     if ALIGN:
-        p = ((g + 1.0) / 2.0) * (size - 1)
         d = tl.zeros_like(g) + (size - 1) / 2.0
     else:
-        p = ((g + 1.0) * size - 1.0) / 2.0
         d = tl.zeros_like(g) + size / 2.0
     if BORDER:
         hi = (size - 1) * 1.0
@@ -67,16 +62,8 @@ def _to_pixel(g, size, ALIGN: tl.constexpr, BORDER: tl.constexpr):
         p = tl.minimum(tl.maximum(p, 0.0), hi)
         d = tl.where(clipped, 0.0, d)
     else:
-        p = tl.minimum(tl.maximum(p, -2.0), size + 1.0)
+        p = clamp_pixel(p, size)
     return p, d
-
-
-@triton.jit
-def _round_half_even(v):
-    r = tl.floor(v + 0.5)
-    half = r * 0.5
-    odd = tl.floor(half) != half
-    return tl.where((r - v == 0.5) & odd, r - 1.0, r).to(tl.int32)
 
 
 @triton.jit
@@ -102,36 +89,14 @@ def warp_fwd_kernel(x_ptr, grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, out_ptr, 
     plane = H * W
     x_n = x_ptr + n.to(tl.int64) * C * plane
     out_n = out_ptr + n.to(tl.int64) * C * Ho * Wo
-    if NEAREST:
-        ix = _round_half_even(px)
-        iy = _round_half_even(py)
-        ok = mask & (ix >= 0) & (ix < W) & (iy >= 0) & (iy < H)
-        q = iy * W + ix
-        for c in range(C):
-            v = tl.load(x_n + c * plane + q, mask=ok, other=0.0)
-            tl.store(out_n + c * Ho * Wo + pix, v, mask=mask)
-    else:
-        fx = tl.floor(px)
-        fy = tl.floor(py)
-        x0 = fx.to(tl.int32)
-        y0 = fy.to(tl.int32)
-        e = fx + 1.0 - px
-        wx = px - fx
-        s = fy + 1.0 - py
-        ny = py - fy
-        in_x0 = (x0 >= 0) & (x0 < W)
-        in_x1 = (x0 + 1 >= 0) & (x0 + 1 < W)
-        in_y0 = (y0 >= 0) & (y0 < H)
-        in_y1 = (y0 + 1 >= 0) & (y0 + 1 < H)
-        q = y0 * W + x0
-        for c in range(C):
-            xc = x_n + c * plane + q
-            v00 = tl.load(xc, mask=mask & in_y0 & in_x0, other=0.0).to(ACC)
-            v01 = tl.load(xc + 1, mask=mask & in_y0 & in_x1, other=0.0).to(ACC)
-            v10 = tl.load(xc + W, mask=mask & in_y1 & in_x0, other=0.0).to(ACC)
-            v11 = tl.load(xc + W + 1, mask=mask & in_y1 & in_x1, other=0.0).to(ACC)
-            out = e * s * v00 + wx * s * v01 + e * ny * v10 + wx * ny * v11
-            tl.store(out_n + c * Ho * Wo + pix, out.to(out_ptr.dtype.element_ty), mask=mask)
+    i0, i1, i2, i3, w0, w1, w2, w3, _, _, _, _ = field_taps(px, py, H, W, NEAREST)
+    for c in range(C):
+        if NEAREST:
+            out = tl.load(x_n + c * plane + i0, mask=mask & (i0 >= 0), other=0.0)
+        else:
+            v0, v1, v2, v3 = tap_values(x_n + c * plane, i0, i1, i2, i3, 1, mask, ACC)
+            out = w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3
+        tl.store(out_n + c * Ho * Wo + pix, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -140,33 +105,17 @@ def _pixel_grid_grad(x_ptr, gout_ptr, grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr
     """d L / d (gx, gy) of output pixels `pix`, summed over channels (bilinear mode)."""
     px, py, dpx, dpy = _pixel(grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, pix, mask, h, w, H, W, Wo,
                               DIRECT, ALIGN, BORDER, ACC)
-    fx = tl.floor(px)
-    fy = tl.floor(py)
-    x0 = fx.to(tl.int32)
-    y0 = fy.to(tl.int32)
-    e = fx + 1.0 - px
-    wx = px - fx
-    s = fy + 1.0 - py
-    ny = py - fy
-    in_x0 = (x0 >= 0) & (x0 < W)
-    in_x1 = (x0 + 1 >= 0) & (x0 + 1 < W)
-    in_y0 = (y0 >= 0) & (y0 < H)
-    in_y1 = (y0 + 1 >= 0) & (y0 + 1 < H)
-    q = y0 * W + x0
+    i0, i1, i2, i3, _, _, _, _, e, r, s, d = field_taps(px, py, H, W, False)
     plane = H * W
     x_n = x_ptr + n.to(tl.int64) * C * plane
     g_n = gout_ptr + n.to(tl.int64) * C * Ho * Wo
     ax = tl.zeros_like(px)
     ay = tl.zeros_like(px)
     for c in range(C):
-        xc = x_n + c * plane + q
-        v00 = tl.load(xc, mask=mask & in_y0 & in_x0, other=0.0).to(ACC)
-        v01 = tl.load(xc + 1, mask=mask & in_y0 & in_x1, other=0.0).to(ACC)
-        v10 = tl.load(xc + W, mask=mask & in_y1 & in_x0, other=0.0).to(ACC)
-        v11 = tl.load(xc + W + 1, mask=mask & in_y1 & in_x1, other=0.0).to(ACC)
+        v0, v1, v2, v3 = tap_values(x_n + c * plane, i0, i1, i2, i3, 1, mask, ACC)
         g = tl.load(g_n + c * Ho * Wo + pix, mask=mask, other=0.0).to(ACC)
-        ax += g * (-v00 * s + v01 * s - v10 * ny + v11 * ny)
-        ay += g * (-v00 * e - v01 * wx + v10 * e + v11 * wx)
+        ax += g * (-v0 * s + v1 * s - v2 * d + v3 * d)
+        ay += g * (-v0 * e - v1 * r + v2 * e + v3 * r)
     return ax * dpx, ay * dpy
 
 
@@ -210,12 +159,7 @@ def warp_bwd_grid_cells_kernel(x_ptr, gout_ptr, grid_ptr, ry_ptr, rly_ptr, rx_pt
         gx, gy = _pixel_grid_grad(x_ptr, gout_ptr, grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, pix, mask, C, H,
                                   W, h, w, Ho, Wo, False, ALIGN, BORDER, ACC)
         # corner weights; the second corner folds into the first in the last row/column (i1 == i0)
-        iy0 = tl.load(ry_ptr + oy * 2, mask=mask, other=0)
-        iy1 = tl.load(ry_ptr + oy * 2 + 1, mask=mask, other=0)
-        ix0 = tl.load(rx_ptr + ox * 2, mask=mask, other=0)
-        ix1 = tl.load(rx_ptr + ox * 2 + 1, mask=mask, other=0)
-        ly1 = tl.load(rly_ptr + oy, mask=mask, other=0.0).to(ACC)
-        lx1 = tl.load(rlx_ptr + ox, mask=mask, other=0.0).to(ACC)
+        iy0, iy1, ix0, ix1, ly1, lx1 = resize_taps(ry_ptr, rly_ptr, rx_ptr, rlx_ptr, oy, ox, mask, ACC)
         wy0 = tl.where(iy1 == iy0, 1.0, 1.0 - ly1)
         wy1 = tl.where(iy1 == iy0, 0.0, ly1)
         wx0 = tl.where(ix1 == ix0, 1.0, 1.0 - lx1)
@@ -243,34 +187,20 @@ def warp_tap_keys_kernel(grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, keys_ptr, w
     plane = H * W
     none = ns * plane
     base = (nl * Ho * Wo + pix).to(tl.int64)
+    i0, i1, i2, i3, w0, w1, w2, w3, _, _, _, _ = field_taps(px, py, H, W, NEAREST)
+    key = nl * plane
     if NEAREST:
-        ix = _round_half_even(px)
-        iy = _round_half_even(py)
-        ok = (ix >= 0) & (ix < W) & (iy >= 0) & (iy < H)
-        tl.store(keys_ptr + base, tl.where(ok, nl * plane + iy * W + ix, none), mask=mask)
-        tl.store(weights_ptr + base, tl.zeros_like(px) + 1.0, mask=mask)
+        tl.store(keys_ptr + base, tl.where(i0 >= 0, key + i0, none), mask=mask)
+        tl.store(weights_ptr + base, w0, mask=mask)
     else:
-        fx = tl.floor(px)
-        fy = tl.floor(py)
-        x0 = fx.to(tl.int32)
-        y0 = fy.to(tl.int32)
-        e = fx + 1.0 - px
-        wx = px - fx
-        s = fy + 1.0 - py
-        ny = py - fy
-        in_x0 = (x0 >= 0) & (x0 < W)
-        in_x1 = (x0 + 1 >= 0) & (x0 + 1 < W)
-        in_y0 = (y0 >= 0) & (y0 < H)
-        in_y1 = (y0 + 1 >= 0) & (y0 + 1 < H)
-        q = nl * plane + y0 * W + x0
-        tl.store(keys_ptr + base * 4, tl.where(in_y0 & in_x0, q, none), mask=mask)
-        tl.store(keys_ptr + base * 4 + 1, tl.where(in_y0 & in_x1, q + 1, none), mask=mask)
-        tl.store(keys_ptr + base * 4 + 2, tl.where(in_y1 & in_x0, q + W, none), mask=mask)
-        tl.store(keys_ptr + base * 4 + 3, tl.where(in_y1 & in_x1, q + W + 1, none), mask=mask)
-        tl.store(weights_ptr + base * 4, e * s, mask=mask)
-        tl.store(weights_ptr + base * 4 + 1, wx * s, mask=mask)
-        tl.store(weights_ptr + base * 4 + 2, e * ny, mask=mask)
-        tl.store(weights_ptr + base * 4 + 3, wx * ny, mask=mask)
+        tl.store(keys_ptr + base * 4, tl.where(i0 >= 0, key + i0, none), mask=mask)
+        tl.store(keys_ptr + base * 4 + 1, tl.where(i1 >= 0, key + i1, none), mask=mask)
+        tl.store(keys_ptr + base * 4 + 2, tl.where(i2 >= 0, key + i2, none), mask=mask)
+        tl.store(keys_ptr + base * 4 + 3, tl.where(i3 >= 0, key + i3, none), mask=mask)
+        tl.store(weights_ptr + base * 4, w0, mask=mask)
+        tl.store(weights_ptr + base * 4 + 1, w1, mask=mask)
+        tl.store(weights_ptr + base * 4 + 2, w2, mask=mask)
+        tl.store(weights_ptr + base * 4 + 3, w3, mask=mask)
 
 
 @triton.jit

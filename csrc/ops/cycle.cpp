@@ -11,6 +11,7 @@ TORCH_LIBRARY_FRAGMENT(pscfast, m) {
   m.def("_compose_displacement_backward(Tensor grad_f, Tensor grad_m, Tensor f_ab, Tensor f_bc, Tensor m_ab, "
         "Tensor m_bc) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("truncated_flow_loss(Tensor pred, Tensor target, Tensor? mask, float T) -> Tensor");
-  m.def("_truncated_flow_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? mask, float T) "
-        "-> (Tensor, Tensor, Tensor)");
+  // output_mask: which of (pred, target, mask) gradients to compute; skipped ones come back empty
+  m.def("_truncated_flow_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? mask, float T, "
+        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

@@ -31,8 +31,9 @@ def _register() -> None:
         return pred.new_empty(())
 
     @torch.library.register_fake("pscfast::_truncated_flow_loss_backward")
-    def _(grad, pred, target, mask, T):
-        return torch.empty_like(pred), torch.empty_like(pred), pred.new_empty(pred[:, :1].shape)
+    def _(grad, pred, target, mask, T, output_mask):
+        shapes = (pred.shape, pred.shape, pred[:, :1].shape)
+        return tuple(pred.new_empty(s if need else (0,)) for s, need in zip(shapes, output_mask))
 
     def setup_compose(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
@@ -48,8 +49,11 @@ def _register() -> None:
 
     def backward_loss(ctx, grad):
         pred, target, mask = ctx.saved_tensors
-        d_pred, d_target, d_mask = torch.ops.pscfast._truncated_flow_loss_backward(grad, pred, target, mask, ctx.T)
-        return d_pred, d_target, (d_mask if mask is not None else None), None
+        need = [bool(n) for n in ctx.needs_input_grad[:3]]  # the bench and PSC need d pred only
+        if not any(need):
+            return None, None, None, None
+        grads = torch.ops.pscfast._truncated_flow_loss_backward(grad, pred, target, mask, ctx.T, need)
+        return (*(d if n else None for d, n in zip(grads, need)), None)
 
     torch.library.register_autograd("pscfast::compose_displacement", backward_compose, setup_context=setup_compose)
     torch.library.register_autograd("pscfast::truncated_flow_loss", backward_loss, setup_context=setup_loss)
@@ -99,8 +103,7 @@ class _LossTriton(torch.autograd.Function):
         from pscfast.kernels import cycle as k
 
         pred, target, mask = ctx.saved_tensors
-        d_pred, d_target, d_mask = k.truncated_loss_bwd(grad, pred, target, mask, ctx.T)
-        return d_pred, d_target, (d_mask if mask is not None else None), None
+        return (*k.truncated_loss_bwd(grad, pred, target, mask, ctx.T, ctx.needs_input_grad[:3]), None)
 
 
 def _compose_triton(f_ab, f_bc, m_ab, m_bc):

@@ -60,6 +60,13 @@ inline CorrGeometry corr_geometry(const at::Tensor& a, const at::Tensor& b, int6
   return g;
 }
 
+inline void check_corr_grad(const at::Tensor& grad_out, const at::Tensor& a, const CorrGeometry& G) {
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == G.N && grad_out.size(1) == G.P * G.P &&
+                  grad_out.size(2) == G.Ho && grad_out.size(3) == G.Wo && grad_out.scalar_type() == a.scalar_type(),
+              "pscfast::_local_correlation_backward: grad_out must be (", G.N, ", ", G.P * G.P, ", ", G.Ho, ", ",
+              G.Wo, ") in a's dtype, got ", grad_out.sizes(), " ", grad_out.scalar_type());
+}
+
 // The output rows i whose window row ki reads input row y: i = (y + pad - ki * dil) / stride when exact.
 // Returns -1 when none.
 inline PSC_CORR_HD int window_index(int y, int kk, int pad, int dil, int stride, int n_out) {

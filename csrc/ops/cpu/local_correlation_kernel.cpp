@@ -147,11 +147,7 @@ std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cpu(
     int64_t max_displacement, int64_t stride, int64_t padding, int64_t dilation, int64_t dilation_patch,
     bool need_a, bool need_b) {
   const auto G = corr_geometry(a, b, kernel_size, max_displacement, stride, padding, dilation, dilation_patch);
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == G.N && grad_out.size(1) == G.P * G.P &&
-                  grad_out.size(2) == G.Ho && grad_out.size(3) == G.Wo,
-              "pscfast::_local_correlation_backward: grad_out must be (", G.N, ", ", G.P * G.P, ", ", G.Ho, ", ",
-              G.Wo, "), got ", grad_out.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == a.scalar_type(), "pscfast::_local_correlation_backward: dtype mismatch");
+  check_corr_grad(grad_out, a, G);
   const auto gout_t = channels_last(grad_out);
   at::Tensor grad_a, grad_b;
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "local_correlation_backward_cpu", [&] {

@@ -14,25 +14,13 @@
 #include <cstdlib>
 #include <vector>
 
+#include "ops/common/soft_argmax_checks.h"
 #include "ops/common/soft_argmax_math.h"
 
 namespace pscfast {
 namespace {
 
 constexpr int kTile = 64;  // source positions per task
-
-struct Shape {
-  int64_t N, T, S;
-  int Ht, Wt;
-};
-
-Shape check(const at::Tensor& corr, int64_t Ht, int64_t Wt, double sigma) {
-  TORCH_CHECK(corr.dim() == 4, "pscfast::kernel_soft_argmax: corr must be (N, Ht*Wt, Hs, Ws), got ", corr.sizes());
-  TORCH_CHECK(Ht > 0 && Wt > 0 && Ht * Wt == corr.size(1), "pscfast::kernel_soft_argmax: target size ", Ht, "x",
-              Wt, " does not match the ", corr.size(1), " channels of corr");
-  TORCH_CHECK(sigma > 0, "pscfast::kernel_soft_argmax: sigma must be positive");
-  return {corr.size(0), corr.size(1), corr.size(2) * corr.size(3), static_cast<int>(Ht), static_cast<int>(Wt)};
-}
 
 // The per-source statistics of one tile: norm, argmax, softmax max and sum, expected position (cells).
 template <typename T>
@@ -45,7 +33,7 @@ struct Tile {
 
 template <typename T>
 struct Rows {
-  const Shape& sh;
+  const SoftArgmaxShape& sh;
   const T* c;  // corr of this sample, offset to the tile's first source position
   const std::vector<T>& g;  // g[d] = exp(-d^2 / (2 sigma^2))
   T beta;
@@ -100,7 +88,7 @@ std::vector<T> gaussian_table(int size, double sigma) {
 }
 
 template <typename T, typename F>
-void for_tiles(const Shape& sh, F body) {
+void for_tiles(const SoftArgmaxShape& sh, F body) {
   const int64_t tiles = (sh.S + kTile - 1) / kTile;
   at::parallel_for(0, sh.N * tiles, 1, [&](int64_t begin, int64_t end) {
     for (int64_t job = begin; job < end; ++job) {
@@ -111,7 +99,7 @@ void for_tiles(const Shape& sh, F body) {
 }
 
 at::Tensor soft_argmax_cpu(const at::Tensor& corr_, int64_t Ht, int64_t Wt, double beta, double sigma) {
-  const Shape sh = check(corr_, Ht, Wt, sigma);
+  const SoftArgmaxShape sh = check_soft_argmax(corr_, Ht, Wt, sigma);
   const auto corr = corr_.contiguous();
   auto out = at::empty({sh.N, corr.size(2), corr.size(3), 2}, corr.options());
   AT_DISPATCH_FLOATING_TYPES(corr.scalar_type(), "kernel_soft_argmax_cpu", [&] {
@@ -136,11 +124,8 @@ at::Tensor soft_argmax_cpu(const at::Tensor& corr_, int64_t Ht, int64_t Wt, doub
 
 at::Tensor soft_argmax_backward_cpu(const at::Tensor& grad_out, const at::Tensor& corr_, int64_t Ht, int64_t Wt,
                                    double beta, double sigma) {
-  const Shape sh = check(corr_, Ht, Wt, sigma);
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == sh.N && grad_out.size(1) * grad_out.size(2) == sh.S &&
-                  grad_out.size(3) == 2 && grad_out.scalar_type() == corr_.scalar_type(),
-              "pscfast::_kernel_soft_argmax_backward: grad_out must be (N, Hs, Ws, 2) in corr's dtype, got ",
-              grad_out.sizes());
+  const SoftArgmaxShape sh = check_soft_argmax(corr_, Ht, Wt, sigma);
+  check_soft_argmax_grad(grad_out, corr_, sh);
   const auto corr = corr_.contiguous();
   const auto gout = grad_out.contiguous();
   auto grad = at::empty_like(corr);

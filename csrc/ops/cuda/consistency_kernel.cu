@@ -20,6 +20,8 @@
 
 #include "ops/common/field_sample.h"
 #include "ops/common/flow_checks.h"
+#include "ops/cuda/gather_scan.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/reduce.cuh"
 
 namespace pscfast {
@@ -36,8 +38,6 @@ Dims dims_of(const at::Tensor& f_ab, const at::Tensor& f_bc) {
   return {f_ab.size(0), f_bc.size(1) * f_bc.size(2), static_cast<int>(f_ab.size(1)), static_cast<int>(f_ab.size(2)),
           static_cast<int>(f_bc.size(2))};
 }
-
-inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 template <typename scalar_t>
 __global__ void compose_kernel(const scalar_t* __restrict__ fab, const scalar_t* __restrict__ fbc,
@@ -130,8 +130,6 @@ __device__ FieldTaps<T> pixel_grad(const BackwardArgs<scalar_t>& A, int64_t n, i
 template <typename scalar_t>
 __global__ void backward_kernel(BackwardArgs<scalar_t> A) {
   using T = at::opmath_type<scalar_t>;
-  __shared__ int sidx[4][kThreads];
-  __shared__ T swg[4][kThreads][2];
   const Dims& D = A.D;
   const int64_t n = blockIdx.y;
   if (static_cast<int>(blockIdx.x) >= A.scatter_blocks) {  // pointwise: d f_bc
@@ -151,40 +149,21 @@ __global__ void backward_kernel(BackwardArgs<scalar_t> A) {
   }
   // scatter: node q of f_ab gathers w_k g from every (pixel, tap) that reads it, in pixel order
   const int q = blockIdx.x * kThreads + threadIdx.x;
-  T ax = T(0), ay = T(0);
-  for (int64_t tile = 0; tile < D.P; tile += kThreads) {
-    const int64_t p = tile + threadIdx.x;
-    if (p < D.P) {
-      T g[2], dpx, dpy;
-      const auto t = pixel_grad(A, n, p, g, &dpx, &dpy);
-      for (int k = 0; k < 4; ++k) {
-        sidx[k][threadIdx.x] = t.idx[k];
-        swg[k][threadIdx.x][0] = t.w[k] * g[0];
-        swg[k][threadIdx.x][1] = t.w[k] * g[1];
-      }
-    } else {
-      for (int k = 0; k < 4; ++k) sidx[k][threadIdx.x] = -1;
-    }
-    __syncthreads();
-    const int count = static_cast<int>(D.P - tile < kThreads ? D.P - tile : kThreads);
-    for (int j = 0; j < count; ++j)
-      for (int k = 0; k < 4; ++k)
-        if (sidx[k][j] == q) {
-          ax += swg[k][j][0];
-          ay += swg[k][j][1];
-        }
-    __syncthreads();
-  }
+  T acc[2] = {T(0), T(0)};
+  gather_scan<2, kThreads>(D.P, q, [&](int64_t p, T* g) {
+    T dpx, dpy;
+    return pixel_grad(A, n, p, g, &dpx, &dpy);
+  }, acc);
   if (q < D.h * D.w) {
-    A.dfab[(n * D.h * D.w + q) * 2] = static_cast<scalar_t>(ax);
-    A.dfab[(n * D.h * D.w + q) * 2 + 1] = static_cast<scalar_t>(ay);
+    A.dfab[(n * D.h * D.w + q) * 2] = static_cast<scalar_t>(acc[0]);
+    A.dfab[(n * D.h * D.w + q) * 2 + 1] = static_cast<scalar_t>(acc[1]);
   }
 }
 
 template <typename scalar_t>
 void launch_backward(BackwardArgs<scalar_t> A) {
-  A.scatter_blocks = static_cast<int>(blocks_for(static_cast<int64_t>(A.D.h) * A.D.w));
-  const dim3 grid(A.scatter_blocks + blocks_for(A.D.P), static_cast<unsigned>(A.D.N));
+  A.scatter_blocks = static_cast<int>(blocks_for<kThreads>(static_cast<int64_t>(A.D.h) * A.D.w));
+  const dim3 grid(A.scatter_blocks + blocks_for<kThreads>(A.D.P), static_cast<unsigned>(A.D.N));
   backward_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -198,7 +177,7 @@ at::Tensor compose_cuda(const at::Tensor& f_ab_, const at::Tensor& f_bc_, c10::s
   const Dims D = dims_of(f_ab, f_bc);
   if (D.N * D.P == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_ab.scalar_type(), "compose_cuda", [&] {
-    compose_kernel<scalar_t><<<blocks_for(D.N * D.P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    compose_kernel<scalar_t><<<blocks_for<kThreads>(D.N * D.P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         f_ab.const_data_ptr<scalar_t>(), f_bc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), D,
         nearest);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -236,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor> consistency_loss_cuda(const at::Tensor& fwd_,
   const Dims D = dims_of(fwd, bwd);
   auto loss = at::zeros({}, fwd.options());
   auto count = at::zeros({}, fwd.options().dtype(at::kLong));
-  const int64_t per_sample = blocks_for(D.P), blocks = D.N * per_sample;
+  const int64_t per_sample = blocks_for<kThreads>(D.P), blocks = D.N * per_sample;
   if (blocks == 0) return {loss, count};
   TORCH_CHECK(blocks < (int64_t(1) << 31), "pscfast::consistency_loss: too many pixels");
   auto ticket = at::zeros({1}, fwd.options().dtype(at::kInt));

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "ops/common/correlation_taps.h"
+#include "ops/cuda/launch.cuh"
 
 namespace pscfast {
 namespace {
@@ -35,8 +36,6 @@ namespace {
 constexpr int kTile = 64;    // positions (or channels) per tile side
 constexpr int kChunk = 16;   // reduction step
 constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
-
-inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 // Taps of position p of the size x size grid in an H x W plane: the resize, or the grid sample when
 // grid_n is given; all-zero weights for p >= S (tile padding).
@@ -291,7 +290,7 @@ at::Tensor adjoint(const at::Tensor& dr, const scalar_t* grid, c10::IntArrayRef 
               "pscfast::_correlation_backward: maps too large for the CUDA backward");
   auto keys = at::empty({nk * S * 4}, dr.options().dtype(at::kInt));
   auto weights = at::empty({nk * S * 4}, dr.options());
-  tap_keys_kernel<scalar_t><<<blocks_for(nk * S), kThreads, 0, stream>>>(
+  tap_keys_kernel<scalar_t><<<blocks_for<kThreads>(nk * S), kThreads, 0, stream>>>(
       grid, keys.mutable_data_ptr<int32_t>(), weights.mutable_data_ptr<T>(), nk, static_cast<int>(size),
       static_cast<int>(shape[2]), static_cast<int>(shape[3]));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -300,7 +299,7 @@ at::Tensor adjoint(const at::Tensor& dr, const scalar_t* grid, c10::IntArrayRef 
   const auto order = std::get<1>(sorted);
   auto dx = at::empty(shape, out_options);
   if (dx.numel() == 0) return dx;
-  gather_kernel<scalar_t><<<blocks_for(N * C * plane), kThreads, 0, stream>>>(
+  gather_kernel<scalar_t><<<blocks_for<kThreads>(N * C * plane), kThreads, 0, stream>>>(
       dr.const_data_ptr<T>(), order.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(),
       weights.const_data_ptr<T>(), dx.mutable_data_ptr<scalar_t>(), N, static_cast<int>(C), plane,
       static_cast<int>(S), grid != nullptr);
@@ -354,7 +353,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (need_src) dsrc.push_back(adjoint<scalar_t>(dr, g, src[l].sizes(), size, src[l].options(), stream));
         if (need_grid) {
-          grid_grad_kernel<scalar_t><<<blocks_for(N * S), kThreads, 0, stream>>>(
+          grid_grad_kernel<scalar_t><<<blocks_for<kThreads>(N * S), kThreads, 0, stream>>>(
               src[l].const_data_ptr<scalar_t>(), g, dr.const_data_ptr<T>(), dgrid_acc.mutable_data_ptr<T>(), N, C,
               Hs, Ws, static_cast<int>(size));
           C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -18,14 +18,14 @@
 
 #include "ops/common/cycle_pixel.h"
 #include "ops/common/cycle_checks.h"
+#include "ops/cuda/gather_scan.cuh"
+#include "ops/cuda/launch.cuh"
 #include "ops/cuda/reduce.cuh"
 
 namespace pscfast {
 namespace {
 
 constexpr int kThreads = 256;
-
-inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 template <typename scalar_t>
 struct CycleArgs {
@@ -54,8 +54,6 @@ __global__ void compose_displacement_kernel(CycleArgs<scalar_t> A) {
 template <typename scalar_t>
 __global__ void compose_displacement_backward_kernel(CycleArgs<scalar_t> A) {
   using T = at::opmath_type<scalar_t>;
-  __shared__ int sidx[4][kThreads];
-  __shared__ T swg[4][kThreads][3];
   const CycleDims& D = A.D;
   const int64_t n = blockIdx.y;
   const scalar_t* fab = A.fab + n * 2 * D.P;
@@ -81,37 +79,20 @@ __global__ void compose_displacement_backward_kernel(CycleArgs<scalar_t> A) {
   }
   // scatter: image-b node q gathers w_tap g from every (pixel, tap) of image a that reads it, in pixel order
   const int q = blockIdx.x * kThreads + threadIdx.x;
-  T a0 = T(0), a1 = T(0), am = T(0);
-  for (int64_t tile = 0; tile < D.P; tile += kThreads) {
-    const int64_t p = tile + threadIdx.x;
-    if (p < D.P) {
-      T u, v;
-      const auto t = cycle_taps<T>(fab, D.P, static_cast<int>(p / D.W), static_cast<int>(p % D.W), D.W, D.Hb, D.Wb,
-                                   &u, &v);
-      const T g[3] = {static_cast<T>(A.gf[n * 2 * D.P + p]), static_cast<T>(A.gf[n * 2 * D.P + D.P + p]),
-                      static_cast<T>(A.gm[n * D.P + p]) * static_cast<T>(A.mab[n * D.P + p])};
-      for (int k = 0; k < 4; ++k) {
-        sidx[k][threadIdx.x] = t.idx[k];
-        for (int c = 0; c < 3; ++c) swg[k][threadIdx.x][c] = t.w[k] * g[c];
-      }
-    } else {
-      for (int k = 0; k < 4; ++k) sidx[k][threadIdx.x] = -1;
-    }
-    __syncthreads();
-    const int count = static_cast<int>(D.P - tile < kThreads ? D.P - tile : kThreads);
-    for (int j = 0; j < count; ++j)
-      for (int k = 0; k < 4; ++k)
-        if (sidx[k][j] == q) {
-          a0 += swg[k][j][0];
-          a1 += swg[k][j][1];
-          am += swg[k][j][2];
-        }
-    __syncthreads();
-  }
+  T acc[3] = {T(0), T(0), T(0)};
+  gather_scan<3, kThreads>(D.P, q, [&](int64_t p, T* g) {
+    T u, v;
+    const auto t = cycle_taps<T>(fab, D.P, static_cast<int>(p / D.W), static_cast<int>(p % D.W), D.W, D.Hb, D.Wb,
+                                 &u, &v);
+    g[0] = static_cast<T>(A.gf[n * 2 * D.P + p]);
+    g[1] = static_cast<T>(A.gf[n * 2 * D.P + D.P + p]);
+    g[2] = static_cast<T>(A.gm[n * D.P + p]) * static_cast<T>(A.mab[n * D.P + p]);
+    return t;
+  }, acc);
   if (q < D.Pb) {
-    A.dfbc[n * 2 * D.Pb + q] = static_cast<scalar_t>(a0);
-    A.dfbc[n * 2 * D.Pb + D.Pb + q] = static_cast<scalar_t>(a1);
-    A.dmbc[n * D.Pb + q] = static_cast<scalar_t>(am);
+    A.dfbc[n * 2 * D.Pb + q] = static_cast<scalar_t>(acc[0]);
+    A.dfbc[n * 2 * D.Pb + D.Pb + q] = static_cast<scalar_t>(acc[1]);
+    A.dmbc[n * D.Pb + q] = static_cast<scalar_t>(acc[2]);
   }
 }
 
@@ -128,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor> compose_displacement_cuda(const at::Tensor& f
                           m_ab.const_data_ptr<scalar_t>(), m_bc.const_data_ptr<scalar_t>(), nullptr, nullptr,
                           f_ac.mutable_data_ptr<scalar_t>(), m_ac.mutable_data_ptr<scalar_t>(), nullptr, nullptr,
                           nullptr, nullptr, D, 0};
-    compose_displacement_kernel<scalar_t><<<blocks_for(D.N * D.P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
+    compose_displacement_kernel<scalar_t><<<blocks_for<kThreads>(D.N * D.P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {f_ac, m_ac};
@@ -153,21 +134,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compose_displacement_
                           gf.const_data_ptr<scalar_t>(), gm.const_data_ptr<scalar_t>(), nullptr, nullptr,
                           d_fab.mutable_data_ptr<scalar_t>(), d_fbc.mutable_data_ptr<scalar_t>(),
                           d_mab.mutable_data_ptr<scalar_t>(), d_mbc.mutable_data_ptr<scalar_t>(), D,
-                          static_cast<int>(blocks_for(D.Pb))};
-    const dim3 grid(A.scatter_blocks + blocks_for(D.P), static_cast<unsigned>(D.N));
+                          static_cast<int>(blocks_for<kThreads>(D.Pb))};
+    const dim3 grid(A.scatter_blocks + blocks_for<kThreads>(D.P), static_cast<unsigned>(D.N));
     compose_displacement_backward_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {d_fab, d_fbc, d_mab, d_mbc};
-}
-
-template <typename scalar_t, typename T>
-__device__ T squared_error(const scalar_t* pred, const scalar_t* target, int64_t n, int64_t p, int64_t P, T* dx,
-                           T* dy) {
-  const int64_t i0 = n * 2 * P + p, i1 = i0 + P;
-  *dx = static_cast<T>(pred[i0]) - static_cast<T>(target[i0]);
-  *dy = static_cast<T>(pred[i1]) - static_cast<T>(target[i1]);
-  return *dx * *dx + *dy * *dy;
 }
 
 template <typename scalar_t>
@@ -180,7 +152,8 @@ __global__ void truncated_loss_kernel(const scalar_t* __restrict__ pred, const s
   T e = T(0);
   if (k < N * P) {
     T dx, dy;
-    e = squared_error(pred, target, k / P, k % P, P, &dx, &dy);
+    const int64_t n = k / P;
+    e = squared_error(pred + n * 2 * P, target + n * 2 * P, P, k - n * P, &dx, &dy);
     e = e > static_cast<T>(cap) ? static_cast<T>(cap) : e;
     if (mask) e *= static_cast<T>(mask[k]);
   }
@@ -192,6 +165,7 @@ __global__ void truncated_loss_kernel(const scalar_t* __restrict__ pred, const s
   if (threadIdx.x == 0) *loss = static_cast<scalar_t>(total);
 }
 
+// Gradients not asked for (null outputs) are neither computed nor written.
 template <typename scalar_t>
 __global__ void truncated_loss_backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ pred,
                                                const scalar_t* __restrict__ target, const scalar_t* __restrict__ mask,
@@ -200,17 +174,21 @@ __global__ void truncated_loss_backward_kernel(const scalar_t* __restrict__ grad
   using T = at::opmath_type<scalar_t>;
   const int64_t k = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
   if (k >= N * P) return;
-  const int64_t n = k / P, p = k % P;
+  const int64_t n = k / P, p = k - n * P, i0 = n * 2 * P + p;
   const T g = static_cast<T>(*grad), c = static_cast<T>(cap);
   T dx, dy;
-  const T e = squared_error(pred, target, n, p, P, &dx, &dy);
+  const T e = squared_error(pred + n * 2 * P, target + n * 2 * P, P, p, &dx, &dy);
+  if (dmask) dmask[k] = static_cast<scalar_t>(g * (e > c ? c : e));
+  if (!dpred && !dtarget) return;
   const T scale = e <= c ? g * (mask ? static_cast<T>(mask[k]) : T(1)) * T(2) : T(0);  // 0 where truncated
-  const int64_t i0 = n * 2 * P + p;
-  dpred[i0] = static_cast<scalar_t>(scale * dx);
-  dpred[i0 + P] = static_cast<scalar_t>(scale * dy);
-  dtarget[i0] = static_cast<scalar_t>(-scale * dx);
-  dtarget[i0 + P] = static_cast<scalar_t>(-scale * dy);
-  dmask[k] = static_cast<scalar_t>(g * (e > c ? c : e));
+  if (dpred) {
+    dpred[i0] = static_cast<scalar_t>(scale * dx);
+    dpred[i0 + P] = static_cast<scalar_t>(scale * dy);
+  }
+  if (dtarget) {
+    dtarget[i0] = static_cast<scalar_t>(-scale * dx);
+    dtarget[i0 + P] = static_cast<scalar_t>(-scale * dy);
+  }
 }
 
 at::Tensor truncated_flow_loss_cuda(const at::Tensor& pred_, const at::Tensor& target_,
@@ -219,7 +197,7 @@ at::Tensor truncated_flow_loss_cuda(const at::Tensor& pred_, const at::Tensor& t
   const c10::cuda::CUDAGuard guard(pred_.device());
   const auto pred = pred_.contiguous(), target = target_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
-  const int64_t N = pred.size(0), P = pred.size(2) * pred.size(3), blocks = blocks_for(N * P);
+  const int64_t N = pred.size(0), P = pred.size(2) * pred.size(3), blocks = blocks_for<kThreads>(N * P);
   auto loss = at::zeros({}, pred.options());
   if (blocks == 0) return loss;
   auto ticket = at::zeros({1}, pred.options().dtype(at::kInt));
@@ -238,7 +216,7 @@ at::Tensor truncated_flow_loss_cuda(const at::Tensor& pred_, const at::Tensor& t
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> truncated_flow_loss_backward_cuda(
     const at::Tensor& grad, const at::Tensor& pred_, const at::Tensor& target_, const c10::optional<at::Tensor>& mask_,
-    double trunc) {
+    double trunc, std::array<bool, 3> output_mask) {
   check_loss("_truncated_flow_loss_backward", pred_, target_, mask_);
   TORCH_CHECK(grad.numel() == 1, "pscfast::_truncated_flow_loss_backward: grad must be a scalar");
   const c10::cuda::CUDAGuard guard(pred_.device());
@@ -246,15 +224,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> truncated_flow_loss_backward_cuda
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
   const auto g = grad.to(pred.scalar_type()).contiguous();
   const int64_t N = pred.size(0), P = pred.size(2) * pred.size(3);
-  auto d_pred = at::empty_like(pred), d_target = at::empty_like(pred);
-  auto d_mask = at::empty({N, 1, pred.size(2), pred.size(3)}, pred.options());
-  if (N * P == 0) return {d_pred, d_target, d_mask};
+  at::Tensor d_pred, d_target, d_mask;
+  std::tie(d_pred, d_target, d_mask) = loss_grad_buffers(pred, output_mask);
+  if (N * P == 0 || !(output_mask[0] || output_mask[1] || output_mask[2])) return {d_pred, d_target, d_mask};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "truncated_flow_loss_backward_cuda",
                                   [&] {
-    truncated_loss_backward_kernel<scalar_t><<<blocks_for(N * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    truncated_loss_backward_kernel<scalar_t><<<blocks_for<kThreads>(N * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         g.const_data_ptr<scalar_t>(), pred.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(),
-        mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr, d_pred.mutable_data_ptr<scalar_t>(),
-        d_target.mutable_data_ptr<scalar_t>(), d_mask.mutable_data_ptr<scalar_t>(), N, P, trunc * trunc);
+        mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr,
+        output_mask[0] ? d_pred.mutable_data_ptr<scalar_t>() : nullptr,
+        output_mask[1] ? d_target.mutable_data_ptr<scalar_t>() : nullptr,
+        output_mask[2] ? d_mask.mutable_data_ptr<scalar_t>() : nullptr, N, P, trunc * trunc);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {d_pred, d_target, d_mask};

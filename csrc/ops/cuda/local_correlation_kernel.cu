@@ -15,13 +15,12 @@
 #include <tuple>
 
 #include "ops/common/local_correlation_geometry.h"
+#include "ops/cuda/launch.cuh"
 
 namespace pscfast {
 namespace {
 
 constexpr int kThreads = 256;
-
-inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 __device__ inline bool inside(int y, int x, int H, int W) { return y >= 0 && y < H && x >= 0 && x < W; }
 
@@ -100,7 +99,7 @@ at::Tensor local_correlation_cuda(const at::Tensor& a_, const at::Tensor& b_, in
   if (total == 0) return out;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "local_correlation_cuda", [&] {
-    forward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
+    forward_kernel<scalar_t><<<blocks_for<kThreads>(total), kThreads, 0, stream>>>(
         a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), G);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -112,10 +111,7 @@ std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cuda(
     int64_t max_displacement, int64_t stride, int64_t padding, int64_t dilation, int64_t dilation_patch,
     bool need_a, bool need_b) {
   const auto G = corr_geometry(a_, b_, kernel_size, max_displacement, stride, padding, dilation, dilation_patch);
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == G.N && grad_out.size(1) == G.P * G.P &&
-                  grad_out.size(2) == G.Ho && grad_out.size(3) == G.Wo && grad_out.scalar_type() == a_.scalar_type(),
-              "pscfast::_local_correlation_backward: grad_out must be (", G.N, ", ", G.P * G.P, ", ", G.Ho, ", ",
-              G.Wo, ") in a's dtype, got ", grad_out.sizes());
+  check_corr_grad(grad_out, a_, G);
   const c10::cuda::CUDAGuard guard(a_.device());
   const auto a = a_.contiguous(), b = b_.contiguous(), gout = grad_out.contiguous();
   auto grad_a = need_a ? at::empty(a.sizes(), a.options()) : at::zeros(a.sizes(), a.options());
@@ -125,12 +121,12 @@ std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cuda(
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "local_correlation_backward_cuda", [&] {
     if (need_a) {
-      backward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
+      backward_kernel<scalar_t><<<blocks_for<kThreads>(total), kThreads, 0, stream>>>(
           gout.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), grad_a.mutable_data_ptr<scalar_t>(), G, 1);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     if (need_b) {
-      backward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
+      backward_kernel<scalar_t><<<blocks_for<kThreads>(total), kThreads, 0, stream>>>(
           gout.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), grad_b.mutable_data_ptr<scalar_t>(), G, -1);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }

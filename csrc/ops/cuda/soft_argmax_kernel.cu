@@ -12,17 +12,14 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "ops/common/soft_argmax_checks.h"
 #include "ops/common/soft_argmax_math.h"
+#include "ops/cuda/launch.cuh"
 
 namespace pscfast {
 namespace {
 
 constexpr int kThreads = 128;
-
-struct Shape {
-  int64_t N, T, S;
-  int Ht, Wt;
-};
 
 template <typename T>
 struct RowStats {
@@ -32,14 +29,14 @@ struct RowStats {
 };
 
 template <typename scalar_t, typename T>
-__device__ T logit(const scalar_t* c, int64_t q, const Shape& sh, const RowStats<T>& st, T beta, T inv2s2) {
+__device__ T logit(const scalar_t* c, int64_t q, const SoftArgmaxShape& sh, const RowStats<T>& st, T beta, T inv2s2) {
   const T dx = static_cast<T>(static_cast<int>(q % sh.Wt) - st.bx);
   const T dy = static_cast<T>(static_cast<int>(q / sh.Wt) - st.by);
   return beta * exp(-(dx * dx + dy * dy) * inv2s2) * (static_cast<T>(c[q * sh.S]) / st.r);
 }
 
 template <typename scalar_t, typename T>
-__device__ RowStats<T> row_stats(const scalar_t* c, const Shape& sh, T beta, T inv2s2) {
+__device__ RowStats<T> row_stats(const scalar_t* c, const SoftArgmaxShape& sh, T beta, T inv2s2) {
   RowStats<T> st;
   T sq = T(0), best = static_cast<T>(c[0]);
   int arg = 0;
@@ -69,7 +66,7 @@ __device__ RowStats<T> row_stats(const scalar_t* c, const Shape& sh, T beta, T i
 
 // d L / d n_q (returned) and n_q (in nq) for target position q.
 template <typename scalar_t, typename T>
-__device__ T grad_n(const scalar_t* c, int64_t q, const Shape& sh, const RowStats<T>& st, T beta, T inv2s2, T xb,
+__device__ T grad_n(const scalar_t* c, int64_t q, const SoftArgmaxShape& sh, const RowStats<T>& st, T beta, T inv2s2, T xb,
                     T yb, T dv, T& nq) {
   const T dx = static_cast<T>(static_cast<int>(q % sh.Wt) - st.bx);
   const T dy = static_cast<T>(static_cast<int>(q / sh.Wt) - st.by);
@@ -80,7 +77,7 @@ __device__ T grad_n(const scalar_t* c, int64_t q, const Shape& sh, const RowStat
 }
 
 template <typename scalar_t>
-__global__ void forward_kernel(const scalar_t* __restrict__ corr, scalar_t* __restrict__ out, Shape sh,
+__global__ void forward_kernel(const scalar_t* __restrict__ corr, scalar_t* __restrict__ out, SoftArgmaxShape sh,
                                at::opmath_type<scalar_t> beta, at::opmath_type<scalar_t> inv2s2) {
   using T = at::opmath_type<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -93,7 +90,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ corr, scalar_t* __re
 
 template <typename scalar_t>
 __global__ void backward_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ corr,
-                                scalar_t* __restrict__ grad, Shape sh, at::opmath_type<scalar_t> beta,
+                                scalar_t* __restrict__ grad, SoftArgmaxShape sh, at::opmath_type<scalar_t> beta,
                                 at::opmath_type<scalar_t> inv2s2) {
   using T = at::opmath_type<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -118,16 +115,8 @@ __global__ void backward_kernel(const scalar_t* __restrict__ gout, const scalar_
   }
 }
 
-Shape check(const at::Tensor& corr, int64_t Ht, int64_t Wt, double sigma) {
-  TORCH_CHECK(corr.dim() == 4, "pscfast::kernel_soft_argmax: corr must be (N, Ht*Wt, Hs, Ws), got ", corr.sizes());
-  TORCH_CHECK(Ht > 0 && Wt > 0 && Ht * Wt == corr.size(1), "pscfast::kernel_soft_argmax: target size ", Ht, "x",
-              Wt, " does not match the ", corr.size(1), " channels of corr");
-  TORCH_CHECK(sigma > 0, "pscfast::kernel_soft_argmax: sigma must be positive");
-  return {corr.size(0), corr.size(1), corr.size(2) * corr.size(3), static_cast<int>(Ht), static_cast<int>(Wt)};
-}
-
 at::Tensor soft_argmax_cuda(const at::Tensor& corr_, int64_t Ht, int64_t Wt, double beta, double sigma) {
-  const Shape sh = check(corr_, Ht, Wt, sigma);
+  const SoftArgmaxShape sh = check_soft_argmax(corr_, Ht, Wt, sigma);
   const c10::cuda::CUDAGuard guard(corr_.device());
   const auto corr = corr_.contiguous();
   auto out = at::empty({sh.N, corr.size(2), corr.size(3), 2}, corr.options());
@@ -136,7 +125,7 @@ at::Tensor soft_argmax_cuda(const at::Tensor& corr_, int64_t Ht, int64_t Wt, dou
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, corr.scalar_type(), "kernel_soft_argmax_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
-    forward_kernel<scalar_t><<<(total + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+    forward_kernel<scalar_t><<<blocks_for<kThreads>(total), kThreads, 0, stream>>>(
         corr.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), sh, static_cast<T>(beta),
         static_cast<T>(1.0 / (2.0 * sigma * sigma)));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -146,11 +135,8 @@ at::Tensor soft_argmax_cuda(const at::Tensor& corr_, int64_t Ht, int64_t Wt, dou
 
 at::Tensor soft_argmax_backward_cuda(const at::Tensor& grad_out, const at::Tensor& corr_, int64_t Ht, int64_t Wt,
                                     double beta, double sigma) {
-  const Shape sh = check(corr_, Ht, Wt, sigma);
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == sh.N && grad_out.size(1) * grad_out.size(2) == sh.S &&
-                  grad_out.size(3) == 2 && grad_out.scalar_type() == corr_.scalar_type(),
-              "pscfast::_kernel_soft_argmax_backward: grad_out must be (N, Hs, Ws, 2) in corr's dtype, got ",
-              grad_out.sizes());
+  const SoftArgmaxShape sh = check_soft_argmax(corr_, Ht, Wt, sigma);
+  check_soft_argmax_grad(grad_out, corr_, sh);
   const c10::cuda::CUDAGuard guard(corr_.device());
   const auto corr = corr_.contiguous();
   const auto gout = grad_out.contiguous();
@@ -161,7 +147,7 @@ at::Tensor soft_argmax_backward_cuda(const at::Tensor& grad_out, const at::Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, corr.scalar_type(), "kernel_soft_argmax_backward_cuda",
                                   [&] {
     using T = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t><<<(total + kThreads - 1) / kThreads, kThreads, 0, stream>>>(
+    backward_kernel<scalar_t><<<blocks_for<kThreads>(total), kThreads, 0, stream>>>(
         gout.const_data_ptr<scalar_t>(), corr.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), sh,
         static_cast<T>(beta), static_cast<T>(1.0 / (2.0 * sigma * sigma)));
     C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -21,6 +21,7 @@
 
 #include "ops/common/warp_checks.h"
 #include "ops/common/warp_pixel.h"
+#include "ops/cuda/launch.cuh"
 
 namespace pscfast {
 namespace {
@@ -40,8 +41,6 @@ Geometry geometry(c10::IntArrayRef x_size, const at::Tensor& grid, int64_t Ho, i
   g.direct = g.h == g.Ho && g.w == g.Wo;
   return g;
 }
-
-inline unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
 template <typename scalar_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grid,
@@ -225,7 +224,7 @@ at::Tensor warp_cuda(const at::Tensor& x_, const at::Tensor& grid_, c10::IntArra
   const auto p = parse_padding(std::string(padding_mode));
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "warp_cuda", [&] {
-    forward_kernel<scalar_t><<<blocks_for(total), kThreads, 0, stream>>>(
+    forward_kernel<scalar_t><<<blocks_for<kThreads>(total), kThreads, 0, stream>>>(
         x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), G, m, p,
         align_corners);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -249,7 +248,7 @@ at::Tensor warp_backward_grid_cuda(const at::Tensor& grad_out, const at::Tensor&
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "warp_backward_grid_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     if (G.direct) {
-      grid_grad_direct_kernel<scalar_t><<<blocks_for(G.N * G.Ho * G.Wo), kThreads, 0, stream>>>(
+      grid_grad_direct_kernel<scalar_t><<<blocks_for<kThreads>(G.N * G.Ho * G.Wo), kThreads, 0, stream>>>(
           x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(), gout.const_data_ptr<scalar_t>(),
           dgrid.mutable_data_ptr<scalar_t>(), G, p, align_corners);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -261,7 +260,7 @@ at::Tensor warp_backward_grid_cuda(const at::Tensor& grad_out, const at::Tensor&
         x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(), gout.const_data_ptr<scalar_t>(),
         partial.mutable_data_ptr<T>(), G, p, align_corners);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    grid_grad_nodes_kernel<scalar_t><<<blocks_for(G.N * G.h * G.w), kThreads, 0, stream>>>(
+    grid_grad_nodes_kernel<scalar_t><<<blocks_for<kThreads>(G.N * G.h * G.w), kThreads, 0, stream>>>(
         partial.const_data_ptr<T>(), dgrid.mutable_data_ptr<scalar_t>(), G);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -291,7 +290,7 @@ at::Tensor warp_backward_x_cuda(const at::Tensor& grad_out, const at::Tensor& gr
     const int64_t ns = std::min(chunk, G.N - n0);
     auto keys = at::empty({ns * pixels * taps}, grid.options().dtype(at::kInt));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "warp_tap_keys_cuda", [&] {
-      tap_keys_kernel<scalar_t><<<blocks_for(ns * pixels), kThreads, 0, stream>>>(
+      tap_keys_kernel<scalar_t><<<blocks_for<kThreads>(ns * pixels), kThreads, 0, stream>>>(
           grid.const_data_ptr<scalar_t>(), keys.mutable_data_ptr<int32_t>(), G, n0, ns, taps, m, p, align_corners);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
@@ -300,7 +299,7 @@ at::Tensor warp_backward_x_cuda(const at::Tensor& grad_out, const at::Tensor& gr
     auto offsets = at::searchsorted(std::get<0>(sorted), bounds).to(at::kLong);
     const auto order = std::get<1>(sorted);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gout.scalar_type(), "warp_backward_x_cuda", [&] {
-      gather_x_grad_kernel<scalar_t><<<blocks_for(ns * G.C * plane), kThreads, 0, stream>>>(
+      gather_x_grad_kernel<scalar_t><<<blocks_for<kThreads>(ns * G.C * plane), kThreads, 0, stream>>>(
           grid.const_data_ptr<scalar_t>(), gout.const_data_ptr<scalar_t>(), order.const_data_ptr<int64_t>(),
           offsets.const_data_ptr<int64_t>(), dx.mutable_data_ptr<scalar_t>(), G, n0, ns, taps, m, p, align_corners);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
