@@ -1,22 +1,12 @@
 """Checkpoints: the release format (keys and shapes of the authors' TSV), strictness, pscfast's own format."""
-import os
 
 import pytest
 import torch
 
 from pscfast.models import PSCNet, load_checkpoint, save_checkpoint
 from pscfast.models.checkpoint import release_to_pscnet
+from tests.models.release_recipe import release_keys
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data")
-
-
-def release_keys(arch):
-    rows = open(os.path.join(DATA, f"release-state-dict-{arch}.tsv")).read().splitlines()[1:]
-    out = {}
-    for row in rows:
-        key, shape, dtype = row.split("\t")
-        out[key] = (() if shape == "scalar" else tuple(int(s) for s in shape.split("x")), getattr(torch, dtype))
-    return out
 
 
 def release_state(arch="resnet18", seed=0):
