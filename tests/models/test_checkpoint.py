@@ -1,12 +1,10 @@
 """Checkpoints: the release format (keys and shapes of the authors' TSV), strictness, pscfast's own format."""
-
 import pytest
 import torch
 
 from pscfast.models import PSCNet, load_checkpoint, save_checkpoint
 from pscfast.models.checkpoint import release_to_pscnet
 from tests.models.release_recipe import release_keys
-
 
 
 def release_state(arch="resnet18", seed=0):
