@@ -10,8 +10,14 @@ Nearest rounds half to even (grid_sample) into tap 0 with weight 1; its coordina
 """
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
+
+
+def accumulation(dtype: torch.dtype):
+    """(Triton, torch) accumulation types of a kernel on `dtype`: float64 stays float64, the rest use float32."""
+    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
 
 
 @triton.jit

@@ -18,15 +18,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._field import clamp_pixel, field_taps, gather_scatter, tap_values
+from ._field import accumulation, clamp_pixel, field_taps, gather_scatter, tap_values
 
 BLOCK = 128
 BQ, BP = 32, 64
 RBLOCK = 128
-
-
-def _acc(dtype):
-    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
 
 
 @triton.jit
@@ -158,7 +154,7 @@ def compose_fwd(f_ab, f_bc, mode):
     out = torch.empty_like(f_bc)
     if out.numel():
         compose_fwd_kernel[(triton.cdiv(P, BLOCK), N)](f_ab, f_bc, out, h, w, P, NEAREST=mode == "nearest",
-                                                       ACC=_acc(f_ab.dtype)[0], BLOCK=BLOCK)
+                                                       ACC=accumulation(f_ab.dtype)[0], BLOCK=BLOCK)
     return out
 
 
@@ -170,7 +166,7 @@ def _bwd(grad, count, xs, ys, f_ab, f_bc, mode, loss):
         nqb = triton.cdiv(h * w, BQ)
         compose_bwd_kernel[(nqb + triton.cdiv(P, BP), N)](
             grad, count, xs, ys, f_ab, f_bc, d_ab, d_bc, h, w, f_bc.shape[2], P, nqb, LOSS=loss,
-            NEAREST=mode == "nearest", ACC=_acc(f_ab.dtype)[0], BQ=BQ, BP=BP)
+            NEAREST=mode == "nearest", ACC=accumulation(f_ab.dtype)[0], BQ=BQ, BP=BP)
     return d_ab, d_bc
 
 
@@ -183,7 +179,7 @@ def consistency_fwd(fwd, bwd, xs, ys, mode):
     N, h, w, _ = fwd.shape
     wo = bwd.shape[2]
     P = bwd.shape[1] * wo
-    acc, acc_t = _acc(fwd.dtype)
+    acc, acc_t = accumulation(fwd.dtype)
     nblk = triton.cdiv(P, BLOCK)
     nprog = N * nblk
     psum = torch.empty(nprog, dtype=acc_t, device=fwd.device)

@@ -19,15 +19,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ._field import clamp_pixel, field_taps, gather_scatter, tap_values
+from ._field import accumulation, clamp_pixel, field_taps, gather_scatter, tap_values
 
 BLOCK = 128
 BQ, BP = 32, 64
 RBLOCK = 128
-
-
-def _acc(dtype):
-    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
 
 
 @triton.jit
@@ -172,7 +168,7 @@ def compose_displacement_fwd(f_ab, f_bc, m_ab, m_bc):
     f_ac, m_ac = torch.empty_like(f_ab), torch.empty_like(m_ab)
     if N:
         compose_displacement_fwd_kernel[(triton.cdiv(H * W, BLOCK), N)](
-            f_ab, f_bc, m_ab, m_bc, f_ac, m_ac, W, H * W, Hb, Wb, Hb * Wb, ACC=_acc(f_ab.dtype)[0], BLOCK=BLOCK)
+            f_ab, f_bc, m_ab, m_bc, f_ac, m_ac, W, H * W, Hb, Wb, Hb * Wb, ACC=accumulation(f_ab.dtype)[0], BLOCK=BLOCK)
     return f_ac, m_ac
 
 
@@ -185,13 +181,13 @@ def compose_displacement_bwd(grad_f, grad_m, f_ab, f_bc, m_ab, m_bc):
         nqb = triton.cdiv(Hb * Wb, BQ)
         compose_displacement_bwd_kernel[(nqb + triton.cdiv(H * W, BP), N)](
             grad_f, grad_m, f_ab, f_bc, m_ab, m_bc, out[0], out[1], out[2], out[3], W, H * W, Hb, Wb, Hb * Wb, nqb,
-            ACC=_acc(f_ab.dtype)[0], BQ=BQ, BP=BP)
+            ACC=accumulation(f_ab.dtype)[0], BQ=BQ, BP=BP)
     return tuple(out)
 
 
 def truncated_loss_fwd(pred, target, mask, T):
     N, _, H, W = pred.shape
-    acc, acc_t = _acc(pred.dtype)
+    acc, acc_t = accumulation(pred.dtype)
     nblk = triton.cdiv(H * W, BLOCK)
     nprog = N * nblk
     psum = torch.empty(nprog, dtype=acc_t, device=pred.device)
@@ -215,5 +211,5 @@ def truncated_loss_bwd(grad, pred, target, mask, T, need):
         truncated_loss_bwd_kernel[(triton.cdiv(H * W, BLOCK), N)](
             grad, pred, target, pred if mask is None else mask, d_pred, d_target, d_mask, H * W, T * T,
             HAS_MASK=mask is not None, NEED_PRED=need[0], NEED_TARGET=need[1], NEED_MASK=need[2],
-            ACC=_acc(pred.dtype)[0], BLOCK=BLOCK)
+            ACC=accumulation(pred.dtype)[0], BLOCK=BLOCK)
     return tuple(out)

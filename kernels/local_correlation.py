@@ -15,9 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+from ._field import accumulation
 
 
 def _out_size(H, W, k, stride, padding, dilation):
@@ -113,7 +111,7 @@ def local_correlation_fwd(a, b, kernel_size, max_displacement, stride, padding, 
     bp, bw = _blocks(P * P, Wo)
     grid = (N * Ho, triton.cdiv(Wo, bw))
     _forward[grid](a, b, out, C, H, W, Ho, Wo, P, max_displacement, stride, padding, dilation, dilation_patch,
-                   K=kernel_size, BP=bp, BW=bw, ACC=_acc(a.dtype))
+                   K=kernel_size, BP=bp, BW=bw, ACC=accumulation(a.dtype)[0])
     return out
 
 
@@ -129,5 +127,5 @@ def local_correlation_bwd(grad_out, other, kernel_size, max_displacement, stride
     bp, bw = _blocks(P * P, W)
     grid = (N * H, triton.cdiv(W, bw))
     _backward[grid](grad_out, other, grad, C, H, W, Ho, Wo, P, max_displacement, stride, padding, dilation,
-                    dilation_patch, SIGN=sign, K=kernel_size, BP=bp, BW=bw, ACC=_acc(other.dtype))
+                    dilation_patch, SIGN=sign, K=kernel_size, BP=bp, BW=bw, ACC=accumulation(other.dtype)[0])
     return grad

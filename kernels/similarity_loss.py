@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from . import INTERPRET
+from ._field import accumulation
 from ._resize import ConcatResize, chunks
 
 EPS = 1e-12  # F.normalize's eps
@@ -200,7 +201,7 @@ def _prec(x: torch.Tensor) -> str:
 
 
 def _plans(fw, ft, size):
-    acc = torch.float64 if fw[0].dtype == torch.float64 else torch.float32
+    acc = accumulation(fw[0].dtype)[1]
     rw, rt = ConcatResize(fw, size, acc), ConcatResize(ft, size, acc)
     return rw, rt, chunks(fw[0].shape[0], rw.channels, size * size, fw[0].element_size())
 

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._field import accumulation
+
 BLOCK_T = 32
 BLOCK_S = 32
 NORM_EPS = 1e-12  # F.normalize's eps
@@ -133,17 +135,12 @@ def _grad_n(c_ptr, base, q, s, m, S, Wt, r, bx, by, zmax, tot, xb, yb, dv, beta,
     return nb, nq
 
 
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _params(corr, target_size, beta, sigma):
     """beta, 1 / (2 sigma^2) and d(normalised)/d(cell) along x and y (0 for a size of 1), in the
     accumulation dtype, so that float64 runs are exact."""
     Ht, Wt = target_size
-    dtype = torch.float64 if corr.dtype == torch.float64 else torch.float32
     values = [beta, 1.0 / (2.0 * sigma * sigma), 2.0 / (Wt - 1) if Wt > 1 else 0.0, 2.0 / (Ht - 1) if Ht > 1 else 0.0]
-    return torch.tensor(values, dtype=dtype).to(corr.device)
+    return torch.tensor(values, dtype=accumulation(corr.dtype)[1]).to(corr.device)
 
 
 def soft_argmax_fwd(corr, target_size, beta, sigma):
@@ -153,7 +150,7 @@ def soft_argmax_fwd(corr, target_size, beta, sigma):
     out = corr.new_empty(N, Hs, Ws, 2)
     grid = (N, triton.cdiv(S, BLOCK_S))
     _forward[grid](corr, out, _params(corr, target_size, beta, sigma), T, S, target_size[0], target_size[1],
-                   BT=BLOCK_T, BS=BLOCK_S, ACC=_acc(corr.dtype))
+                   BT=BLOCK_T, BS=BLOCK_S, ACC=accumulation(corr.dtype)[0])
     return out
 
 
@@ -164,5 +161,5 @@ def soft_argmax_bwd(grad_out, corr, target_size, beta, sigma):
     grad = torch.empty_like(corr)
     grid = (N, triton.cdiv(S, BLOCK_S))
     _backward[grid](grad_out, corr, grad, _params(corr, target_size, beta, sigma), T, S, target_size[0],
-                    target_size[1], BT=BLOCK_T, BS=BLOCK_S, ACC=_acc(corr.dtype))
+                    target_size[1], BT=BLOCK_T, BS=BLOCK_S, ACC=accumulation(corr.dtype)[0])
     return grad

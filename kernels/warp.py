@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._field import clamp_pixel, field_taps, grid_to_pixel, resize_taps, tap_values
+from ._field import accumulation, clamp_pixel, field_taps, grid_to_pixel, resize_taps, tap_values
 from ._tables import cell_starts, lerp_table
 
 BLOCK = 128
@@ -233,10 +233,6 @@ def warp_bwd_x_gather_kernel(gout_ptr, order_ptr, offsets_ptr, weights_ptr, dx_p
 # ----------------------------------------------------------------------------------------------------------
 # Launchers. Inputs: contiguous x (N, C, H, W) and grid (N, h, w, 2) of one dtype.
 
-def _acc(dtype: torch.dtype):
-    return (tl.float64, torch.float64) if dtype == torch.float64 else (tl.float32, torch.float32)
-
-
 def _tables(h, w, Ho, Wo, dtype, device):
     ry, rly = lerp_table(h, Ho, True, dtype, device)
     rx, rlx = lerp_table(w, Wo, True, dtype, device)
@@ -250,7 +246,7 @@ def warp_fwd(x, grid, out_size, mode, padding_mode, align_corners):
     out = torch.empty((N, C, Ho, Wo), device=x.device, dtype=x.dtype)
     if out.numel() == 0:
         return out
-    acc, acc_t = _acc(x.dtype)
+    acc, acc_t = accumulation(x.dtype)
     tables = _tables(h, w, Ho, Wo, acc_t, x.device)
     warp_fwd_kernel[(triton.cdiv(Ho * Wo, BLOCK), N)](
         x, grid, *tables, out, C, H, W, h, w, Ho, Wo, NEAREST=mode == "nearest", BORDER=padding_mode == "border",
@@ -264,7 +260,7 @@ def warp_bwd_grid(gout, x, grid, mode, padding_mode, align_corners):
     Ho, Wo = gout.shape[2:]
     if mode == "nearest" or N == 0:
         return torch.zeros_like(grid)
-    acc, acc_t = _acc(x.dtype)
+    acc, acc_t = accumulation(x.dtype)
     ry, rly, rx, rlx = _tables(h, w, Ho, Wo, acc_t, x.device)
     flags = dict(BORDER=padding_mode == "border", ALIGN=align_corners, ACC=acc, BLOCK=BLOCK)
     if (h, w) == (Ho, Wo):
@@ -291,7 +287,7 @@ def warp_bwd_x(gout, grid, x_size, mode, padding_mode, align_corners):
     dx = torch.zeros(x_size, device=gout.device, dtype=gout.dtype)
     if dx.numel() == 0 or Ho * Wo == 0:
         return dx
-    acc, acc_t = _acc(gout.dtype)
+    acc, acc_t = accumulation(gout.dtype)
     tables = _tables(h, w, Ho, Wo, acc_t, gout.device)
     taps = 1 if mode == "nearest" else 4
     plane, pixels = H * W, Ho * Wo
