@@ -1,0 +1,239 @@
+// The CPU warp's per-row tap machinery: the plan of a call (sizes, modes, the grid's resize tables) and
+// RowTaps, which turns one output row's grid points into arrays of tap offsets and coefficients that the
+// kernels in warp_kernel.cpp loop over. Free functions over __restrict pointers with integer masks and no
+// branches, so that their loops vectorise (PSC_MULTIVERSION adds an AVX2 + FMA build).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "ops/common/warp_checks.h"
+#include "ops/common/warp_pixel.h"
+#include "ops/cpu/vectorize.h"
+
+namespace pscfast {
+namespace cpu_warp {
+
+template <typename T>
+struct Plan {
+  int64_t N, C;
+  int H, W, h, w, Ho, Wo;
+  bool direct;  // the grid already has the output size
+  SampleMode mode;
+  Padding pad;
+  bool align;
+  std::vector<Lerp<T>> ly;        // resize of the grid along rows
+  std::vector<int32_t> xi0, xi1;  // ... and along columns, as arrays
+  std::vector<T> xl0, xl1;
+  std::vector<Lerp<T>> lx;
+
+  Plan(c10::IntArrayRef x_size, const at::Tensor& grid, int64_t Ho_, int64_t Wo_, c10::string_view mode_,
+       c10::string_view pad_, bool align_)
+      : N(x_size[0]), C(x_size[1]), H(static_cast<int>(x_size[2])), W(static_cast<int>(x_size[3])),
+        h(static_cast<int>(grid.size(1))), w(static_cast<int>(grid.size(2))), Ho(static_cast<int>(Ho_)),
+        Wo(static_cast<int>(Wo_)), direct(h == Ho && w == Wo), mode(parse_mode(std::string(mode_))),
+        pad(parse_padding(std::string(pad_))), align(align_) {
+    for (int i = 0; i < Ho; ++i) ly.push_back(resize_index<T>(i, h, Ho));
+    for (int i = 0; i < Wo; ++i) {
+      lx.push_back(resize_index<T>(i, w, Wo));
+      xi0.push_back(lx.back().i0);
+      xi1.push_back(lx.back().i1);
+      xl0.push_back(lx.back().l0);
+      xl1.push_back(lx.back().l1);
+    }
+  }
+
+  int64_t plane() const { return static_cast<int64_t>(H) * W; }
+  int64_t oplane() const { return static_cast<int64_t>(Ho) * Wo; }
+};
+
+// Grid coordinate -> pixel coordinate for a whole row (g[kStride * i], so that x and y are read straight from
+// an (x, y)-interleaved grid row), written without branches so that it vectorises; the same arithmetic as
+// grid_to_pixel in sampling.h.
+template <int kStride, typename T>
+PSC_MULTIVERSION void row_to_pixel(const T* __restrict g, int n, int size, bool align, Padding pad, T* __restrict p,
+                                   T* __restrict dp) {
+  const T scale = align ? static_cast<T>(size - 1) : static_cast<T>(size);
+  const T d0 = scale / T(2), hi = static_cast<T>(size - 1), far = static_cast<T>(size + 1);
+  for (int i = 0; i < n; ++i) {
+    const T gi = g[kStride * i];
+    T v = align ? ((gi + T(1)) / T(2)) * scale : ((gi + T(1)) * scale - T(1)) / T(2);
+    if (pad == Padding::kBorder) {
+      dp[i] = (v > T(0) && v < hi) ? d0 : T(0);
+      v = v < T(0) ? T(0) : (v > hi ? hi : v);
+    } else {
+      dp[i] = d0;
+      v = v < T(-2) ? T(-2) : (v > far ? far : v);
+    }
+    p[i] = v;
+  }
+}
+
+// One pixel's bilinear taps, k = 0..3 for upper-left, upper-right, lower-left, lower-right: the offset q of
+// tap 0, masks mk (1 when tap k is inside the image) and the distances e, r to the right and left tap columns
+// and s, d to the lower and upper tap rows. Tap k has weight (e or r) * (s or d); with v_k = mk x[offset k],
+// d(sample)/d(px) = (v1 - v0) s + (v3 - v2) d and d(sample)/d(py) = (v2 - v0) e + (v3 - v1) r.
+// Integer masks and no branches, so that the row loops below vectorise.
+template <typename T>
+struct Bilinear {
+  T e, r, s, d;
+  int m0, m1, m2, m3, q;
+
+  Bilinear(T px, T py, int W, int H) {
+    const int x0 = floor_int(px), y0 = floor_int(py);
+    const T fx = static_cast<T>(x0), fy = static_cast<T>(y0);
+    e = fx + T(1) - px, r = px - fx, s = fy + T(1) - py, d = py - fy;
+    const int mx0 = (x0 >= 0) & (x0 < W), mx1 = (x0 >= -1) & (x0 + 1 < W);
+    const int my0 = (y0 >= 0) & (y0 < H), my1 = (y0 >= -1) & (y0 + 1 < H);
+    m0 = my0 & mx0, m1 = my0 & mx1, m2 = my1 & mx0, m3 = my1 & mx1;
+    q = y0 * W + x0;
+  }
+  // Element offsets of the taps; a tap outside reads element 0 (and its mask is 0).
+  void offsets(int W, int32_t& o0, int32_t& o1, int32_t& o2, int32_t& o3) const {
+    o0 = q * m0, o1 = (q + 1) * m1, o2 = (q + W) * m2, o3 = (q + W + 1) * m3;
+  }
+};
+
+// Offsets, weights and masks of a row of pixel positions (the image backward).
+template <typename T>
+PSC_MULTIVERSION void bilinear_row(int n, int W, int H, const T* __restrict px, const T* __restrict py,
+                                   T* __restrict w0, T* __restrict w1, T* __restrict w2, T* __restrict w3,
+                                   T* __restrict m0, T* __restrict m1, T* __restrict m2, T* __restrict m3,
+                                   int32_t* __restrict o0, int32_t* __restrict o1, int32_t* __restrict o2,
+                                   int32_t* __restrict o3) {
+  for (int i = 0; i < n; ++i) {
+    const Bilinear<T> b(px[i], py[i], W, H);
+    b.offsets(W, o0[i], o1[i], o2[i], o3[i]);
+    m0[i] = static_cast<T>(b.m0), m1[i] = static_cast<T>(b.m1), m2[i] = static_cast<T>(b.m2);
+    m3[i] = static_cast<T>(b.m3);
+    w0[i] = b.e * b.s, w1[i] = b.r * b.s, w2[i] = b.e * b.d, w3[i] = b.r * b.d;
+  }
+}
+
+// Offsets and masked weights c_k = mk wk of a row (the forward).
+template <typename T>
+PSC_MULTIVERSION void bilinear_row_weights(int n, int W, int H, const T* __restrict px, const T* __restrict py,
+                                           T* __restrict c0, T* __restrict c1, T* __restrict c2, T* __restrict c3,
+                                           int32_t* __restrict o0, int32_t* __restrict o1, int32_t* __restrict o2,
+                                           int32_t* __restrict o3) {
+  for (int i = 0; i < n; ++i) {
+    const Bilinear<T> b(px[i], py[i], W, H);
+    b.offsets(W, o0[i], o1[i], o2[i], o3[i]);
+    c0[i] = static_cast<T>(b.m0) * b.e * b.s, c1[i] = static_cast<T>(b.m1) * b.r * b.s;
+    c2[i] = static_cast<T>(b.m2) * b.e * b.d, c3[i] = static_cast<T>(b.m3) * b.r * b.d;
+  }
+}
+
+// Offsets and the coefficients of d(sample)/d(grid) = (sum_k ax_k x[o_k], sum_k ay_k x[o_k]) of a row (the
+// grid backward): the masks, the distances and d(pixel)/d(grid) (dpx, dpy) folded into one number per tap.
+template <typename T>
+PSC_MULTIVERSION void bilinear_row_grad(int n, int W, int H, const T* __restrict px, const T* __restrict py,
+                                        const T* __restrict dpx, const T* __restrict dpy, T* __restrict ax0,
+                                        T* __restrict ax1, T* __restrict ax2, T* __restrict ax3, T* __restrict ay0,
+                                        T* __restrict ay1, T* __restrict ay2, T* __restrict ay3,
+                                        int32_t* __restrict o0, int32_t* __restrict o1, int32_t* __restrict o2,
+                                        int32_t* __restrict o3) {
+  for (int i = 0; i < n; ++i) {
+    const Bilinear<T> b(px[i], py[i], W, H);
+    b.offsets(W, o0[i], o1[i], o2[i], o3[i]);
+    const T n0 = static_cast<T>(b.m0), n1 = static_cast<T>(b.m1), n2 = static_cast<T>(b.m2),
+            n3 = static_cast<T>(b.m3);
+    const T sx = b.s * dpx[i], dx = b.d * dpx[i], ey = b.e * dpy[i], ry = b.r * dpy[i];
+    ax0[i] = -n0 * sx, ax1[i] = n1 * sx, ax2[i] = -n2 * dx, ax3[i] = n3 * dx;
+    ay0[i] = -n0 * ey, ay1[i] = -n1 * ry, ay2[i] = n2 * ey, ay3[i] = n3 * ry;
+  }
+}
+
+// The taps of every pixel of one output row, as arrays (offsets off; then, depending on the pass, weights w
+// and masks m, or the grid-gradient coefficients ax, ay), from the pixel coordinates px, py and
+// d(pixel)/d(grid) dpx, dpy.
+template <typename T>
+struct RowTaps {
+  std::vector<T> gx, gy, px, py, dpx, dpy, rowx, rowy;
+  std::vector<T> w[4], m[4], ax[4], ay[4];
+  std::vector<int32_t> off[4];
+
+  explicit RowTaps(const Plan<T>& P)
+      : gx(P.Wo), gy(P.Wo), px(P.Wo), py(P.Wo), dpx(P.Wo), dpy(P.Wo), rowx(P.w), rowy(P.w) {
+    for (int k = 0; k < 4; ++k) {
+      for (auto* v : {&w[k], &m[k], &ax[k], &ay[k]}) v->resize(P.Wo);
+      off[k].resize(P.Wo);
+    }
+  }
+
+  // Pixel coordinates px, py of row (n, oy) and d(pixel)/d(grid) dpx, dpy.
+  void coords(const Plan<T>& P, const T* grid, int64_t n, int oy) {
+    const int Wo = P.Wo;
+    const T* gn = grid + n * P.h * P.w * 2;
+    if (P.direct) {
+      const T* row = gn + static_cast<int64_t>(oy) * P.w * 2;
+      row_to_pixel<2>(row, Wo, P.W, P.align, P.pad, px.data(), dpx.data());
+      row_to_pixel<2>(row + 1, Wo, P.H, P.align, P.pad, py.data(), dpy.data());
+      return;
+    }
+    const Lerp<T>& ly = P.ly[oy];
+    const T* r0 = gn + static_cast<int64_t>(ly.i0) * P.w * 2;
+    const T* r1 = gn + static_cast<int64_t>(ly.i1) * P.w * 2;
+    for (int j = 0; j < P.w; ++j) {
+      rowx[j] = ly.l0 * r0[2 * j] + ly.l1 * r1[2 * j];
+      rowy[j] = ly.l0 * r0[2 * j + 1] + ly.l1 * r1[2 * j + 1];
+    }
+    for (int i = 0; i < Wo; ++i) {
+      gx[i] = P.xl0[i] * rowx[P.xi0[i]] + P.xl1[i] * rowx[P.xi1[i]];
+      gy[i] = P.xl0[i] * rowy[P.xi0[i]] + P.xl1[i] * rowy[P.xi1[i]];
+    }
+    row_to_pixel<1>(gx.data(), Wo, P.W, P.align, P.pad, px.data(), dpx.data());
+    row_to_pixel<1>(gy.data(), Wo, P.H, P.align, P.pad, py.data(), dpy.data());
+  }
+
+  // Offsets, weights and masks of row (n, oy).
+  void compute(const Plan<T>& P, const T* grid, int64_t n, int oy) {
+    coords(P, grid, n, oy);
+    const int Wo = P.Wo, W = P.W, H = P.H;
+    if (P.mode == SampleMode::kNearest) {
+      for (int i = 0; i < Wo; ++i) {
+        const int ix = round_half_even(px[i]), iy = round_half_even(py[i]);
+        const bool in = static_cast<unsigned>(ix) < static_cast<unsigned>(W) &&
+                        static_cast<unsigned>(iy) < static_cast<unsigned>(H);
+        off[0][i] = in ? iy * W + ix : 0;
+        m[0][i] = in ? T(1) : T(0);
+        w[0][i] = T(1);
+      }
+      for (int k = 1; k < 4; ++k) {
+        std::fill(off[k].begin(), off[k].end(), 0);
+        std::fill(m[k].begin(), m[k].end(), T(0));
+        std::fill(w[k].begin(), w[k].end(), T(0));
+      }
+      return;
+    }
+    bilinear_row(Wo, W, H, px.data(), py.data(), w[0].data(), w[1].data(), w[2].data(), w[3].data(), m[0].data(),
+                 m[1].data(), m[2].data(), m[3].data(), off[0].data(), off[1].data(), off[2].data(), off[3].data());
+  }
+
+  // Offsets and masked weights (into w) of row (n, oy).
+  void compute_forward(const Plan<T>& P, const T* grid, int64_t n, int oy) {
+    if (P.mode == SampleMode::kNearest) {
+      compute(P, grid, n, oy);
+      for (int k = 0; k < 4; ++k)
+        for (int i = 0; i < P.Wo; ++i) w[k][i] *= m[k][i];
+      return;
+    }
+    coords(P, grid, n, oy);
+    bilinear_row_weights(P.Wo, P.W, P.H, px.data(), py.data(), w[0].data(), w[1].data(), w[2].data(),
+                         w[3].data(), off[0].data(), off[1].data(), off[2].data(), off[3].data());
+  }
+
+  // Offsets and grid-gradient coefficients of row (n, oy); bilinear only (nearest has no grid gradient).
+  void compute_grad(const Plan<T>& P, const T* grid, int64_t n, int oy) {
+    coords(P, grid, n, oy);
+    bilinear_row_grad(P.Wo, P.W, P.H, px.data(), py.data(), dpx.data(), dpy.data(), ax[0].data(), ax[1].data(),
+                      ax[2].data(), ax[3].data(), ay[0].data(), ay[1].data(), ay[2].data(), ay[3].data(),
+                      off[0].data(), off[1].data(), off[2].data(), off[3].data());
+  }
+};
+
+}  // namespace cpu_warp
+}  // namespace pscfast
