@@ -28,6 +28,9 @@ TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$py" -c \
   FORCE_CUDA=1 "$py" setup.py -q build_ext --inplace > "$out/build.log" 2>&1 \
   || { echo "build failed: $out/build.log"; tail -30 "$out/build.log"; exit 1; }
 "$py" -m pscfast.info | tee "$out/info.txt"
+if [[ -d .whl ]]; then  # the peers, when their files were carried along (bench/install_peers.sh download)
+  bash bench/install_peers.sh install > "$out/peers.log" 2>&1 || echo "peer install failed: $out/peers.log"
+fi
 fi
 
 if want tests; then

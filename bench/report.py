@@ -6,7 +6,8 @@
 Per device file and per (op, shape, dtype, mode): the naive PyTorch time (provider `naive` when a suite has
 one, else `torch`, the reference), the fastest pscfast backend (cpp, triton; `pscfast` for the training step), the speed-up, both peak memories and their
 ratio, and on a GPU the fraction of the device's copy bandwidth (ops with `min_bytes`) or matrix rate (ops
-with `min_flops`) measured in the same run (bench/ceilings.py).
+with `min_flops`) measured in the same run (bench/ceilings.py). A second table per device compares the other
+implementations a suite measured (peer packages, the F.unfold version) with pscfast.
 """
 from __future__ import annotations
 
@@ -87,6 +88,32 @@ def table(run: dict) -> str:
     return "\n".join(lines)
 
 
+def peer_table(run: dict) -> str | None:
+    """Other implementations measured in the same run (spatial_correlation_sampler, localcorr, an F.unfold
+    version) against the fastest pscfast backend; None when the run has none."""
+    groups = defaultdict(dict)
+    for rec in run["results"]:
+        groups[(rec["op"], rec["shape"], rec["dtype"], rec["mode"])][rec["provider"]] = rec
+    lines = []
+    for (op, shape, dtype, mode), recs in sorted(groups.items()):
+        ours = [r for p, r in recs.items() if p in OURS]
+        if not ours:
+            continue
+        best = min(ours, key=lambda r: r["median_s"])
+        for peer, rec in sorted(recs.items()):
+            if peer in OURS or peer in BASELINES:
+                continue
+            lines.append(f"| {op} | {shape} | {dtype} | {mode} | {peer} | {rec['median_s'] * 1e3:.3f} | "
+                         f"{best['median_s'] * 1e3:.3f} ({best['provider']}) | "
+                         f"{rec['median_s'] / best['median_s']:.2f}x | {_mib(rec.get('peak_bytes'))} | "
+                         f"{_mib(best.get('peak_bytes'))} |")
+    if not lines:
+        return None
+    return "\n".join([f"Other implementations, same run ({run['meta']['device']}):", "",
+                      "| op | shape | dtype | mode | peer | peer ms | pscfast ms (backend) | pscfast speed-up "
+                      "| peer MiB | pscfast MiB |", "|---|---|---|---|---|---|---|---|---|---|"] + lines)
+
+
 def plot_similarity(runs: list[dict], out: Path) -> Path | None:
     """Time of forward+backward per sample against grid size, reference vs fused similarity loss, per device
     (per sample because the batch of a suite shrinks where the naive version runs out of memory)."""
@@ -134,7 +161,7 @@ def main(argv=None):
     if not runs:
         raise SystemExit(f"no benchmark result files in {args.results}")
     runs.sort(key=lambda r: r["meta"].get("device_type") != "cuda")  # GPUs first
-    body = "\n\n".join(table(r) for r in runs)
+    body = "\n\n".join("\n\n".join(t for t in (table(r), peer_table(r)) if t) for r in runs)
     plot = plot_similarity(runs, args.results / "similarity_loss_vs_grid.png")
     if plot:
         rel = plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot
