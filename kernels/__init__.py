@@ -1,4 +1,5 @@
-"""pscfast's Triton kernels, installed as `pscfast.kernels` (one module per op, forward and backward).
+"""pscfast's Triton kernels, installed as `pscfast.kernels`: one module per op with its forward and
+backward, or <op>.py and <op>_backward.py where one module would be too long.
 
 Kernels only compute and launch; autograd, argument checks and backend choice live in pscfast.ops.
 This package imports without Triton: AVAILABLE and UNAVAILABLE_REASON say whether the op modules can load.

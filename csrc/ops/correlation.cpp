@@ -1,6 +1,7 @@
 // Schemas of the correlation op: PSC's global multi-layer correlation of per-layer src/tgt maps on a
 // size x size grid (tgt resized, src resized or sampled at an absolute grid). Kernels:
-// csrc/ops/{cpu,cuda}/correlation_kernel.*; autograd and fake: pscfast/ops/correlation.py.
+// csrc/ops/cpu/correlation_kernel.cpp, csrc/ops/cuda/correlation{,_backward}_kernel.cu; autograd and fake:
+// pscfast/ops/correlation.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {

@@ -4,7 +4,8 @@
 // features of the whole batch are never stored; P = size^2.
 // stats (N, 3, P) = raw column L1 sums a, raw row L1 sums b (before the eps clamp of F.normalize) and the
 // log-sum-exp over i of each column's logits: what the backward needs besides the input layers.
-// Kernels: csrc/ops/{cpu,cuda}/similarity_loss_kernel.*; autograd and fake: pscfast/ops/similarity_loss.py.
+// Kernels: csrc/ops/cpu/similarity_loss_kernel.cpp, csrc/ops/cuda/similarity_loss{,_backward}_kernel.cu;
+// autograd and fake: pscfast/ops/similarity_loss.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {

@@ -1,5 +1,6 @@
 // Schemas of the warp op: sample x (N, C, H, W) at an absolute grid (N, h, w, 2) resized on the fly to
-// out_size. Kernels: csrc/ops/{cpu,cuda}/warp_kernel.*; autograd and fake: pscfast/ops/warp.py.
+// out_size. Kernels: csrc/ops/cpu/warp_kernel.cpp, csrc/ops/cuda/warp{,_backward}_kernel.cu; autograd and
+// fake: pscfast/ops/warp.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {

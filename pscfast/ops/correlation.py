@@ -72,7 +72,7 @@ class _CorrelationTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from pscfast.kernels import correlation as k
+        from pscfast.kernels import correlation_backward as k
 
         grid, *maps = ctx.saved_tensors
         L = ctx.layers

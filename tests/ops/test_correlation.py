@@ -1,13 +1,14 @@
-"""correlation: goldens, every backend against the PyTorch reference (forward and backward), coordinate
-contract, gradcheck, opcheck, determinism, bad input."""
+"""correlation against the PyTorch reference: goldens, every backend's forward and backward, half precision,
+gradcheck, opcheck, the grid's gradient alone, torch.compile. The coordinate contract, determinism, the Module
+and bad input are in test_correlation_contract.py."""
 from pathlib import Path
 
 import pytest
 import torch
 
-from pscfast.ops import Correlation, correlation
+from pscfast.ops import correlation
 from pscfast.ops import _reference as ref
-from tests.utils import BACKENDS, assert_close, identity_grid, noncontiguous, require
+from tests.utils import BACKENDS, assert_close, noncontiguous, require
 
 GOLDEN = Path(__file__).resolve().parent.parent / "data" / "golden-psc-ops.pt"
 
@@ -101,34 +102,6 @@ def test_half_precision_error_within_twice_naive(backend, dtype):
         assert (ours - exact).abs().max() <= 2 * (naive - exact).abs().max() + ulp
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_identity_grid_equals_plain(device, backend):
-    """Maps already size x size: sampling at the identity grid is the plain correlation (resize = identity)."""
-    require("correlation", backend, device, torch.float64)
-    size = 7
-    src, tgt, _ = _inputs([(3, size, size, 9, 5), (2, size, size, size, size)], 2, size, torch.float64, device)
-    plain = correlation(src, tgt, None, size, backend=backend)
-    warped = correlation(src, tgt, identity_grid(2, size, size, True, torch.float64, device), size, backend=backend)
-    torch.testing.assert_close(warped, plain, rtol=0, atol=1e-12)
-    # and the plain correlation of size x size maps is the raw dot product
-    s, t = src[1].flatten(2), tgt[1].flatten(2)
-    torch.testing.assert_close(plain[:, size * size:].flatten(2), t.transpose(1, 2) @ s, rtol=0, atol=1e-12)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_known_shift(device, backend):
-    """A grid shifted by one pixel in x reads src one column to the right (zeros past the edge)."""
-    require("correlation", backend, device, torch.float64)
-    size = 6
-    src, tgt, _ = _inputs([(3, size, size, size, size)], 1, size, torch.float64, device)
-    grid = identity_grid(1, size, size, True, torch.float64, device)
-    shifted = grid + torch.tensor([2.0 / (size - 1), 0.0], dtype=torch.float64, device=device)
-    out = correlation(src, tgt, shifted, size, backend=backend).view(1, size * size, size, size)
-    plain = correlation(src, tgt, None, size, backend=backend).view(1, size * size, size, size)
-    torch.testing.assert_close(out[..., :-1], plain[..., 1:], rtol=0, atol=1e-12)
-    assert out[..., -1].abs().max() < 1e-12  # past the edge: zeros padding
-
-
 @pytest.mark.parametrize("warped", [False, True], ids=["plain", "warped"])
 def test_gradcheck_float64(device, warped):
     src, tgt, grid = _inputs([(2, 5, 4, 3, 5), (1, 3, 3, 4, 4)], 1, 3, torch.float64, device)
@@ -158,18 +131,6 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.pscfast._correlation_backward.default, (gout, *detached, 4, [True, False, True]))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_backward_is_deterministic(device, backend):
-    require("correlation", backend, device, torch.float32)
-    size = 5
-    src, tgt, grid = _inputs([(40, 12, 12, 9, 9), (8, 6, 6, 5, 5)], 2, size, torch.float32, device)
-    gout = torch.randn(2, 2 * size * size, size, size, device=device)
-    for g in (None, grid):
-        first = _run(correlation, src, tgt, g, size, gout, backend=backend)
-        second = _run(correlation, src, tgt, g, size, gout, backend=backend)
-        assert all(torch.equal(a, b) for a, b in zip(first, second))
-
-
 def test_only_required_gradients():
     """Gradients flow only to what requires them (here: the grid, as in PSC's frozen-feature case)."""
     require("correlation", "cpp", "cpu", torch.float32)
@@ -190,37 +151,3 @@ def test_torch_compile():
     assert_close(out, ref.correlation(src, tgt, grid, 4), scale=10.0)
     out.sum().backward()
     assert grid.grad is not None and grid.grad.shape == grid.shape
-
-
-def test_module_equals_function():
-    src, tgt, grid = _inputs([(3, 8, 8, 6, 6)], 2, 4, torch.float32, "cpu")
-    m = Correlation(4)
-    assert torch.equal(m(src, tgt, grid), correlation(src, tgt, grid, 4))
-    assert "size=4" in repr(m)
-
-
-@pytest.mark.parametrize(
-    "make, error, words",
-    [
-        (lambda s, t, g: correlation(s, [t[0][:1]], g, 4), ValueError, "must share the batch size"),
-        (lambda s, t, g: correlation(s + [s[0][:1]], t + [t[0][:1]], None, 4), ValueError,
-         "must share the batch size"),
-        (lambda s, t, g: correlation(s, [t[0][:, :2]], g, 4), ValueError, "must share the batch size and the channel"),
-        (lambda s, t, g: correlation(s, t + t, g, 4), ValueError, "src has 1 layers but tgt has 2"),
-        (lambda s, t, g: correlation([], [], g, 4), TypeError, "src must be a non-empty sequence"),
-        (lambda s, t, g: correlation(s, [], g, 4), TypeError, "tgt must be a non-empty sequence"),
-        (lambda s, t, g: correlation(s, t, g[..., :1], 4), ValueError, "grid must have size 2"),
-        (lambda s, t, g: correlation(s, t, g[:, :3], 4), ValueError, "grid must be (N, size, size, 2)"),
-        (lambda s, t, g: correlation(s, t, g[:1], 4), ValueError, "grid must be (N, size, size, 2)"),
-        (lambda s, t, g: correlation(s, t, g * float("nan"), 4), ValueError, "grid contains NaN"),
-        (lambda s, t, g: correlation([s[0][0]], t, g, 4), ValueError, "src[0] must have 4 dimensions"),
-        (lambda s, t, g: correlation(s, [t[0].long()], g, 4), TypeError, "tgt[0] must be a floating-point"),
-        (lambda s, t, g: correlation(s, [t[0][:, :, :0]], g, 4), ValueError, "tgt[0] has an empty spatial size"),
-        (lambda s, t, g: correlation(s, t, g, 0), ValueError, "size must be"),
-        (lambda s, t, g: correlation(s, t, g.to("meta"), 4), ValueError, "one device"),
-    ],
-)
-def test_bad_input(make, error, words):
-    src, tgt, grid = [torch.randn(2, 3, 6, 6)], [torch.randn(2, 3, 5, 5)], torch.rand(2, 4, 4, 2) * 2 - 1
-    with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[").replace("]", r"\]")):
-        make(src, tgt, grid)

@@ -138,15 +138,29 @@ void for_sample_blocks(int64_t N, const F& fn) {
 struct Layer {
   int64_t C;
   int Hs, Ws, Ht, Wt;
+  int64_t ps, pt;  // plane sizes Hs * Ws, Ht * Wt
 };
 
 std::vector<Layer> layers_of(at::TensorList src, at::TensorList tgt) {
   std::vector<Layer> out;
-  for (size_t l = 0; l < src.size(); ++l)
-    out.push_back({src[l].size(1), static_cast<int>(src[l].size(2)), static_cast<int>(src[l].size(3)),
-                   static_cast<int>(tgt[l].size(2)), static_cast<int>(tgt[l].size(3))});
+  for (size_t l = 0; l < src.size(); ++l) {
+    const int Hs = static_cast<int>(src[l].size(2)), Ws = static_cast<int>(src[l].size(3));
+    const int Ht = static_cast<int>(tgt[l].size(2)), Wt = static_cast<int>(tgt[l].size(3));
+    out.push_back({src[l].size(1), Hs, Ws, Ht, Wt, static_cast<int64_t>(Hs) * Ws, static_cast<int64_t>(Ht) * Wt});
+  }
   return out;
 }
+
+// One layer's resize tables, built once per layer: tgt's, and src's when there is no grid (with a grid, each
+// block of samples fills its own copy of src's table per sample with grid_table).
+template <typename T>
+struct LayerTables {
+  TapTable<T> tgt, src;
+  LayerTables(const Layer& ly, int size, bool has_grid) {
+    resize_table(size, ly.Ht, ly.Wt, tgt);
+    if (!has_grid) resize_table(size, ly.Hs, ly.Ws, src);
+  }
+};
 
 std::vector<at::Tensor> contiguous(at::TensorList ts) {
   std::vector<at::Tensor> out;
@@ -169,17 +183,14 @@ at::Tensor correlation_cpu(at::TensorList src_, at::TensorList tgt_, const c10::
     using T = scalar_t;
     for (int64_t l = 0; l < nL; ++l) {
       const Layer& ly = L[l];
-      TapTable<T> tt, ts_plain;
-      resize_table(sz, ly.Ht, ly.Wt, tt);
-      if (!grid.defined()) resize_table(sz, ly.Hs, ly.Ws, ts_plain);
-      const int64_t pt = static_cast<int64_t>(ly.Ht) * ly.Wt, ps = static_cast<int64_t>(ly.Hs) * ly.Ws;
+      const LayerTables<T> tab(ly, sz, grid.defined());
       for_sample_blocks(N, [&](int64_t n0, int64_t n1) {
         auto Rt = at::empty({ly.C, S}, out.options()), Rs = at::empty({ly.C, S}, out.options());
-        TapTable<T> ts = ts_plain;
+        TapTable<T> ts = tab.src;
         for (int64_t n = n0; n < n1; ++n) {
-          resample(tgt[l].const_data_ptr<T>() + n * ly.C * pt, ly.C, pt, tt, S, Rt.mutable_data_ptr<T>());
+          resample(tgt[l].const_data_ptr<T>() + n * ly.C * ly.pt, ly.C, ly.pt, tab.tgt, S, Rt.mutable_data_ptr<T>());
           if (grid.defined()) grid_table(grid.const_data_ptr<T>() + n * S * 2, sz, ly.Hs, ly.Ws, ts);
-          resample(src[l].const_data_ptr<T>() + n * ly.C * ps, ly.C, ps, ts, S, Rs.mutable_data_ptr<T>());
+          resample(src[l].const_data_ptr<T>() + n * ly.C * ly.ps, ly.C, ly.ps, ts, S, Rs.mutable_data_ptr<T>());
           auto block = out3.select(0, n).narrow(0, l * S, S);
           at::mm_out(block, Rt.t(), Rs);
         }
@@ -214,30 +225,27 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
     using T = scalar_t;
     for (int64_t l = 0; l < nL; ++l) {
       const Layer& ly = L[l];
-      TapTable<T> tt, ts_plain;
-      resize_table(sz, ly.Ht, ly.Wt, tt);
-      if (!grid.defined()) resize_table(sz, ly.Hs, ly.Ws, ts_plain);
+      const LayerTables<T> tab(ly, sz, grid.defined());
       const auto opts = gout.options();
-      const int64_t pt = static_cast<int64_t>(ly.Ht) * ly.Wt, ps = static_cast<int64_t>(ly.Hs) * ly.Ws;
       for_sample_blocks(N, [&](int64_t n0, int64_t n1) {
         auto Rt = at::empty({ly.C, S}, opts), Rs = at::empty({ly.C, S}, opts);
         auto dRt = at::empty({ly.C, S}, opts), dRs = at::empty({ly.C, S}, opts);
-        TapTable<T> ts = ts_plain;
+        TapTable<T> ts = tab.src;
         for (int64_t n = n0; n < n1; ++n) {
-          const T* xs = src[l].const_data_ptr<T>() + n * ly.C * ps;
+          const T* xs = src[l].const_data_ptr<T>() + n * ly.C * ly.ps;
           const T* gn = grid.defined() ? grid.const_data_ptr<T>() + n * S * 2 : nullptr;
           const auto G = gout.select(0, n).narrow(0, l * S, S);  // (S_t, S_s)
           if (grid.defined()) grid_table(gn, sz, ly.Hs, ly.Ws, ts);
           if (need_tgt) {
-            resample(xs, ly.C, ps, ts, S, Rs.mutable_data_ptr<T>());
+            resample(xs, ly.C, ly.ps, ts, S, Rs.mutable_data_ptr<T>());
             at::mm_out(dRt, Rs, G.t());
-            scatter(dRt.const_data_ptr<T>(), ly.C, pt, tt, S, dtgt[l].mutable_data_ptr<T>() + n * ly.C * pt);
+            scatter(dRt.const_data_ptr<T>(), ly.C, ly.pt, tab.tgt, S, dtgt[l].mutable_data_ptr<T>() + n * ly.C * ly.pt);
           }
           if (need_src || need_grid) {
-            resample(tgt[l].const_data_ptr<T>() + n * ly.C * pt, ly.C, pt, tt, S, Rt.mutable_data_ptr<T>());
+            resample(tgt[l].const_data_ptr<T>() + n * ly.C * ly.pt, ly.C, ly.pt, tab.tgt, S, Rt.mutable_data_ptr<T>());
             at::mm_out(dRs, Rt, G);
             if (need_src)
-              scatter(dRs.const_data_ptr<T>(), ly.C, ps, ts, S, dsrc[l].mutable_data_ptr<T>() + n * ly.C * ps);
+              scatter(dRs.const_data_ptr<T>(), ly.C, ly.ps, ts, S, dsrc[l].mutable_data_ptr<T>() + n * ly.C * ly.ps);
             if (need_grid)
               grid_grad(xs, ly.C, ly.Hs, ly.Ws, gn, dRs.const_data_ptr<T>(), S,
                         dgrid.mutable_data_ptr<T>() + n * S * 2);

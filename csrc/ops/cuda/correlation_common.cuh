@@ -1,0 +1,58 @@
+// Shared by the CUDA correlation forward (correlation_kernel.cu) and backward (correlation_backward_kernel.cu):
+// the tiling, the taps of a position, the on-the-fly resampling, and the backward's declaration (it is
+// registered next to the forward).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <tuple>
+#include <vector>
+
+#include "ops/common/correlation_taps.h"
+
+namespace pscfast {
+
+constexpr int kTile = 64;    // positions (or channels) per tile side
+constexpr int kChunk = 16;   // reduction step
+constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
+
+// Taps of position p of the size x size grid in an H x W plane: the resize, or the grid sample when
+// grid_n is given; all-zero weights for p >= S (tile padding).
+template <typename T, typename scalar_t>
+__device__ Tap4<T> position_taps(const scalar_t* grid_n, int p, int size, int H, int W) {
+  Tap4<T> q;
+  if (p >= size * size) {
+    for (int k = 0; k < 4; ++k) {
+      q.off[k] = 0;
+      q.w[k] = T(0);
+    }
+    return q;
+  }
+  if (grid_n == nullptr) return resize_taps<T>(p, size, H, W);
+  T dpx, dpy;
+  return to_tap4(grid_taps(static_cast<T>(grid_n[2 * p]), static_cast<T>(grid_n[2 * p + 1]), H, W, &dpx, &dpy), W);
+}
+
+template <typename T, typename scalar_t>
+__device__ __forceinline__ T resampled(const scalar_t* plane, const int off[4], const T w[4]) {
+  return w[0] * static_cast<T>(plane[off[0]]) + w[1] * static_cast<T>(plane[off[1]]) +
+         w[2] * static_cast<T>(plane[off[2]]) + w[3] * static_cast<T>(plane[off[3]]);
+}
+
+inline std::vector<at::Tensor> contiguous(at::TensorList ts) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : ts) out.push_back(t.contiguous());
+  return out;
+}
+
+inline dim3 tiles(int64_t rows, int64_t cols, int64_t N) {
+  return dim3(static_cast<unsigned>((rows + kTile - 1) / kTile), static_cast<unsigned>((cols + kTile - 1) / kTile),
+              static_cast<unsigned>(N));
+}
+
+std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correlation_backward_cuda(
+    const at::Tensor& grad_out, at::TensorList src_, at::TensorList tgt_, const c10::optional<at::Tensor>& grid_,
+    int64_t size, std::array<bool, 3> mask);
+
+}  // namespace pscfast
