@@ -15,6 +15,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -195,7 +196,8 @@ def run_case(benchmark, *, op: str, provider: str, mode: str, shape: str, device
     else:
         peak = peak_bytes(lambda: target(0), device)
     benchmark.group = f"{op} {shape} {str(dtype).replace('torch.', '')} {mode}"
-    benchmark.pedantic(target, setup=setup, rounds=rounds, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(target, setup=setup, rounds=_rounds(target, setup, rounds, device), iterations=1,
+                       warmup_rounds=1)
     stats = benchmark.stats.stats
     record = {"op": op, "provider": provider, "mode": mode, "shape": shape, "device": device,
               "dtype": str(dtype).replace("torch.", ""), "median_s": stats.median, "iqr_s": stats.iqr,
@@ -203,6 +205,20 @@ def run_case(benchmark, *, op: str, provider: str, mode: str, shape: str, device
     benchmark.extra_info.update(record)
     RESULTS.append(record)
     return record
+
+
+ROUND_BUDGET_S = {"cuda": 0.2, "cpu": 0.5}
+MAX_ROUNDS = 200
+
+
+def _rounds(target, setup, min_rounds: int, device: str) -> int:
+    """At least `min_rounds`, and as many more (up to MAX_ROUNDS) as fill the device's time budget at the
+    speed of one timed call: fast cases get enough rounds for a stable median."""
+    args = setup()[0]
+    t0 = time.perf_counter()
+    target(*args)
+    elapsed = time.perf_counter() - t0
+    return max(min_rounds, min(MAX_ROUNDS, int(ROUND_BUDGET_S[device] / max(elapsed, 1e-6))))
 
 
 def _grad_like(out):
