@@ -1,7 +1,8 @@
 """The build itself: these fail loudly when the extension was silently built without its kernels.
 
 CI sets PSCFAST_EXPECT_CUDA_BUILD=1 (the CUDA build of torch with nvcc: every .cu file must have compiled
-and linked) and PSCFAST_EXPECT_TRITON=1 (Triton installed: every kernel module must import).
+and linked) and PSCFAST_EXPECT_TRITON=1 (Triton installed: every kernel module must import, and on CPU its
+interpreter must run them).
 """
 import importlib
 import os
@@ -55,6 +56,10 @@ def test_kernels_package_imports():
     for name, op in OPS.items():
         if "triton" in op.impls:
             assert op.reason("triton", torch.device("cuda"), torch.float32) is None, name
+    if _expected("PSCFAST_EXPECT_TRITON") and kernels.INTERPRET:  # else every CPU Triton test would skip
+        from pscfast.kernels import _interpreter
+
+        assert _interpreter.problem() is None, _interpreter.problem()
 
 
 def test_info_cli():

@@ -81,6 +81,12 @@ def _triton_reason(op: Op, device_type: str, dtype: torch.dtype) -> str | None:
         return kernels.UNAVAILABLE_REASON
     if device_type == "cpu" and not kernels.INTERPRET:
         return "Triton kernels run on CUDA tensors (CPU tensors only with TRITON_INTERPRET=1 set before import)"
+    if device_type == "cpu":
+        from pscfast.kernels import _interpreter
+
+        why = _interpreter.problem()
+        if why:
+            return why
     if device_type not in ("cpu", "cuda"):
         return f"no Triton kernels for {device_type} tensors"
     if dtype not in op.triton_dtypes:
