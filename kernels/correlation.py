@@ -80,8 +80,8 @@ def _tile(x_n, chan, cmask, plane, o0, o1, o2, o3, w0, w1, w2, w3, pmask, ACC: t
 @triton.jit
 def _dot(a, b, acc, DOT: tl.constexpr, IEEE: tl.constexpr):
     if IEEE:
-        return tl.dot(a.to(DOT), b.to(DOT), acc, input_precision="ieee")
-    return tl.dot(a.to(DOT), b.to(DOT), acc)
+        return tl.dot(a.to(DOT), b.to(DOT), acc, input_precision="ieee", out_dtype=acc.dtype)
+    return tl.dot(a.to(DOT), b.to(DOT), acc, out_dtype=acc.dtype)
 
 
 @triton.jit
