@@ -109,6 +109,37 @@ def _grad(grad_n, xs_ptr, ys_ptr, pix, mask, wo, cx, cy, scale, LOSS: tl.constex
 
 
 @triton.jit
+def _compose_bwd_nodes(q, fab_n, fbc_n, grad_n, xs_ptr, ys_ptr, dfab_n, h, w, wo, P, scale, LOSS: tl.constexpr,
+                       NEAREST: tl.constexpr, ACC: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr):
+    """Gradient of f_ab at its nodes q: gathered from every pixel, in order."""
+    ax = tl.zeros([BQ], ACC)
+    ay = tl.zeros([BQ], ACC)
+    for p0 in range(0, P, BP):
+        pix = p0 + tl.arange(0, BP)
+        mask = pix < P
+        res = _cycle(fab_n, fbc_n, pix, mask, h, w, NEAREST, ACC)
+        gx, gy = _grad(grad_n, xs_ptr, ys_ptr, pix, mask, wo, res[20], res[21], scale, LOSS, ACC)
+        ax += gather_scatter(q, res[0], res[1], res[2], res[3], res[4], res[5], res[6], res[7], gx)
+        ay += gather_scatter(q, res[0], res[1], res[2], res[3], res[4], res[5], res[6], res[7], gy)
+    tl.store(dfab_n + 2 * q, ax.to(dfab_n.dtype.element_ty), mask=q < h * w)
+    tl.store(dfab_n + 2 * q + 1, ay.to(dfab_n.dtype.element_ty), mask=q < h * w)
+
+
+@triton.jit
+def _compose_bwd_pixels(pix, fab_n, fbc_n, grad_n, xs_ptr, ys_ptr, dfbc_n, h, w, wo, P, scale, LOSS: tl.constexpr,
+                        NEAREST: tl.constexpr, ACC: tl.constexpr):
+    """Gradient of the sampling positions f_bc at pixels pix (pointwise)."""
+    mask = pix < P
+    (i0, i1, i2, i3, w0, w1, w2, w3, e, r, s, d, a0, a1, a2, a3, b0, b1, b2, b3, cx, cy) = \
+        _cycle(fab_n, fbc_n, pix, mask, h, w, NEAREST, ACC)
+    gx, gy = _grad(grad_n, xs_ptr, ys_ptr, pix, mask, wo, cx, cy, scale, LOSS, ACC)
+    dpx = gx * ((a1 - a0) * s + (a3 - a2) * d) + gy * ((b1 - b0) * s + (b3 - b2) * d)
+    dpy = gx * ((a2 - a0) * e + (a3 - a1) * r) + gy * ((b2 - b0) * e + (b3 - b1) * r)
+    tl.store(dfbc_n + 2 * pix, (dpx * ((w - 1) / 2.0)).to(dfbc_n.dtype.element_ty), mask=mask)
+    tl.store(dfbc_n + 2 * pix + 1, (dpy * ((h - 1) / 2.0)).to(dfbc_n.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def compose_bwd_kernel(grad_ptr, count_ptr, xs_ptr, ys_ptr, fab_ptr, fbc_ptr, dfab_ptr, dfbc_ptr, h, w, wo, P, NQB,
                        LOSS: tl.constexpr, NEAREST: tl.constexpr, ACC: tl.constexpr, BQ: tl.constexpr,
                        BP: tl.constexpr):
@@ -121,31 +152,14 @@ def compose_bwd_kernel(grad_ptr, count_ptr, xs_ptr, ys_ptr, fab_ptr, fbc_ptr, df
     if LOSS:
         count = tl.maximum(tl.load(count_ptr), 1).to(ACC)
         scale = tl.load(grad_ptr).to(ACC) * 2.0 / count
+    # the branches live in separate functions: compiled Triton merges same-named variables of an if's two
+    # branches, and their blocks differ (BQ nodes, BP pixels)
     if pid < NQB:  # scatter: nodes [pid * BQ, pid * BQ + BQ) of f_ab gather from every pixel, in order
-        q = pid * BQ + tl.arange(0, BQ)
-        ax = tl.zeros([BQ], ACC)
-        ay = tl.zeros([BQ], ACC)
-        for p0 in range(0, P, BP):
-            pix = p0 + tl.arange(0, BP)
-            mask = pix < P
-            res = _cycle(fab_n, fbc_n, pix, mask, h, w, NEAREST, ACC)
-            gx, gy = _grad(grad_n, xs_ptr, ys_ptr, pix, mask, wo, res[20], res[21], scale, LOSS, ACC)
-            ax += gather_scatter(q, res[0], res[1], res[2], res[3], res[4], res[5], res[6], res[7], gx)
-            ay += gather_scatter(q, res[0], res[1], res[2], res[3], res[4], res[5], res[6], res[7], gy)
-        out = dfab_ptr + n * h * w * 2 + 2 * q
-        tl.store(out, ax.to(dfab_ptr.dtype.element_ty), mask=q < h * w)
-        tl.store(out + 1, ay.to(dfab_ptr.dtype.element_ty), mask=q < h * w)
+        _compose_bwd_nodes(pid * BQ + tl.arange(0, BQ), fab_n, fbc_n, grad_n, xs_ptr, ys_ptr,
+                           dfab_ptr + n * h * w * 2, h, w, wo, P, scale, LOSS, NEAREST, ACC, BQ, BP)
     else:  # pointwise: the gradient of the sampling positions f_bc
-        pix = (pid - NQB) * BP + tl.arange(0, BP)
-        mask = pix < P
-        (i0, i1, i2, i3, w0, w1, w2, w3, e, r, s, d, a0, a1, a2, a3, b0, b1, b2, b3, cx, cy) = \
-            _cycle(fab_n, fbc_n, pix, mask, h, w, NEAREST, ACC)
-        gx, gy = _grad(grad_n, xs_ptr, ys_ptr, pix, mask, wo, cx, cy, scale, LOSS, ACC)
-        dpx = gx * ((a1 - a0) * s + (a3 - a2) * d) + gy * ((b1 - b0) * s + (b3 - b2) * d)
-        dpy = gx * ((a2 - a0) * e + (a3 - a1) * r) + gy * ((b2 - b0) * e + (b3 - b1) * r)
-        out = dfbc_ptr + n * P * 2 + 2 * pix
-        tl.store(out, (dpx * ((w - 1) / 2.0)).to(dfbc_ptr.dtype.element_ty), mask=mask)
-        tl.store(out + 1, (dpy * ((h - 1) / 2.0)).to(dfbc_ptr.dtype.element_ty), mask=mask)
+        _compose_bwd_pixels((pid - NQB) * BP + tl.arange(0, BP), fab_n, fbc_n, grad_n, xs_ptr, ys_ptr,
+                            dfbc_ptr + n * P * 2, h, w, wo, P, scale, LOSS, NEAREST, ACC)
 
 
 def compose_fwd(f_ab, f_bc, mode):

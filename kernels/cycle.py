@@ -57,6 +57,51 @@ def compose_displacement_fwd_kernel(fab_ptr, fbc_ptr, mab_ptr, mbc_ptr, fac_ptr,
 
 
 @triton.jit
+def _compose_displacement_bwd_nodes(q, fab_n, fbc_n, mbc_n, gf_n, gm_n, mab_n, dfbc_n, dmbc_n, W, P, Hb, Wb, Pb,
+                                    ACC: tl.constexpr, BQ: tl.constexpr, BP: tl.constexpr):
+    """Gradients of image b's flow and mask at its nodes q: gathered from every pixel, in order."""
+    ty = dfbc_n.dtype.element_ty
+    a0 = tl.zeros([BQ], ACC)
+    a1 = tl.zeros([BQ], ACC)
+    am = tl.zeros([BQ], ACC)
+    for p0 in range(0, P, BP):
+        pix = p0 + tl.arange(0, BP)
+        mask = pix < P
+        t = _sample(fab_n, fbc_n, mbc_n, pix, mask, W, P, Hb, Wb, Pb, ACC)
+        g0 = tl.load(gf_n + pix, mask=mask, other=0.0).to(ACC)
+        g1 = tl.load(gf_n + P + pix, mask=mask, other=0.0).to(ACC)
+        gmm = tl.load(gm_n + pix, mask=mask, other=0.0).to(ACC) * tl.load(mab_n + pix, mask=mask, other=0.0).to(ACC)
+        a0 += gather_scatter(q, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], g0)
+        a1 += gather_scatter(q, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], g1)
+        am += gather_scatter(q, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], gmm)
+    ok = q < Pb
+    tl.store(dfbc_n + q, a0.to(ty), mask=ok)
+    tl.store(dfbc_n + Pb + q, a1.to(ty), mask=ok)
+    tl.store(dmbc_n + q, am.to(ty), mask=ok)
+
+
+@triton.jit
+def _compose_displacement_bwd_pixels(pix, fab_n, fbc_n, mbc_n, gf_n, gm_n, mab_n, dfab_n, dmab_n, W, P, Hb, Wb, Pb,
+                                     ACC: tl.constexpr):
+    """Gradients of image a's flow and mask at pixels pix (pointwise)."""
+    ty = dfab_n.dtype.element_ty
+    mask = pix < P
+    (i0, i1, i2, i3, w0, w1, w2, w3, e, r, s, d, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, u, v) = \
+        _sample(fab_n, fbc_n, mbc_n, pix, mask, W, P, Hb, Wb, Pb, ACC)
+    g0 = tl.load(gf_n + pix, mask=mask, other=0.0).to(ACC)
+    g1 = tl.load(gf_n + P + pix, mask=mask, other=0.0).to(ACC)
+    gm = tl.load(gm_n + pix, mask=mask, other=0.0).to(ACC)
+    gmm = gm * tl.load(mab_n + pix, mask=mask, other=0.0).to(ACC)
+    dx = g0 * ((a1 - a0) * s + (a3 - a2) * d) + g1 * ((b1 - b0) * s + (b3 - b2) * d) \
+        + gmm * ((c1 - c0) * s + (c3 - c2) * d)
+    dy = g0 * ((a2 - a0) * e + (a3 - a1) * r) + g1 * ((b2 - b0) * e + (b3 - b1) * r) \
+        + gmm * ((c2 - c0) * e + (c3 - c1) * r)
+    tl.store(dfab_n + pix, (g0 + dx).to(ty), mask=mask)
+    tl.store(dfab_n + P + pix, (g1 + dy).to(ty), mask=mask)
+    tl.store(dmab_n + pix, (gm * (w0 * c0 + w1 * c1 + w2 * c2 + w3 * c3)).to(ty), mask=mask)
+
+
+@triton.jit
 def compose_displacement_bwd_kernel(gf_ptr, gm_ptr, fab_ptr, fbc_ptr, mab_ptr, mbc_ptr, dfab_ptr, dfbc_ptr,
                                     dmab_ptr, dmbc_ptr, W, P, Hb, Wb, Pb, NQB, ACC: tl.constexpr, BQ: tl.constexpr,
                                     BP: tl.constexpr):
@@ -68,42 +113,13 @@ def compose_displacement_bwd_kernel(gf_ptr, gm_ptr, fab_ptr, fbc_ptr, mab_ptr, m
     gf_n = gf_ptr + n * 2 * P
     gm_n = gm_ptr + n * P
     mab_n = mab_ptr + n * P
-    ty = dfab_ptr.dtype.element_ty
+    # separate functions per branch: compiled Triton merges same-named variables of an if's two branches
     if pid < NQB:  # scatter onto image-b nodes [pid * BQ, pid * BQ + BQ), gathering every pixel in order
-        q = pid * BQ + tl.arange(0, BQ)
-        a0 = tl.zeros([BQ], ACC)
-        a1 = tl.zeros([BQ], ACC)
-        am = tl.zeros([BQ], ACC)
-        for p0 in range(0, P, BP):
-            pix = p0 + tl.arange(0, BP)
-            mask = pix < P
-            t = _sample(fab_n, fbc_n, mbc_n, pix, mask, W, P, Hb, Wb, Pb, ACC)
-            g0 = tl.load(gf_n + pix, mask=mask, other=0.0).to(ACC)
-            g1 = tl.load(gf_n + P + pix, mask=mask, other=0.0).to(ACC)
-            gmm = tl.load(gm_n + pix, mask=mask, other=0.0).to(ACC) * tl.load(mab_n + pix, mask=mask, other=0.0).to(ACC)
-            a0 += gather_scatter(q, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], g0)
-            a1 += gather_scatter(q, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], g1)
-            am += gather_scatter(q, t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], gmm)
-        ok = q < Pb
-        tl.store(dfbc_ptr + n * 2 * Pb + q, a0.to(ty), mask=ok)
-        tl.store(dfbc_ptr + n * 2 * Pb + Pb + q, a1.to(ty), mask=ok)
-        tl.store(dmbc_ptr + n * Pb + q, am.to(ty), mask=ok)
+        _compose_displacement_bwd_nodes(pid * BQ + tl.arange(0, BQ), fab_n, fbc_n, mbc_n, gf_n, gm_n, mab_n,
+                                        dfbc_ptr + n * 2 * Pb, dmbc_ptr + n * Pb, W, P, Hb, Wb, Pb, ACC, BQ, BP)
     else:  # pointwise gradients of image a
-        pix = (pid - NQB) * BP + tl.arange(0, BP)
-        mask = pix < P
-        (i0, i1, i2, i3, w0, w1, w2, w3, e, r, s, d, a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, u, v) = \
-            _sample(fab_n, fbc_n, mbc_n, pix, mask, W, P, Hb, Wb, Pb, ACC)
-        g0 = tl.load(gf_n + pix, mask=mask, other=0.0).to(ACC)
-        g1 = tl.load(gf_n + P + pix, mask=mask, other=0.0).to(ACC)
-        gm = tl.load(gm_n + pix, mask=mask, other=0.0).to(ACC)
-        gmm = gm * tl.load(mab_n + pix, mask=mask, other=0.0).to(ACC)
-        dx = g0 * ((a1 - a0) * s + (a3 - a2) * d) + g1 * ((b1 - b0) * s + (b3 - b2) * d) \
-            + gmm * ((c1 - c0) * s + (c3 - c2) * d)
-        dy = g0 * ((a2 - a0) * e + (a3 - a1) * r) + g1 * ((b2 - b0) * e + (b3 - b1) * r) \
-            + gmm * ((c2 - c0) * e + (c3 - c1) * r)
-        tl.store(dfab_ptr + n * 2 * P + pix, (g0 + dx).to(ty), mask=mask)
-        tl.store(dfab_ptr + n * 2 * P + P + pix, (g1 + dy).to(ty), mask=mask)
-        tl.store(dmab_ptr + n * P + pix, (gm * (w0 * c0 + w1 * c1 + w2 * c2 + w3 * c3)).to(ty), mask=mask)
+        _compose_displacement_bwd_pixels((pid - NQB) * BP + tl.arange(0, BP), fab_n, fbc_n, mbc_n, gf_n, gm_n,
+                                         mab_n, dfab_ptr + n * 2 * P, dmab_ptr + n * P, W, P, Hb, Wb, Pb, ACC)
 
 
 @triton.jit

@@ -16,7 +16,7 @@ from ._field import accumulation
 
 BLOCK_T = 32
 BLOCK_S = 32
-NORM_EPS = 1e-12  # F.normalize's eps
+NORM_EPS = tl.constexpr(1e-12)  # F.normalize's eps (a constexpr: compiled kernels read no other globals)
 
 
 @triton.jit
