@@ -13,14 +13,18 @@ import torch
 import triton
 import triton.language as tl
 
+from . import INTERPRET
 from ._field import clamp_pixel, field_taps, grid_to_pixel, resize_taps
 from ._tables import lerp_table
 
 
-def _blocks(device: torch.device) -> tuple[int, int, int]:
-    """(tgt positions, src positions, channels) per tile. The interpreter (CPU tensors) runs each program
-    in numpy, so fewer, larger programs are much faster there."""
-    return (64, 64, 32) if device.type == "cuda" else (256, 256, 32)
+def blocks(dtype: torch.dtype) -> tuple[int, int, int]:
+    """(tgt positions, src positions, channels) per tile. The interpreter runs each program in numpy, so fewer,
+    larger programs are much faster there; on a GPU those would need 1.1 MB of shared memory, and float64
+    tiles of 64 x 64 need 272 KiB where an H100 block may use 227 KiB (tests/triton_aot.py measures this)."""
+    if INTERPRET:
+        return 256, 256, 32
+    return (32, 32, 32) if dtype == torch.float64 else (64, 64, 32)
 
 
 @triton.jit
@@ -146,7 +150,7 @@ def correlation_fwd(src, tgt, grid, size):
         return out
     acc, acc_t, dot, ieee = _types(src[0].dtype)
     g = grid if grid is not None else src[0]
-    BT, BS, BC = _blocks(out.device)
+    BT, BS, BC = blocks(src[0].dtype)
     for l, (s, t) in enumerate(zip(src, tgt)):
         C, Hs, Ws = s.shape[1:]
         Ht, Wt = t.shape[2:]

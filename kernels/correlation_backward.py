@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ._field import tap_values
-from .correlation import _blocks, _dot, _dummy_tables, _grid_taps, _resize_tables, _taps, _tile, _types
+from .correlation import _dot, _dummy_tables, _grid_taps, _resize_tables, _taps, _tile, _types, blocks
 
 BLOCK = 128
 
@@ -146,7 +146,7 @@ def correlation_bwd(gout, src, tgt, grid, size, need_src, need_tgt, need_grid):
     need_grid = need_grid and grid is not None
     dsrc, dtgt, parts = [], [], []
     g = grid if grid is not None else src[0]
-    BT, BS, BC = _blocks(device)
+    BT, BS, BC = blocks(dtype)
     for l, (s, t) in enumerate(zip(src, tgt)):
         C, Hs, Ws = s.shape[1:]
         Ht, Wt = t.shape[2:]

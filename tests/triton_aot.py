@@ -6,7 +6,8 @@ Triton compiles to a cubin without a GPU (its LLVM and ptxas come with it); only
 A stand-in driver reports the target and every launch becomes a compile-only warm-up, so each op's forward
 and backward, called through pscfast.ops with CPU tensors of every dtype the Triton backend takes, compiles
 all the kernel variants a GPU run would launch, in the real compiler rather than the interpreter.
-Nothing runs: the outputs are uninitialised. The report lists the kernels compiled and the failures.
+Nothing runs: the outputs are uninitialised. The report lists the kernels compiled, the shared memory each
+needs (checked against the target's per-block limit, which a launch would otherwise hit), and the failures.
 """
 import argparse
 import json
@@ -22,6 +23,10 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
+
+
+# the most shared memory one block may use (opt-in), by compute capability; a launch beyond it fails
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
 
 
 class _TargetOnlyDriver:
@@ -40,13 +45,15 @@ class _TargetOnlyDriver:
         return self.target
 
 
-def _install(arch: int) -> set:
-    compiled = set()
+def _install(arch: int, case: dict) -> dict:
+    """Launches compile only; returns {module.kernel: {case dtype: largest shared memory of its variants}}."""
+    compiled = {}
     run = JITFunction.run
 
     def compile_only(self, *args, grid, warmup, **kwargs):
         kernel = run(self, *args, grid=grid, warmup=True, **kwargs)
-        compiled.add(f"{self.fn.__module__}.{self.fn.__name__}")
+        per_dtype = compiled.setdefault(f"{self.fn.__module__}.{self.fn.__name__}", {})
+        per_dtype[case["dtype"]] = max(per_dtype.get(case["dtype"], 0), kernel.metadata.shared)
         return kernel
 
     driver.set_active(_TargetOnlyDriver(arch))
@@ -106,21 +113,34 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="write the report as JSON here")
     args = parser.parse_args(argv)
 
-    compiled = _install(args.arch)
+    case = {}
+    compiled = _install(args.arch, case)
+    import importlib
+    import pkgutil
+
     from pscfast import kernels
     from pscfast.kernels import _interpreter
 
+    for info in pkgutil.iter_modules(kernels.__path__):  # imported now, so they pick their GPU block sizes
+        importlib.import_module(f"pscfast.kernels.{info.name}")
     kernels.INTERPRET = True  # let the dispatcher hand CPU tensors to the Triton backend ...
     _interpreter.problem = lambda: None  # ... whose launches only compile here
     failures = []
     for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        case["dtype"] = str(dtype).replace("torch.", "")
         for name, fn in _cases(dtype):
             try:
                 fn()
             except Exception:  # report every failure, not just the first
                 failures.append({"op": name, "dtype": str(dtype), "error": traceback.format_exc(limit=-6)})
+    limit = SHARED_LIMIT.get(args.arch)
+    for name, per_dtype in sorted(compiled.items()):
+        for dtype, shared in per_dtype.items():
+            if limit is not None and shared > limit:
+                failures.append({"op": name, "dtype": dtype,
+                                 "error": f"needs {shared} bytes of shared memory; sm_{args.arch} allows {limit}"})
     report = {"triton": triton.__version__, "torch": torch.__version__, "arch": args.arch,
-              "compiled": sorted(compiled), "failures": failures}
+              "compiled": sorted(compiled), "shared_bytes": compiled, "failures": failures}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
