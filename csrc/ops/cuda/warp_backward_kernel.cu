@@ -148,7 +148,9 @@ __global__ void tap_keys_kernel(const scalar_t* __restrict__ grid, int32_t* __re
   const auto p = warp_pixel(grid + (n0 + nl) * G.h * G.w * 2, G.w, G.direct, oy, ox, resize_index<T>(oy, G.h, G.Ho),
                             resize_index<T>(ox, G.w, G.Wo), G.H, G.W, mode, pad, align);
   const int64_t plane = static_cast<int64_t>(G.H) * G.W;
-  for (int k = 0; k < taps; ++k) {
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {  // unrolled, so k is a constant and the taps stay in registers
+    if (k >= taps) break;
     const int q = mode == SampleMode::kNearest ? p.nearest : tap_index(p.taps, k, G.W);
     keys[idx * taps + k] = static_cast<int32_t>(q >= 0 ? nl * plane + q : ns * plane);
   }
@@ -175,7 +177,9 @@ __global__ void gather_x_grad_kernel(const scalar_t* __restrict__ grid, const sc
     const auto p = warp_pixel(grid + (n0 + nl) * G.h * G.w * 2, G.w, G.direct, oy, ox,
                               resize_index<T>(oy, G.h, G.Ho), resize_index<T>(ox, G.w, G.Wo), G.H, G.W, mode, pad,
                               align);
-    const T w = mode == SampleMode::kNearest ? T(1) : p.taps.w[k];
+    // a select, not p.taps.w[k]: indexing with a runtime k would put the taps in local memory
+    const T w = mode == SampleMode::kNearest ? T(1)
+                : k == 0 ? p.taps.w[0] : k == 1 ? p.taps.w[1] : k == 2 ? p.taps.w[2] : p.taps.w[3];
     acc += w * static_cast<T>(gout[((n0 + nl) * G.C + c) * pixels + pix]);
   }
   dx[(n0 + nl) * G.C * plane + c * plane + q] = static_cast<scalar_t>(acc);
