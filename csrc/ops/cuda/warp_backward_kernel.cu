@@ -54,9 +54,7 @@ __global__ void grid_grad_direct_kernel(const scalar_t* __restrict__ x, const sc
   using T = at::opmath_type<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= G.N * G.Ho * G.Wo) return;
-  const int ox = static_cast<int>(idx % G.Wo);
-  const int oy = static_cast<int>((idx / G.Wo) % G.Ho);
-  const int64_t n = idx / (static_cast<int64_t>(G.Wo) * G.Ho);
+  const auto [n, oy, ox] = out_pixel(idx, G);
   T gx, gy;
   pixel_grid_grad(x, grid, gout, G, n, oy, ox, resize_index<T>(oy, G.h, G.Ho), resize_index<T>(ox, G.w, G.Wo), pad,
                   align, &gx, &gy);

@@ -22,6 +22,17 @@ inline Geometry geometry(c10::IntArrayRef x_size, const at::Tensor& grid, int64_
   return g;
 }
 
+// Output pixel (n, oy, ox) of flat index idx over (N, Ho, Wo).
+struct OutPixel {
+  int64_t n;
+  int oy, ox;
+};
+
+__device__ inline OutPixel out_pixel(int64_t idx, const Geometry& G) {
+  return {idx / (static_cast<int64_t>(G.Wo) * G.Ho), static_cast<int>((idx / G.Wo) % G.Ho),
+          static_cast<int>(idx % G.Wo)};
+}
+
 at::Tensor warp_backward_grid_cuda(const at::Tensor& grad_out, const at::Tensor& x_, const at::Tensor& grid_,
                                    c10::string_view mode, c10::string_view padding_mode, bool align_corners);
 

@@ -22,9 +22,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ x, const scalar_t* _
   using T = at::opmath_type<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= G.N * G.Ho * G.Wo) return;
-  const int ox = static_cast<int>(idx % G.Wo);
-  const int oy = static_cast<int>((idx / G.Wo) % G.Ho);
-  const int64_t n = idx / (static_cast<int64_t>(G.Wo) * G.Ho);
+  const auto [n, oy, ox] = out_pixel(idx, G);
   const auto p = warp_pixel(grid + n * G.h * G.w * 2, G.w, G.direct, oy, ox, resize_index<T>(oy, G.h, G.Ho),
                             resize_index<T>(ox, G.w, G.Wo), G.H, G.W, mode, pad, align);
   const int64_t plane = static_cast<int64_t>(G.H) * G.W, oplane = static_cast<int64_t>(G.Ho) * G.Wo;
