@@ -51,12 +51,21 @@ def _rate_fraction(rec: dict, ceilings: dict, dtype: str) -> str:
     return "-"
 
 
-def table(run: dict) -> str:
-    """One markdown table for one device's run."""
-    meta = run["meta"]
+def _cases(run: dict):
+    """(op, shape, dtype, mode), {provider: record}, the fastest pscfast record; cases pscfast did not run are
+    left out."""
     groups = defaultdict(dict)
     for rec in run["results"]:
         groups[(rec["op"], rec["shape"], rec["dtype"], rec["mode"])][rec["provider"]] = rec
+    for key, recs in sorted(groups.items()):
+        ours = [r for p, r in recs.items() if p in OURS]
+        if ours:
+            yield key, recs, min(ours, key=lambda r: r["median_s"])
+
+
+def table(run: dict) -> str:
+    """One markdown table for one device's run."""
+    meta = run["meta"]
     gpu = meta.get("device_type") == "cuda"
     lines = [
         f"**{meta['device']}** (torch {meta['versions']['torch']}, git {meta['git_revision']}, {meta['date']}; "
@@ -66,12 +75,8 @@ def table(run: dict) -> str:
         "| memory ratio |" + (" roofline |" if gpu else ""),
         "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else ""),
     ]
-    for (op, shape, dtype, mode), recs in sorted(groups.items()):
+    for (op, shape, dtype, mode), recs, best in _cases(run):
         base = next((recs[b] for b in BASELINES if b in recs), None)
-        ours = [r for p, r in recs.items() if p in OURS]
-        if not ours:
-            continue
-        best = min(ours, key=lambda r: r["median_s"])
         speed = f"{base['median_s'] / best['median_s']:.2f}x" if base else "-"
         mem = "-"
         if base and base.get("peak_bytes") is not None and best.get("peak_bytes") is not None:
@@ -91,15 +96,8 @@ def table(run: dict) -> str:
 def peer_table(run: dict) -> str | None:
     """Other implementations measured in the same run (spatial_correlation_sampler, localcorr, an F.unfold
     version) against the fastest pscfast backend; None when the run has none."""
-    groups = defaultdict(dict)
-    for rec in run["results"]:
-        groups[(rec["op"], rec["shape"], rec["dtype"], rec["mode"])][rec["provider"]] = rec
     lines = []
-    for (op, shape, dtype, mode), recs in sorted(groups.items()):
-        ours = [r for p, r in recs.items() if p in OURS]
-        if not ours:
-            continue
-        best = min(ours, key=lambda r: r["median_s"])
+    for (op, shape, dtype, mode), recs, best in _cases(run):
         for peer, rec in sorted(recs.items()):
             if peer in OURS or peer in BASELINES:
                 continue
