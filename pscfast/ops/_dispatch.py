@@ -9,6 +9,8 @@ Choice, first match wins: the `backend=` argument of the call, else the environm
 PSCFAST_BACKEND (a backend name or a comma-separated list in order of preference), else the default order
 for the tensor's device (CUDA: cpp, triton, torch; CPU: cpp, torch; other devices: torch). A backend named
 explicitly that cannot serve the call raises BackendUnavailable with each candidate's reason in words.
+Under torch.compile the choice is made while tracing and is part of the graph: a later change of
+PSCFAST_BACKEND takes effect after torch._dynamo.reset() (a new `backend=` value or dtype recompiles).
 """
 from __future__ import annotations
 
@@ -54,9 +56,8 @@ class Op:
         return _triton_reason(self, device.type, dtype)
 
     def select(self, backend: str | None, tensor: torch.Tensor) -> tuple[str, Callable]:
-        # torch.compile traces the choice once and guards on its inputs; the cache is for eager calls
-        choose = _choose.__wrapped__ if torch.compiler.is_compiling() else _choose
-        name = choose(self, backend, os.environ.get("PSCFAST_BACKEND", ""), tensor.device.type, tensor.dtype)
+        name = _choose_constant(self.name, backend, os.environ.get("PSCFAST_BACKEND", ""), tensor.device.type,
+                                tensor.dtype)
         return name, self.impls[name]
 
 
@@ -104,6 +105,13 @@ def parse_backends(spec: str, source: str) -> tuple[str, ...]:
     if unknown:
         raise ValueError(f"{source}: unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
     return names
+
+
+@torch.compiler.assume_constant_result
+def _choose_constant(op: str, backend: str | None, env: str, device_type: str, dtype: torch.dtype) -> str:
+    # torch.compile runs this once while tracing and bakes the name into the graph (the backend probes call
+    # into torch._C, which Dynamo cannot trace); eager calls hit the cache
+    return _choose(OPS[op], backend, env, device_type, dtype)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -185,13 +185,3 @@ def test_bad_input(make, error, words):
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
         make(a, b)
 
-
-def test_torch_compile():
-    require("consistency_loss", "cpp", "cpu", torch.float32)
-    fwd, bwd = _flows((2, 4, 4, 4, 4), torch.float32, "cpu", spread=2.2)
-    fwd.requires_grad_()
-    fn = torch.compile(lambda a, b: consistency_loss(a, b, "bilinear", backend="cpp"), backend="aot_eager")
-    loss = fn(fwd, bwd)
-    assert_close(loss, ref.consistency_loss(fwd, bwd, "bilinear"))
-    loss.backward()
-    assert fwd.grad is not None and fwd.grad.abs().sum() > 0

@@ -1,5 +1,5 @@
 """correlation against the PyTorch reference: goldens, every backend's forward and backward, half precision,
-gradcheck, opcheck, the grid's gradient alone, torch.compile. The coordinate contract, determinism, the Module
+gradcheck, opcheck, the grid's gradient alone. The coordinate contract, determinism, the Module
 and bad input are in test_correlation_contract.py."""
 from pathlib import Path
 
@@ -141,13 +141,3 @@ def test_only_required_gradients():
     gout = torch.randn_like(out)
     assert_close(torch.autograd.grad(out, grid, gout)[0], torch.autograd.grad(exp, grid, gout)[0], scale=10.0)
 
-
-def test_torch_compile():
-    require("correlation", "cpp", "cpu", torch.float32)
-    src, tgt, grid = _inputs([(3, 8, 8, 6, 6), (2, 4, 4, 4, 4)], 2, 4, torch.float32, "cpu")
-    grid.requires_grad_()
-    fn = torch.compile(lambda s, t, g: correlation(s, t, g, 4, backend="cpp"), backend="aot_eager")
-    out = fn(src, tgt, grid)
-    assert_close(out, ref.correlation(src, tgt, grid, 4), scale=10.0)
-    out.sum().backward()
-    assert grid.grad is not None and grid.grad.shape == grid.shape

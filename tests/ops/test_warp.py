@@ -158,17 +158,6 @@ def test_image_gradient_only_when_required():
     assert "pscfast::_warp_backward_grid" in names and "pscfast::_warp_backward_x" not in names
 
 
-def test_torch_compile():
-    require("warp", "cpp", "cpu", torch.float32)
-    x, grid = _inputs((2, 3, 8, 8, 4, 4, None), torch.float32, "cpu")
-    grid.requires_grad_()
-    fn = torch.compile(lambda x, g: warp(x, g, (8, 8), backend="cpp"), backend="aot_eager")
-    out = fn(x, grid)
-    assert_close(out, ref.warp(x, grid, (8, 8)))
-    out.sum().backward()
-    assert grid.grad is not None and grid.grad.shape == grid.shape
-
-
 def test_modules_equal_functions():
     x, grid = _inputs((2, 3, 8, 9, 4, 4, None), torch.float32, "cpu")
     m = Warp((8, 9), "bilinear", "border")
