@@ -12,7 +12,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _reference
+from . import _checks, _fake, _reference
 from ._dispatch import Op, register_op
 
 MODES = ("nearest", "bilinear")
@@ -29,11 +29,11 @@ def _register() -> None:
     """Fake (meta) and autograd implementations of the compiled pscfast::compose and consistency ops."""
     @torch.library.register_fake("pscfast::compose")
     def _(f_ab, f_bc, mode):
-        return torch.empty_like(f_bc)
+        return _fake.like(f_bc)
 
     @torch.library.register_fake("pscfast::_compose_backward")
     def _(grad_out, f_ab, f_bc, mode):
-        return torch.empty_like(f_ab), torch.empty_like(f_bc)
+        return _fake.like(f_ab), _fake.like(f_bc)
 
     @torch.library.register_fake("pscfast::consistency_loss")
     def _(fwd, bwd, xs, ys, mode):
@@ -41,7 +41,7 @@ def _register() -> None:
 
     @torch.library.register_fake("pscfast::_consistency_loss_backward")
     def _(grad, count, fwd, bwd, xs, ys, mode):
-        return torch.empty_like(fwd), torch.empty_like(bwd)
+        return _fake.like(fwd), _fake.like(bwd)
 
     def setup_compose(ctx, inputs, output):
         f_ab, f_bc, mode = inputs

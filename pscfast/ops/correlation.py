@@ -14,7 +14,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _reference
+from . import _checks, _fake, _reference
 from ._dispatch import Op, register_op
 
 
@@ -26,9 +26,9 @@ def _register() -> None:
 
     @torch.library.register_fake("pscfast::_correlation_backward")
     def _(grad_out, src, tgt, grid, size, output_mask):
-        dsrc = [torch.empty_like(s) for s in src] if output_mask[0] else []
-        dtgt = [torch.empty_like(t) for t in tgt] if output_mask[1] else []
-        dgrid = torch.empty_like(grid) if output_mask[2] and grid is not None else src[0].new_empty((0,))
+        dsrc = [_fake.like(s) for s in src] if output_mask[0] else []
+        dtgt = [_fake.like(t) for t in tgt] if output_mask[1] else []
+        dgrid = _fake.like(grid) if output_mask[2] and grid is not None else src[0].new_empty((0,))
         return dsrc, dtgt, dgrid
 
     def setup(ctx, inputs, output):

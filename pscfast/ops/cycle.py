@@ -12,7 +12,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _reference
+from . import _checks, _fake, _reference
 from ._dispatch import Op, register_op
 
 
@@ -20,11 +20,11 @@ def _register() -> None:
     """Fake (meta) and autograd implementations of the compiled pscfast cycle ops."""
     @torch.library.register_fake("pscfast::compose_displacement")
     def _(f_ab, f_bc, m_ab, m_bc):
-        return torch.empty_like(f_ab), torch.empty_like(m_ab)
+        return _fake.like(f_ab), _fake.like(m_ab)
 
     @torch.library.register_fake("pscfast::_compose_displacement_backward")
     def _(grad_f, grad_m, f_ab, f_bc, m_ab, m_bc):
-        return torch.empty_like(f_ab), torch.empty_like(f_bc), torch.empty_like(m_ab), torch.empty_like(m_bc)
+        return _fake.like(f_ab), _fake.like(f_bc), _fake.like(m_ab), _fake.like(m_bc)
 
     @torch.library.register_fake("pscfast::truncated_flow_loss")
     def _(pred, target, mask, T):

@@ -13,7 +13,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _reference
+from . import _checks, _fake, _reference
 from ._dispatch import Op, register_op
 
 _INT_ARGS = ("kernel_size", "max_displacement", "stride", "padding", "dilation", "dilation_patch")
@@ -35,8 +35,7 @@ def _register() -> None:
 
     @torch.library.register_fake("pscfast::_local_correlation_backward")
     def _(grad_out, a, b, *args):
-        return torch.empty_like(a, memory_format=torch.contiguous_format), \
-            torch.empty_like(b, memory_format=torch.contiguous_format)
+        return _fake.like(a), _fake.like(b)
 
     def setup(ctx, inputs, output):
         ctx.save_for_backward(inputs[0], inputs[1])

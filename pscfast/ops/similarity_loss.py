@@ -16,7 +16,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _reference
+from . import _checks, _fake, _reference
 from ._dispatch import Op, register_op
 from .correlation import _layers
 
@@ -32,8 +32,7 @@ def _register() -> None:
 
     @torch.library.register_fake("pscfast::_similarity_loss_backward")
     def _(grad_ce, fw, ft, stats, tau, size, need_ft):
-        like = lambda xs: [torch.empty_like(x, memory_format=torch.contiguous_format) for x in xs]  # noqa: E731
-        return like(fw), (like(ft) if need_ft else [])
+        return [_fake.like(x) for x in fw], ([_fake.like(x) for x in ft] if need_ft else [])
 
     @torch.library.register_fake("pscfast::_similarity_resize")
     def _(layers, size):
@@ -41,7 +40,7 @@ def _register() -> None:
 
     @torch.library.register_fake("pscfast::_similarity_resize_adjoint")
     def _(grad, layers, size):
-        return [torch.empty_like(x, memory_format=torch.contiguous_format) for x in layers]
+        return [_fake.like(x) for x in layers]
 
     def setup(ctx, inputs, output):
         fw, ft, tau, size = inputs

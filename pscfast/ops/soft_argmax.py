@@ -13,7 +13,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _reference
+from . import _checks, _fake, _reference
 from ._dispatch import Op, register_op
 
 
@@ -25,7 +25,7 @@ def _register() -> None:
 
     @torch.library.register_fake("pscfast::_kernel_soft_argmax_backward")
     def _(grad_out, corr, target_h, target_w, beta, sigma):
-        return torch.empty_like(corr, memory_format=torch.contiguous_format)
+        return _fake.like(corr)
 
     def setup(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])

@@ -11,7 +11,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _reference
+from . import _checks, _fake, _reference
 from ._dispatch import Op, register_op
 
 MODES = ("bilinear", "nearest")
@@ -26,7 +26,7 @@ def _register() -> None:
 
     @torch.library.register_fake("pscfast::_warp_backward_grid")
     def _(grad_out, x, grid, mode, padding_mode, align_corners):
-        return torch.empty_like(grid)
+        return _fake.like(grid)
 
     @torch.library.register_fake("pscfast::_warp_backward_x")
     def _(grad_out, grid, x_size, mode, padding_mode, align_corners):
