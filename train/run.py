@@ -32,7 +32,8 @@ def parse(argv=None) -> TrainConfig:
     p.add_argument("--lr", type=float, help="learning rate of the stages run")
     p.add_argument("--backend", help="pscfast.ops backend (torch = the reference ops)")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"])
-    p.add_argument("--compile", action="store_true", default=None)
+    p.add_argument("--compile", nargs="?", const=True, default=None, metavar="BACKEND",
+                   help="torch.compile the encoders (stage 1) / the STN (stage 2); backend default inductor")
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--imagenet", help="local torchvision/MoCo ImageNet checkpoint for the encoder")
     p.add_argument("--init", help="pscfast or release checkpoint to start from")

@@ -10,6 +10,7 @@ torchvision/MoCo ImageNet weights load with :func:`load_imagenet`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 PHOTO, SKETCH = 0, 1
@@ -33,8 +34,33 @@ class CondBatchNorm2d(nn.Module):
         return self.norms[modality](x)
 
 
+class ReplicateConv2d(nn.Conv2d):
+    """``nn.Conv2d(..., padding_mode="replicate")`` that torch.compile can train. Under compile the padding is
+    built from edge slices: inductor's channels-last layouts make aten's replication_pad2d_backward return
+    strides that its meta function does not predict, and the compiled backward fails (torch 2.11-2.14).
+    Eager calls use the aten padding; both give the same values."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int, stride: int = 1, padding: int = 0):
+        super().__init__(cin, cout, kernel_size, stride, padding, bias=False, padding_mode="replicate")
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            return super()._conv_forward(x, weight, bias)
+        return F.conv2d(replicate_pad(x, self.padding), weight, bias, self.stride, 0, self.dilation, self.groups)
+
+
+def replicate_pad(x: torch.Tensor, pad: tuple[int, int]) -> torch.Tensor:
+    """``F.pad(x, (pw, pw, ph, ph), mode="replicate")`` from slices, expands and concatenations."""
+    ph, pw = pad
+    if ph:
+        x = torch.cat([x[:, :, :1].expand(-1, -1, ph, -1), x, x[:, :, -1:].expand(-1, -1, ph, -1)], dim=2)
+    if pw:
+        x = torch.cat([x[..., :1].expand(-1, -1, -1, pw), x, x[..., -1:].expand(-1, -1, -1, pw)], dim=3)
+    return x
+
+
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride, 1, bias=False, padding_mode="replicate")
+    return ReplicateConv2d(cin, cout, 3, stride, 1)
 
 
 class BasicBlock(nn.Module):
@@ -95,7 +121,7 @@ class ResNet(nn.Module):
         kind, depths = ARCHS[arch]
         block = BasicBlock if kind == "basic" else Bottleneck
         self.arch, self.shared_bn = arch, shared_bn
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False, padding_mode="replicate")
+        self.conv1 = ReplicateConv2d(3, 64, 7, 2, 3)
         self.bn1 = CondBatchNorm2d(64, shared_bn)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)

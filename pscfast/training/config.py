@@ -41,7 +41,7 @@ class TrainConfig:
     backend: str | None = None           # pscfast.ops backend ("torch" = reference ops)
     amp: str = "auto"                    # auto (bf16 on CUDA) | bf16 | fp16 | none
     channels_last: bool = False
-    compile: bool = False
+    compile: bool | str = False          # True or a torch.compile backend name ("inductor", "aot_eager", ...)
     save_every: int = 50                 # epochs
     eval_every: int = 0                  # epochs, 0 = only at the end
     eval_batch_size: int = 16

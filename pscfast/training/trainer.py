@@ -33,6 +33,18 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
+def compile_backend(value: bool | str) -> str | None:
+    """TrainConfig.compile -> a torch.compile backend name or None (True means inductor)."""
+    if value is True or value == "inductor":
+        return "inductor"
+    if not value:
+        return None
+    if value not in torch.compiler.list_backends(exclude_tags=()):
+        raise ValueError(f"compile: unknown torch.compile backend {value!r}; "
+                         f"choose from {', '.join(torch.compiler.list_backends())}")
+    return value
+
+
 def lr_lambda(total: int, warmup: int):
     """Linear warm-up over ``warmup`` steps, then cosine to 0 at ``total``."""
     def f(step: int) -> float:
@@ -95,7 +107,15 @@ class Stage:
             # stage 1: each conditional BN uses one modality per call, so the other pair member is unused.
             self.net = DDP(self.net, device_ids=[device.index] if device.type == "cuda" else None,
                            find_unused_parameters=stage == 1)
-        self.forward = torch.compile(self.net) if cfg.compile else self.net
+        self.forward = self.net
+        backend = compile_backend(cfg.compile)
+        if backend and stage == 1:
+            # the encoders only: the queue update mutates a buffer that the loss's backward reads, which a
+            # compiled MoCo forward (AOTAutograd saves the buffer, not the clone) turns into a version error
+            for encoder in (self.moco.encoder_q, self.moco.encoder_k):
+                encoder.compile(backend=backend)
+        elif backend:
+            self.forward = torch.compile(self.net, backend=backend)
         self.opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         total = self.epochs * self.steps_per_epoch
         self.sched = torch.optim.lr_scheduler.LambdaLR(

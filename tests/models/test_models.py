@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from pscfast.models import PHOTO, SKETCH, MoCo, PSCNet, ResNet, load_imagenet
+from pscfast.models.resnet import ReplicateConv2d, replicate_pad
 from pscfast.ops._reference import identity_grid
 
 
@@ -32,6 +33,26 @@ def test_bottleneck_feature_channels():
     l2, l3 = enc.features(torch.rand(1, 3, 64, 64), SKETCH)
     assert l2.shape == (1, 512, 8, 8) and l3.shape == (1, 1024, 4, 4)
     assert enc.layer2[0].conv2.stride == (2, 2)  # v1.5: stride on the 3x3 conv
+
+
+@pytest.mark.parametrize("pad", [(1, 1), (3, 3), (2, 0), (0, 1)])
+def test_replicate_pad_equals_aten(pad):
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    ph, pw = pad
+    assert torch.equal(replicate_pad(x, pad), torch.nn.functional.pad(x, (pw, pw, ph, ph), mode="replicate"))
+    torch.autograd.gradcheck(lambda t: replicate_pad(t, pad), (x,))
+
+
+def test_replicate_conv_compiled_equals_eager():
+    """Under torch.compile the padding is built from slices (ReplicateConv2d): same values and gradients."""
+    conv = ReplicateConv2d(3, 4, 7, 2, 3)
+    x = torch.randn(2, 3, 11, 10, requires_grad=True)
+    out = {}
+    for name, fn in (("eager", conv), ("compiled", torch.compile(conv, backend="aot_eager", fullgraph=True))):
+        y = fn(x)
+        out[name] = (y, *torch.autograd.grad(y.square().sum(), (x, conv.weight)))
+    for a, b in zip(out["compiled"], out["eager"]):
+        torch.testing.assert_close(a, b)
 
 
 def test_replicate_padding_on_spatial_convs():
