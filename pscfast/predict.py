@@ -74,6 +74,12 @@ def predict_pair(photo_path, sketch_path, predict, keypoints=None, device="cpu")
         fwd, bwd = predict(photo[None].to(device), sketch[None].to(device))
     fwd, bwd = fwd[0].float().cpu(), bwd[0].float().cpu()
     if keypoints is not None:
+        w, h = pwh
+        outside = [i for i, (x, y) in enumerate(keypoints, 1) if not (0 <= x <= w - 1 and 0 <= y <= h - 1)]
+        if outside:
+            i = outside[0]
+            raise ValueError(f"keypoint {i} ({keypoints[i - 1][0]:g}, {keypoints[i - 1][1]:g}) lies outside the "
+                             f"{w}x{h} photo (x in [0, {w - 1}], y in [0, {h - 1}])")
         kp_src, flow, src_wh, dst_wh = keypoints, bwd, pwh, swh
     else:
         from pscfast.data.keypoints import sample_sketch_keypoints
@@ -100,7 +106,10 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
     kps = parse_keypoints(a.keypoints) if a.keypoints else None
-    r = predict_pair(a.photo, a.sketch, build_predictor(a.checkpoint, a.arch, a.device), kps, a.device)
+    try:
+        r = predict_pair(a.photo, a.sketch, build_predictor(a.checkpoint, a.arch, a.device), kps, a.device)
+    except ValueError as exc:
+        raise SystemExit(f"pscfast.predict: {exc}") from None
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     Image.fromarray(r.pop("figure")).save(a.out)
     flow_path = os.path.splitext(a.out)[0] + ".flow.pt"

@@ -55,6 +55,9 @@ def test_predict_default_keypoints_come_from_the_sketch(odd_pair):
 def test_predict_rejects_bad_keypoints(odd_pair, tmp_path):
     with pytest.raises(SystemExit, match="x,y"):
         predict_main([*odd_pair, "--checkpoint", "identity", "--out", str(tmp_path / "f.png"), "--keypoints", "1,2,3"])
+    with pytest.raises(SystemExit, match=r"keypoint 2 \(300, 5\) lies outside the 300x220 photo"):
+        predict_main([*odd_pair, "--checkpoint", "identity", "--out", str(tmp_path / "f.png"),
+                      "--keypoints", "299,219;300,5"])
 
 
 def test_flow_figure_and_warp():
