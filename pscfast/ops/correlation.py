@@ -94,7 +94,12 @@ def _layers(op: str, name: str, value) -> list[torch.Tensor]:
         value = [value]
     if not isinstance(value, Sequence) or len(value) == 0:
         raise TypeError(f"pscfast.ops.{op}: {name} must be a non-empty sequence of (N, C, H, W) tensors")
-    return [_checks.tensor(op, f"{name}[{i}]", t, dims=4) for i, t in enumerate(value)]
+    layers = [_checks.tensor(op, f"{name}[{i}]", t, dims=4) for i, t in enumerate(value)]
+    for i, t in enumerate(layers):
+        if t.shape[1] == 0:
+            raise ValueError(f"pscfast.ops.{op}: {name}[{i}] has no channels, shape {tuple(t.shape)}")
+        _checks.nonempty_spatial(op, f"{name}[{i}]", t)
+    return layers
 
 
 def correlation(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor], grid: torch.Tensor | None = None,
@@ -121,8 +126,6 @@ def correlation(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor], grid: 
         if s.shape[:2] != t.shape[:2] or s.shape[0] != src[0].shape[0]:
             raise ValueError(f"pscfast.ops.{op}: layer {i}: src {tuple(s.shape)} and tgt {tuple(t.shape)} must "
                              "share the batch size and the channel count")
-        _checks.nonempty_spatial(op, f"src[{i}]", s)
-        _checks.nonempty_spatial(op, f"tgt[{i}]", t)
     size = _checks.size_pair(op, "size", size)[0]
     _checks.same_device(op, **{f"src[{i}]": s for i, s in enumerate(src)}, **{f"tgt[{i}]": t for i, t in enumerate(tgt)})
     if grid is not None:

@@ -120,6 +120,9 @@ def similarity_loss(fw: Sequence[torch.Tensor], ft: Sequence[torch.Tensor], tau:
     if [f.shape[:2] for f in fw] != [f.shape[:2] for f in ft]:
         raise ValueError(f"pscfast.ops.{op}: fw and ft must have the same layers (batch and channels), got "
                          f"{[tuple(f.shape) for f in fw]} and {[tuple(f.shape) for f in ft]}")
+    if fw[0].shape[0] == 0:
+        raise ValueError(f"pscfast.ops.{op}: the batch is empty; the weight is min-max scaled over the batch, "
+                         "so it needs at least one sample")
     if not tau > 0:
         raise ValueError(f"pscfast.ops.{op}: tau must be positive, got {tau}")
     size = _checks.size_pair(op, "size", size)[0]

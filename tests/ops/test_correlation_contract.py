@@ -72,6 +72,7 @@ def test_module_equals_function():
         (lambda s, t, g: correlation([s[0][0]], t, g, 4), ValueError, "src[0] must have 4 dimensions"),
         (lambda s, t, g: correlation(s, [t[0].long()], g, 4), TypeError, "tgt[0] must be a floating-point"),
         (lambda s, t, g: correlation(s, [t[0][:, :, :0]], g, 4), ValueError, "tgt[0] has an empty spatial size"),
+        (lambda s, t, g: correlation([s[0][:, :0]], [t[0][:, :0]], g, 4), ValueError, "src[0] has no channels"),
         (lambda s, t, g: correlation(s, t, g, 0), ValueError, "size must be"),
         (lambda s, t, g: correlation(s, t, g.to("meta"), 4), ValueError, "one device"),
     ],

@@ -199,6 +199,10 @@ def test_bad_input():
         similarity_loss([], [a])
     with pytest.raises(ValueError, match="ft"):
         similarity_loss([a], [torch.rand(2, 4, 5)])
+    with pytest.raises(ValueError, match="fw\\[0\\] has no channels"):
+        similarity_loss([a[:, :0]], [a[:, :0]])
+    with pytest.raises(ValueError, match="the batch is empty"):
+        similarity_loss([a[:0]], [a[:0]])
     with pytest.raises(RuntimeError, match="ft"):
         torch.ops.pscfast.similarity_loss([a], [b], 0.1, 5)
 
