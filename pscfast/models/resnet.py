@@ -150,6 +150,9 @@ class ResNet(nn.Module):
             raise ValueError(f"pscfast.models.ResNet: modality must be 0 (photo) or 1 (sketch), got {modality!r}")
         if x.dim() != 4 or x.shape[1] != 3:
             raise ValueError(f"pscfast.models.ResNet: expected images (N, 3, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"pscfast.models.ResNet: expected floating-point images normalised with ImageNet's mean "
+                            f"and std (pscfast.data.normalize of [0, 1] images), got {x.dtype}")
 
     def features(self, x: torch.Tensor, modality: int) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x, modality)
