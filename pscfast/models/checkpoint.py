@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from pscfast.models._load import load_file
 from pscfast.models.psc import PSCNet
 
 FORMAT = "pscfast"
@@ -89,7 +90,7 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, shared_bn:
     arch: resnet18/50/101, detected from the keys when None (a mismatch with the file is an error).
     shared_bn: None = the file's own setting (True for the release, which shares one BN per pair).
     """
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    ckpt = load_file(path, "pscfast.models.load_checkpoint", map_location)
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
         file_arch = ckpt["arch"]
         if arch is not None and arch != file_arch:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pscfast.models._load import load_file
+
 PHOTO, SKETCH = 0, 1
 ARCHS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3)),
          "resnet101": ("bottleneck", (3, 4, 23, 3))}
@@ -191,5 +193,5 @@ def imagenet_to_cbn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def load_imagenet(encoder: ResNet, path: str) -> None:
     """Initialise ``encoder`` from a local torchvision- or MoCo-format ImageNet checkpoint (strict)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_file(path, "pscfast.models.load_imagenet")
     encoder.load_state_dict(imagenet_to_cbn(state), strict=True)

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pscfast.models import load_checkpoint, load_imagenet, save_checkpoint
+from pscfast.models._load import load_file
 from pscfast.models.sfnet import BETA, SIGMA, SFNet
 from pscfast.training.pipeline import evaluate_pck, prepare_data
 from pscfast.training.sfnet_data import MaskedPairs
@@ -70,7 +71,7 @@ def build(cfg: SFNetConfig, device) -> SFNet:
 
 def load_sfnet(path: str, map_location="cpu") -> SFNet:
     """An SFNet checkpoint written by :func:`train`, in eval mode."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    ckpt = load_file(path, "load_sfnet", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("model_kind") != "sfnet":
         raise ValueError(f"load_sfnet: {path} is not an SFNet checkpoint (written by pscfast.training.sfnet)")
     model = SFNet(ckpt["arch"], beta=ckpt["beta"], sigma=ckpt["sigma"])

@@ -1,4 +1,6 @@
 """Checkpoints: the release format (keys and shapes of the authors' TSV), strictness, pscfast's own format."""
+import argparse
+
 import pytest
 import torch
 
@@ -79,6 +81,21 @@ def test_arch_mismatch_and_garbage(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "junk.pth")
     with pytest.raises(ValueError, match="neither"):
         load_checkpoint(tmp_path / "junk.pth")
+
+
+def test_unreadable_files_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pth: no such file"):
+        load_checkpoint(tmp_path / "missing.pth")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(ValueError, match="image.png is not a PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "image.png")
+    torch.save(release_state(), tmp_path / "r18.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "r18.pth").read_bytes()[:4096])
+    with pytest.raises(ValueError, match="cut.pth cannot be read as a checkpoint of tensors"):
+        load_checkpoint(tmp_path / "cut.pth")
+    torch.save({"args": argparse.Namespace(lr=0.1), "state_dict": {}}, tmp_path / "objects.pth")
+    with pytest.raises(ValueError, match="objects.pth cannot be read .*argparse.Namespace"):
+        load_checkpoint(tmp_path / "objects.pth")
 
 
 def test_pscfast_format_round_trip(tmp_path):
