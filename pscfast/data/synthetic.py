@@ -86,6 +86,10 @@ def generate(out_dir, seed=0, classes=shapes.DEFAULT_CLASSES, photos_per_class=1
     classes = list(classes)
     if not classes:
         raise ValueError("classes: need at least one class")
+    if not (isinstance(seed, int) and seed >= 0):
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if sketches_per_photo < 1:
+        raise ValueError(f"sketches_per_photo must be at least 1, got {sketches_per_photo}")
     if not 0 < test_photos_per_class < photos_per_class:
         raise ValueError(f"test_photos_per_class={test_photos_per_class} must be in [1, photos_per_class)")
     if os.path.exists(out_dir) and os.listdir(out_dir):
@@ -166,8 +170,11 @@ def main(argv=None):
     ap.add_argument("--no-masks", action="store_true", help="skip the foreground masks")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
-    counts = generate(a.out, a.seed, [c.strip() for c in a.classes.split(",") if c.strip()], a.photos_per_class,
-                      a.sketches_per_photo, a.test_photos_per_class, masks=not a.no_masks)
+    try:
+        counts = generate(a.out, a.seed, [c.strip() for c in a.classes.split(",") if c.strip()],
+                          a.photos_per_class, a.sketches_per_photo, a.test_photos_per_class, masks=not a.no_masks)
+    except (ValueError, FileExistsError) as exc:
+        ap.error(str(exc))
     print(f"wrote {a.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
           + f" in {time.perf_counter() - t0:.1f} s")
 

@@ -60,6 +60,20 @@ def test_refuses_nonempty_and_leaves_nothing_on_error(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["full"]
 
 
+@pytest.mark.parametrize("args, words", [
+    (["--seed", "-1"], "seed must be a non-negative int, got -1"),
+    (["--sketches-per-photo", "0"], "sketches_per_photo must be at least 1"),
+    (["--photos-per-class", "3", "--test-photos-per-class", "3"], "test_photos_per_class=3 must be in"),
+    (["--classes", "house,unicorn"], "unknown synthetic class 'unicorn'"),
+])
+def test_cli_errors_are_one_line(args, words, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        synthetic.main(["--out", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert os.listdir(tmp_path) == []
+
+
 def test_deformation_inverse_and_grids():
     d = Deformation.random(np.random.default_rng(11))
     q = np.random.default_rng(2).uniform(0, 255, (500, 2))
