@@ -50,7 +50,10 @@ def parse(argv=None) -> TrainConfig:
                 imagenet=a.imagenet, init=a.init, out=a.out, resume=a.resume, device=a.device, seed=a.seed,
                 workers=a.workers, eval_limit=a.eval_limit, epochs_encoder=a.epochs, epochs_estimator=a.epochs,
                 lr_encoder=a.lr, lr_estimator=a.lr)
-    return TrainConfig.from_json(a.config, **over) if a.config else TrainConfig().replace(**over)
+    try:
+        return TrainConfig.from_json(a.config, **over) if a.config else TrainConfig().replace(**over)
+    except (ValueError, OSError) as exc:  # a bad value or config file: one line, not a traceback
+        p.error(str(exc))
 
 
 def main(argv=None) -> None:

@@ -53,6 +53,25 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
 
+    def __post_init__(self):
+        positive = ("batch_size", "image_size", "moco_dim", "moco_k", "lr_encoder", "lr_estimator", "moco_t", "tau",
+                    "save_every", "eval_batch_size")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainConfig: {name} must be positive, got {getattr(self, name)!r}")
+        for name in ("epochs_encoder", "epochs_estimator", "warmup_epochs", "momentum", "weight_decay", "sim_weight",
+                     "con_weight", "eval_every", "workers"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"TrainConfig: {name} must be non-negative, got {getattr(self, name)!r}")
+        if not 0 <= self.moco_m < 1:
+            raise ValueError(f"TrainConfig: moco_m must be in [0, 1), got {self.moco_m!r}")
+        if self.image_size < 32:
+            raise ValueError(f"TrainConfig: image_size must be at least 32 (layer3 has stride 16), got {self.image_size}")
+        for name in ("max_steps_per_epoch", "eval_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig: {name} must be at least 1 or None, got {getattr(self, name)!r}")
+        self.stages()
+
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
 
