@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from pscfast.data.images import IMAGENET_MEAN, IMAGENET_STD
-
 
 def to_uint8(image):
     """(3, H, W) float tensor in [0, 1] or (H, W, 3) uint8 array -> (H, W, 3) uint8 array."""
@@ -24,13 +22,6 @@ def to_uint8(image):
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
     return image
-
-
-def denormalize(x):
-    """Undo ImageNet normalisation of (…, 3, H, W) images (for pictures of normalised model inputs)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return x * std + mean
 
 
 def colours(k):

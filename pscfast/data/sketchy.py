@@ -119,11 +119,6 @@ class _PairsBase(Dataset):
     def _load(self, row, key):
         return decode_rgb(os.path.join(self.root, row[key]), where=f"{self.csv_name} line {row['line']}")
 
-    @property
-    def class_ids(self):
-        """Sorted 1-based class ids present in the CSV."""
-        return list(self.class_names)
-
 
 class PSCTrainPairs(_PairsBase):
     """Training pairs: one item per photo, a random one of its CSV rows (sketch + flip) per access.
