@@ -71,6 +71,19 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be at least 1 or None, got {getattr(self, name)!r}")
         self.stages()
+        self.compile_backend()
+
+    def compile_backend(self) -> str | None:
+        """The torch.compile backend of ``compile`` (True means inductor), or None."""
+        if self.compile is True or self.compile == "inductor":
+            return "inductor"
+        if not self.compile:
+            return None
+        import torch
+        if self.compile not in torch.compiler.list_backends(exclude_tags=()):
+            raise ValueError(f"TrainConfig: compile: unknown torch.compile backend {self.compile!r}; "
+                             f"choose from {', '.join(torch.compiler.list_backends())}")
+        return self.compile
 
     def replace(self, **kw) -> "TrainConfig":
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})

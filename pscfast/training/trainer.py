@@ -33,18 +33,6 @@ def resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def compile_backend(value: bool | str) -> str | None:
-    """TrainConfig.compile -> a torch.compile backend name or None (True means inductor)."""
-    if value is True or value == "inductor":
-        return "inductor"
-    if not value:
-        return None
-    if value not in torch.compiler.list_backends(exclude_tags=()):
-        raise ValueError(f"compile: unknown torch.compile backend {value!r}; "
-                         f"choose from {', '.join(torch.compiler.list_backends())}")
-    return value
-
-
 def lr_lambda(total: int, warmup: int):
     """Linear warm-up over ``warmup`` steps, then cosine to 0 at ``total``."""
     def f(step: int) -> float:
@@ -108,7 +96,7 @@ class Stage:
             self.net = DDP(self.net, device_ids=[device.index] if device.type == "cuda" else None,
                            find_unused_parameters=stage == 1)
         self.forward = self.net
-        backend = compile_backend(cfg.compile)
+        backend = cfg.compile_backend()
         if backend and stage == 1:
             # the encoders only: the queue update mutates a buffer that the loss's backward reads, which a
             # compiled MoCo forward (AOTAutograd saves the buffer, not the clone) turns into a version error

@@ -42,6 +42,7 @@ def test_flags_override_the_config_file(tmp_path):
     (dict(epochs_encoder=-1), "epochs_encoder must be non-negative"),
     (dict(max_steps_per_epoch=0), "max_steps_per_epoch must be at least 1"),
     (dict(stage="decoder"), "stage must be one of"),
+    (dict(compile="fast"), "unknown torch.compile backend 'fast'"),
 ])
 def test_bad_values_are_refused(kw, words):
     with pytest.raises(ValueError, match=words.replace("[", r"\[").replace(")", r"\)")):
