@@ -54,7 +54,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        positive = ("batch_size", "image_size", "moco_dim", "moco_k", "lr_encoder", "lr_estimator", "moco_t", "tau",
+        positive = ("batch_size", "moco_dim", "moco_k", "lr_encoder", "lr_estimator", "moco_t", "tau",
                     "save_every", "eval_batch_size")
         for name in positive:
             if not getattr(self, name) > 0:
@@ -66,7 +66,8 @@ class TrainConfig:
         if not 0 <= self.moco_m < 1:
             raise ValueError(f"TrainConfig: moco_m must be in [0, 1), got {self.moco_m!r}")
         if self.image_size < 32:
-            raise ValueError(f"TrainConfig: image_size must be at least 32 (layer3 has stride 16), got {self.image_size}")
+            raise ValueError(f"TrainConfig: image_size must be at least 32 (layer3 has stride 16), "
+                             f"got {self.image_size}")
         for name in ("max_steps_per_epoch", "eval_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be at least 1 or None, got {getattr(self, name)!r}")

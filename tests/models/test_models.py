@@ -85,7 +85,8 @@ def test_bad_modality_and_arch():
     with pytest.raises(ValueError, match=r"expected images \(N, 3, H, W\), got \(1, 1, 32, 32\)"):
         ResNet()(torch.rand(1, 1, 32, 32), PHOTO)
     with pytest.raises(TypeError, match="floating-point images normalised .* got torch.uint8"):
-        PSCNet().predict_flow(torch.zeros(1, 3, 32, 32, dtype=torch.uint8), torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+        image = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
+        PSCNet().predict_flow(image, image)
 
 
 def test_imagenet_checkpoint_init(tmp_path):
