@@ -5,7 +5,7 @@ per-sample augmentation loop ("naive"). CPU: batch 8 R18 at 256x256; CUDA: batch
 import pytest
 import torch
 
-from bench.conftest import RESULTS, bench_device, peak_bytes
+from bench.conftest import bench_device, peak_bytes, record_result
 from pscfast.training.config import TrainConfig
 from pscfast.training.trainer import Stage, build_model
 
@@ -48,5 +48,4 @@ def test_train_step(benchmark, provider):
     record = {"op": "train_step", "provider": provider, "mode": "fwd+bwd", "shape": f"B{BATCH}-R18-256",
               "device": DEVICE, "dtype": "bf16-amp" if DEVICE == "cuda" else "float32", "median_s": stats.median,
               "iqr_s": stats.iqr, "min_s": stats.min, "rounds": stats.rounds, "peak_bytes": peak}
-    benchmark.extra_info.update(record)
-    RESULTS.append(record)
+    record_result(benchmark, record)

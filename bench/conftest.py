@@ -3,7 +3,9 @@
 Without --benchmark the suite is skipped (plain `pytest` runs only tests/). Each case times one provider
 (a backend: torch = the naive PyTorch reference, cpp, triton) in one mode (fwd, bwd, fwd+bwd) at one shape,
 and records peak memory beyond the resident inputs. Results go to pytest-benchmark's tables and to
---bench-out (default bench/results/latest-<device>.json) with device, versions, dtype and git revision.
+--bench-out (default bench/results/latest-<device>.json) with device, versions, dtype and git revision,
+rewritten after every case, so a run cut short (a device call's time limit) keeps what it measured;
+--bench-resume keeps the file's cases and skips them, so a sweep can be split over several calls.
 Method: bench/README.md.
 """
 from __future__ import annotations
@@ -34,6 +36,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-out", default=None, help="JSON result file (default bench/results/latest-<device>.json)")
     group.addoption("--bench-triton-cpu", action="store_true",
                     help="also time Triton on CPU tensors (the interpreter: meaningless as speed, off by default)")
+    group.addoption("--bench-resume", action="store_true",
+                    help="keep the cases already in --bench-out and skip them (a sweep split over several calls)")
 
 
 def pytest_configure(config):
@@ -43,11 +47,25 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--benchmark"):
+    if not config.getoption("--benchmark"):
+        skip = pytest.mark.skip(reason="benchmarks run with `pytest bench --benchmark`")
+        for item in items:
+            item.add_marker(skip)
         return
-    skip = pytest.mark.skip(reason="benchmarks run with `pytest bench --benchmark`")
-    for item in items:
-        item.add_marker(skip)
+    global _OUT, _META
+    _OUT = Path(config.getoption("--bench-out") or ROOT / "bench" / "results" / f"latest-{_slug()}.json")
+    if config.getoption("--bench-resume") and _OUT.exists():
+        earlier = json.loads(_OUT.read_text())
+        if earlier["meta"]["device"] != device_name(bench_device()):
+            raise pytest.UsageError(f"--bench-resume: {_OUT} holds results of {earlier['meta']['device']}, "
+                                    f"not of this machine's {device_name(bench_device())}")
+        _META = earlier["meta"]  # the same machine: its ceilings stand
+        RESULTS.extend(earlier["results"])
+        done = {r.get("case") for r in RESULTS}
+        skip = pytest.mark.skip(reason=f"measured in an earlier call ({_OUT.name})")
+        for item in items:
+            if item.nodeid in done:
+                item.add_marker(skip)
 
 
 def device_name(device: str) -> str:
@@ -72,23 +90,21 @@ def _git_revision() -> str:
         return "unknown"
 
 
-def pytest_sessionfinish(session, exitstatus):
-    if not RESULTS or not session.config.getoption("--benchmark"):
-        return
+def _slug() -> str:
+    return re.sub(r"[^a-z0-9]+", "-", device_name(bench_device()).lower()).strip("-")[:40]
+
+
+def _meta(device: str) -> dict:
     import pscfast
     from bench import ceilings
     from pscfast import kernels
 
-    device = RESULTS[0]["device"]
-    slug = re.sub(r"[^a-z0-9]+", "-", device_name(device).lower()).strip("-")[:40]
-    out = Path(session.config.getoption("--bench-out") or ROOT / "bench" / "results" / f"latest-{slug}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     triton_version = None
     if kernels.AVAILABLE:
         import triton
 
         triton_version = triton.__version__
-    meta = {
+    return {
         "device": device_name(device),
         "device_type": device,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -98,8 +114,31 @@ def pytest_sessionfinish(session, exitstatus):
         "memory_method": MEMORY_METHOD[device],
         "ceilings": ceilings.measure(device),
     }
-    out.write_text(json.dumps({"meta": meta, "results": RESULTS}, indent=1) + "\n")
-    print(f"\npscfast benchmark results: {out}")
+
+
+_OUT: Path | None = None  # the result file, set at collection
+_META: dict | None = None  # measured (ceilings included) before the first case is saved
+
+
+def record_result(benchmark, record: dict) -> None:
+    """Keep one case's record and rewrite the result file with every record so far."""
+    global _META
+    record = {"case": benchmark.fullname, **record}  # the pytest node id, which --bench-resume skips
+    benchmark.extra_info.update(record)
+    RESULTS.append(record)
+    if _OUT is None:
+        return
+    if _META is None:
+        _META = _meta(record["device"])
+    _OUT.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _OUT.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": _META, "results": RESULTS}, indent=1) + "\n")
+    tmp.replace(_OUT)  # a run killed mid-write leaves the previous complete file
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if RESULTS and _OUT is not None and session.config.getoption("--benchmark"):
+        print(f"\npscfast benchmark results: {_OUT}")
 
 
 MEMORY_METHOD = {
@@ -145,12 +184,26 @@ def peak_bytes(fn, device: str) -> int:
 
 
 def run_case(benchmark, *, op: str, provider: str, mode: str, shape: str, device: str, dtype: torch.dtype,
-             make_inputs, call, rounds: int, rotate: int = 3, extra: dict | None = None):
+             **kw):
     """Time `call(*inputs)` (fwd), its backward (bwd) or both (fwd+bwd) over `rotate` input copies in turn.
 
     make_inputs() -> (inputs tuple, tensors that require grad). The output's backward uses a fixed
     random gradient. The peak memory comes from one extra fwd+bwd (or the mode's) call after warm-up.
+    A case that runs out of GPU memory is recorded as such (median_s None) and skipped.
     """
+    key = dict(op=op, provider=provider, mode=mode, shape=shape, device=device, dtype=dtype)
+    try:
+        return _run_case(benchmark, **key, **kw)
+    except torch.OutOfMemoryError:
+        pass  # outside the handler, so that the traceback's tensors are freed
+    torch.cuda.empty_cache()
+    record_result(benchmark, {**key, "dtype": str(dtype).replace("torch.", ""), "median_s": None,
+                              "peak_bytes": None, "out_of_memory": True})
+    pytest.skip(f"{provider} runs out of memory at {shape}")
+
+
+def _run_case(benchmark, *, op: str, provider: str, mode: str, shape: str, device: str, dtype: torch.dtype,
+              make_inputs, call, rounds: int, rotate: int = 3, extra: dict | None = None):
     sets = [make_inputs() for _ in range(rotate)]
     outs = [call(*inputs) for inputs, _ in sets]  # warm-up, autotune, and the gradient shapes
     grads = [_grad_like(o) for o in outs]
@@ -202,8 +255,7 @@ def run_case(benchmark, *, op: str, provider: str, mode: str, shape: str, device
     record = {"op": op, "provider": provider, "mode": mode, "shape": shape, "device": device,
               "dtype": str(dtype).replace("torch.", ""), "median_s": stats.median, "iqr_s": stats.iqr,
               "min_s": stats.min, "rounds": stats.rounds, "peak_bytes": peak, **(extra or {})}
-    benchmark.extra_info.update(record)
-    RESULTS.append(record)
+    record_result(benchmark, record)
     return record
 
 

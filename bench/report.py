@@ -58,7 +58,7 @@ def _cases(run: dict):
     for rec in run["results"]:
         groups[(rec["op"], rec["shape"], rec["dtype"], rec["mode"])][rec["provider"]] = rec
     for key, recs in sorted(groups.items()):
-        ours = [r for p, r in recs.items() if p in OURS]
+        ours = [r for p, r in recs.items() if p in OURS and r["median_s"] is not None]
         if ours:
             yield key, recs, min(ours, key=lambda r: r["median_s"])
 
@@ -77,6 +77,11 @@ def table(run: dict) -> str:
     ]
     for (op, shape, dtype, mode), recs, best in _cases(run):
         base = next((recs[b] for b in BASELINES if b in recs), None)
+        if base and base["median_s"] is None:  # the naive version ran out of memory at this shape
+            lines.append(f"| {op} | {shape} | {dtype} | {mode} | out of memory | "
+                         f"{best['median_s'] * 1e3:.3f} ({best['provider']}) | - | - | {_mib(best.get('peak_bytes'))} "
+                         f"| - |" + (f" {_rate_fraction(best, meta.get('ceilings', {}), dtype)} |" if gpu else ""))
+            continue
         speed = f"{base['median_s'] / best['median_s']:.2f}x" if base else "-"
         mem = "-"
         if base and base.get("peak_bytes") is not None and best.get("peak_bytes") is not None:
@@ -99,7 +104,7 @@ def peer_table(run: dict) -> str | None:
     lines = []
     for (op, shape, dtype, mode), recs, best in _cases(run):
         for peer, rec in sorted(recs.items()):
-            if peer in OURS or peer in BASELINES:
+            if peer in OURS or peer in BASELINES or rec["median_s"] is None:
                 continue
             lines.append(f"| {op} | {shape} | {dtype} | {mode} | {peer} | {rec['median_s'] * 1e3:.3f} | "
                          f"{best['median_s'] * 1e3:.3f} ({best['provider']}) | "
@@ -119,7 +124,7 @@ def plot_similarity(runs: list[dict], out: Path) -> Path | None:
     for run in runs:
         for rec in run["results"]:
             grid, batch = re.search(r"g(\d+)", rec["shape"]), re.search(r"B(\d+)", rec["shape"])
-            if rec["op"] == "similarity_loss" and rec["mode"] == "fwd+bwd" and grid and batch:
+            if rec["op"] == "similarity_loss" and rec["mode"] == "fwd+bwd" and grid and batch and rec["median_s"]:
                 family = re.sub(r"-?[gB]\d+", "", rec["shape"]).strip("-")
                 label = f"{rec['provider']} {family} {rec['dtype']} ({run['meta']['device'][:28]})"
                 points[label].append((int(grid.group(1)), rec["median_s"] * 1e3 / int(batch.group(1))))

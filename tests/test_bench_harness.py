@@ -1,0 +1,85 @@
+"""The benchmark harness and the GPU sweep's selection, on CPU: a lent GPU's minutes must not be lost to them.
+
+`pytest bench --benchmark` rewrites its JSON after every case and `--bench-resume` skips what the file holds (a
+sweep split over two device calls); the report shows a case that ran out of memory as such; `--gpu-only` keeps
+every case that can use a GPU and drops the CPU-only ones.
+"""
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import report
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ["bench/bench_consistency.py", "-k", "truncated_flow_loss and g16"]
+
+
+def _pytest(*args):
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_results_are_saved_per_case_and_resumed(tmp_path):
+    out = tmp_path / "run.json"
+    rc, log = _pytest(*CASES, "--benchmark", "--bench-out", str(out))
+    assert rc == 0, log
+    first = json.loads(out.read_text())
+    cases = [r["case"] for r in first["results"]]
+    assert len(cases) == 4 and len(set(cases)) == 4, cases  # torch and cpp, fwd and fwd+bwd (triton: skipped)
+    assert all(c.startswith("bench/bench_consistency.py::test_truncated_flow_loss[B64-g16-") for c in cases)
+    assert first["meta"]["ceilings"]["copy_bytes_per_s"] > 0
+
+    rc, log = _pytest(*CASES, "--benchmark", "--bench-out", str(out), "--bench-resume")
+    assert rc == 0, log
+    assert re.search(r"SKIPPED \[4\] .*: measured in an earlier call \(run.json\)", log), log
+    second = json.loads(out.read_text())
+    assert second == first  # nothing measured again, nothing lost
+
+    # a file with some cases missing (a call cut short): resume measures only those
+    first["results"] = first["results"][:1]
+    out.write_text(json.dumps(first))
+    rc, log = _pytest(*CASES, "--benchmark", "--bench-out", str(out), "--bench-resume")
+    assert rc == 0, log
+    third = json.loads(out.read_text())
+    assert [r["case"] for r in third["results"]][0] == cases[0]
+    assert sorted(r["case"] for r in third["results"]) == sorted(cases)
+
+
+def test_a_run_killed_midway_keeps_the_cases_it_measured(tmp_path):
+    out = tmp_path / "run.json"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CASES, "--benchmark",
+                             "--bench-out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.kill()  # as a device call's time limit does
+    proc.wait()
+    results = json.loads(out.read_text())["results"]
+    assert 1 <= len(results) < 4, [r["case"] for r in results]  # written per case, not at the end
+
+
+def test_report_shows_a_naive_out_of_memory_case(tmp_path):
+    rec = {"op": "similarity_loss", "shape": "B256-R18-g64", "dtype": "float32", "mode": "fwd+bwd", "device": "cuda"}
+    run = {"meta": {"device": "a GPU", "device_type": "cuda", "versions": {"torch": "x"}, "git_revision": "r",
+                    "date": "d", "ceilings": {"fp32_flop_per_s": 5e13}},
+           "results": [{**rec, "provider": "torch", "median_s": None, "peak_bytes": None, "out_of_memory": True},
+                       {**rec, "provider": "cpp", "median_s": 0.5, "peak_bytes": 2**30, "min_flops": 1e13}],
+           "path": tmp_path / "x.json"}
+    row = next(line for line in report.table(run).splitlines() if line.startswith("| similarity_loss"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4:10] == ["out of memory", "500.000 (cpp)", "-", "-", "1,024.0", "-"], cells
+    assert cells[10] == "40% of matmul"
+
+
+def test_gpu_only_keeps_the_cases_that_can_use_a_gpu():
+    rc, log = _pytest("tests/ops/test_warp.py", "--collect-only", "--gpu-only")
+    assert rc == 0, log
+    kept = {line.split("::", 1)[1] for line in log.splitlines() if "::" in line}
+    assert "test_half_precision_error_within_twice_naive[cpp-dtype0]" in kept  # device fixed to cuda: marker
+    assert "test_identity_grid_reproduces_input[cuda-torch-True]" in kept
+    assert "test_identity_grid_reproduces_input[cpu-triton-True]" in kept  # skips on a GPU machine, cheaply
+    assert not any("[cpu-cpp" in k or "[cpu-torch" in k for k in kept), kept
