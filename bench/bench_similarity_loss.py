@@ -1,7 +1,8 @@
 """similarity_loss: PSC's weighted perceptual similarity (one direction), fused kernels against the naive
 PyTorch version (the `torch` provider: interpolate, cat, bmm, two L1 normalisations, max, min-max,
 cross-entropy). Features are post-ReLU (non-negative) layer2 + layer3 maps of a 256x256 image; both fw and ft
-require grad. Peak memory is measured beyond the resident inputs (PERF.md, op 3)."""
+require grad. Peak memory is measured beyond the resident inputs (PERF.md, op 3). On a GPU also bfloat16 as in
+AMP training: bf16 features, every provider called under torch.autocast(bfloat16)."""
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from bench.conftest import bench_device, providers, run_case
 from pscfast.ops import similarity_loss
 
 DEVICE = bench_device()
-DTYPE = torch.float32
+DTYPES = [torch.float32] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 R18, R101 = ((128, 32), (256, 16)), ((512, 32), (1024, 16))  # (channels, side) of layer2, layer3
 # (name, N, layers, grid size); CPU shapes are scaled down in batch so the CPU suite stays short
 SHAPES = {
@@ -27,21 +28,23 @@ def _min_flops(n, layers, g, mode):
 
 @pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
 @pytest.mark.parametrize("provider", ["torch", "cpp", "triton"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
-def test_similarity_loss(benchmark, request, shape, provider, mode):
+def test_similarity_loss(benchmark, request, shape, dtype, provider, mode):
     name, n, layers, g = shape
-    why = dict(providers("similarity_loss", DEVICE, DTYPE, request.config.getoption("--bench-triton-cpu")))[provider]
+    why = dict(providers("similarity_loss", DEVICE, dtype, request.config.getoption("--bench-triton-cpu")))[provider]
     if why:
         pytest.skip(why)
 
     def make_inputs():
-        fw = [torch.relu(torch.randn(n, c, s, s, device=DEVICE, dtype=DTYPE)).requires_grad_() for c, s in layers]
-        ft = [torch.relu(torch.randn(n, c, s, s, device=DEVICE, dtype=DTYPE)).requires_grad_() for c, s in layers]
+        fw = [torch.relu(torch.randn(n, c, s, s, device=DEVICE, dtype=dtype)).requires_grad_() for c, s in layers]
+        ft = [torch.relu(torch.randn(n, c, s, s, device=DEVICE, dtype=dtype)).requires_grad_() for c, s in layers]
         return (fw, ft), (*fw, *ft)
 
     def call(fw, ft):
-        return similarity_loss(fw, ft, 0.001, g, backend=provider)
+        with torch.autocast(DEVICE, dtype=dtype, enabled=dtype != torch.float32):
+            return similarity_loss(fw, ft, 0.001, g, backend=provider)
 
     run_case(benchmark, op="similarity_loss", provider=provider, mode=mode, shape=name, device=DEVICE,
-             dtype=DTYPE, make_inputs=make_inputs, call=call, rounds=10 if DEVICE == "cuda" else 3, rotate=2,
+             dtype=dtype, make_inputs=make_inputs, call=call, rounds=10 if DEVICE == "cuda" else 3, rotate=2,
              extra={"min_flops": _min_flops(n, layers, g, mode)})
