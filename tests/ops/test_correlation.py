@@ -83,6 +83,7 @@ def test_matches_reference(device, backend, dtype, case, contiguous, warped):
         assert_close(a, b, scale=float(b.detach().abs().max().clamp_min(1)), msg=name)
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 def test_half_precision_error_within_twice_naive(backend, dtype):

@@ -51,6 +51,7 @@ def test_matches_reference(device, backend, dtype, shape, contiguous):
         assert_close(got[2], exp[2], scale=float(exp[2].abs().max().clamp_min(1)), msg=f"grid gradient {case}")
 
 
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
 def test_half_precision_error_within_twice_naive(backend, dtype):
