@@ -7,8 +7,10 @@ interpreter must run them).
 import importlib
 import os
 import pkgutil
+import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 import torch
@@ -68,3 +70,20 @@ def test_info_cli():
     for name in OPS:
         assert name in out
     assert pscfast.__version__ in out
+
+
+def test_a_checkout_built_in_place_imports_its_triton_kernels(tmp_path):
+    """`python setup.py build_ext --inplace` installs nothing, and setup.py maps kernels/ to pscfast.kernels
+    only when it installs (the GPU sweep runs such a checkout): pscfast finds the checkout's kernels/ itself."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pscfast.__file__)))
+    skip = shutil.ignore_patterns("*.so", "__pycache__")
+    for part in ("pscfast", "kernels"):
+        shutil.copytree(os.path.join(root, part), tmp_path / part, ignore=skip)
+    shutil.copy(os.path.join(root, "setup.py"), tmp_path)
+    code = "from pscfast import kernels; print(kernels.__file__)"
+    # -S: no .pth files, so no editable install of this checkout; torch from site-packages through PYTHONPATH
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})}
+    proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(tmp_path / "kernels" / "__init__.py")
