@@ -1,57 +1,127 @@
 #!/usr/bin/env bash
-# The whole GPU sweep in one command, for one call on a lent H100/H200 (about 10 minutes):
-# build pscfast for the visible GPU, run the test suite on it (CUDA and Triton correctness), time every op
-# and the training step, and leave the JSON, the logs and a summary table in one folder.
+# The GPU sweep on a lent H100/H200, sized for the device tool's limits (10 minutes a call; 15 minutes of
+# device time a session, the machine's start included): build pscfast for the visible GPU, run the test
+# cases that use the GPU (CUDA and Triton against the reference), time every op and the training step, and
+# leave a summary table, the JSON and every log in OUT_DIR.
 #
 #   bash bench/gpu_sweep.sh [OUT_DIR] [PHASE ...]   # OUT_DIR default: $OUT when set (the device tool's
 #                                                   # folder), else bench/results/sweep-<date>
-# PHASE: build, tests, bench, summary (default: all four, in that order). Device calls are limited to
-# 10 minutes each: on a cold machine, `build tests` in one call and `bench summary` in the next fit.
-# Uses the python3 that holds torch (PYTHON=... to choose); needs pytest and pytest-benchmark there.
+# PHASE: build, tests, bench, summary (default: all four, in that order).
+#
+# Time: the whole command keeps within SWEEP_BUDGET_S seconds (default 540, under a 600 s call). Each phase
+# runs under what is left of it, less a reserve for the summary; the tests take at most TESTS_BUDGET_S
+# (default 180) and each test case at most 240 s. A phase cut short keeps what it did: the benchmark JSON is
+# rewritten after every case, and the suites run in order of importance (similarity loss, training step,
+# correlation, warp, local correlation, consistency, soft-argmax).
+# State lives in .sweep/ of the working tree, which a warm machine keeps between calls: a second call
+# `bash bench/gpu_sweep.sh "$OUT" bench summary` resumes the benchmarks after the cases already measured.
+# OUT_DIR receives summary.md, the JSON, the similarity-loss plot and logs.tar.gz (build, info, peers, tests and
+# bench logs, tests.xml): four files, within the device tool's eight.
+# Build: an extension prebuilt on the host from the same sources for this torch (bench/prebuild_gpu.sh, carried
+# as .prebuilt/<torch version>) is taken when it loads with CUDA kernels for this GPU; else it compiles here.
+# Uses the python3 that holds torch (PYTHON=... to choose); needs pytest and pytest-benchmark there, and uses
+# pytest-xdist and pytest-timeout when they are installed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+start=$SECONDS
 
 py=${PYTHON:-python3}
 out=${1:-${OUT:-bench/results/sweep-$(date -u +%Y%m%dT%H%M)}}
 shift || true
 phases=" ${*:-build tests bench summary} "
-mkdir -p "$out"
+budget=${SWEEP_BUDGET_S:-540}
+reserve=25  # seconds kept for the summary and the copy to OUT_DIR
+work=.sweep
+mkdir -p "$out" "$work"
 export PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-16}
 status=0
 
 want() { [[ "$phases" == *" $1 "* ]]; }
+left() { echo $((budget - (SECONDS - start) - reserve)); }
+has() { "$py" -c "import $1" 2>/dev/null; }
+# run a phase's command under the time left (at most $1 seconds); SIGINT first, so pytest reports what it did
+bounded() {
+  local cap=$1 t
+  shift
+  t=$(left)
+  ((t > cap)) && t=$cap
+  if ((t < 10)); then echo "skipped: no time left in the ${budget} s budget"; return 1; fi
+  timeout -s INT -k 15 "$t" "$@"
+  local rc=$?
+  ((rc == 124)) && echo "stopped at its ${t} s share of the budget"
+  return $rc
+}
 
 if want build; then
-echo "== build ($(date -u +%T))"
-TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$("$py" -c \
-  "import torch; print('%d.%d' % torch.cuda.get_device_capability())")} \
-  FORCE_CUDA=1 "$py" setup.py -q build_ext --inplace > "$out/build.log" 2>&1 \
-  || { echo "build failed: $out/build.log"; tail -30 "$out/build.log"; exit 1; }
-"$py" -m pscfast.info | tee "$out/info.txt"
-if [[ -d .whl ]]; then  # the peers, when their files were carried along (bench/install_peers.sh download)
-  bash bench/install_peers.sh install > "$out/peers.log" 2>&1 || echo "peer install failed: $out/peers.log"
-fi
+  echo "== build ($(date -u +%T), ${SECONDS} s)"
+  arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
+  pre=.prebuilt/$("$py" -c "import torch; print(torch.__version__)")
+  rm -f pscfast/_C*.so
+  # an extension prebuilt on the host (bench/prebuild_gpu.sh) from these sources, for this torch and GPU
+  if [[ -f $pre/_C.abi3.so && "$(cat "$pre/sources.sha256" 2>/dev/null)" == "$(bash bench/sources_hash.sh)" ]]; then
+    cp "$pre/_C.abi3.so" pscfast/
+    if "$py" -c "
+import sys
+from pscfast import _extension as e
+info = e.build_info()
+fits = e.loaded() and info.get('cuda') == 'yes' and not e.version_mismatch()
+sys.exit(not (fits and any(a.startswith('$arch') for a in info.get('cuda_archs', '').split())))" > "$work/build.log" 2>&1
+    then echo "prebuilt $pre/_C.abi3.so"
+    else echo "prebuilt $pre/_C.abi3.so does not fit, building"; rm -f pscfast/_C.abi3.so
+    fi
+  fi
+  if [[ ! -f pscfast/_C.abi3.so ]]; then
+    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} FORCE_CUDA=1 \
+      bounded 400 "$py" setup.py -q build_ext --inplace >> "$work/build.log" 2>&1 \
+      || { echo "build failed: $work/build.log"; tail -30 "$work/build.log"; tar -czf "$out/logs.tar.gz" "$work"; exit 1; }
+  fi
+  "$py" -m pscfast.info | tee "$work/info.txt"
+  "$py" -c "
+import sys, torch
+from pscfast import _extension, kernels
+why = [w for w in (None if torch.cuda.is_available() else 'torch sees no CUDA device',
+                   None if _extension.has_kernel('warp', 'cuda') else 'pscfast._C has no CUDA kernels',
+                   None if kernels.AVAILABLE else 'Triton: ' + str(kernels.UNAVAILABLE_REASON)) if w]
+sys.exit('not ready for the GPU sweep: ' + '; '.join(why) if why else 0)" \
+    || { tar -czf "$out/logs.tar.gz" "$work"; exit 1; }
+  if [[ -d .whl ]]; then  # the peers, when their files were carried along (bench/install_peers.sh download);
+    # built in the background while the tests run, waited for before the benchmarks
+    bash bench/install_peers.sh install > "$work/peers.log" 2>&1 &
+    peers=$!
+  fi
 fi
 
 if want tests; then
-echo "== tests on the GPU ($(date -u +%T))"
-# no -x: one failure must not hide the rest of a scarce GPU session's results
-"$py" -m pytest tests -q --maxfail=25 -p no:cacheprovider --junitxml="$out/tests.xml" > "$out/tests.log" 2>&1 \
-  || status=1
-grep -E "^(FAILED|ERROR)" "$out/tests.log" | head -25
-tail -3 "$out/tests.log"
+  echo "== tests that use the GPU ($(date -u +%T), ${SECONDS} s)"
+  opts=()
+  has xdist && opts+=(-n 8)
+  has pytest_timeout && opts+=(--timeout 240)
+  # no -x: one failure must not hide the rest of a scarce GPU session's results
+  bounded "${TESTS_BUDGET_S:-180}" "$py" -m pytest tests --gpu-only -q -p no:cacheprovider "${opts[@]}" \
+    --junitxml="$work/tests.xml" > "$work/tests.log" 2>&1 || status=1
+  grep -E "^(FAILED|ERROR)" "$work/tests.log" | head -25
+  tail -3 "$work/tests.log"
 fi
 
 if want bench; then
-echo "== benchmarks ($(date -u +%T))"
-slug=$("$py" -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-'))")
-"$py" -m pytest bench --benchmark -q -p no:cacheprovider --benchmark-disable-gc \
-  --bench-out "$out/$slug.json" > "$out/bench.log" 2>&1 || status=1
-tail -5 "$out/bench.log"
+  [[ -n "${peers:-}" ]] && { wait "$peers" || echo "peer install failed: $work/peers.log"; }
+  echo "== benchmarks ($(date -u +%T), ${SECONDS} s)"
+  slug=$("$py" -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-'))")
+  suites=()
+  for s in similarity_loss train_step correlation warp local_correlation consistency soft_argmax; do
+    suites+=("bench/bench_$s.py")
+  done
+  bounded 3600 "$py" -m pytest "${suites[@]}" --benchmark -q -p no:cacheprovider \
+    --benchmark-disable-gc --bench-out "$work/$slug.json" --bench-resume >> "$work/bench.log" 2>&1 || status=1
+  tail -5 "$work/bench.log"
 fi
 
 if want summary; then
-echo "== summary ($(date -u +%T))"
-"$py" bench/report.py --results "$out" --summary "$out/summary.md" --no-readme > /dev/null && cat "$out/summary.md"
+  echo "== summary ($(date -u +%T), ${SECONDS} s)"
+  "$py" bench/report.py --results "$work" --summary "$work/summary.md" --no-readme > /dev/null \
+    && cat "$work/summary.md"
 fi
+cp "$work"/*.json "$work"/*.png "$work"/summary.md "$out"/ 2>/dev/null
+tar -czf "$out/logs.tar.gz" --exclude='*.json' --exclude='*.png' "$work"
+echo "== done in ${SECONDS} s: $out"
 exit $status
