@@ -97,7 +97,8 @@ if want tests; then
   has xdist && opts+=(-n 8)
   has pytest_timeout && opts+=(--timeout 240)
   # no -x: one failure must not hide the rest of a scarce GPU session's results
-  bounded "${TESTS_BUDGET_S:-180}" "$py" -m pytest tests --gpu-only -q -p no:cacheprovider "${opts[@]}" \
+  PSCFAST_EXPECT_CUDA_BUILD=1 PSCFAST_EXPECT_TRITON=1 \
+    bounded "${TESTS_BUDGET_S:-180}" "$py" -m pytest tests --gpu-only -q -p no:cacheprovider "${opts[@]}" \
     --junitxml="$work/tests.xml" > "$work/tests.log" 2>&1 || status=1
   grep -E "^(FAILED|ERROR)" "$work/tests.log" | head -25
   tail -3 "$work/tests.log"
