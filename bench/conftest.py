@@ -260,17 +260,22 @@ def _run_case(benchmark, *, op: str, provider: str, mode: str, shape: str, devic
 
 
 ROUND_BUDGET_S = {"cuda": 0.2, "cpu": 0.5}
-MAX_ROUNDS = 200
+SLOW_CASE_S = {"cuda": 2.0, "cpu": 10.0}  # the minimum rounds of a slower case would take longer than this
+MAX_ROUNDS, MIN_ROUNDS = 200, 3
 
 
 def _rounds(target, setup, min_rounds: int, device: str) -> int:
     """At least `min_rounds`, and as many more (up to MAX_ROUNDS) as fill the device's time budget at the
-    speed of one timed call: fast cases get enough rounds for a stable median."""
+    speed of one timed call: fast cases get enough rounds for a stable median. A slow case (a naive version at
+    batch 256) gets the rounds that fit in SLOW_CASE_S, at least MIN_ROUNDS: its median is stable with few,
+    and a lent GPU's minutes are better spent on the other cases."""
     args = setup()[0]
     t0 = time.perf_counter()
     target(*args)
-    elapsed = time.perf_counter() - t0
-    return max(min_rounds, min(MAX_ROUNDS, int(ROUND_BUDGET_S[device] / max(elapsed, 1e-6))))
+    elapsed = max(time.perf_counter() - t0, 1e-6)
+    if elapsed * min_rounds > SLOW_CASE_S[device]:
+        return max(MIN_ROUNDS, int(SLOW_CASE_S[device] / elapsed))
+    return max(min_rounds, min(MAX_ROUNDS, int(ROUND_BUDGET_S[device] / elapsed)))
 
 
 def _grad_like(out):
