@@ -34,7 +34,7 @@ def pytest_addoption(parser):
 
 def _can_use_gpu(item) -> bool:
     params = set(item.callspec.id.split("-")) if hasattr(item, "callspec") else set()
-    return bool(params & {"cuda", "triton"}) or "cuda" in item.originalname or item.get_closest_marker("gpu")
+    return bool(params & {"cuda", "triton"}) or "cuda" in getattr(item, "originalname", item.name) or item.get_closest_marker("gpu")
 
 
 def pytest_collection_modifyitems(config, items):
