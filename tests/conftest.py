@@ -34,7 +34,8 @@ def pytest_addoption(parser):
 
 def _can_use_gpu(item) -> bool:
     params = set(item.callspec.id.split("-")) if hasattr(item, "callspec") else set()
-    return bool(params & {"cuda", "triton"}) or "cuda" in getattr(item, "originalname", item.name) or item.get_closest_marker("gpu")
+    name = getattr(item, "originalname", item.name)
+    return bool(params & {"cuda", "triton"}) or "cuda" in name or item.get_closest_marker("gpu") is not None
 
 
 def pytest_collection_modifyitems(config, items):
