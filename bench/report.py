@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -130,7 +131,11 @@ def plot_similarity(runs: list[dict], out: Path) -> Path | None:
                 points[label].append((int(grid.group(1)), rec["median_s"] * 1e3 / int(batch.group(1))))
     if not points:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
