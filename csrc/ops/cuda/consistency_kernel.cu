@@ -162,6 +162,8 @@ __global__ void backward_kernel(BackwardArgs<scalar_t> A) {
 
 template <typename scalar_t>
 void launch_backward(BackwardArgs<scalar_t> A) {
+  TORCH_CHECK(A.D.N < 65536, "pscfast: the CUDA backward of compose and consistency_loss takes batches of fewer "
+              "than 65536 flows, got ", A.D.N);
   A.scatter_blocks = static_cast<int>(blocks_for<kThreads>(static_cast<int64_t>(A.D.h) * A.D.w));
   const dim3 grid(A.scatter_blocks + blocks_for<kThreads>(A.D.P), static_cast<unsigned>(A.D.N));
   backward_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);

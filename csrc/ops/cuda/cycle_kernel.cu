@@ -135,6 +135,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compose_displacement_
                           d_fab.mutable_data_ptr<scalar_t>(), d_fbc.mutable_data_ptr<scalar_t>(),
                           d_mab.mutable_data_ptr<scalar_t>(), d_mbc.mutable_data_ptr<scalar_t>(), D,
                           static_cast<int>(blocks_for<kThreads>(D.Pb))};
+    TORCH_CHECK(D.N < 65536, "pscfast: the CUDA backward of compose_displacement takes batches of fewer than "
+                "65536 flows, got ", D.N);
     const dim3 grid(A.scatter_blocks + blocks_for<kThreads>(D.P), static_cast<unsigned>(D.N));
     compose_displacement_backward_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
     C10_CUDA_KERNEL_LAUNCH_CHECK();

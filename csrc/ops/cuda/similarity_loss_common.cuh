@@ -58,10 +58,11 @@ inline unsigned blocks(int64_t P) { return static_cast<unsigned>((P + kB - 1) / 
 // of (C, P) per sample) stay under 256 MiB, small next to a training step's activations, while a chunk still
 // gives the grid enough blocks (R18 at size 64: 10 samples x 128 column blocks). PSCFAST_SIMILARITY_CHUNK_BYTES
 // overrides the budget (tests force several chunks with it; kernels/_resize.py reads the same variable).
+// A chunk is the grids' y dimension, so at most 65535 samples.
 inline int64_t chunk_samples(int64_t N, int64_t C, int64_t P, int64_t itemsize) {
   int64_t budget = int64_t(256) << 20;
   if (const char* e = std::getenv("PSCFAST_SIMILARITY_CHUNK_BYTES")) budget = std::atoll(e);
-  return std::max<int64_t>(1, std::min(N, budget / (4 * C * P * itemsize)));
+  return std::max<int64_t>(1, std::min({N, budget / (4 * C * P * itemsize), int64_t(65535)}));
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_backward_cuda(
