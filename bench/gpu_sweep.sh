@@ -107,13 +107,13 @@ fi
 if want bench; then
   [[ -n "${peers:-}" ]] && { wait "$peers" || echo "peer install failed: $work/peers.log"; }
   echo "== benchmarks ($(date -u +%T), ${SECONDS} s)"
-  slug=$("$py" -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-'))")
+  slug=$("$py" -c "from bench.conftest import _slug; print(_slug())")  # the suite's own file name
   suites=()
   for s in similarity_loss train_step correlation warp local_correlation consistency soft_argmax; do
     suites+=("bench/bench_$s.py")
   done
   bounded 3600 "$py" -m pytest "${suites[@]}" --benchmark -q -p no:cacheprovider \
-    --benchmark-disable-gc --bench-out "$work/$slug.json" --bench-resume >> "$work/bench.log" 2>&1 || status=1
+    --benchmark-disable-gc --bench-out "$work/latest-$slug.json" --bench-resume >> "$work/bench.log" 2>&1 || status=1
   tail -5 "$work/bench.log"
 fi
 
