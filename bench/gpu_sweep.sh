@@ -65,7 +65,8 @@ import sys
 from pscfast import _extension as e
 info = e.build_info()
 fits = e.loaded() and info.get('cuda') == 'yes' and not e.version_mismatch()
-sys.exit(not (fits and any(a.startswith('$arch') for a in info.get('cuda_archs', '').split())))" > "$work/build.log" 2>&1
+sys.exit(not (fits and any(a.startswith('$arch') for a in info.get('cuda_archs', '').split())))" \
+      > "$work/build.log" 2>&1
     then echo "prebuilt $pre/_C.abi3.so"
     else echo "prebuilt $pre/_C.abi3.so does not fit, building"; rm -f pscfast/_C.abi3.so
     fi
@@ -73,7 +74,8 @@ sys.exit(not (fits and any(a.startswith('$arch') for a in info.get('cuda_archs',
   if [[ ! -f pscfast/_C.abi3.so ]]; then
     TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} FORCE_CUDA=1 \
       bounded 400 "$py" setup.py -q build_ext --inplace >> "$work/build.log" 2>&1 \
-      || { echo "build failed: $work/build.log"; tail -30 "$work/build.log"; tar -czf "$out/logs.tar.gz" "$work"; exit 1; }
+      || { echo "build failed: $work/build.log"; tail -30 "$work/build.log"
+           tar -czf "$out/logs.tar.gz" "$work"; exit 1; }
   fi
   "$py" -m pscfast.info | tee "$work/info.txt"
   "$py" -c "
