@@ -9,6 +9,12 @@
 The JSON (written only when the evaluation completes) holds pck05, pck10 in [0, 1], the identity flow's,
 both directions, the consistency with the annotations and the per-class table. The paper's consistency
 between two systems: run one with `--save-predictions a.pt`, the other with `--compare a.pt` (same pairs).
+
+`--probe` scores, instead of the checkpoint's STN, flows optimised per test pair against the stage-2 loss through
+the checkpoint's frozen encoder (pscfast.evaluation.probe): whether these features can lead a warp estimator
+past the identity at all. `--checkpoint random` probes a randomly initialised encoder (`--arch`, seed 0);
+`--control` (synthetic only) replaces each sketch by its photo under the true deformation, where the probe must
+beat the identity.
 """
 import argparse
 import json
@@ -30,6 +36,19 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
+def _probe(a):
+    from pscfast.evaluation.probe import FlowProbe
+    from pscfast.models import ResNet, load_checkpoint
+    if a.checkpoint == "random":
+        torch.manual_seed(0)
+        encoder = ResNet(a.arch or "resnet18")
+    else:
+        shared = None if a.shared_bn is None else a.shared_bn == "1"
+        encoder = load_checkpoint(a.checkpoint, arch=a.arch, shared_bn=shared).encoder
+    control = GroundTruthFlows(a.csv_dir or a.data_root) if a.control else None
+    return FlowProbe(encoder.to(a.device), a.probe_steps, a.probe_lr, a.image_size, control=control, progress=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m pscfast.evaluate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-root", required=True, help="Sketchy root (holds rendered_256x256/)")
@@ -44,15 +63,27 @@ def main(argv=None):
     ap.add_argument("--save-predictions", default=None, help="save the predicted keypoints (.pt) for --compare")
     ap.add_argument("--compare", default=None,
                     help="predictions saved by another run: report the paper's consistency with them")
+    probe = ap.add_argument_group("probe (pscfast.evaluation.probe)")
+    probe.add_argument("--probe", action="store_true", help="score flows optimised against the stage-2 loss")
+    probe.add_argument("--probe-steps", type=int, default=50, help="Adam steps per batch (default 50)")
+    probe.add_argument("--probe-lr", type=float, default=0.005, help="Adam learning rate (default 0.005)")
+    probe.add_argument("--image-size", type=int, default=256, help="the encoder's resolution (default 256)")
+    probe.add_argument("--control", action="store_true", help="positive control: sketch = photo under the true warp")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
     csv_path = os.path.join(a.csv_dir or a.data_root, "test_pairs_ps.csv")
     classes = [c for arg in a.classes for c in arg.split(",") if c] if a.classes else None
+    if (a.control or a.checkpoint == "random") and not a.probe:
+        ap.error("--control and --checkpoint random go with --probe")
+    if a.probe and (a.gt or a.checkpoint == "identity"):
+        ap.error("--probe needs an encoder: --checkpoint FILE or random")
     try:
         data = PSCTestPairs(a.data_root, csv_path)
-        if a.gt:
+        if a.probe:
+            predict, what = _probe(a), f"probe of {a.checkpoint}" + (" (control)" if a.control else "")
+        elif a.gt:
             predict, what = GroundTruthFlows(a.csv_dir or a.data_root), "ground truth"
         elif a.checkpoint == "identity":
             from pscfast.predict import build_predictor
@@ -72,7 +103,7 @@ def main(argv=None):
             result["consistency_with"] = {"file": a.compare, "value": consistency(
                 torch.cat([preds["photo_to_sketch"], preds["sketch_to_photo"]]),
                 torch.cat([other["photo_to_sketch"], other["sketch_to_photo"]]))}
-    except (DatasetError, FileNotFoundError, ValueError, KeyError) as e:
+    except (DatasetError, FileNotFoundError, ValueError, KeyError, FloatingPointError) as e:
         print(f"pscfast.evaluate: {e}", file=sys.stderr)
         return 2
     result.update({"model": what, "data_root": a.data_root, "csv": csv_path, "classes": classes,
