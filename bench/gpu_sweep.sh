@@ -88,7 +88,7 @@ sys.exit('not ready for the GPU sweep: ' + '; '.join(why) if why else 0)" \
     || { tar -czf "$out/logs.tar.gz" "$work"; exit 1; }
   if [[ -d .whl ]]; then  # the peers, when their files were carried along (bench/install_peers.sh download);
     # built in the background while the tests run, waited for before the benchmarks
-    bash bench/install_peers.sh install > "$work/peers.log" 2>&1 &
+    PYTHON="$py" bash bench/install_peers.sh install > "$work/peers.log" 2>&1 &
     peers=$!
   fi
 fi

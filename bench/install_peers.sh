@@ -7,10 +7,12 @@
 #
 #   bash bench/install_peers.sh download   # needs the network: fetch both into .whl/ (git-ignored; the device
 #                                          # tool can carry it to a GPU machine, which has no network)
-#   bash bench/install_peers.sh install    # build and install from .whl/ with the python3 that holds torch
+#   bash bench/install_peers.sh install    # build and install from .whl/
+# Both use PYTHON, else .venv/bin/python when there is one (bootstrap.sh's), else python3.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py=${PYTHON:-python3}
+# the python3 that holds torch: the sampler's setup.py imports it even to be downloaded
+py=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || echo python3)}
 dir=.whl
 SAMPLER=spatial_correlation_sampler-0.5.0
 
