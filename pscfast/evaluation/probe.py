@@ -3,9 +3,10 @@
 The STN only parameterises 16x16 flows and is trained to lower the stage-2 loss (weighted perceptual
 similarity 0.1 + forward-backward consistency 1.0) through the frozen encoder. :class:`FlowProbe` skips the
 STN: for each test pair it optimises the fwd and bwd grids themselves against that same loss, with Adam from
-the identity, and returns the flows it reaches. If they do not beat the identity flow on PCK, the loss does not
-lead toward the true correspondence with these features, and no estimator trained on it can. If they do, the
-features carry the signal and the gap to a trained model is the estimator's.
+the identity (where the STN's init starts), and returns the flows it reaches. If they do not beat the identity
+flow on PCK, the loss does not lead from there toward the true correspondence with these features, and an
+estimator trained on it has nothing to learn; if they do, the gap to a trained model is the estimator's. It is
+a local search, not a proof.
 
 ``control=GroundTruthFlows(root)`` (synthetic benchmark only) is the positive control: the sketch is replaced by
 the photo warped with the true deformation, so even a random encoder's features match, and the probe must then
@@ -27,7 +28,7 @@ from pscfast.training.losses import stage2_loss
 
 class FlowProbe:
     """predict_fn for :func:`pscfast.evaluation.evaluate`: [0, 1] images (N, 3, H, W) -> optimised (fwd, bwd)
-    16x16 grids. ``encoder``: a :class:`pscfast.models.ResNet` (``PSCNet.encoder``), used frozen in eval mode;
+    16x16 grids. ``encoder``: a :class:`pscfast.models.ResNet` (``PSCNet.encoder``), put in eval mode and frozen;
     images are resized to ``image_size`` (the resolution the encoder works at) and ImageNet-normalised.
     ``progress``: a progress bar over each batch's steps."""
 
