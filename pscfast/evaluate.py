@@ -36,15 +36,20 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
+def _load_model(a):
+    from pscfast.models import load_checkpoint
+    shared = None if a.shared_bn is None else a.shared_bn == "1"
+    return load_checkpoint(a.checkpoint, arch=a.arch, shared_bn=shared)
+
+
 def _probe(a):
     from pscfast.evaluation.probe import FlowProbe
-    from pscfast.models import ResNet, load_checkpoint
+    from pscfast.models import ResNet
     if a.checkpoint == "random":
         torch.manual_seed(0)
         encoder = ResNet(a.arch or "resnet18")
     else:
-        shared = None if a.shared_bn is None else a.shared_bn == "1"
-        encoder = load_checkpoint(a.checkpoint, arch=a.arch, shared_bn=shared).encoder
+        encoder = _load_model(a).encoder
     control = GroundTruthFlows(a.csv_dir or a.data_root) if a.control else None
     return FlowProbe(encoder.to(a.device), a.probe_steps, a.probe_lr, a.image_size, control=control, progress=True)
 
@@ -89,10 +94,8 @@ def main(argv=None):
             from pscfast.predict import build_predictor
             predict, what = build_predictor("identity"), "identity"
         else:
-            from pscfast.models import load_checkpoint
             from pscfast.data import normalize
-            shared = None if a.shared_bn is None else a.shared_bn == "1"
-            model = load_checkpoint(a.checkpoint, arch=a.arch, shared_bn=shared).to(a.device).eval()
+            model = _load_model(a).to(a.device).eval()
             predict, what = (lambda p, s: model.predict_flow(normalize(p), normalize(s))), a.checkpoint
         t0 = time.perf_counter()
         result = evaluate(predict, data, a.batch_size, a.device, classes=classes, num_workers=a.workers,

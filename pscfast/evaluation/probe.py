@@ -18,12 +18,12 @@ beat the identity (measured on the default synthetic set: PCK@0.10 63.5 against 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from pscfast import ops
 from pscfast.data import normalize
 from pscfast.models import PHOTO, SKETCH
 from pscfast.training.losses import stage2_loss
+from pscfast.training.trainer import resize
 
 
 class FlowProbe:
@@ -51,9 +51,7 @@ class FlowProbe:
         return ops.warp(image, grid, out_size=tuple(image.shape[-2:]), padding_mode="border", backend=self.backend)
 
     def __call__(self, photo: torch.Tensor, sketch: torch.Tensor, batch=None):
-        resize = lambda x: F.interpolate(x, size=(self.size, self.size), mode="bilinear",  # noqa: E731
-                                         align_corners=False, antialias=True)
-        photo, sketch = normalize(resize(photo)), normalize(resize(sketch))
+        photo, sketch = normalize(resize(photo, self.size)), normalize(resize(sketch, self.size))
         sketch_modality = SKETCH
         if self.control is not None:
             if batch is None:

@@ -9,7 +9,7 @@ from pscfast.data import PSCTestPairs
 from pscfast.evaluate import main as evaluate_main
 from pscfast.evaluation import GroundTruthFlows
 from pscfast.evaluation.probe import FlowProbe
-from pscfast.models import ResNet
+from pscfast.models import PSCNet, ResNet, save_checkpoint
 from pscfast.ops._reference import identity_grid
 
 SIZE = 128
@@ -82,6 +82,12 @@ def test_evaluate_cli_probe(tiny_root, tmp_path, capsys):
     r = json.loads(out.read_text())
     assert r["model"] == "probe of random (control)" and r["pairs"] == 6 and 0 <= r["pck10"] <= 1
     assert "PCK@0.10" in capsys.readouterr().out
+    checkpoint = tmp_path / "psc.pt"  # a checkpoint's encoder, not the random one
+    save_checkpoint(checkpoint, PSCNet())
+    ckpt_args = ["--data-root", tiny_root, "--checkpoint", str(checkpoint), "--probe", "--probe-steps", "1",
+                 "--image-size", "64", "--json", str(out)]
+    assert evaluate_main(ckpt_args) == 0
+    assert json.loads(out.read_text())["model"] == f"probe of {checkpoint}"
     no_gt = tmp_path / "no_gt"  # the test CSV without the synthetic ground truth beside it, as real PSC6k
     no_gt.mkdir()
     shutil.copy(f"{tiny_root}/test_pairs_ps.csv", no_gt)
