@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +76,12 @@ class Stage:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch, self.step = 0, 0
         if stage == 1:
+            if cfg.moco_k > len(loader_data) and self.epochs > 1 and rank == 0:
+                # from the second epoch on the queue holds older keys of the query's own photo as negatives
+                warnings.warn(f"stage 1: the MoCo queue (moco_k={cfg.moco_k}) is longer than the "
+                              f"{len(loader_data)} training pairs, so after the first epoch it holds keys of "
+                              f"each query's own pair as negatives; set moco_k below {len(loader_data)}",
+                              stacklevel=2)
             model.encoder.train()
             self.moco = MoCo(model.encoder, cfg.moco_dim, cfg.moco_k, cfg.moco_m, cfg.moco_t).to(device)
             self.net = self.moco

@@ -32,6 +32,8 @@ def test_flags_override_the_config_file(tmp_path):
     cfg = _run_module().parse(["--config", str(path), "--batch-size", "16", "--compile", "aot_eager"])
     assert (cfg.batch_size, cfg.lr_estimator, cfg.compile) == (16, 0.01, "aot_eager")
     assert _run_module().parse(["--compile"]).compile is True
+    cfg = _run_module().parse(["--moco-k", "32", "--moco-m", "0.99"])
+    assert (cfg.moco_k, cfg.moco_m) == (32, 0.99)
 
 
 @pytest.mark.parametrize("kw, words", [

@@ -1,5 +1,6 @@
 """Trainer: exact resume, reference ops vs default ops, losses decrease the objective."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -129,3 +130,13 @@ def test_training_on_cuda_follows_the_cpu_run(amp, monkeypatch):
             torch.testing.assert_close(cuda[:3], cpu[:3], rtol=1e-3, atol=1e-5)
         else:  # bf16 keeps 8 bits of mantissa through the encoder
             torch.testing.assert_close(cuda[:1], cpu[:1], rtol=5e-2, atol=1e-3)
+
+
+def test_a_queue_longer_than_the_training_set_is_warned_about():
+    data = FakePairs(n=4)
+    with pytest.warns(UserWarning, match=r"moco_k=16\) is longer than the 4 training pairs.*below 4"):
+        Stage(tiny_config(moco_k=16), 1, build_model(tiny_config(), CPU), data, CPU, 0, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Stage(tiny_config(moco_k=4), 1, build_model(tiny_config(), CPU), data, CPU, 0, 1)  # fits
+        Stage(tiny_config(moco_k=16, epochs_encoder=1), 1, build_model(tiny_config(), CPU), data, CPU, 0, 1)
