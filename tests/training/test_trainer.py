@@ -96,7 +96,7 @@ def test_compiled_stages_follow_the_eager_run():
     for stage, backend in ((1, True), (2, "aot_eager")):
         curves = []
         for compile in (False, backend):
-            cfg = tiny_config(compile=compile, augment=False, image_size=64, batch_size=4)
+            cfg = tiny_config(compile=compile, augment=False, image_size=64, batch_size=4, moco_k=4)
             torch.manual_seed(0)
             torch._dynamo.reset()
             model = build_model(cfg, CPU)
@@ -118,7 +118,7 @@ def test_training_on_cuda_follows_the_cpu_run(amp, monkeypatch):
     for stage in (1, 2):
         curves = []
         for device, precision in (("cpu", "none"), ("cuda", amp)):
-            cfg = tiny_config(device=device, amp=precision, augment=False, image_size=64, batch_size=4)
+            cfg = tiny_config(device=device, amp=precision, augment=False, image_size=64, batch_size=4, moco_k=4)
             torch.manual_seed(0)
             model = build_model(cfg, torch.device(device))
             torch.manual_seed(1)
@@ -132,11 +132,13 @@ def test_training_on_cuda_follows_the_cpu_run(amp, monkeypatch):
             torch.testing.assert_close(cuda[:1], cpu[:1], rtol=5e-2, atol=1e-3)
 
 
-def test_a_queue_longer_than_the_training_set_is_warned_about():
+def test_a_queue_longer_than_the_training_set_is_warned_about_and_one_shorter_than_the_batch_refused():
     data = FakePairs(n=4)
-    with pytest.warns(UserWarning, match=r"moco_k=16\) is longer than the 4 training pairs.*below 4"):
-        Stage(tiny_config(moco_k=16), 1, build_model(tiny_config(), CPU), data, CPU, 0, 1)
+    with pytest.warns(UserWarning, match=r"moco_k=4\) is not shorter than the 4 training pairs.*below 4"):
+        Stage(tiny_config(moco_k=4), 1, build_model(tiny_config(), CPU), data, CPU, 0, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Stage(tiny_config(moco_k=4), 1, build_model(tiny_config(), CPU), data, CPU, 0, 1)  # fits
+        Stage(tiny_config(moco_k=3), 1, build_model(tiny_config(), CPU), data, CPU, 0, 1)  # fits
         Stage(tiny_config(moco_k=16, epochs_encoder=1), 1, build_model(tiny_config(), CPU), data, CPU, 0, 1)
+    with pytest.raises(ValueError, match=r"moco_k=3 is shorter than the global batch \(4 x 1 processes\)"):
+        Stage(tiny_config(moco_k=3, batch_size=4), 1, build_model(tiny_config(), CPU), data, CPU, 0, 1)
