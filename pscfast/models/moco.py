@@ -80,6 +80,9 @@ class MoCo(nn.Module):
         if _distributed():
             k = _all_gather(k)
         n, ptr = k.shape[0], int(self.queue_ptr)
+        if n > self.K:  # the wrapped indices would write several keys into one slot
+            raise ValueError(f"MoCo: {n} keys per step (the global batch) do not fit the queue of K={self.K}; "
+                             f"use a queue at least as long as the global batch")
         idx = (torch.arange(n, device=k.device) + ptr) % self.K
         self.queue[:, idx] = k.T.to(self.queue.dtype)
         self.queue_ptr[0] = (ptr + n) % self.K

@@ -76,9 +76,6 @@ class Stage:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.start_epoch, self.step = 0, 0
         if stage == 1:
-            if cfg.moco_k < cfg.batch_size * world:
-                raise ValueError(f"stage 1: moco_k={cfg.moco_k} is shorter than the global batch "
-                                 f"({cfg.batch_size} x {world} processes), whose keys enter the queue at every step")
             if cfg.moco_k >= len(loader_data) and self.epochs > 1 and rank == 0:
                 # after one epoch a queue of >= N keys holds an older key of every pair: the query's own too
                 warnings.warn(f"stage 1: the MoCo queue (moco_k={cfg.moco_k}) is not shorter than the "
