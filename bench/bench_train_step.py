@@ -28,8 +28,8 @@ PROVIDERS = {"pscfast": dict(backend=None, augment_loop=False), "naive": dict(ba
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_train_step(benchmark, provider):
-    cfg = TrainConfig(image_size=256, batch_size=BATCH, epochs_estimator=1, progress=False, tensorboard=False,
-                      device=DEVICE, **PROVIDERS[provider])
+    cfg = TrainConfig(image_size=256, batch_size=BATCH, epochs_estimator=1, augment=True, progress=False,
+                      tensorboard=False, device=DEVICE, **PROVIDERS[provider])
     device = torch.device(DEVICE)
     torch.manual_seed(0)
     stage = Stage(cfg, 2, build_model(cfg, device), _Pairs(), device, 0, 1)

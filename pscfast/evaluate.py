@@ -12,9 +12,12 @@ between two systems: run one with `--save-predictions a.pt`, the other with `--c
 
 `--probe` scores, instead of the checkpoint's STN, flows optimised per test pair against the stage-2 loss through
 the checkpoint's frozen encoder (pscfast.evaluation.probe): whether these features can lead a warp estimator
-past the identity at all. `--checkpoint random` probes a randomly initialised encoder (`--arch`, seed 0);
-`--control` (synthetic only) replaces each sketch by its photo under the true deformation, where the probe must
-beat the identity.
+past the identity at all. `--match` scores nearest-neighbour matching of the encoder's features instead
+(pscfast.evaluation.matching), in seconds. `--checkpoint random` takes a randomly initialised encoder (`--arch`,
+seed 0); `--control` (synthetic only) replaces each sketch by its photo under the true deformation, where both
+must beat the identity. `--mismatch` scores any of these with each sketch paired with another pair's photo
+(pscfast.evaluation.mismatch): what a predictor keeps there does not come from matching the pair.
+`--image-size` is the resolution the model sees (default: the checkpoint's training resolution, else 256).
 """
 import argparse
 import json
@@ -25,7 +28,7 @@ import time
 import torch
 
 from pscfast.data import DatasetError, PSCTestPairs
-from pscfast.evaluation import GroundTruthFlows, consistency, evaluate, format_table
+from pscfast.evaluation import GroundTruthFlows, Mismatched, consistency, evaluate, format_table
 
 
 def _write_json(path, obj):
@@ -42,16 +45,34 @@ def _load_model(a):
     return load_checkpoint(a.checkpoint, arch=a.arch, shared_bn=shared)
 
 
-def _probe(a):
-    from pscfast.evaluation.probe import FlowProbe
+def _image_size(a) -> int:
+    """--image-size, else the resolution a pscfast checkpoint was trained at, else 256."""
+    if a.image_size is not None or a.checkpoint in (None, "identity", "random"):
+        return a.image_size or 256
+    from pscfast.models._load import load_file
+    try:
+        state = load_file(a.checkpoint, "pscfast.evaluate")
+    except (FileNotFoundError, ValueError):
+        return 256  # load_checkpoint names the file's problem
+    config = state.get("config") if isinstance(state, dict) else None
+    return int((config or {}).get("image_size", 256))  # release checkpoints record none: the paper's 256
+
+
+def _features_predictor(a):
+    """--probe or --match: a predict_fn on the checkpoint's encoder (or a random one), and its name."""
+    from pscfast.evaluation import FeatureMatch, FlowProbe
     from pscfast.models import ResNet
     if a.checkpoint == "random":
         torch.manual_seed(0)
         encoder = ResNet(a.arch or "resnet18")
     else:
         encoder = _load_model(a).encoder
+    encoder = encoder.to(a.device)
     control = GroundTruthFlows(a.csv_dir or a.data_root) if a.control else None
-    return FlowProbe(encoder.to(a.device), a.probe_steps, a.probe_lr, a.image_size, control=control, progress=True)
+    if a.probe:
+        probe = FlowProbe(encoder, a.probe_steps, a.probe_lr, a.image_size, control=control, progress=True)
+        return probe, f"probe of {a.checkpoint}"
+    return FeatureMatch(encoder, a.image_size, control), f"feature matching of {a.checkpoint}"
 
 
 def main(argv=None):
@@ -68,35 +89,53 @@ def main(argv=None):
     ap.add_argument("--save-predictions", default=None, help="save the predicted keypoints (.pt) for --compare")
     ap.add_argument("--compare", default=None,
                     help="predictions saved by another run: report the paper's consistency with them")
-    probe = ap.add_argument_group("probe (pscfast.evaluation.probe)")
-    probe.add_argument("--probe", action="store_true", help="score flows optimised against the stage-2 loss")
-    probe.add_argument("--probe-steps", type=int, default=50, help="Adam steps per batch (default 50)")
-    probe.add_argument("--probe-lr", type=float, default=0.005, help="Adam learning rate (default 0.005)")
-    probe.add_argument("--image-size", type=int, default=256, help="the encoder's resolution (default 256)")
-    probe.add_argument("--control", action="store_true", help="positive control: sketch = photo under the true warp")
+    feats = ap.add_argument_group("the encoder's features alone (pscfast.evaluation.probe, .matching)")
+    how = feats.add_mutually_exclusive_group()
+    how.add_argument("--probe", action="store_true", help="score flows optimised against the stage-2 loss")
+    how.add_argument("--match", action="store_true", help="score nearest-neighbour matching of the features")
+    feats.add_argument("--probe-steps", type=int, default=50, help="Adam steps per batch (default 50)")
+    feats.add_argument("--probe-lr", type=float, default=0.005, help="Adam learning rate (default 0.005)")
+    feats.add_argument("--control", action="store_true", help="positive control: sketch = photo under the true warp")
+    ap.add_argument("--mismatch", action="store_true",
+                    help="each sketch paired with another pair's photo: the baseline that matching must beat")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="the model's input resolution (default: the checkpoint's training resolution, else 256)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
     csv_path = os.path.join(a.csv_dir or a.data_root, "test_pairs_ps.csv")
     classes = [c for arg in a.classes for c in arg.split(",") if c] if a.classes else None
-    if (a.control or a.checkpoint == "random") and not a.probe:
-        ap.error("--control and --checkpoint random go with --probe")
-    if a.probe and (a.gt or a.checkpoint == "identity"):
-        ap.error("--probe needs an encoder: --checkpoint FILE or random")
+    features = a.probe or a.match
+    if (a.control or a.checkpoint == "random") and not features:
+        ap.error("--control and --checkpoint random go with --probe or --match")
+    if features and (a.gt or a.checkpoint == "identity"):
+        ap.error(f"--{'probe' if a.probe else 'match'} needs an encoder: --checkpoint FILE or random")
+    if a.mismatch and (a.gt or a.checkpoint == "identity"):
+        ap.error("--mismatch needs a model that looks at the images: --checkpoint FILE, or random with --probe "
+                 "or --match")
+    if a.mismatch and a.control:
+        ap.error("--mismatch and --control are exclusive")
+    if a.image_size is not None and a.image_size < 32:
+        ap.error(f"--image-size must be at least 32 (layer3 has stride 16), got {a.image_size}")
     try:
         data = PSCTestPairs(a.data_root, csv_path)
-        if a.probe:
-            predict, what = _probe(a), f"probe of {a.checkpoint}" + (" (control)" if a.control else "")
+        if features:
+            a.image_size = _image_size(a)
+            predict, what = _features_predictor(a)
         elif a.gt:
             predict, what = GroundTruthFlows(a.csv_dir or a.data_root), "ground truth"
         elif a.checkpoint == "identity":
             from pscfast.predict import build_predictor
             predict, what = build_predictor("identity"), "identity"
         else:
-            from pscfast.data import normalize
+            from pscfast.training.pipeline import predictor
             model = _load_model(a).to(a.device).eval()
-            predict, what = (lambda p, s: model.predict_flow(normalize(p), normalize(s))), a.checkpoint
+            predict, what = predictor(model, _image_size(a)), a.checkpoint
+        if a.control:
+            what += " (control)"
+        if a.mismatch:
+            predict, what = Mismatched(predict), what + " (mismatched photos)"
         t0 = time.perf_counter()
         result = evaluate(predict, data, a.batch_size, a.device, classes=classes, num_workers=a.workers,
                           return_predictions=True)

@@ -32,6 +32,8 @@ def parse(argv=None) -> TrainConfig:
     p.add_argument("--lr", type=float, help="learning rate of the stages run")
     p.add_argument("--moco-k", type=int, help="MoCo queue length (below the number of training pairs)")
     p.add_argument("--moco-m", type=float, help="MoCo key-encoder momentum")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="the release's augmentation in both stages (the paper's configs: on; the default run: off)")
     p.add_argument("--backend", help="pscfast.ops backend (torch = the reference ops)")
     p.add_argument("--amp", choices=["auto", "bf16", "fp16", "none"])
     p.add_argument("--compile", nargs="?", const=True, default=None, metavar="BACKEND",
@@ -48,10 +50,10 @@ def parse(argv=None) -> TrainConfig:
     a = p.parse_args(argv)
     over = dict(stage=a.stage, arch=a.arch, shared_bn=a.shared_bn, data_root=a.data_root, csv_dir=a.csv_dir,
                 max_steps_per_epoch=a.max_steps_per_epoch, batch_size=a.batch_size, image_size=a.image_size,
-                moco_k=a.moco_k, moco_m=a.moco_m, backend=a.backend, amp=a.amp, compile=a.compile,
-                channels_last=a.channels_last, imagenet=a.imagenet, init=a.init, out=a.out, resume=a.resume, device=a.device, seed=a.seed,
-                workers=a.workers, eval_limit=a.eval_limit, epochs_encoder=a.epochs, epochs_estimator=a.epochs,
-                lr_encoder=a.lr, lr_estimator=a.lr)
+                moco_k=a.moco_k, moco_m=a.moco_m, augment=a.augment, backend=a.backend, amp=a.amp,
+                compile=a.compile, channels_last=a.channels_last, imagenet=a.imagenet, init=a.init, out=a.out,
+                resume=a.resume, device=a.device, seed=a.seed, workers=a.workers, eval_limit=a.eval_limit,
+                epochs_encoder=a.epochs, epochs_estimator=a.epochs, lr_encoder=a.lr, lr_estimator=a.lr)
     try:
         return TrainConfig.from_json(a.config, **over) if a.config else TrainConfig().replace(**over)
     except (ValueError, OSError) as exc:  # a bad value or config file: one line, not a traceback

@@ -4,6 +4,8 @@ import os
 import numpy as np
 import torch
 
+from pscfast import ops
+
 GT_FILE = "test_pairs_gt.npz"
 
 
@@ -31,3 +33,13 @@ class GroundTruthFlows:
         except KeyError as e:
             raise KeyError(f"no ground-truth flow for pair {e.args[0]}") from None
         return self.fwd[rows].to(photo.device), self.bwd[rows].to(photo.device)
+
+
+def control_sketch(control: GroundTruthFlows, photo, batch, who: str, backend=None):
+    """The positive control's "sketch": each photo warped by its pair's true fwd flow into the sketch's frame,
+    so that even a random encoder's features match (it is encoded as a photo)."""
+    if batch is None:
+        raise ValueError(f"{who}: the control needs the batch's paths (call it through evaluate)")
+    true_fwd, _ = control(photo, None, batch)
+    return ops.warp(photo, true_fwd.to(photo), out_size=tuple(photo.shape[-2:]), padding_mode="border",
+                    backend=backend)

@@ -21,6 +21,7 @@ import torch
 
 from pscfast import ops
 from pscfast.data import normalize
+from pscfast.evaluation.ground_truth import control_sketch
 from pscfast.models import PHOTO, SKETCH
 from pscfast.training.losses import stage2_loss
 from pscfast.training.trainer import resize
@@ -54,10 +55,7 @@ class FlowProbe:
         photo, sketch = normalize(resize(photo, self.size)), normalize(resize(sketch, self.size))
         sketch_modality = SKETCH
         if self.control is not None:
-            if batch is None:
-                raise ValueError("FlowProbe: the control needs the batch's paths (call it through evaluate)")
-            true_fwd, _ = self.control(photo, sketch, batch)
-            sketch, sketch_modality = self._warp(photo, true_fwd.to(photo)), PHOTO  # the photo in the sketch's frame
+            sketch, sketch_modality = control_sketch(self.control, photo, batch, "FlowProbe", self.backend), PHOTO
         enc = self.encoder
         with torch.enable_grad():  # evaluate() runs under no_grad
             with torch.no_grad():

@@ -24,6 +24,7 @@ def test_paper_configs_hold_the_papers_settings(name, arch):
     assert (cfg.epochs_encoder, cfg.epochs_estimator, cfg.warmup_epochs) == (1500, 1500, 100)
     assert (cfg.lr_encoder, cfg.lr_estimator, cfg.tau, cfg.sim_weight, cfg.con_weight) == (0.03, 0.003, 0.001, 0.1, 1.0)
     assert (cfg.moco_dim, cfg.moco_k, cfg.moco_m, cfg.moco_t) == (128, 8192, 0.999, 0.07)
+    assert cfg.augment and not cfg.augment_loop
 
 
 def test_flags_override_the_config_file(tmp_path):
@@ -34,6 +35,10 @@ def test_flags_override_the_config_file(tmp_path):
     assert _run_module().parse(["--compile"]).compile is True
     cfg = _run_module().parse(["--moco-k", "32", "--moco-m", "0.99"])
     assert (cfg.moco_k, cfg.moco_m) == (32, 0.99)
+    assert _run_module().parse(["--augment"]).augment is True and _run_module().parse([]).augment is False
+    path.write_text(json.dumps({"augment": True}))  # absent, the flag leaves the config file's value
+    assert _run_module().parse(["--config", str(path)]).augment is True
+    assert _run_module().parse(["--config", str(path), "--no-augment"]).augment is False
 
 
 @pytest.mark.parametrize("kw, words", [
