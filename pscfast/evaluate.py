@@ -40,22 +40,12 @@ def _write_json(path, obj):
 
 
 def _load_model(a):
+    """The checkpoint's PSCNet and the image size to run it at: --image-size, else the resolution the
+    checkpoint was trained at, else 256 (release checkpoints record none: the paper's)."""
     from pscfast.models import load_checkpoint
     shared = None if a.shared_bn is None else a.shared_bn == "1"
-    return load_checkpoint(a.checkpoint, arch=a.arch, shared_bn=shared)
-
-
-def _image_size(a) -> int:
-    """--image-size, else the resolution a pscfast checkpoint was trained at, else 256."""
-    if a.image_size is not None or a.checkpoint in (None, "identity", "random"):
-        return a.image_size or 256
-    from pscfast.models._load import load_file
-    try:
-        state = load_file(a.checkpoint, "pscfast.evaluate")
-    except (FileNotFoundError, ValueError):
-        return 256  # load_checkpoint names the file's problem
-    config = state.get("config") if isinstance(state, dict) else None
-    return int((config or {}).get("image_size", 256))  # release checkpoints record none: the paper's 256
+    model, config = load_checkpoint(a.checkpoint, arch=a.arch, shared_bn=shared, with_config=True)
+    return model.to(a.device), a.image_size or int(config.get("image_size", 256))
 
 
 def _features_predictor(a):
@@ -64,15 +54,15 @@ def _features_predictor(a):
     from pscfast.models import ResNet
     if a.checkpoint == "random":
         torch.manual_seed(0)
-        encoder = ResNet(a.arch or "resnet18")
+        encoder, size = ResNet(a.arch or "resnet18").to(a.device), a.image_size or 256
     else:
-        encoder = _load_model(a).encoder
-    encoder = encoder.to(a.device)
+        model, size = _load_model(a)
+        encoder = model.encoder
     control = GroundTruthFlows(a.csv_dir or a.data_root) if a.control else None
     if a.probe:
-        probe = FlowProbe(encoder, a.probe_steps, a.probe_lr, a.image_size, control=control, progress=True)
+        probe = FlowProbe(encoder, a.probe_steps, a.probe_lr, size, control=control, progress=True)
         return probe, f"probe of {a.checkpoint}"
-    return FeatureMatch(encoder, a.image_size, control), f"feature matching of {a.checkpoint}"
+    return FeatureMatch(encoder, size, control), f"feature matching of {a.checkpoint}"
 
 
 def main(argv=None):
@@ -121,7 +111,6 @@ def main(argv=None):
     try:
         data = PSCTestPairs(a.data_root, csv_path)
         if features:
-            a.image_size = _image_size(a)
             predict, what = _features_predictor(a)
         elif a.gt:
             predict, what = GroundTruthFlows(a.csv_dir or a.data_root), "ground truth"
@@ -130,8 +119,8 @@ def main(argv=None):
             predict, what = build_predictor("identity"), "identity"
         else:
             from pscfast.training.pipeline import predictor
-            model = _load_model(a).to(a.device).eval()
-            predict, what = predictor(model, _image_size(a)), a.checkpoint
+            model, size = _load_model(a)
+            predict, what = predictor(model, size), a.checkpoint
         if a.control:
             what += " (control)"
         if a.mismatch:

@@ -84,11 +84,13 @@ def _load_strict(model: PSCNet, state: dict, path: str) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, arch: str | None = None, shared_bn: bool | None = None,
-                    map_location="cpu") -> PSCNet:
+                    map_location="cpu", with_config: bool = False):
     """Load a release-format or pscfast checkpoint into a PSCNet in eval mode.
 
     arch: resnet18/50/101, detected from the keys when None (a mismatch with the file is an error).
     shared_bn: None = the file's own setting (True for the release, which shares one BN per pair).
+    with_config: return ``(model, config)``, config the training configuration the file records (a dict of
+    TrainConfig fields; empty for release checkpoints and files saved without one).
     """
     ckpt = load_file(path, "pscfast.models.load_checkpoint", map_location)
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
@@ -97,7 +99,7 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, shared_bn:
             raise ValueError(f"pscfast.models.load_checkpoint: {path} holds {file_arch}, not {arch}")
         model = PSCNet(file_arch, ckpt["shared_bn"] if shared_bn is None else shared_bn)
         _load_strict(model, ckpt["model"], str(path))
-        return model.eval()
+        return (model.eval(), dict(ckpt.get("config") or {})) if with_config else model.eval()
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not any(k.endswith("stn.net_4x.0.weight") for k in state):
         raise ValueError(f"pscfast.models.load_checkpoint: {path} is neither a pscfast checkpoint nor the "
@@ -106,7 +108,8 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, shared_bn:
         found = detect_arch(_strip(state), "encoder_q.")
         if found != arch:
             raise ValueError(f"pscfast.models.load_checkpoint: {path} holds {found}, not {arch}")
-    return release_to_pscnet(state, arch, True if shared_bn is None else shared_bn, str(path)).eval()
+    model = release_to_pscnet(state, arch, True if shared_bn is None else shared_bn, str(path)).eval()
+    return (model, {}) if with_config else model
 
 
 def save_checkpoint(path: str | os.PathLike, model: PSCNet, **extra) -> None:

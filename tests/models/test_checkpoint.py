@@ -48,6 +48,8 @@ def test_release_checkpoint_loads_strictly(tmp_path):
             assert torch.equal(loaded["encoder." + k[len("encoder_q."):]], v), k
         elif k.startswith("stn."):
             assert torch.equal(loaded[k], v), k
+    again, config = load_checkpoint(path, with_config=True)  # the release records no training config
+    assert config == {} and torch.equal(again.stn.net_4x[0].weight, model.stn.net_4x[0].weight)
     x = torch.rand(1, 3, 64, 64)
     fwd, bwd = model.predict_flow(x, x.flip(-1))
     assert fwd.shape == (1, 16, 16, 2) and torch.isfinite(fwd).all() and torch.isfinite(bwd).all()
@@ -105,6 +107,9 @@ def test_pscfast_format_round_trip(tmp_path):
         p.data.normal_(0, 0.01)
     save_checkpoint(tmp_path / "m.pt", model, step=7)
     loaded = load_checkpoint(tmp_path / "m.pt")
+    assert load_checkpoint(tmp_path / "m.pt", with_config=True)[1] == {}  # saved without a config
+    save_checkpoint(tmp_path / "c.pt", model, config={"image_size": 96, "augment": False})
+    assert load_checkpoint(tmp_path / "c.pt", with_config=True)[1] == {"image_size": 96, "augment": False}
     assert not loaded.shared_bn
     x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     for a, b in zip(model.eval().predict_flow(x, y), loaded.predict_flow(x, y)):
