@@ -33,8 +33,8 @@ def test_flags_override_the_config_file(tmp_path):
     cfg = _run_module().parse(["--config", str(path), "--batch-size", "16", "--compile", "aot_eager"])
     assert (cfg.batch_size, cfg.lr_estimator, cfg.compile) == (16, 0.01, "aot_eager")
     assert _run_module().parse(["--compile"]).compile is True
-    cfg = _run_module().parse(["--moco-k", "32", "--moco-m", "0.99"])
-    assert (cfg.moco_k, cfg.moco_m) == (32, 0.99)
+    cfg = _run_module().parse(["--moco-k", "32", "--moco-m", "0.99", "--moco-t", "0.1"])
+    assert (cfg.moco_k, cfg.moco_m, cfg.moco_t) == (32, 0.99, 0.1)
     assert _run_module().parse(["--augment"]).augment is True and _run_module().parse([]).augment is False
     path.write_text(json.dumps({"augment": True}))  # absent, the flag leaves the config file's value
     assert _run_module().parse(["--config", str(path)]).augment is True
