@@ -51,9 +51,9 @@ def parse(argv=None) -> TrainConfig:
     a = p.parse_args(argv)
     over = dict(stage=a.stage, arch=a.arch, shared_bn=a.shared_bn, data_root=a.data_root, csv_dir=a.csv_dir,
                 max_steps_per_epoch=a.max_steps_per_epoch, batch_size=a.batch_size, image_size=a.image_size,
-                moco_k=a.moco_k, moco_m=a.moco_m, moco_t=a.moco_t, augment=a.augment, backend=a.backend, amp=a.amp,
-                compile=a.compile, channels_last=a.channels_last, imagenet=a.imagenet, init=a.init, out=a.out,
-                resume=a.resume, device=a.device, seed=a.seed, workers=a.workers, eval_limit=a.eval_limit,
+                moco_k=a.moco_k, moco_m=a.moco_m, moco_t=a.moco_t, augment=a.augment, backend=a.backend,
+                amp=a.amp, compile=a.compile, channels_last=a.channels_last, imagenet=a.imagenet, init=a.init,
+                out=a.out, resume=a.resume, device=a.device, seed=a.seed, workers=a.workers, eval_limit=a.eval_limit,
                 epochs_encoder=a.epochs, epochs_estimator=a.epochs, lr_encoder=a.lr, lr_estimator=a.lr)
     try:
         return TrainConfig.from_json(a.config, **over) if a.config else TrainConfig().replace(**over)
