@@ -11,7 +11,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _fake, _reference
+from . import _checks, _fake, _higher_order, _reference
 from ._dispatch import Op, register_op
 
 MODES = ("bilinear", "nearest")
@@ -33,12 +33,15 @@ def _register() -> None:
         return grad_out.new_empty(x_size)
 
     def setup_warp(ctx, inputs, output):
-        x, grid, _, mode, padding_mode, align_corners = inputs
+        x, grid, out_size, mode, padding_mode, align_corners = inputs
         ctx.save_for_backward(x, grid)
-        ctx.args = (mode, padding_mode, align_corners)
+        ctx.args, ctx.out_size = (mode, padding_mode, align_corners), tuple(out_size)
 
     def backward_warp(ctx, grad):
         x, grid = ctx.saved_tensors
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference.warp, (x, grid, ctx.out_size, *ctx.args), grad,
+                                                 ctx.needs_input_grad)
         grad = grad.contiguous()
         dx = dgrid = None
         if ctx.needs_input_grad[0]:
@@ -64,7 +67,7 @@ class _WarpTriton(torch.autograd.Function):
         from pscfast.kernels import warp as k
 
         ctx.save_for_backward(x, grid)
-        ctx.args = (mode, padding_mode, align_corners)
+        ctx.args, ctx.out_size = (mode, padding_mode, align_corners), out_size
         return k.warp_fwd(x.contiguous(), grid.contiguous(), out_size, mode, padding_mode, align_corners)
 
     @staticmethod
@@ -72,6 +75,9 @@ class _WarpTriton(torch.autograd.Function):
         from pscfast.kernels import warp as k
 
         x, grid = ctx.saved_tensors
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference.warp, (x, grid, ctx.out_size, *ctx.args), grad,
+                                                 ctx.needs_input_grad)
         grad = grad.contiguous()
         dx = dgrid = None
         if ctx.needs_input_grad[0]:
