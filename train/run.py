@@ -4,7 +4,9 @@
     python train/run.py --config train/configs/paper_r18.json --data-root /data/sketchy
     torchrun --nproc_per_node=8 train/run.py --config train/configs/paper_r101.json --data-root ...
 
-Flags override the config file; the defaults are pscfast.training.TrainConfig's.
+Flags override the config file; the defaults are pscfast.training.TrainConfig's. Errors are one line on
+stderr: exit 2 for bad input (flags, config, data, checkpoints), 1 for a failed run (divergence, a full disk,
+an output folder in use by another run).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from pscfast._cli import one_line_errors  # noqa: E402
 from pscfast.training import TrainConfig, train  # noqa: E402
 
 
@@ -29,7 +32,8 @@ def parse(argv=None) -> TrainConfig:
     p.add_argument("--max-steps-per-epoch", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--image-size", type=int)
-    p.add_argument("--lr", type=float, help="learning rate of the stages run")
+    p.add_argument("--lr", type=float, help="learning rate of the stages run (with --resume it replaces the "
+                   "checkpoint's: the schedule goes on at the new scale)")
     p.add_argument("--moco-k", type=int, help="MoCo queue length (below the number of training pairs)")
     p.add_argument("--moco-m", type=float, help="MoCo key-encoder momentum")
     p.add_argument("--moco-t", type=float, help="MoCo softmax temperature")
@@ -43,7 +47,7 @@ def parse(argv=None) -> TrainConfig:
     p.add_argument("--imagenet", help="local torchvision/MoCo ImageNet checkpoint for the encoder")
     p.add_argument("--init", help="pscfast or release checkpoint to start from")
     p.add_argument("--out")
-    p.add_argument("--resume", help="a checkpoint written by this script")
+    p.add_argument("--resume", help="a stage checkpoint written by this script (same --arch, --shared-bn)")
     p.add_argument("--device")
     p.add_argument("--seed", type=int)
     p.add_argument("--workers", type=int)
@@ -67,7 +71,8 @@ def main(argv=None) -> None:
     if model == "sfnet":  # SFNet has its own flags: train/run.py --model sfnet --help
         return sfnet_main(argv)
     cfg = parse(argv)
-    result = train(cfg)
+    with one_line_errors("train/run.py"):
+        result = train(cfg)
     pck = result["pck"]
     if pck is not None and result["rank"] == 0:
         print(f"PCK@0.05 {100 * pck['pck05']:.2f}  PCK@0.10 {100 * pck['pck10']:.2f}  "

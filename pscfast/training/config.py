@@ -57,6 +57,7 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
+        check_types(self)
         positive = ("batch_size", "moco_dim", "moco_k", "lr_encoder", "lr_estimator", "moco_t", "tau",
                     "save_every", "eval_batch_size")
         for name in positive:
@@ -76,6 +77,7 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {name} must be at least 1 or None, got {getattr(self, name)!r}")
         self.stages()
         self.compile_backend()
+        check_backend(self)
 
     def compile_backend(self) -> str | None:
         """The torch.compile backend of ``compile`` (True means inductor), or None."""
@@ -95,7 +97,12 @@ class TrainConfig:
     @classmethod
     def from_json(cls, path: str, **overrides) -> "TrainConfig":
         with open(path) as f:
-            data = json.load(f)
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: not a JSON file ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a JSON object of TrainConfig fields, got {type(data).__name__}")
         unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
@@ -106,3 +113,28 @@ class TrainConfig:
         if str(self.stage) not in names:
             raise ValueError(f"stage must be one of {sorted(names)}, got {self.stage!r}")
         return names[str(self.stage)]
+
+
+_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "None": type(None)}
+
+
+def check_types(cfg) -> None:
+    """Refuse a field whose value is not of its annotated type (``"8"`` for an int from a JSON config; a bool
+    for a number). Annotations other than int, float, bool, str, None and their unions are not checked."""
+    for field in dataclasses.fields(cfg):
+        names = [t.strip() for t in str(field.type).split("|")]
+        if not all(n in _TYPES for n in names):
+            continue
+        value = getattr(cfg, field.name)
+        ok = any(isinstance(value, _TYPES[n]) and not (isinstance(value, bool) and n in ("int", "float"))
+                 for n in names)
+        if not ok:
+            raise ValueError(f"{type(cfg).__name__}: {field.name} must be {' or '.join(names)}, got {value!r} "
+                             f"({type(value).__name__})")
+
+
+def check_backend(cfg) -> None:
+    """Refuse an unknown pscfast.ops backend before anything runs (the ops would find it at their first call)."""
+    if cfg.backend is not None:
+        from pscfast.ops._dispatch import parse_backends
+        parse_backends(cfg.backend, f"{type(cfg).__name__}: backend")

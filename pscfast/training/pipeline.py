@@ -1,14 +1,23 @@
-"""``train(cfg)``: both PSC stages end to end (data, stages, checkpoints, TensorBoard, PCK evaluation)."""
+"""``train(cfg)``: both PSC stages end to end (data, stages, checkpoints, TensorBoard, PCK evaluation).
+
+One run at a time per output folder (pscfast.training.outdir). ``--resume`` reads a checkpoint that this
+module wrote during training (``stage{s}_last.pt``, ``stage{s}_epoch{e}.pt``) with ``weights_only=True``, and
+refuses one of another architecture or BN sharing than the run's configuration.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 
 from pscfast.data import normalize
 from pscfast.models import PSCNet, save_checkpoint
+from pscfast.models._load import load_file
+from pscfast.models.checkpoint import FORMAT
 from pscfast.training import distributed as dist_utils
 from pscfast.training.config import TrainConfig
+from pscfast.training.outdir import OutputLock
 from pscfast.training.trainer import Stage, build_model, resize, save_stage
 
 SYNTHETIC_ROOT = "runs/synthetic"
@@ -44,11 +53,10 @@ def evaluate_pck(cfg: TrainConfig, model: PSCNet, root: str, csv_dir: str, devic
     data = PSCTestPairs(root, os.path.join(csv_dir, "test_pairs_ps.csv"))
     if cfg.eval_limit:
         data = torch.utils.data.Subset(data, range(min(cfg.eval_limit, len(data))))
-    was_training = model.training
     predict = predictor(model, cfg.image_size)
-    result = evaluate(predict, data, cfg.eval_batch_size, device, progress=False)
-    picture = _picture(predict, data, device)
-    model.train(was_training)
+    with untouched(model, device):
+        result = evaluate(predict, data, cfg.eval_batch_size, device, progress=False)
+        picture = _picture(predict, data, device)
     if picture is not None:
         from PIL import Image
         Image.fromarray(picture).save(os.path.join(cfg.out, "correspondence.png"))
@@ -58,6 +66,21 @@ def evaluate_pck(cfg: TrainConfig, model: PSCNet, root: str, csv_dir: str, devic
         if picture is not None:
             writer.add_image("eval/correspondence", picture, step, dataformats="HWC")
     return result
+
+
+@contextlib.contextmanager
+def untouched(model: torch.nn.Module, device):
+    """Evaluate inside a training run without changing it: every module gets back its own train/eval mode
+    (restoring the whole model's would put stage 2's frozen encoder BN in train mode), and the RNG state is
+    restored (the data loader draws a seed), so a resumed run and one that evaluated in between stay equal."""
+    modes = [(m, m.training) for m in model.modules()]
+    devices = [device] if torch.device(device).type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def _picture(predict, data, device, n: int = 4):
@@ -83,15 +106,45 @@ def _writer(cfg: TrainConfig, rank: int):
     return SummaryWriter(os.path.join(cfg.out, "tb"))
 
 
+def load_resume(cfg: TrainConfig) -> dict | None:
+    """The checkpoint ``cfg.resume`` names (tensors and plain containers only), checked against ``cfg``."""
+    if not cfg.resume:
+        return None
+    who = "resume"
+    ckpt = load_file(cfg.resume, who)
+    if not (isinstance(ckpt, dict) and ckpt.get("format") == FORMAT and isinstance(ckpt.get("training"), dict)):
+        raise ValueError(f"{who}: {cfg.resume} holds no training state: resume from a checkpoint written during "
+                         "training (stage1_last.pt, stage2_last.pt, stage<s>_epoch<e>.pt); start from final.pt or "
+                         "a released checkpoint with --init")
+    if ckpt["arch"] != cfg.arch:
+        raise ValueError(f"{who}: {cfg.resume} holds a {ckpt['arch']} model but the run is configured for "
+                         f"{cfg.arch}: pass --arch {ckpt['arch']} (or the run's --config)")
+    if ckpt["shared_bn"] != cfg.shared_bn:
+        raise ValueError(f"{who}: {cfg.resume} was trained with shared_bn={ckpt['shared_bn']} but the run has "
+                         f"shared_bn={cfg.shared_bn}: {'pass' if ckpt['shared_bn'] else 'drop'} --shared-bn "
+                         "(or the run's --config)")
+    stage = ckpt["training"].get("stage")
+    if stage not in cfg.stages():
+        raise ValueError(f"{who}: {cfg.resume} was written in stage {stage}, which stage={cfg.stage!r} does not run")
+    return ckpt
+
+
 def train(cfg: TrainConfig) -> dict:
-    """Run the configured stages; returns {"history": {stage: [losses]}, "pck": final evaluation or None}."""
+    """Run the configured stages; returns {"history": {stage: [losses]}, "pck": final evaluation or None}.
+
+    Rank 0 holds the output folder's lock for the whole run (another live run there is refused)."""
     rank, world, device = dist_utils.init(cfg.device)
+    with OutputLock(cfg.out, "train") if rank == 0 else contextlib.nullcontext():
+        return _train(cfg, rank, world, device)
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
+    resume = load_resume(cfg)
     torch.manual_seed(cfg.seed)
     root, csv_dir = prepare_data(cfg, rank)
     from pscfast.data import PSCTrainPairs
     train_data = PSCTrainPairs(root, os.path.join(csv_dir, "train_pairs_ps.csv"))
     model = build_model(cfg, device)
-    resume = torch.load(cfg.resume, map_location="cpu", weights_only=False) if cfg.resume else None
     writer = _writer(cfg, rank)
     log = None
     if writer is not None:
@@ -112,7 +165,9 @@ def train(cfg: TrainConfig) -> dict:
             model.load_state_dict(resume["model"])
         stage = Stage(cfg, s, model, train_data, device, rank, world)
         if resume is not None and resume["training"]["stage"] == s:
-            stage.load_state_dict(resume["training"])
+            note = stage.load_state_dict(resume["training"])
+            if note and rank == 0:
+                print(note, flush=True)
         resume = None
         history[s] = stage.run(log, on_epoch)
     pck = None

@@ -20,9 +20,12 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
+from pscfast._cli import check_device, one_line_errors
 from pscfast.models import load_checkpoint, load_imagenet, save_checkpoint
 from pscfast.models._load import load_file
 from pscfast.models.sfnet import BETA, SIGMA, SFNet
+from pscfast.training.config import check_backend, check_types
+from pscfast.training.outdir import OutputLock
 from pscfast.training.pipeline import evaluate_pck, prepare_data
 from pscfast.training.sfnet_data import MaskedPairs
 from pscfast.training.sfnet_losses import WEIGHTS, sfnet_loss
@@ -55,6 +58,22 @@ class SFNetConfig:
     seed: int = 0
     device: str = "auto"
     progress: bool = True
+
+    def __post_init__(self):
+        check_types(self)
+        for name in ("batch_size", "epochs", "lr", "beta", "sigma", "eval_batch_size"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"SFNetConfig: {name} must be positive, got {getattr(self, name)!r}")
+        for name in ("w_mask", "w_flow", "w_smooth", "workers"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"SFNetConfig: {name} must be non-negative, got {getattr(self, name)!r}")
+        for name in ("max_steps_per_epoch", "lr_decay_epoch", "eval_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"SFNetConfig: {name} must be at least 1 or None, got {getattr(self, name)!r}")
+        if self.image_size < 32:
+            raise ValueError(f"SFNetConfig: image_size must be at least 32 (layer3 has stride 16), "
+                             f"got {self.image_size}")
+        check_backend(self)
 
     def weights(self) -> dict[str, float]:
         return {"mask": self.w_mask, "flow": self.w_flow, "smooth": self.w_smooth}
@@ -94,11 +113,18 @@ def train_step(model: SFNet, opt: torch.optim.Optimizer, batch: dict, image_size
 
 
 def _device(name: str) -> torch.device:
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    return check_device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name,
+                        "train: device")
 
 
 def train(cfg: SFNetConfig) -> dict:
-    """Train, save ``<out>/final.pt``, evaluate PCK. Returns {"history": per-step losses, "pck", "model"}."""
+    """Train, save ``<out>/final.pt``, evaluate PCK. Returns {"history": per-step losses, "pck", "model"}.
+    Holds the output folder's lock for the run (pscfast.training.outdir)."""
+    with OutputLock(cfg.out, "train"):
+        return _train(cfg)
+
+
+def _train(cfg: SFNetConfig) -> dict:
     device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
     root, csv_dir = prepare_data(cfg, rank=0)
@@ -149,7 +175,10 @@ def parse(argv=None) -> SFNetConfig:
             kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
             p.add_argument(flag, type=kind, default=None)
     a = vars(p.parse_args(argv))
-    return dataclasses.replace(SFNetConfig(), **{k: v for k, v in a.items() if v is not None})
+    try:
+        return dataclasses.replace(SFNetConfig(), **{k: v for k, v in a.items() if v is not None})
+    except ValueError as exc:  # a bad value: one line, not a traceback
+        p.error(str(exc))
 
 
 def split_model_flag(argv: list[str]) -> tuple[str, list[str]]:
@@ -162,7 +191,8 @@ def split_model_flag(argv: list[str]) -> tuple[str, list[str]]:
 
 def main(argv=None) -> None:
     cfg = parse(argv)
-    result = train(cfg)
+    with one_line_errors("train/run.py --model sfnet"):
+        result = train(cfg)
     pck = result["pck"]
     print(f"SFNet PCK@0.05 {100 * pck['pck05']:.2f}  PCK@0.10 {100 * pck['pck10']:.2f}  "
           f"(identity flow: {100 * pck['identity']['pck05']:.2f} / {100 * pck['identity']['pck10']:.2f})")

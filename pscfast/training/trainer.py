@@ -5,6 +5,11 @@ AMP on CUDA (bf16, or fp16 with a gradient scaler), DistributedDataParallel unde
 all-reduced; SyncBatchNorm in the STN; shuffle-BN and all-gather in MoCo), checkpoints every
 ``save_every`` epochs and exact resume at epoch boundaries (model, optimizer, schedule, scaler, MoCo queue,
 RNG; the data order and augmentation draws of epoch e depend only on (seed, stage, epoch, rank)).
+
+Divergence stops the run at the step where it shows: a non-finite loss, or a non-finite parameter or buffer
+of the module being trained (the STN's BN running variance can overflow while the loss is still finite),
+checked after every step; a non-finite model is never saved. A learning rate that differs from the resumed
+checkpoint's is honoured: the schedule goes on from the checkpoint's step, scaled to the new rate.
 """
 from __future__ import annotations
 
@@ -96,6 +101,7 @@ class Stage:
             self.net = FlowPair(stn)
             params = list(stn.parameters())
             lr = cfg.lr_estimator
+        self.lr = lr
         if cfg.channels_last:
             self.net.to(memory_format=torch.channels_last)
         if world > 1:
@@ -154,7 +160,10 @@ class Stage:
                            cfg.sim_weight, cfg.con_weight, cfg.tau, cfg.backend)
 
     def train_step(self, batch) -> dict[str, float]:
-        out = self.step_encoder(batch) if self.stage == 1 else self.step_estimator(batch)
+        try:
+            out = self.step_encoder(batch) if self.stage == 1 else self.step_estimator(batch)
+        except ValueError as exc:  # e.g. an op refusing the non-finite flows of a diverging STN: say where
+            raise ValueError(f"stage {self.stage}, step {self.step + 1}: {exc}") from exc
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(out["loss"]).backward()
         self.scaler.step(self.opt)
@@ -163,11 +172,29 @@ class Stage:
         self.step += 1
         losses = {k: float(dist_utils.all_reduce_mean(v.detach())) for k, v in out.items()}
         if not math.isfinite(losses["loss"]):  # rank-averaged: every rank stops at the same step
-            lr = self.cfg.lr_encoder if self.stage == 1 else self.cfg.lr_estimator
-            raise FloatingPointError(
-                f"stage {self.stage}, step {self.step}: the loss is {losses['loss']} ({losses}); training "
-                f"diverged at lr {lr:g}. Lower --lr, or --resume from the last checkpoint in {self.cfg.out}")
+            self._diverged(f"the loss is {losses['loss']} ({losses})")
+        self._check_finite()
         return losses
+
+    def _check_finite(self) -> None:
+        """Stop when a trained parameter or buffer is no longer finite: the 1-norm of each tensor, summed in
+        float64 (a sum propagates NaN and inf on every device, and float32 values cannot overflow it), one
+        fused reduction and one sync."""
+        trained, prefix = (self.moco, "moco.") if self.stage == 1 else (self.model.stn, "stn.")
+        watched = [(prefix + name, t.detach()) for name, t in (*trained.named_parameters(), *trained.named_buffers())
+                   if t.is_floating_point()]
+        bad = ~torch.isfinite(torch.stack(torch._foreach_norm([t for _, t in watched], 1, dtype=torch.float64)))
+        if dist_utils.active():  # the BN buffers can differ between ranks: every rank stops if one must
+            bad = dist_utils.all_reduce_mean(bad.float()) > 0
+        if bool(bad.any()):
+            names = [name for (name, _), b in zip(watched, bad.tolist()) if b]
+            self._diverged(f"{len(names)} tensor(s) hold non-finite values after the update "
+                           f"({', '.join(names[:3])}{' ...' if len(names) > 3 else ''})")
+
+    def _diverged(self, what: str):
+        raise FloatingPointError(
+            f"stage {self.stage}, step {self.step}: {what}; training diverged at lr {self.lr:g}. Lower --lr, "
+            f"or --resume from a checkpoint in {self.cfg.out} (those saved so far are finite)")
 
     # ---------------------------------------------------------------- state
     def state_dict(self, epoch: int) -> dict:
@@ -178,7 +205,8 @@ class Stage:
             state["moco"] = {k: v for k, v in self.moco.state_dict().items() if not k.startswith("encoder_q.")}
         return state
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> str | None:
+        """Resume; returns a line to log when the configured lr replaces the checkpoint's, else None."""
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -186,6 +214,17 @@ class Stage:
         if self.moco is not None and "moco" in state:
             self.moco.load_state_dict(state["moco"], strict=False)
         self.start_epoch, self.step = state["epoch"], state["step"]
+        saved = self.sched.base_lrs[0]
+        if saved == self.lr:
+            return None
+        # LambdaLR sets lr = base_lr * lambda(step): a new base rescales the rest of the schedule
+        self.sched.base_lrs = [self.lr] * len(self.opt.param_groups)
+        for group, f in zip(self.opt.param_groups, self.sched.lr_lambdas):
+            group["initial_lr"] = self.lr
+            group["lr"] = self.lr * f(self.sched.last_epoch)
+        self.sched._last_lr = [group["lr"] for group in self.opt.param_groups]
+        return (f"stage {self.stage}: resuming at step {self.step} with lr {self.lr:g} instead of the checkpoint's "
+                f"{saved:g} (the warm-up/cosine schedule goes on, scaled to the new lr)")
 
     # ---------------------------------------------------------------- loop
     def run(self, log=None, on_epoch=None) -> list[dict[str, float]]:
@@ -193,25 +232,27 @@ class Stage:
         history = []
         bar = _progress(self.cfg.progress and self.rank == 0, (self.epochs - self.start_epoch) * self.steps_per_epoch,
                         f"stage {self.stage}")
-        for epoch in range(self.start_epoch, self.epochs):
-            self.sampler.set_epoch(epoch)
-            self.gen.manual_seed(hash((self.cfg.seed, self.stage, epoch, self.rank)) % (2 ** 63))
-            for i, batch in enumerate(self.loader):
-                if i >= self.steps_per_epoch:
-                    break
-                t0 = time.perf_counter()
-                losses = self.train_step(batch)
-                history.append(losses)
-                if log is not None:
-                    log(self.stage, self.step, {**losses, "lr": self.sched.get_last_lr()[0],
-                                                "step_time": time.perf_counter() - t0})
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
-            if on_epoch is not None:
-                on_epoch(self, epoch + 1)
-        if bar is not None:
-            bar.close()
+        try:  # the bar ends its line even when a step raises: the error message starts on its own
+            for epoch in range(self.start_epoch, self.epochs):
+                self.sampler.set_epoch(epoch)
+                self.gen.manual_seed(hash((self.cfg.seed, self.stage, epoch, self.rank)) % (2 ** 63))
+                for i, batch in enumerate(self.loader):
+                    if i >= self.steps_per_epoch:
+                        break
+                    t0 = time.perf_counter()
+                    losses = self.train_step(batch)
+                    history.append(losses)
+                    if log is not None:
+                        log(self.stage, self.step, {**losses, "lr": self.sched.get_last_lr()[0],
+                                                    "step_time": time.perf_counter() - t0})
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
+                if on_epoch is not None:
+                    on_epoch(self, epoch + 1)
+        finally:
+            if bar is not None:
+                bar.close()
         return history
 
 

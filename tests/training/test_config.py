@@ -2,6 +2,7 @@
 import importlib.util
 import json
 import os
+import re
 
 import pytest
 
@@ -50,18 +51,53 @@ def test_flags_override_the_config_file(tmp_path):
     (dict(max_steps_per_epoch=0), "max_steps_per_epoch must be at least 1"),
     (dict(stage="decoder"), "stage must be one of"),
     (dict(compile="fast"), "unknown torch.compile backend 'fast'"),
+    (dict(batch_size="8"), "batch_size must be int, got '8' (str)"),
+    (dict(lr_encoder=True), "lr_encoder must be float, got True (bool)"),
+    (dict(eval_limit=2.5), "eval_limit must be int or None, got 2.5 (float)"),
+    (dict(backend="bogus"), "TrainConfig: backend: unknown backend 'bogus'; choose from"),
 ])
 def test_bad_values_are_refused(kw, words):
-    with pytest.raises(ValueError, match=words.replace("[", r"\[").replace(")", r"\)")):
+    with pytest.raises(ValueError, match=re.escape(words)):
         TrainConfig(**kw)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "c.json").write_text(json.dumps({"batch_sise": 8}))
+    (tmp_path / "str.json").write_text(json.dumps({"batch_size": "8"}))
+    (tmp_path / "list.json").write_text("[1, 2]")
     for argv, words in ((["--batch-size", "0"], "batch_size must be positive"),
                         (["--config", str(tmp_path / "c.json")], "unknown config keys ['batch_sise']"),
-                        (["--config", str(tmp_path / "missing.json")], "No such file")):
+                        (["--config", str(tmp_path / "str.json")], "batch_size must be int, got '8' (str)"),
+                        (["--config", str(tmp_path / "list.json")], "list.json: expected a JSON object"),
+                        (["--config", str(tmp_path / "missing.json")], "No such file"),
+                        (["--backend", "bogus"], "unknown backend 'bogus'")):
         with pytest.raises(SystemExit):
             _run_module().parse(argv)
         err = capsys.readouterr().err
         assert words in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--resume", "nope.pt"], "train/run.py: resume: nope.pt: no such file"),
+    (["--data-root", "nope"], "train/run.py: nope/train_pairs_ps.csv not found"),
+    (["--device", "cuda:99"], "train/run.py: train: device: 'cuda:99' requested but"),
+    (["--device", "gpu"], "train/run.py: train: device: 'gpu' is not a device"),
+])
+def test_training_errors_are_one_line(argv, words, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        _run_module().main(argv + ["--out", str(tmp_path / "out"), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith(words) and err.count("\n") == 1, err
+
+
+def test_sfnet_flags_are_checked(capsys):
+    from pscfast.training.sfnet import SFNetConfig, parse
+    for argv, words in ((["--epochs", "-1"], "SFNetConfig: epochs must be positive, got -1"),
+                        (["--batch-size", "0"], "SFNetConfig: batch_size must be positive"),
+                        (["--backend", "bogus"], "unknown backend 'bogus'")):
+        with pytest.raises(SystemExit):
+            parse(argv)
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err
+    with pytest.raises(ValueError, match=r"SFNetConfig: lr must be float, got '1e-3' \(str\)"):
+        SFNetConfig(lr="1e-3")

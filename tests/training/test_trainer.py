@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from pscfast.training.trainer import Stage, build_model
+from pscfast.training.trainer import Stage, build_model, lr_lambda
 from tests.training.fake_pairs import FakePairs, tiny_config
 
 CPU = torch.device("cpu")
@@ -143,3 +143,46 @@ def test_a_queue_longer_than_the_training_set_is_warned_about_and_one_shorter_th
     st = Stage(tiny_config(moco_k=3, batch_size=4), 1, build_model(tiny_config(), CPU), data, CPU, 0, 1)
     with pytest.raises(ValueError, match=r"4 keys per step \(the global batch\) do not fit the queue of K=3"):
         st.run()
+
+
+def test_a_diverging_stn_stops_at_the_step_where_a_buffer_overflows():
+    """At lr 1e8 the STN's BN running variance overflows while the loss is still finite: the run stops at that
+    step, naming the stage, the step and the tensors, before the epoch's checkpoint could be written."""
+    cfg = tiny_config(lr_estimator=1e8, epochs_estimator=3)
+    torch.manual_seed(0)
+    st = Stage(cfg, 2, build_model(cfg, CPU), FakePairs(), CPU, 0, 1)
+    with pytest.raises(FloatingPointError, match=r"stage 2, step \d+: \d+ tensor\(s\) hold non-finite values after "
+                                                 r"the update \(stn\.\S+\.running_var.*lr 1e\+08"):
+        st.run()
+
+
+def test_an_op_refusing_a_diverged_flow_names_the_step():
+    cfg = tiny_config(epochs_estimator=1)
+    torch.manual_seed(0)
+    model = build_model(cfg, CPU)
+    st = Stage(cfg, 2, model, FakePairs(), CPU, 0, 1)
+    with torch.no_grad():
+        model.stn.net_4x[0].weight.fill_(float("inf"))  # the coarse flow is not finite: the next op refuses it
+    with pytest.raises(ValueError, match=r"^stage 2, step 1: pscfast\.ops\.\w+: .*NaN or infinite"):
+        st.run()
+
+
+def test_resume_with_another_lr_honours_it():
+    """--resume with a new --lr: the schedule goes on from the checkpoint's step at the new scale (the
+    scheduler's state would otherwise bring the old lr back), and the Stage says so."""
+    cfg = tiny_config(epochs_estimator=2)
+    torch.manual_seed(0)
+    base = build_model(cfg, CPU)
+    st, _ = _run(cfg, 2, copy.deepcopy(base), epochs=1)
+    saved = copy.deepcopy(st.state_dict(1))
+    assert Stage(cfg, 2, copy.deepcopy(base), FakePairs(), CPU, 0, 1).load_state_dict(copy.deepcopy(saved)) is None
+    new = tiny_config(epochs_estimator=2, lr_estimator=1e-4)
+    resumed = Stage(new, 2, copy.deepcopy(base), FakePairs(), CPU, 0, 1)
+    note = resumed.load_state_dict(saved)
+    assert note.startswith("stage 2: resuming at step 2 with lr 0.0001 instead of the checkpoint's 0.003")
+    used = []
+    step = resumed.train_step
+    resumed.train_step = lambda batch: (used.append(resumed.opt.param_groups[0]["lr"]), step(batch))[1]
+    resumed.run()
+    f = lr_lambda(4, 1)  # 2 epochs of 2 steps, warm-up 0.5 epoch
+    assert used == pytest.approx([1e-4 * f(2), 1e-4 * f(3)], rel=1e-12)
