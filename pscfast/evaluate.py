@@ -18,6 +18,7 @@ seed 0); `--control` (synthetic only) replaces each sketch by its photo under th
 must beat the identity. `--mismatch` scores any of these with each sketch paired with another pair's photo
 (pscfast.evaluation.mismatch): what a predictor keeps there does not come from matching the pair.
 `--image-size` is the resolution the model sees (default: the checkpoint's training resolution, else 256).
+Output paths, the device and the `--compare` file are checked before the evaluation runs; errors are one line.
 """
 import argparse
 import json
@@ -27,16 +28,22 @@ import time
 
 import torch
 
-from pscfast.data import DatasetError, PSCTestPairs
+from pscfast._cli import INPUT_ERRORS, RUN_ERRORS, check_device, message
+from pscfast.data import PSCTestPairs
 from pscfast.evaluation import GroundTruthFlows, Mismatched, consistency, evaluate, format_table
+from pscfast.models._load import atomic_write, check_writable, load_file
+
+PREDICTION_KEYS = ("photo_to_sketch", "sketch_to_photo")
 
 
-def _write_json(path, obj):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+def _load_predictions(path):
+    """A --save-predictions file: {"photo_to_sketch", "sketch_to_photo": (M, K, 2) tensors}."""
+    preds = load_file(path, "--compare")
+    if not (isinstance(preds, dict) and all(torch.is_tensor(preds.get(k)) for k in PREDICTION_KEYS)):
+        what = f"keys {sorted(map(str, preds))[:6]}" if isinstance(preds, dict) else f"a {type(preds).__name__}"
+        raise ValueError(f"--compare: {path} is not a predictions file written by --save-predictions (it holds "
+                         f"{what}, not {list(PREDICTION_KEYS)})")
+    return preds
 
 
 def _load_model(a):
@@ -109,6 +116,14 @@ def main(argv=None):
     if a.image_size is not None and a.image_size < 32:
         ap.error(f"--image-size must be at least 32 (layer3 has stride 16), got {a.image_size}")
     try:
+        check_device(a.device, "--device")
+        for flag, path in (("--json", a.json), ("--save-predictions", a.save_predictions)):
+            if path:
+                check_writable(path, flag)
+        other = _load_predictions(a.compare) if a.compare else None
+    except INPUT_ERRORS as e:
+        ap.error(message(e))
+    try:
         data = PSCTestPairs(a.data_root, csv_path)
         if features:
             predict, what = _features_predictor(a)
@@ -129,13 +144,14 @@ def main(argv=None):
         result = evaluate(predict, data, a.batch_size, a.device, classes=classes, num_workers=a.workers,
                           return_predictions=True)
         preds = result.pop("predictions")
-        if a.compare:
-            other = torch.load(a.compare)
-            result["consistency_with"] = {"file": a.compare, "value": consistency(
-                torch.cat([preds["photo_to_sketch"], preds["sketch_to_photo"]]),
-                torch.cat([other["photo_to_sketch"], other["sketch_to_photo"]]))}
-    except (DatasetError, FileNotFoundError, ValueError, KeyError, FloatingPointError) as e:
-        print(f"pscfast.evaluate: {e}", file=sys.stderr)
+        if other is not None:
+            mine, theirs = (torch.cat([p[k] for k in PREDICTION_KEYS]) for p in (preds, other))
+            if mine.shape != theirs.shape:
+                raise ValueError(f"--compare: {a.compare} holds predictions of shape {tuple(theirs.shape)}, these "
+                                 f"are {tuple(mine.shape)}: compare runs on the same pairs")
+            result["consistency_with"] = {"file": a.compare, "value": consistency(mine, theirs)}
+    except INPUT_ERRORS + (FloatingPointError,) as e:
+        print(f"pscfast.evaluate: {message(e)}", file=sys.stderr)
         return 2
     result.update({"model": what, "data_root": a.data_root, "csv": csv_path, "classes": classes,
                    "seconds": round(time.perf_counter() - t0, 2)})
@@ -145,10 +161,14 @@ def main(argv=None):
           f"consistency {result['consistency']:.4f}, {result['pairs']} pairs, {what})")
     if "consistency_with" in result:
         print(f"consistency with {a.compare}: {result['consistency_with']['value']:.4f}")
-    if a.save_predictions:
-        torch.save(preds, a.save_predictions)
-    if a.json:
-        _write_json(a.json, result)
+    try:
+        if a.save_predictions:
+            atomic_write(a.save_predictions, lambda f: torch.save(preds, f), "--save-predictions")
+        if a.json:
+            atomic_write(a.json, lambda f: f.write(json.dumps(result, indent=2).encode()), "--json")
+    except RUN_ERRORS as e:
+        print(f"pscfast.evaluate: {message(e)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -8,7 +8,9 @@ backward flow; without them, 8 keypoints are sampled on the sketch as PSC6k does
 and carried into the photo by the forward flow. Writes the picture (photo and sketch with numbered coloured
 points, and the photo warped onto the sketch) and, beside it, `<out>.flow.pt` with the 16x16 `fwd`, `bwd`
 grids (release convention), `kp_photo`, `kp_sketch` (K, 2) (x, y) in original pixels and the image sizes.
-`--checkpoint identity` uses the identity flow (no model; for trying the tool out).
+`--checkpoint identity` uses the identity flow (no model; for trying the tool out). The picture's format
+follows `--out`'s extension (.png, .jpg, ... : any format PIL writes), checked, with the device, before the
+model runs; errors are one line.
 """
 import argparse
 import os
@@ -18,8 +20,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pscfast.data.images import normalize
+from pscfast._cli import INPUT_ERRORS, RUN_ERRORS, check_device, message
+from pscfast.data.images import normalize, open_rgb
 from pscfast.evaluation.pck import transfer_keypoints
+from pscfast.models._load import atomic_write, check_writable
 from pscfast.ops._reference import identity_grid
 from pscfast import viz
 
@@ -27,12 +31,9 @@ SIZE = 256
 
 
 def load_any(path):
-    """(original (H, W, 3) uint8, (3, 256, 256) float in [0, 1])."""
-    try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"pscfast.predict: cannot read image {path}: {e}") from None
+    """(original (H, W, 3) uint8, (3, 256, 256) float in [0, 1]); decoded as the benchmark loaders do
+    (pscfast.data.images.open_rgb: transparency onto white, 16-bit and float images scaled)."""
+    rgb = open_rgb(path)
     small = np.asarray(rgb.resize((SIZE, SIZE), Image.BILINEAR), np.float32) / 255
     return np.asarray(rgb), torch.from_numpy(small.transpose(2, 0, 1).copy())
 
@@ -54,6 +55,17 @@ def parse_keypoints(text):
     if not pts or any(len(p) != 2 for p in pts):
         raise SystemExit(f"pscfast.predict: --keypoints {text!r}: expected 'x,y;x,y;...' pairs")
     return np.array(pts)
+
+
+def picture_format(path):
+    """PIL's format name for writing `path`, from its extension; ValueError when PIL cannot write it."""
+    Image.init()
+    ext = os.path.splitext(path)[1].lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        what = f"the extension {ext!r} names no picture format that PIL writes" if ext else "no file extension"
+        raise ValueError(f"--out: {path}: {what}; use .png or .jpg")
+    return fmt
 
 
 def build_predictor(checkpoint, arch=None, device="cpu"):
@@ -106,14 +118,18 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = ap.parse_args(argv)
     kps = parse_keypoints(a.keypoints) if a.keypoints else None
-    try:
-        r = predict_pair(a.photo, a.sketch, build_predictor(a.checkpoint, a.arch, a.device), kps, a.device)
-    except ValueError as exc:
-        raise SystemExit(f"pscfast.predict: {exc}") from None
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    Image.fromarray(r.pop("figure")).save(a.out)
     flow_path = os.path.splitext(a.out)[0] + ".flow.pt"
-    torch.save({k: torch.as_tensor(np.asarray(v)) for k, v in r.items()}, flow_path)
+    try:
+        fmt = picture_format(a.out)
+        check_writable(a.out, "--out")
+        check_device(a.device, "--device")
+        r = predict_pair(a.photo, a.sketch, build_predictor(a.checkpoint, a.arch, a.device), kps, a.device)
+        figure = Image.fromarray(r.pop("figure"))
+        atomic_write(a.out, lambda f: figure.save(f, format=fmt), "--out")
+        flow = {k: torch.as_tensor(np.asarray(v)) for k, v in r.items()}
+        atomic_write(flow_path, lambda f: torch.save(flow, f), "--out")
+    except INPUT_ERRORS + RUN_ERRORS as exc:
+        raise SystemExit(f"pscfast.predict: {message(exc)}") from None
     for i, (p, s) in enumerate(zip(r["kp_photo"], r["kp_sketch"]), 1):
         print(f"{i}: photo ({p[0]:.1f}, {p[1]:.1f}) <-> sketch ({s[0]:.1f}, {s[1]:.1f})")
     print(f"wrote {a.out} and {flow_path}", file=sys.stderr)

@@ -1,16 +1,20 @@
 """predict (any image sizes, picture + flow file), viz pictures, the evaluate CLI."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import pscfast.evaluate as evaluate_module
+import pscfast.predict as predict_module
 from pscfast import viz
 from pscfast.evaluate import main as evaluate_main
+from pscfast.models import PSCNet, save_checkpoint
 from pscfast.ops._reference import identity_grid
-from pscfast.predict import build_predictor, main as predict_main, predict_pair
+from pscfast.predict import build_predictor, load_any, main as predict_main, predict_pair
 
 R = "rendered_256x256/256x256"
 
@@ -117,3 +121,58 @@ def test_flow_figure_marks_the_true_positions():
     assert not changed[30, 160]                               # and nothing elsewhere
     # the photo and warped panels do not change
     assert np.array_equal(marked[:, :256], plain[:, :256]) and np.array_equal(marked[:, -256:], plain[:, -256:])
+
+
+def test_predict_reads_transparent_sketches_as_strokes_on_white(tmp_path):
+    ink = np.full((120, 90), 255, np.uint8)
+    ink[30:34, 10:80] = 0
+    Image.fromarray(np.dstack([np.zeros((120, 90, 3), np.uint8), 255 - ink]), "RGBA").save(tmp_path / "s.png")
+    full, small = load_any(str(tmp_path / "s.png"))
+    assert np.array_equal(full, np.repeat(ink[..., None], 3, 2))
+    assert small.shape == (3, 256, 256) and small.mean() > 0.9
+
+
+def test_predict_errors_are_one_line_and_found_before_the_model_runs(odd_pair, tmp_path, monkeypatch):
+    def no_model(*args, **kw):
+        raise AssertionError("the model was built before the arguments were checked")
+    monkeypatch.setattr(predict_module, "build_predictor", no_model)
+    for out, words in (("fig.xyz", r"fig\.xyz: the extension '\.xyz' names no picture format that PIL writes"),
+                       ("fig", r"fig: no file extension; use \.png or \.jpg"),
+                       ("fig.png", r"fig\.png is a folder; give a file name")):
+        (tmp_path / "fig.png").mkdir(exist_ok=True)
+        with pytest.raises(SystemExit, match=rf"^pscfast\.predict: --out: .*{words}"):
+            predict_main([*odd_pair, "--checkpoint", "identity", "--out", str(tmp_path / out)])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match=r"--device: 'cuda' requested but no CUDA device is available here"):
+            predict_main([*odd_pair, "--checkpoint", "x.pt", "--out", str(tmp_path / "f.png"), "--device", "cuda"])
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match=r"^pscfast\.predict: pscfast\.models\.load_checkpoint: .*nope\.pt: no such file"):
+        predict_main([*odd_pair, "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "f.png")])
+    assert sorted(os.listdir(tmp_path)) == ["fig.png", "photo.jpg", "sketch.png"]
+
+
+def test_evaluate_checks_its_outputs_and_compare_file_first(tiny_root, tmp_path, monkeypatch, capsys):
+    def no_evaluation(*args, **kw):
+        raise AssertionError("evaluated before the arguments were checked")
+    monkeypatch.setattr(evaluate_module, "evaluate", no_evaluation)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    save_checkpoint(tmp_path / "model.pt", PSCNet("resnet18"), training={"stage": 2})
+    base = ["--data-root", tiny_root, "--gt"]
+    for extra, words in ((["--json", str(tmp_path / "dir")], r"--json: .*dir is a folder; give a file name"),
+                         (["--save-predictions", str(tmp_path / "file" / "p.pt")], r"file is a file, not a folder"),
+                         (["--compare", str(tmp_path / "model.pt")],
+                          r"--compare: .*model\.pt is not a predictions file written by --save-predictions \(it holds "
+                          r"keys \['arch', 'format', 'model', 'shared_bn', 'training'\], not \['photo_to_sketch', "
+                          r"'sketch_to_photo'\]\)"),
+                         (["--compare", str(tmp_path / "file")], r"file is not a PyTorch checkpoint")):
+        with pytest.raises(SystemExit) as info:
+            evaluate_main(base + extra)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and re.search(words, err) and "Traceback" not in err, err
+    assert sorted(os.listdir(tmp_path)) == ["dir", "file", "model.pt"]  # nothing written, no .tmp left
+    monkeypatch.undo()
+    preds = tmp_path / "few.pt"
+    assert evaluate_main(base + ["--classes", "car", "--save-predictions", str(preds)]) == 0
+    assert evaluate_main(base + ["--compare", str(preds)]) == 2  # 2 pairs saved, 6 evaluated
+    assert "holds predictions of shape (4, 8, 2), these are (12, 8, 2)" in capsys.readouterr().err
