@@ -4,6 +4,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import re
 import secrets
 
 import torch
@@ -74,3 +75,24 @@ def _os_error(exc: BaseException | None) -> OSError | None:
     while exc is not None and not isinstance(exc, OSError):
         exc = exc.__cause__ or exc.__context__
     return exc
+
+
+def stale_temporaries(folder: str) -> list[str]:
+    """atomic_write's temporary files in ``folder`` whose writing process has ended (killed mid-write: the
+    previous file is intact, but nothing removed the partial one). POSIX only (signal 0 probes the pid)."""
+    stale = []
+    for name in os.listdir(folder):
+        match = re.fullmatch(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp", name)
+        if match and not _alive(int(match.group(1))):
+            stale.append(os.path.join(folder, name))
+    return stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -2,11 +2,15 @@
 
 The lock belongs to the open file, so the kernel releases it when the process ends in any way (kill -9
 included): a stale lock file never blocks a later run. The file holds the owner's pid for the message.
-Where fcntl is missing (Windows) nothing is locked.
+Taking the lock removes the partial checkpoints of runs killed while writing one (their previous files are
+intact). Where fcntl is missing (Windows) nothing is locked.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+
+from pscfast.models._load import stale_temporaries
 
 try:
     import fcntl
@@ -44,6 +48,9 @@ class OutputLock:
         f.write(f"{os.getpid()}\n")
         f.flush()
         self.file = f
+        for path in stale_temporaries(os.path.dirname(self.path)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -119,3 +119,40 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_checkpoints(benc
     assert saved == ["stage2_last.pt"]
     state = torch.load(out / "stage2_last.pt", weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_a_run_killed_while_saving_keeps_its_previous_checkpoint_and_the_next_removes_the_partial_one(tmp_path):
+    out = tmp_path / "out"
+    code = """
+import sys, time, torch
+from pscfast.models import save_checkpoint
+
+class Tiny(torch.nn.Module):
+    arch, shared_bn = "tiny", False
+    def __init__(self, value):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.full((1000,), float(value)))
+
+save_checkpoint(sys.argv[1], Tiny(1))
+def stalled(obj, f):  # part of the file written, then the process is killed
+    f.write(b"PK partial")
+    f.flush()
+    print("writing", flush=True)
+    time.sleep(600)
+torch.save = stalled
+save_checkpoint(sys.argv[1], Tiny(2))
+"""
+    writer = subprocess.Popen([sys.executable, "-c", code, str(out / "m.pt")], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        assert writer.stdout.readline() == "writing\n"
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    partial = [f for f in os.listdir(out) if f.endswith(".tmp")]
+    assert len(partial) == 1 and partial[0].startswith(f".m.pt.{writer.pid}.")
+    assert torch.load(out / "m.pt", weights_only=True)["model"]["w"].eq(1).all()
+    live = out / f".x.pt.{os.getpid()}.0123abcd.tmp"  # a write of a live process stays
+    live.write_bytes(b"")
+    with OutputLock(str(out), "next"):
+        assert sorted(os.listdir(out)) == [live.name, "m.pt", "train.lock"]
