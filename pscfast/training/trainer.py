@@ -177,13 +177,14 @@ class Stage:
         return losses
 
     def _check_finite(self) -> None:
-        """Stop when a trained parameter or buffer is no longer finite: the 1-norm of each tensor, summed in
-        float64 (a sum propagates NaN and inf on every device, and float32 values cannot overflow it), one
-        fused reduction and one sync."""
+        """Stop when a trained parameter or buffer is no longer finite. Each tensor's min and max (they
+        propagate NaN and are +-inf when any value is: one read, no boolean temporary, no overflow on finite
+        values), one sync. Measured on one thread of a shared 2-core CPU: 29 ms for stage 1's R18 MoCo (23 M
+        values, 3% of its 1.0 s step at batch 8, 128x128), 12 ms for the STN (10 M; 0.3% of a 3.3 s step)."""
         trained, prefix = (self.moco, "moco.") if self.stage == 1 else (self.model.stn, "stn.")
         watched = [(prefix + name, t.detach()) for name, t in (*trained.named_parameters(), *trained.named_buffers())
-                   if t.is_floating_point()]
-        bad = ~torch.isfinite(torch.stack(torch._foreach_norm([t for _, t in watched], 1, dtype=torch.float64)))
+                   if t.is_floating_point() and t.numel()]
+        bad = ~torch.stack([torch.stack(torch.aminmax(t)) for _, t in watched]).isfinite().all(1)
         if dist_utils.active():  # the BN buffers can differ between ranks: every rank stops if one must
             bad = dist_utils.all_reduce_mean(bad.float()) > 0
         if bool(bad.any()):
