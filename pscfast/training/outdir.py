@@ -14,7 +14,7 @@ from pscfast.models._load import stale_temporaries
 
 try:
     import fcntl
-except ImportError:  # pragma: no cover - not POSIX
+except ImportError:  # not POSIX
     fcntl = None
 
 LOCK_NAME = "train.lock"

@@ -146,7 +146,8 @@ def test_predict_errors_are_one_line_and_found_before_the_model_runs(odd_pair, t
         with pytest.raises(SystemExit, match=r"--device: 'cuda' requested but no CUDA device is available here"):
             predict_main([*odd_pair, "--checkpoint", "x.pt", "--out", str(tmp_path / "f.png"), "--device", "cuda"])
     monkeypatch.undo()
-    with pytest.raises(SystemExit, match=r"^pscfast\.predict: pscfast\.models\.load_checkpoint: .*nope\.pt: no such file"):
+    with pytest.raises(SystemExit, match=r"^pscfast\.predict: pscfast\.models\.load_checkpoint: .*nope\.pt: no such "
+                                         r"file"):
         predict_main([*odd_pair, "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "f.png")])
     assert sorted(os.listdir(tmp_path)) == ["fig.png", "photo.jpg", "sketch.png"]
 

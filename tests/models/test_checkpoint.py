@@ -14,6 +14,7 @@ import torch
 from pscfast.models import PSCNet, load_checkpoint, save_checkpoint
 from pscfast.models.checkpoint import release_to_pscnet
 from tests.models.release_recipe import release_keys
+from tests.models.tiny_model import Tiny
 
 
 def release_state(arch="resnet18", seed=0):
@@ -124,24 +125,12 @@ def test_pscfast_format_round_trip(tmp_path):
 
 
 # ---- writing: atomic, unique temporary files, failures that leave the previous file -------------------------
-TINY_MODEL = '''
-import torch
-
-
-class Tiny(torch.nn.Module):
-    """The attributes save_checkpoint reads, and one tensor of n values."""
-    arch, shared_bn = "tiny", False
-
-    def __init__(self, value, n=50_000):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.full((n,), float(value)))
-'''
-exec(TINY_MODEL)  # noqa: S102  (the subprocesses below define the same class)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _python(code, *args):
-    return subprocess.Popen([sys.executable, "-c", TINY_MODEL + textwrap.dedent(code), *map(str, args)],
+    code = "from tests.models.tiny_model import Tiny\n" + textwrap.dedent(code)
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
 

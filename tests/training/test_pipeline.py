@@ -77,7 +77,8 @@ def test_resume_refuses_a_checkpoint_the_run_cannot_continue(bench_root, tmp_pat
                                                              r"resnet50: pass --arch resnet18"),
                       (dict(resume=stage2, shared_bn=True), r"trained with shared_bn=False but the run has "
                                                             r"shared_bn=True: drop --shared-bn"),
-                      (dict(resume=stage2, stage="encoder"), r"written in stage 2, which stage='encoder' does not run")):
+                      (dict(resume=stage2, stage="encoder"),
+                       r"written in stage 2, which stage='encoder' does not run")):
         with pytest.raises(ValueError, match=words):
             load_resume(paper_config(bench_root, tmp_path / "out", **kw))
     assert load_resume(paper_config(bench_root, tmp_path / "out", resume=stage2))["training"]["stage"] == 2
@@ -85,11 +86,15 @@ def test_resume_refuses_a_checkpoint_the_run_cannot_continue(bench_root, tmp_pat
 
 def test_a_second_live_run_in_the_same_folder_is_refused(bench_root, tmp_path):
     out = tmp_path / "shared"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pscfast.training.outdir import OutputLock\n"
-                               "with OutputLock(sys.argv[1], 'holder'):\n    print('locked', flush=True); sys.stdin.read()",
-         str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": ROOT})
+    code = """
+import sys
+from pscfast.training.outdir import OutputLock
+with OutputLock(sys.argv[1], "holder"):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": ROOT})
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(FolderInUseError, match=rf"output folder {out} is in use by another run \(pid "
@@ -126,12 +131,7 @@ def test_a_run_killed_while_saving_keeps_its_previous_checkpoint_and_the_next_re
     code = """
 import sys, time, torch
 from pscfast.models import save_checkpoint
-
-class Tiny(torch.nn.Module):
-    arch, shared_bn = "tiny", False
-    def __init__(self, value):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.full((1000,), float(value)))
+from tests.models.tiny_model import Tiny
 
 save_checkpoint(sys.argv[1], Tiny(1))
 def stalled(obj, f):  # part of the file written, then the process is killed
