@@ -83,10 +83,11 @@ def _shift_hue_(x: torch.Tensor, h: torch.Tensor, planes: torch.Tensor) -> torch
     is scratch.
 
     With v = max, d = max - min and the hue H in sixths of a turn, HSV -> RGB gives channel c =
-    v - d clamp(min(k, 4 - k), 0, 1), k = (n_c + H) mod 6, n = (5, 3, 1) (kornia), that is min + d clamp(D - 1,
-    0, 1) where D is the distance from k to 2 modulo 6: with u = k - 5 in [-12, 12], D = |||u| - 6| - 3| (the
-    distance from u to the odd multiples of 3). No remainder, no reduction over the channels and no
-    data-dependent selection (where): those are the slow CPU kernels of the textbook formula."""
+    v - d clamp(min(k, 4 - k), 0, 1), k = (n_c + 6 h + H) mod 6, n = (5, 3, 1) (kornia), that is
+    min + d clamp(D - 1, 0, 1) where D is the distance from k to 2 modulo 6. Taking k - 5 modulo 6 in
+    [-6, 6) as u = H + o_c, with the per-image offset o_c in [-5, 1) and H in [-1, 5], D = ||u| - 3|. No
+    remainder over the pixels, no reduction over the channels and no data-dependent selection (where): those
+    are the slow CPU kernels of the textbook formula."""
     r, g, b = x.unbind(1)
     maxc, minc, delta, other, hue = planes.unbind(0)
     torch.maximum(torch.maximum(r, g, out=maxc), b, out=maxc)
@@ -100,12 +101,10 @@ def _shift_hue_(x: torch.Tensor, h: torch.Tensor, planes: torch.Tensor) -> torch
     torch.sub(maxc, r, out=other).sign_()
     hue.sub_(g).add_(b).mul_(other).add_(g).sub_(b)  # r max ? g - b : the above
     hue.div_(delta).nan_to_num_(0.0)  # 0 / 0 on gray pixels, whose colour no hue changes
-    # u = H + 6 h - (0, 2, 4) with H in [-1, 5] and 6 h taken in [-3, 3]
-    shift = h.to(x.dtype) * 6
-    shift -= 6 * torch.round(h.to(x.dtype))
-    offsets = torch.arange(0, -6, -2, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    torch.add(hue.unsqueeze(1), shift.view(-1, 1, 1, 1) + offsets, out=x)
-    x.abs_().sub_(6).abs_().sub_(3).abs_().sub_(1).clamp_(0, 1)
+    n_c = torch.arange(5, 0, -2, dtype=x.dtype, device=x.device)
+    offsets = (6 * h.to(x.dtype).view(-1, 1) + n_c).remainder_(6).sub_(5).view(-1, 3, 1, 1)
+    torch.add(hue.unsqueeze(1), offsets, out=x)
+    x.abs_().sub_(3).abs_().sub_(1).clamp_(0, 1)
     return torch.addcmul(minc.unsqueeze(1), delta.unsqueeze(1), x, out=x)
 
 
@@ -304,12 +303,17 @@ def _lattice_warp(p: dict[str, torch.Tensor], h: int, w: int, dtype) -> torch.Te
 
 
 def _resize_grid(grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (align_corners=True) of a grid (N, h, w, 2) to (N, *size, 2), through the channels-first
-    layout that F.interpolate vectorises (its channels-last kernel is ~3x slower for 2 channels)."""
-    if tuple(grid.shape[1:3]) == tuple(size):
+    """Bilinear resize (align_corners=True) of a grid (N, h, w, 2) to (N, *size, 2), one axis at a time: the
+    columns on the small grid, channels first (F.interpolate's channels-last kernel is slow for 2 channels);
+    then the rows, with each row's (x, y) pairs as one channel, whose width resizes to itself exactly. The
+    result is written in the grid layout, with no full-size transpose."""
+    n, h, w, _ = grid.shape
+    H, W = size
+    if (h, w) == (H, W):
         return grid
-    return F.interpolate(grid.permute(0, 3, 1, 2).contiguous(), size=size, mode="bilinear",
-                         align_corners=True).permute(0, 2, 3, 1).contiguous()
+    cols = F.interpolate(grid.permute(0, 3, 1, 2).contiguous(), size=(h, W), mode="bilinear", align_corners=True)
+    cols = cols.permute(0, 2, 3, 1).reshape(n, 1, h, 2 * W)
+    return F.interpolate(cols, size=(H, 2 * W), mode="bilinear", align_corners=True).view(n, H, W, 2)
 
 
 def _lattice_size(h: int, w: int, coarse: int) -> tuple[int, int]:
