@@ -8,11 +8,13 @@ uniformly. All parameters of a batch are drawn at once (``sample_*``) and applie
 the release draws and applies them one image at a time in a Python loop (:func:`augment_reference` here, on
 the plain formulas of the ``*_reference`` functions).
 
-The batched path keeps the images in a few buffers that it updates in place, never reduces over the channel
-dimension (the three channel planes are combined elementwise), blurs with two 13-tap 1-D passes, and on the
-CPU applies grayscale, blur and the pair flip to the selected images only. On a GPU it launches the same ops
-on the whole batch without a host synchronisation: an image whose augmentation is off gets the identity (a
-one-tap blur kernel, a ``where``).
+The batched path updates a few buffers in place (five scratch planes serve the hue rotation and the later
+steps' temporaries), combines the three channel planes elementwise instead of reducing over the channels,
+blurs with banded matrix products on tiles (two 1-D passes, one read of the image each), evaluates the warps
+on a coarse lattice with one TPS solve for the batch, and flips the sketch by mirroring its sampling grid.
+On the CPU, grayscale, blur and the photo's flip touch the selected images only. Off the CPU the same ops
+run on the whole batch with an identity for the unselected images (a one-tap blur kernel, a ``where``), so
+nothing synchronises with the host. (On a GPU that allows TF32 matrix products, the blur rounds to TF32.)
 
 Geometric convention: the returned grid (N, H, W, 2) is an absolute sampling grid ((x, y), align_corners=True):
 ``out = grid_sample(image, grid, padding_mode="border", align_corners=True)``.
@@ -53,6 +55,18 @@ class AugmentConfig:
 
 def _u(n: int, lo: float, hi: float, g, device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
+
+
+def _check(fn: str, colour: bool, **images: torch.Tensor) -> None:
+    """Batches of images (N, C, H, W), floating, with three channels where colour is set, and one N."""
+    for name, x in images.items():
+        if x.dim() != 4 or not x.is_floating_point() or (colour and x.shape[1] != 3):
+            raise ValueError(f"pscfast.training.augment.{fn}: {name} must be a floating-point batch of "
+                             f"{'RGB ' if colour else ''}images (N, {3 if colour else 'C'}, H, W), got shape "
+                             f"{tuple(x.shape)} and dtype {x.dtype}")
+    if len({x.shape[0] for x in images.values()}) > 1:
+        raise ValueError(f"pscfast.training.augment.{fn}: {' and '.join(images)} must hold the same number of "
+                         f"images, got {', '.join(str(x.shape[0]) for x in images.values())}")
 
 
 def _selected(mask: torch.Tensor) -> torch.Tensor | None:
@@ -184,6 +198,9 @@ def _blur_(x: torch.Tensor, on: torch.Tensor, sigma: torch.Tensor, scratch: torc
     n, c, h, w = x.shape
     pad = BLUR_SIZE - 1
     idx = _selected(on)
+    if min(h, w) <= pad // 2 and (idx is None or idx.numel()):
+        raise ValueError(f"pscfast.training.augment: the {BLUR_SIZE}-tap blur reflects {pad // 2} pixels at the "
+                         f"borders and needs images of at least {pad // 2 + 1} x {pad // 2 + 1}, got {h} x {w}")
     if idx is None:
         taps = _blur_taps(sigma, x.dtype)
         identity = torch.zeros_like(taps)
@@ -233,6 +250,7 @@ def _appearance(x: torch.Tensor, p: dict[str, torch.Tensor], planes: torch.Tenso
 def apply_appearance(x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
     """Colour jitter (brightness, contrast, saturation, hue, each clamped to [0, 1]), then grayscale and blur
     where drawn, of a batch x (N, 3, H, W) with the parameters p of :func:`sample_appearance`. A new tensor."""
+    _check("apply_appearance", True, x=x)
     return _appearance(x, p, _scratch(x))
 
 
@@ -347,6 +365,7 @@ def augment_pair(photo: torch.Tensor, sketch: torch.Tensor, cfg: AugmentConfig =
 
     Returns (photo, sketch, grid): grid (N, H, W, 2) maps the augmented sketch back into the flipped,
     un-warped sketch (identity when ``cfg.geometric`` is False)."""
+    _check("augment_pair", cfg.appearance, photo=photo, sketch=sketch)
     n, _, h, w = sketch.shape
     flip = torch.rand(n, generator=g, device=photo.device) < cfg.flip_p
     # the appearance ops commute with a horizontal flip (pointwise, or a symmetric blur with symmetric
@@ -370,6 +389,7 @@ def augment_pair(photo: torch.Tensor, sketch: torch.Tensor, cfg: AugmentConfig =
 
 def augment_images(x: torch.Tensor, cfg: AugmentConfig = AugmentConfig(), g=None) -> torch.Tensor:
     """Stage-1 (MoCo) view of a batch: appearance and a random warp per image."""
+    _check("augment_images", cfg.appearance, x=x)
     n, _, h, w = x.shape
     if cfg.appearance:
         x = apply_appearance(x, sample_appearance(n, cfg, g, x.device))

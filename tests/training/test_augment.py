@@ -86,7 +86,7 @@ def test_hue_rotation_matches_hsv_over_the_whole_circle(selection):
 
 @pytest.mark.parametrize("sigma", [0.1, 0.44, 1.0, 2.0])
 @pytest.mark.parametrize("size", [(7, 7), (33, 40), (70, 96)], ids=["7x7", "33x40", "70x96"])
-def test_blur_matches_the_two_dimensional_reference(device, selection, sigma, size):
+def test_blur_matches_the_convolution_reference(device, selection, sigma, size):
     """Sizes around the 32-sample tiles of the blur's matrix products (a window of one tile reflects at both
     ends at 7 px); sigma 0.44 makes the outer taps subnormal numbers, which the batched blur drops."""
     x = torch.rand(3, 3, *size, dtype=torch.float64, device=device)
@@ -148,6 +148,23 @@ def test_no_host_synchronisation_off_the_cpu():
     outs = augment_pair(photo, sketch)
     assert [tuple(o.shape) for o in outs] == [(4, 3, 80, 72), (4, 3, 80, 72), (4, 80, 72, 2)]
     assert augment_images(photo).shape == photo.shape
+
+
+def test_bad_images_raise_a_clear_error():
+    with pytest.raises(ValueError, match=r"augment_pair: sketch must be a floating-point batch of RGB images"):
+        augment_pair(torch.rand(2, 3, 16, 16), torch.rand(2, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"augment_pair: photo and sketch must hold the same number of images"):
+        augment_pair(torch.rand(2, 3, 16, 16), torch.rand(3, 3, 16, 16))
+    with pytest.raises(ValueError, match=r"augment_images: x must be a floating-point batch"):
+        augment_images(torch.rand(3, 16, 16))
+    with pytest.raises(ValueError, match=r"apply_appearance: x must be"):
+        apply_appearance(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), _params(1))
+    with pytest.raises(ValueError, match=r"13-tap blur .* at least 7 x 7, got 6 x 9"):
+        apply_appearance(torch.rand(1, 3, 6, 9), _params(1, blur=True))
+    # without colour jitter any channel count warps, and an image the blur skips may be small
+    assert augment_pair(torch.rand(2, 1, 6, 6), torch.rand(2, 1, 6, 6), AugmentConfig(appearance=False))[1].shape \
+        == (2, 1, 6, 6)
+    assert apply_appearance(torch.rand(1, 3, 6, 9), _params(1)).shape == (1, 3, 6, 9)
 
 
 def test_parameter_distributions():
