@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from bench.conftest import bench_device, run_case
-from pscfast.training.augment import AugmentConfig, augment_pair, augment_reference
+from pscfast.training.augment import AugmentConfig, augment_pair
+from pscfast.training.augment_reference import augment_reference
 
 DEVICE = bench_device()
 DTYPE = torch.float32

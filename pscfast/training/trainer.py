@@ -28,7 +28,8 @@ from pscfast import ops
 from pscfast.data import normalize
 from pscfast.models import PHOTO, SKETCH, MoCo, PSCNet, load_imagenet, save_checkpoint
 from pscfast.training import distributed as dist_utils
-from pscfast.training.augment import AugmentConfig, augment_images, augment_pair, augment_reference
+from pscfast.training.augment import AugmentConfig, augment_images, augment_pair
+from pscfast.training.augment_reference import augment_reference
 from pscfast.training.config import TrainConfig
 from pscfast.training.losses import stage2_loss
 

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from pscfast.ops._reference import identity_grid
 from pscfast.training import augment
-from pscfast.training.augment import (AugmentConfig, apply_appearance, apply_appearance_reference, augment_images,
-                                      augment_pair, augment_pair_reference, augment_reference, blur_reference,
-                                      geometry_grid, geometry_grid_reference, sample_appearance, sample_geometry,
-                                      tps_points)
+from pscfast.training.augment import (AugmentConfig, apply_appearance, augment_images, augment_pair, geometry_grid,
+                                      sample_appearance, sample_geometry, tps_points)
+from pscfast.training.augment_reference import (apply_appearance_reference, augment_pair_reference, augment_reference,
+                                                blur_reference, geometry_grid_reference)
 from tests.utils import assert_close, noncontiguous
 
 CFG = AugmentConfig()
