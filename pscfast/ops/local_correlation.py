@@ -13,7 +13,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _fake, _reference
+from . import _checks, _fake, _higher_order, _reference
 from ._dispatch import Op, register_op
 
 _INT_ARGS = ("kernel_size", "max_displacement", "stride", "padding", "dilation", "dilation_patch")
@@ -43,6 +43,9 @@ def _register() -> None:
 
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference.local_correlation, (a, b, *ctx.args), grad,
+                                                 ctx.needs_input_grad)
         need_a, need_b = ctx.needs_input_grad[:2]
         if not (need_a or need_b):
             return (None,) * 8
@@ -65,17 +68,19 @@ class _LocalCorrelationTriton(torch.autograd.Function):
     def forward(ctx, a, b, *args):
         from pscfast.kernels import local_correlation as k
 
-        a, b = a.contiguous(), b.contiguous()
-        ctx.save_for_backward(a, b)
+        ctx.save_for_backward(a, b)  # the inputs: a recorded backward differentiates through them
         ctx.args = args
-        return k.local_correlation_fwd(a, b, *args)
+        return k.local_correlation_fwd(a.contiguous(), b.contiguous(), *args)
 
     @staticmethod
     def backward(ctx, grad):
         from pscfast.kernels import local_correlation as k
 
         a, b = ctx.saved_tensors
-        grad = grad.contiguous()
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference.local_correlation, (a, b, *ctx.args), grad,
+                                                 ctx.needs_input_grad)
+        a, b, grad = a.contiguous(), b.contiguous(), grad.contiguous()
         da = k.local_correlation_bwd(grad, b, *ctx.args, sign=1) if ctx.needs_input_grad[0] else None
         db = k.local_correlation_bwd(grad, a, *ctx.args, sign=-1) if ctx.needs_input_grad[1] else None
         return (da, db) + (None,) * len(ctx.args)
@@ -117,6 +122,9 @@ def local_correlation(a: torch.Tensor, b: torch.Tensor, kernel_size: int = 1, ma
         a[n, c, y, x] * b[n, c, y + dy * dilation_patch, x + dx * dilation_patch],
         y = i * stride - padding + ki * dilation (x likewise); positions outside the maps read 0.
         Not divided by C. ``out.view(N, P, P, H', W')`` is spatial_correlation_sampler's layout.
+
+    Second derivatives (a backward with create_graph=True: gradient penalties, Hessian-vector products)
+    differentiate the plain PyTorch reference (pscfast.ops._reference): exact, at the reference's speed.
 
     Example:
         >>> a = torch.randn(1, 8, 5, 5)

@@ -112,6 +112,9 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
     Returns:
         (N, C, Ho, Wo) tensor in the common dtype of x and grid.
 
+    Second derivatives (a backward with create_graph=True: gradient penalties, Hessian-vector products)
+    differentiate the plain PyTorch reference (pscfast.ops._reference): exact, at the reference's speed.
+
     Example:
         >>> x = torch.arange(12.0).view(1, 1, 3, 4)
         >>> ys, xs = torch.meshgrid(torch.linspace(-1, 1, 3), torch.linspace(-1, 1, 4), indexing="ij")
