@@ -152,6 +152,7 @@ def _flows(op: str, **flows: torch.Tensor) -> list[torch.Tensor]:
     for name, f in flows.items():
         _checks.tensor(op, name, f, dims=4, last=2)
         _checks.nonempty_spatial(op, name, f[..., 0])
+        _checks.plane(op, name, f.shape[1:3], bits=30)
         _checks.finite(op, name, f)
     _checks.same_device(op, **flows)
     _checks.same_batch(op, **flows)

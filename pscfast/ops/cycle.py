@@ -147,6 +147,7 @@ def _field(op: str, name: str, t: torch.Tensor, channels: int, like: torch.Tenso
     if like is not None and t.shape[2:] != like.shape[2:]:
         raise ValueError(f"pscfast.ops.{op}: {name} must have the spatial size {tuple(like.shape[2:])}, "
                          f"got shape {tuple(t.shape)}")
+    _checks.plane(op, name, t.shape[2:], bits=30)
     _checks.finite(op, name, t)
 
 
