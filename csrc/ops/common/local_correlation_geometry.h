@@ -68,7 +68,8 @@ inline CorrGeometry corr_geometry(const at::Tensor& a, const at::Tensor& b, at::
                               dilation_patch[d]}) <= kCorrIntMax,
                 "pscfast::local_correlation: need kernel_size, patch_size, stride, dilation, dilation_patch in "
                 "[1, 2^31 - 1] and padding in [0, 2^31 - 1]");
-  TORCH_CHECK(a.size(2) * a.size(3) <= kCorrIntMax, "pscfast::local_correlation: planes of 2^31 pixels or more");
+  TORCH_CHECK(a.size(2) <= kCorrIntMax && a.size(3) <= kCorrIntMax && a.size(2) * a.size(3) <= kCorrIntMax,
+              "pscfast::local_correlation: planes of 2^31 pixels or more");
   TORCH_CHECK(patch_size[0] * patch_size[1] <= kCorrIntMax,
               "pscfast::local_correlation: patch_size gives 2^31 or more channels");
   const int64_t Ho = corr_axis("height", a.size(2), kernel_size[0], patch_size[0], stride[0], padding[0],
