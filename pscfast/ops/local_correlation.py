@@ -63,7 +63,7 @@ def geometry(op: str, shape, kernel_size, patch_size, stride, padding, dilation,
     patch_label = patch_label or f"patch_size {args['patch_size']}"
     n, _, h, w = shape
     if h * w > INT32_MAX:
-        raise ValueError(f"pscfast.ops.{op}: a's plane {h} x {w} has 2^31 pixels or more")
+        raise ValueError(f"pscfast.ops.{op}: the inputs' plane {h} x {w} has 2^31 pixels or more")
     channels = args["patch_size"][0] * args["patch_size"][1]
     if channels > INT32_MAX:
         raise ValueError(f"pscfast.ops.{op}: {patch_label} gives {channels} channels, more than 2^31 - 1")
@@ -76,7 +76,7 @@ def geometry(op: str, shape, kernel_size, patch_size, stride, padding, dilation,
         span = dil * (k - 1) + 1
         if span > padded:
             raise ValueError(f"pscfast.ops.{op}: the kernel window ({span} pixels with dilation {dil}) is larger "
-                             f"than a with padding {pad}: {tuple(shape[2:])}")
+                             f"than the inputs with padding {pad}: {tuple(shape[2:])}")
         reach = (p // 2) * dilp  # the largest displacement, forward (an even patch's longer side)
         if padded + reach > INT32_MAX:
             raise ValueError(f"pscfast.ops.{op}: {patch_label} with dilation_patch {args['dilation_patch']} "
