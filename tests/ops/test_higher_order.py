@@ -49,9 +49,9 @@ def _grid(device, *shape):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("args", [dict(max_displacement=1), dict(kernel_size=2, max_displacement=1, stride=2,
-                                                                   padding=1, dilation_patch=2)],
-                         ids=["pwc", "k2-s2-p1-dp2"])
+@pytest.mark.parametrize("args", [dict(max_displacement=1), dict(kernel_size=(2, 1), patch_size=(2, 3), stride=(2, 1),
+                                                                   padding=(1, 0), dilation_patch=(1, 2))],
+                         ids=["pwc", "rectangular-even"])
 def test_local_correlation_gradgradcheck(device, backend, args):
     require("local_correlation", backend, device, torch.float64)
     a, b = _leaves(*torch.randn(2, 1, 2, 4, 3, dtype=torch.float64, device=device))

@@ -227,7 +227,7 @@ def test_bad_input(make, error, words):
 
 
 # Arguments that the compiled kernels, which index in int32, used to truncate silently (dilation_patch
-# 2^32 + 1 behaved as 1, padding 2^32 as 0, max_displacement 32768 gave 131073 channels instead of 32769^2).
+# 2^32 + 1 behaved as 1, padding 2^32 as 0, max_displacement 32768 gave 131073 channels instead of 65537^2).
 OVERFLOW = [
     pytest.param(dict(max_displacement=1, dilation_patch=2**32 + 1), "dilation_patch .* exceeds 2\\^31 - 1",
                  id="dilation_patch-2^32+1"),
