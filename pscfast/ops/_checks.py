@@ -78,6 +78,15 @@ def size_pair(op: str, name: str, value) -> tuple[int, int]:
     return h, w
 
 
+def plane(op: str, name: str, size, bits: int = 31) -> None:
+    """A spatial size (h, w) of fewer than 2^bits pixels: the kernels index a plane in int32. Checked on the
+    sizes alone, before any input is copied or promoted (an expanded tensor can be far larger than its memory)."""
+    h, w = size
+    if h * w >= 1 << bits:
+        raise ValueError(f"pscfast.ops.{op}: {name} has a plane of {h} x {w} = {h * w} pixels; the kernels take "
+                         f"fewer than 2^{bits}")
+
+
 def nonempty_spatial(op: str, name: str, value: torch.Tensor) -> None:
     if value.shape[-2] == 0 or value.shape[-1] == 0:
         raise ValueError(f"pscfast.ops.{op}: {name} has an empty spatial size {tuple(value.shape[-2:])}")

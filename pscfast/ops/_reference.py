@@ -132,37 +132,48 @@ def similarity_loss(fw, ft, tau: float = 0.001, size: int = 16):
     return ce, w
 
 
-def local_correlation(a: torch.Tensor, b: torch.Tensor, kernel_size: int = 1, max_displacement: int = 4,
-                      stride: int = 1, padding: int = 0, dilation: int = 1, dilation_patch: int = 1) -> torch.Tensor:
-    """Windowed cost volume (PWC-Net / FlowNet style), the semantics of spatial_correlation_sampler with
-    patch_size = 2 * max_displacement + 1, flattened: out[n, dy * P + dx, i, j] (P = 2d + 1, displacement
-    (dy - d, dx - d) * dilation_patch, row-major) = sum over c and the kernel window (ki, kj) of
-    a[n, c, u + ki * dilation, v + kj * dilation] * b[n, c, same + displacement], u = i * stride - padding
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def local_correlation(a: torch.Tensor, b: torch.Tensor, kernel_size=1, patch_size=9, stride=1, padding=0,
+                      dilation=1, dilation_patch=1) -> torch.Tensor:
+    """Windowed cost volume (PWC-Net / FlowNet style), the semantics of spatial_correlation_sampler, flattened.
+
+    Every size argument is an int or an (h, w) pair. out[n, py * PW + px, i, j] (row-major over the PH x PW
+    patch; displacement ((py - (PH - 1) // 2) * dilation_patch_h, (px - (PW - 1) // 2) * dilation_patch_w), so
+    an even patch reaches one step further forward than back) = sum over c and the kernel window (ki, kj) of
+    a[n, c, u + ki * dilation_h, v + kj * dilation_w] * b[n, c, same + displacement], u = i * stride_h - padding_h
     (v likewise); terms where either position is outside the maps are 0. No normalisation by C.
-    Output (N, P^2, H', W'), H' = (H + 2 padding - dilation (kernel_size - 1) - 1) // stride + 1.
+    Output (N, PH * PW, H', W'), H' = (H + 2 padding_h - dilation_h (kernel_h - 1) - 1) // stride_h + 1.
     """
+    (kh, kw), (PH, PW), (sh, sw), (ph, pw), (dh, dw), (dph, dpw) = map(
+        _pair, (kernel_size, patch_size, stride, padding, dilation, dilation_patch))
     N, C, H, W = a.shape
-    d, P, k = max_displacement, 2 * max_displacement + 1, kernel_size
-    Ho = (H + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-    Wo = (W + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-    pad = padding + d * dilation_patch  # room for every displacement
-    a_p = F.pad(a, (pad, pad, pad, pad))
-    b_p = F.pad(b, (pad, pad, pad, pad))
-    valid = F.pad(torch.ones(1, 1, H, W, dtype=a.dtype, device=a.device), (pad, pad, pad, pad))
-    out = a.new_zeros(N, P * P, Ho, Wo)
-    rows = torch.arange(Ho, device=a.device) * stride + d * dilation_patch
-    cols = torch.arange(Wo, device=a.device) * stride + d * dilation_patch
-    for dy in range(P):
-        for dx in range(P):
-            oy, ox = (dy - d) * dilation_patch, (dx - d) * dilation_patch
+    Ho = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    rh, rw = (PH - 1) // 2, (PW - 1) // 2
+    # zero room for the displacements back (r steps) and forward (P - 1 - r steps); one of the size of the maps
+    # or more leaves them (its channel is 0), so the room never exceeds size - 1
+    top, left = ph + min(rh * dph, H - 1), pw + min(rw * dpw, W - 1)
+    pads = (left, pw + min((PW - 1 - rw) * dpw, W - 1), top, ph + min((PH - 1 - rh) * dph, H - 1))
+    a_p, b_p = F.pad(a, pads), F.pad(b, pads)
+    out = a.new_zeros(N, PH * PW, Ho, Wo)
+    rows = torch.arange(Ho, device=a.device) * sh + top - ph  # padded row of window tap 0
+    cols = torch.arange(Wo, device=a.device) * sw + left - pw
+    for py in range(PH):
+        for px in range(PW):
+            oy, ox = (py - rh) * dph, (px - rw) * dpw
+            if abs(oy) >= H or abs(ox) >= W:
+                continue
             acc = 0
-            for ki in range(k):
-                for kj in range(k):
-                    r, c = rows + ki * dilation, cols + kj * dilation
-                    va = a_p[:, :, r][:, :, :, c] * valid[:, :, r][:, :, :, c]
-                    vb = b_p[:, :, r + oy][:, :, :, c + ox] * valid[:, :, r + oy][:, :, :, c + ox]
+            for ki in range(kh):
+                for kj in range(kw):
+                    r, c = rows + ki * dh, cols + kj * dw
+                    va = a_p[:, :, r][:, :, :, c]
+                    vb = b_p[:, :, r + oy][:, :, :, c + ox]
                     acc = acc + (va * vb).sum(1)
-            out[:, dy * P + dx] = acc
+            out[:, py * PW + px] = acc
     return out
 
 
