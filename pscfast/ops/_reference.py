@@ -166,30 +166,52 @@ def local_correlation(a: torch.Tensor, b: torch.Tensor, kernel_size: int = 1, ma
     return out
 
 
+L2_NORM_EPS = 1e-12  # F.normalize's default: the norm is max(||c||, eps)
+SFNET_NORM_EPS = 1e-6  # SFNet's L2normalize adds it under the square root
+
+
+def normalize_rows(c: torch.Tensor, normalize: str) -> torch.Tensor:
+    """The correlation rows (N, T, S) L2-normalised over T as kernel_soft_argmax's `normalize` says:
+    "l2" c / max(||c||, 1e-12) (the values and gradients of F.normalize), "sfnet" c / sqrt(||c||^2 + 1e-6)
+    (SFNet's L2normalize), "none" c unchanged. Both norms are formed as SFNet's code forms its own (sum of
+    squares, then the root; clamped before the root, so a zero row passes no gradient through its norm), so
+    that float32 rounds alike."""
+    if normalize == "l2":
+        return c / c.pow(2).sum(1, keepdim=True).clamp_min(L2_NORM_EPS ** 2).sqrt()
+    if normalize == "sfnet":
+        return c / (c.pow(2).sum(1, keepdim=True) + SFNET_NORM_EPS).sqrt()
+    return c
+
+
 def kernel_soft_argmax(corr: torch.Tensor, beta: float = 50.0, sigma: float = 5.0,
-                       target_size: tuple[int, int] | None = None) -> torch.Tensor:
+                       target_size: tuple[int, int] | None = None, normalize: str = "l2") -> torch.Tensor:
     """SFNet's kernel soft argmax (Lee et al., eq. 2-3) on a correlation in pscfast's layout.
 
     corr (N, Ht * Wt, Hs, Ws): channel = row-major target position, spatial = source position; target_size
-    (Ht, Wt) defaults to a square. Per source position: n = the correlation row L2-normalised over target
-    positions; k = exp(-|q - q*|^2 / (2 sigma^2)) with q* = argmax_q n (in target cells, no gradient);
-    m = softmax_q(beta * k * n); the expected target position sum_q m(q) q, returned as an absolute grid
-    (N, Hs, Ws, 2) into the target, (x, y) normalised with align_corners=True.
+    (Ht, Wt) defaults to a square. Per source position: n = the correlation row normalised over target
+    positions (normalize_rows); k = exp(-|q - q*|^2 / (2 sigma^2)) with q* = argmax_q n (in target cells, no
+    gradient); m = softmax_q(beta * k * n); the expected target position sum_q m(q) q, returned as an
+    absolute grid (N, Hs, Ws, 2) into the target, (x, y) normalised with align_corners=True.
+
+    The softmax is SFNet's softmax_with_temperature, exp(beta * (k n - max_q k n)) / sum, with the gradient
+    flowing through the max: the difference is formed before the scaling by beta, and the gradient at the
+    maximum comes out as minus the sum of the others, so float32 keeps SFNet's accuracy (torch.softmax loses
+    1e-5 along a non-last dim on the CPU, and its gradient at a saturated maximum beta * eps).
     """
     N, T, Hs, Ws = corr.shape
     Ht, Wt = target_size or (int(round(T ** 0.5)),) * 2
-    c = corr.flatten(2)
-    n = F.normalize(c, p=2, dim=1)
+    n = normalize_rows(corr.flatten(2), normalize)
     q = torch.arange(T, device=corr.device)
     qy, qx = (q // Wt).to(corr.dtype), (q % Wt).to(corr.dtype)
     best = n.argmax(dim=1, keepdim=True)  # (N, 1, S)
     by, bx = (best // Wt).to(corr.dtype), (best % Wt).to(corr.dtype)
     k = torch.exp(-((qx[None, :, None] - bx) ** 2 + (qy[None, :, None] - by) ** 2) / (2 * sigma ** 2))
-    m = torch.softmax(beta * k * n, dim=1)
-    x = (m * qx[None, :, None]).sum(1)
-    y = (m * qy[None, :, None]).sum(1)
-    gx = x * (2 / (Wt - 1)) - 1 if Wt > 1 else torch.zeros_like(x)
-    gy = y * (2 / (Ht - 1)) - 1 if Ht > 1 else torch.zeros_like(y)
+    z = k * n
+    e = torch.exp(beta * (z - z.amax(dim=1, keepdim=True)))
+    m = e / e.sum(dim=1, keepdim=True)
+    # expectation over target positions normalised to [-1, 1] (0 along an axis of one cell), as SFNet sums
+    gx = (m * (qx * (2 / (Wt - 1)) - 1 if Wt > 1 else torch.zeros_like(qx))[None, :, None]).sum(1)
+    gy = (m * (qy * (2 / (Ht - 1)) - 1 if Ht > 1 else torch.zeros_like(qy))[None, :, None]).sum(1)
     return torch.stack((gx, gy), dim=-1).view(N, Hs, Ws, 2)
 
 
