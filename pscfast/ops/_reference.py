@@ -52,25 +52,31 @@ def warp_displacement(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear
     return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
 
 
-def resize_features(f: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C, size, size), bilinear, align_corners=False, no antialias (as the release)."""
-    if tuple(f.shape[-2:]) == (size, size):
+def resize_features(f: torch.Tensor, size) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, *size), bilinear, align_corners=False, no antialias (as the release); an int
+    size means size x size."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(f.shape[-2:]) == size:
         return f
-    return F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)
+    return F.interpolate(f, size=size, mode="bilinear", align_corners=False)
 
 
-def correlation(src, tgt, grid: torch.Tensor | None = None, size: int = 16) -> torch.Tensor:
-    """Global multi-layer correlation of PSC's warp estimator.
+def correlation(src, tgt, grid: torch.Tensor | None = None, size=16, target_size=None) -> torch.Tensor:
+    """Global multi-layer correlation of PSC's warp estimator (and of RAFT-style all-pairs volumes).
 
     src, tgt: sequences of per-layer maps (N, C_l, H_l, W_l) (layers may differ in size and channels; src and
-    tgt layer l have the same C_l). Each tgt layer is resized to size x size; each src layer is resized the
-    same way when grid is None, or sampled at the absolute grid (N, size, size, 2) (bilinear, zeros padding,
-    align_corners=True) from its native resolution. Returns (N, L * size * size, size, size): channel
-    l * size^2 + (row-major tgt position), spatial = src position; value = dot product over C_l.
+    tgt layer l have the same C_l). size = (hs, ws) is the source grid (an int: a square) and target_size
+    = (ht, wt) the target grid (default: size). Each tgt layer is resized to (ht, wt); each src layer is
+    resized to (hs, ws) when grid is None, or sampled at the absolute grid (N, hs, ws, 2) (bilinear, zeros
+    padding, align_corners=True) from its native resolution. Returns (N, L * ht * wt, hs, ws): channel
+    l * ht * wt + (row-major tgt position), spatial = src position; value = dot product over C_l.
     """
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    target_size = size if target_size is None else (
+        (target_size, target_size) if isinstance(target_size, int) else tuple(target_size))
     out = []
     for s, t in zip(src, tgt):
-        t = resize_features(t, size).flatten(2)  # (N, C, size^2)
+        t = resize_features(t, target_size).flatten(2)  # (N, C, ht * wt)
         if grid is None:
             s = resize_features(s, size)
         else:

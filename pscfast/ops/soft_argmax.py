@@ -62,10 +62,9 @@ class _KernelSoftArgmaxTriton(torch.autograd.Function):
     def forward(ctx, corr, beta, sigma, target_size, normalize):
         from pscfast.kernels import soft_argmax as k
 
-        corr = corr.contiguous()
-        ctx.save_for_backward(corr)
+        ctx.save_for_backward(corr)  # the input itself: second derivatives differentiate through it
         ctx.args = (beta, sigma, target_size, normalize)
-        return k.soft_argmax_fwd(corr, *ctx.args)
+        return k.soft_argmax_fwd(corr.contiguous(), *ctx.args)
 
     @staticmethod
     def backward(ctx, grad):
@@ -75,7 +74,7 @@ class _KernelSoftArgmaxTriton(torch.autograd.Function):
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.kernel_soft_argmax, (corr, *ctx.args), grad,
                                                  ctx.needs_input_grad)
-        return (k.soft_argmax_bwd(grad.contiguous(), corr, *ctx.args),) + (None,) * 4
+        return (k.soft_argmax_bwd(grad.contiguous(), corr.contiguous(), *ctx.args),) + (None,) * 4
 
 
 def _triton(corr, beta, sigma, target_size, normalize):
