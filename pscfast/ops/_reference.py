@@ -181,12 +181,13 @@ def normalize_rows(c: torch.Tensor, normalize: str) -> torch.Tensor:
     "l2" c / max(||c||, 1e-12) (the values and gradients of F.normalize), "sfnet" c / sqrt(||c||^2 + 1e-6)
     (SFNet's L2normalize), "none" c unchanged. Both norms are formed as SFNet's code forms its own (sum of
     squares, then the root; clamped before the root, so a zero row passes no gradient through its norm), so
-    that float32 rounds alike."""
-    if normalize == "l2":
-        return c / c.pow(2).sum(1, keepdim=True).clamp_min(L2_NORM_EPS ** 2).sqrt()
-    if normalize == "sfnet":
-        return c / (c.pow(2).sum(1, keepdim=True) + SFNET_NORM_EPS).sqrt()
-    return c
+    that float32 rounds alike; half types in float32 (their squares overflow above 256)."""
+    if normalize == "none":
+        return c
+    x = c.to(torch.promote_types(c.dtype, torch.float32))
+    sq = x.pow(2).sum(1, keepdim=True)
+    r = sq.clamp_min(L2_NORM_EPS ** 2).sqrt() if normalize == "l2" else (sq + SFNET_NORM_EPS).sqrt()
+    return (x / r).to(c.dtype)
 
 
 def kernel_soft_argmax(corr: torch.Tensor, beta: float = 50.0, sigma: float = 5.0,
