@@ -52,8 +52,8 @@ def test_correlation_layout_and_directions():
     torch.testing.assert_close(corr, expected)
     fwd, bwd, corr_fwd = model.flows(f_t, f_s)  # photo = t, sketch = s: fwd lives on s, points into t
     torch.testing.assert_close(corr_fwd, expected)
-    torch.testing.assert_close(fwd, kernel_soft_argmax(expected, 50, 5))
-    torch.testing.assert_close(bwd, kernel_soft_argmax(model.correlation(f_t, f_s), 50, 5))
+    torch.testing.assert_close(fwd, kernel_soft_argmax(expected, 50, 5, normalize="sfnet"))
+    torch.testing.assert_close(bwd, kernel_soft_argmax(model.correlation(f_t, f_s), 50, 5, normalize="sfnet"))
 
 
 def test_losses_vanish_for_identity():
