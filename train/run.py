@@ -66,7 +66,7 @@ def parse(argv=None) -> TrainConfig:
 
 
 def main(argv=None) -> None:
-    from pscfast.training.sfnet import main as sfnet_main, split_model_flag
+    from pscfast.training.sfnet.trainer import main as sfnet_main, split_model_flag
     model, argv = split_model_flag(sys.argv[1:] if argv is None else argv)
     if model == "sfnet":  # SFNet has its own flags: train/run.py --model sfnet --help
         return sfnet_main(argv)

@@ -26,11 +26,11 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from pscfast import ops
 from pscfast.data import normalize
+from pscfast.losses.psc import stage2_loss
 from pscfast.models import PHOTO, SKETCH, MoCo, PSCNet, load_imagenet, save_checkpoint
 from pscfast.training import distributed as dist_utils
 from pscfast.training.augment import AugmentConfig, augment_images, augment_pair, augment_reference
 from pscfast.training.config import TrainConfig
-from pscfast.training.losses import stage2_loss
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:

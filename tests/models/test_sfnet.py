@@ -2,9 +2,9 @@
 import pytest
 import torch
 
+from pscfast.losses.sfnet import flow_loss, mask_loss, sfnet_loss, smoothness_loss
 from pscfast.models.sfnet import SFNet
 from pscfast.ops._reference import identity_grid, kernel_soft_argmax
-from pscfast.training.sfnet_losses import flow_loss, mask_loss, sfnet_loss, smoothness_loss
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -122,7 +122,7 @@ def test_gradients_reach_adaptation_layers_only():
 
 
 def test_training_reduces_loss():
-    from pscfast.training.sfnet import train_step
+    from pscfast.training.sfnet.trainer import train_step
     torch.manual_seed(0)
     model = SFNet("resnet18").train()
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
@@ -135,7 +135,7 @@ def test_training_reduces_loss():
 
 def test_checkpoint_round_trip_and_cli(tmp_path):
     from pscfast.models import save_checkpoint
-    from pscfast.training.sfnet import load_sfnet, parse, split_model_flag
+    from pscfast.training.sfnet.trainer import load_sfnet, parse, split_model_flag
     model = SFNet("resnet18", sigma=3.0).eval()
     for p in model.adapt3.parameters():
         torch.nn.init.normal_(p, std=0.05)

@@ -6,7 +6,7 @@ import torch
 
 from pscfast.data import DatasetError
 from pscfast.data.synthetic import generate
-from pscfast.training.sfnet_data import MaskedPairs, load_mask, mask_path
+from pscfast.training.sfnet.data import MaskedPairs, load_mask, mask_path
 
 
 def test_mask_path():

@@ -21,14 +21,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from pscfast._cli import check_device, one_line_errors
+from pscfast.losses.sfnet import WEIGHTS, sfnet_loss
 from pscfast.models import load_checkpoint, load_imagenet, save_checkpoint
 from pscfast.models._load import load_file
 from pscfast.models.sfnet import BETA, SIGMA, SFNet
 from pscfast.training.config import check_backend, check_types
 from pscfast.training.outdir import OutputLock
 from pscfast.training.pipeline import evaluate_pck, prepare_data
-from pscfast.training.sfnet_data import MaskedPairs
-from pscfast.training.sfnet_losses import WEIGHTS, sfnet_loss
+from pscfast.training.sfnet.data import MaskedPairs
 from pscfast.training.trainer import normalize, resize
 
 
@@ -92,7 +92,7 @@ def load_sfnet(path: str, map_location="cpu") -> SFNet:
     """An SFNet checkpoint written by :func:`train`, in eval mode."""
     ckpt = load_file(path, "load_sfnet", map_location)
     if not isinstance(ckpt, dict) or ckpt.get("model_kind") != "sfnet":
-        raise ValueError(f"load_sfnet: {path} is not an SFNet checkpoint (written by pscfast.training.sfnet)")
+        raise ValueError(f"load_sfnet: {path} is not an SFNet checkpoint (written by pscfast.training.sfnet.trainer)")
     model = SFNet(ckpt["arch"], beta=ckpt["beta"], sigma=ckpt["sigma"])
     model.load_state_dict(ckpt["model"])
     return model.eval()
