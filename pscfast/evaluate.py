@@ -28,9 +28,11 @@ import time
 
 import torch
 
-from pscfast._cli import INPUT_ERRORS, RUN_ERRORS, check_device, message
+from pscfast._cli import INPUT_ERRORS, RUN_ERRORS, message
+from pscfast._device import choose_device
 from pscfast.data import PSCTestPairs
-from pscfast.evaluation import GroundTruthFlows, Mismatched, consistency, evaluate, format_table
+from pscfast.evaluation import (GroundTruthFlows, Mismatched, consistency, evaluate, format_table, identity_predictor,
+                                model_predictor)
 from pscfast.models._load import atomic_write, check_writable, load_file
 
 PREDICTION_KEYS = ("photo_to_sketch", "sketch_to_photo")
@@ -116,7 +118,7 @@ def main(argv=None):
     if a.image_size is not None and a.image_size < 32:
         ap.error(f"--image-size must be at least 32 (layer3 has stride 16), got {a.image_size}")
     try:
-        check_device(a.device, "--device")
+        choose_device(a.device, "--device")
         for flag, path in (("--json", a.json), ("--save-predictions", a.save_predictions)):
             if path:
                 check_writable(path, flag)
@@ -130,12 +132,10 @@ def main(argv=None):
         elif a.gt:
             predict, what = GroundTruthFlows(a.csv_dir or a.data_root), "ground truth"
         elif a.checkpoint == "identity":
-            from pscfast.predict import build_predictor
-            predict, what = build_predictor("identity"), "identity"
+            predict, what = identity_predictor, "identity"
         else:
-            from pscfast.training.pipeline import predictor
             model, size = _load_model(a)
-            predict, what = predictor(model, size), a.checkpoint
+            predict, what = model_predictor(model, size), a.checkpoint
         if a.control:
             what += " (control)"
         if a.mismatch:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pscfast._cli import INPUT_ERRORS, RUN_ERRORS, check_device, message
+from pscfast._cli import INPUT_ERRORS, RUN_ERRORS, message
+from pscfast._device import choose_device
 from pscfast.data.images import normalize, open_rgb
 from pscfast.evaluation.pck import transfer_keypoints
 from pscfast.models._load import atomic_write, check_writable
@@ -122,7 +123,7 @@ def main(argv=None):
     try:
         fmt = picture_format(a.out)
         check_writable(a.out, "--out")
-        check_device(a.device, "--device")
+        choose_device(a.device, "--device")
         r = predict_pair(a.photo, a.sketch, build_predictor(a.checkpoint, a.arch, a.device), kps, a.device)
         figure = Image.fromarray(r.pop("figure"))
         atomic_write(a.out, lambda f: figure.save(f, format=fmt), "--out")

@@ -7,23 +7,21 @@ import os
 import torch
 import torch.distributed as dist
 
-from pscfast._cli import check_device
+from pscfast._device import choose_device
 
 
 def init(device: str) -> tuple[int, int, torch.device]:
     """Initialise the process group when launched by torchrun; returns (rank, world_size, device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    check_device(device, "train: device")
+    chosen = choose_device(device, "train: device")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if device == "cuda":
+    if chosen.type == "cuda" and chosen.index is None:  # one GPU per process under torchrun
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device(device)
+    return rank, world, chosen
 
 
 def active() -> bool:

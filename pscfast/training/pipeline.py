@@ -10,15 +10,19 @@ import contextlib
 import os
 
 import torch
+from PIL import Image
 
-from pscfast.data import normalize
+from pscfast.data import PSCTestPairs, PSCTrainPairs
+from pscfast.data.synthetic import generate
+from pscfast.evaluation import evaluate, model_predictor
 from pscfast.models import PSCNet, save_checkpoint
 from pscfast.models._load import load_file
 from pscfast.models.checkpoint import FORMAT
 from pscfast.training import distributed as dist_utils
 from pscfast.training.config import TrainConfig
 from pscfast.training.outdir import OutputLock
-from pscfast.training.trainer import Stage, build_model, resize, save_stage
+from pscfast.training.trainer import Stage, build_model, save_stage
+from pscfast.viz import batch_figure
 
 SYNTHETIC_ROOT = "runs/synthetic"
 
@@ -31,40 +35,26 @@ def prepare_data(cfg: TrainConfig, rank: int) -> tuple[str, str]:
         if os.path.normpath(cfg.data_root) != os.path.normpath(SYNTHETIC_ROOT):
             raise FileNotFoundError(f"{train_csv} not found (set --data-root/--csv-dir to a Sketchy + PSC6k copy)")
         if rank == 0:
-            from pscfast.data.synthetic import generate
             print(f"generating the synthetic benchmark into {cfg.data_root} ...", flush=True)
             generate(cfg.data_root, seed=0)
         dist_utils.barrier()
     return cfg.data_root, csv_dir
 
 
-def predictor(model: PSCNet, image_size: int):
-    """predict_fn for pscfast.evaluation: [0, 1] images (N, 3, H, W) -> (fwd, bwd) 16x16 grids."""
-    def predict(photo: torch.Tensor, sketch: torch.Tensor):
-        model.eval()
-        return model.predict_flow(normalize(resize(photo, image_size)), normalize(resize(sketch, image_size)))
-    return predict
-
-
 def evaluate_pck(cfg: TrainConfig, model: PSCNet, root: str, csv_dir: str, device, writer=None, step=0) -> dict:
     """PCK on the test CSV with the evaluation CLI's geometry; logs it and a correspondence picture."""
-    from pscfast.data import PSCTestPairs
-    from pscfast.evaluation import evaluate
     data = PSCTestPairs(root, os.path.join(csv_dir, "test_pairs_ps.csv"))
     if cfg.eval_limit:
         data = torch.utils.data.Subset(data, range(min(cfg.eval_limit, len(data))))
-    predict = predictor(model, cfg.image_size)
+    predict = model_predictor(model, cfg.image_size)
     with untouched(model, device):
         result = evaluate(predict, data, cfg.eval_batch_size, device, progress=False)
         picture = _picture(predict, data, device)
-    if picture is not None:
-        from PIL import Image
-        Image.fromarray(picture).save(os.path.join(cfg.out, "correspondence.png"))
+    Image.fromarray(picture).save(os.path.join(cfg.out, "correspondence.png"))
     if writer is not None:
         for k in ("pck05", "pck10"):
             writer.add_scalar(f"eval/{k}", result[k], step)
-        if picture is not None:
-            writer.add_image("eval/correspondence", picture, step, dataformats="HWC")
+        writer.add_image("eval/correspondence", picture, step, dataformats="HWC")
     return result
 
 
@@ -84,10 +74,6 @@ def untouched(model: torch.nn.Module, device):
 
 
 def _picture(predict, data, device, n: int = 4):
-    try:
-        from pscfast.viz import batch_figure
-    except ImportError:
-        return None
     items = [data[i] for i in range(min(n, len(data)))]
     photos = torch.stack([it["photo"] for it in items]).to(device)
     sketches = torch.stack([it["sketch"] for it in items]).to(device)
@@ -142,7 +128,6 @@ def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
     resume = load_resume(cfg)
     torch.manual_seed(cfg.seed)
     root, csv_dir = prepare_data(cfg, rank)
-    from pscfast.data import PSCTrainPairs
     train_data = PSCTrainPairs(root, os.path.join(csv_dir, "train_pairs_ps.csv"))
     model = build_model(cfg, device)
     writer = _writer(cfg, rank)

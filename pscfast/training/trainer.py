@@ -19,24 +19,17 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from pscfast import ops
-from pscfast.data import normalize
+from pscfast.data import normalize, resize
 from pscfast.losses.psc import stage2_loss
-from pscfast.models import PHOTO, SKETCH, MoCo, PSCNet, load_imagenet, save_checkpoint
+from pscfast.models import PHOTO, SKETCH, MoCo, PSCNet, load_checkpoint, load_imagenet, save_checkpoint
 from pscfast.training import distributed as dist_utils
 from pscfast.training.augment import AugmentConfig, augment_images, augment_pair, augment_reference
 from pscfast.training.config import TrainConfig
-
-
-def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def lr_lambda(total: int, warmup: int):
@@ -277,7 +270,6 @@ def build_model(cfg: TrainConfig, device) -> PSCNet:
     if cfg.imagenet:
         load_imagenet(model.encoder, cfg.imagenet)
     if cfg.init:
-        from pscfast.models import load_checkpoint
         model.load_state_dict(load_checkpoint(cfg.init, cfg.arch, cfg.shared_bn).state_dict())
     return model.to(device)
 

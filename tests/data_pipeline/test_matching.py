@@ -8,10 +8,9 @@ import torch.nn.functional as F
 
 from pscfast.data import PSCTestPairs
 from pscfast.evaluate import main as evaluate_main
-from pscfast.evaluation import FeatureMatch, GroundTruthFlows, Mismatched, evaluate, match_flow
+from pscfast.evaluation import FeatureMatch, GroundTruthFlows, Mismatched, evaluate, match_flow, model_predictor
 from pscfast.evaluation.mismatch import other_photos
 from pscfast.models import PSCNet, ResNet, save_checkpoint
-from pscfast.training.pipeline import predictor
 
 
 def _brute_force(f_src, f_tgt):
@@ -147,8 +146,8 @@ def test_evaluate_cli_scores_a_checkpoint_at_its_training_resolution(tiny_root, 
         p = torch.load(out)
         return torch.cat([p["photo_to_sketch"], p["sketch_to_photo"]])
 
-    at64, at256 = direct(predictor(model, 64)), direct(predictor(model, 256))
+    at64, at256 = direct(model_predictor(model, 64)), direct(model_predictor(model, 256))
     assert not torch.equal(at64, at256)
     assert torch.equal(cli(), at64) and torch.equal(cli("--image-size", "256"), at256)
-    mismatched = direct(Mismatched(predictor(model, 64)))
+    mismatched = direct(Mismatched(model_predictor(model, 64)))
     assert not torch.equal(mismatched, at64) and torch.equal(cli("--mismatch"), mismatched)

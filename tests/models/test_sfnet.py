@@ -135,7 +135,8 @@ def test_training_reduces_loss():
 
 def test_checkpoint_round_trip_and_cli(tmp_path):
     from pscfast.models import save_checkpoint
-    from pscfast.training.sfnet.trainer import load_sfnet, parse, split_model_flag
+    from pscfast.train import parse_sfnet as parse, split_model_flag
+    from pscfast.training.sfnet.trainer import load_sfnet
     model = SFNet("resnet18", sigma=3.0).eval()
     for p in model.adapt3.parameters():
         torch.nn.init.normal_(p, std=0.05)

@@ -11,7 +11,6 @@ took 14 min on 2 CPU cores shared with other jobs (a few minutes on idle cores).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import time
@@ -20,7 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from pscfast._cli import check_device, one_line_errors
+from pscfast._device import choose_device
+from pscfast.data import normalize, resize
 from pscfast.losses.sfnet import WEIGHTS, sfnet_loss
 from pscfast.models import load_checkpoint, load_imagenet, save_checkpoint
 from pscfast.models._load import load_file
@@ -29,7 +29,6 @@ from pscfast.training.config import check_backend, check_types
 from pscfast.training.outdir import OutputLock
 from pscfast.training.pipeline import evaluate_pck, prepare_data
 from pscfast.training.sfnet.data import MaskedPairs
-from pscfast.training.trainer import normalize, resize
 
 
 @dataclass(frozen=True)
@@ -112,11 +111,6 @@ def train_step(model: SFNet, opt: torch.optim.Optimizer, batch: dict, image_size
     return {k: float(v.detach()) for k, v in out.items()}
 
 
-def _device(name: str) -> torch.device:
-    return check_device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name,
-                        "train: device")
-
-
 def train(cfg: SFNetConfig) -> dict:
     """Train, save ``<out>/final.pt``, evaluate PCK. Returns {"history": per-step losses, "pck", "model"}.
     Holds the output folder's lock for the run (pscfast.training.outdir)."""
@@ -125,7 +119,7 @@ def train(cfg: SFNetConfig) -> dict:
 
 
 def _train(cfg: SFNetConfig) -> dict:
-    device = _device(cfg.device)
+    device = choose_device(cfg.device, "train: device")
     torch.manual_seed(cfg.seed)
     root, csv_dir = prepare_data(cfg, rank=0)
     data = MaskedPairs(root, os.path.join(csv_dir, "train_pairs_ps.csv"))
@@ -161,39 +155,3 @@ def _train(cfg: SFNetConfig) -> dict:
                     config=dataclasses.asdict(cfg))
     pck = evaluate_pck(cfg, model, root, csv_dir, device)
     return {"history": history, "pck": pck, "model": model}
-
-
-def parse(argv=None) -> SFNetConfig:
-    p = argparse.ArgumentParser(prog="train/run.py --model sfnet", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    fields = {f.name: f for f in dataclasses.fields(SFNetConfig)}
-    for name, f in fields.items():
-        flag = "--" + name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
-            p.add_argument(flag, type=kind, default=None)
-    a = vars(p.parse_args(argv))
-    try:
-        return dataclasses.replace(SFNetConfig(), **{k: v for k, v in a.items() if v is not None})
-    except ValueError as exc:  # a bad value: one line, not a traceback
-        p.error(str(exc))
-
-
-def split_model_flag(argv: list[str]) -> tuple[str, list[str]]:
-    """("psc" | "sfnet", the other arguments) from a command line that may hold ``--model NAME``."""
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--model", choices=["psc", "sfnet"], default="psc")
-    a, rest = p.parse_known_args(argv)
-    return a.model, rest
-
-
-def main(argv=None) -> None:
-    cfg = parse(argv)
-    with one_line_errors("train/run.py --model sfnet"):
-        result = train(cfg)
-    pck = result["pck"]
-    print(f"SFNet PCK@0.05 {100 * pck['pck05']:.2f}  PCK@0.10 {100 * pck['pck10']:.2f}  "
-          f"(identity flow: {100 * pck['identity']['pck05']:.2f} / {100 * pck['identity']['pck10']:.2f})")
-    print(f"checkpoint: {os.path.join(cfg.out, 'final.pt')}")
