@@ -3,10 +3,11 @@
     python train/run.py                                  # small CPU run on the synthetic benchmark (minutes)
     python train/run.py --config train/configs/paper_r18.json --data-root /data/sketchy
     torchrun --nproc_per_node=8 train/run.py --config train/configs/paper_r101.json --data-root ...
+    python train/run.py --model sfnet --help             # SFNet, with its own flags
 
-Flags override the config file; the defaults are pscfast.training.TrainConfig's. Errors are one line on
-stderr: exit 2 for bad input (flags, config, data, checkpoints), 1 for a failed run (divergence, a full disk,
-an output folder in use by another run).
+Flags override the config file; the defaults are pscfast.training.TrainConfig's. Errors are one line on stderr: exit 2 for bad input
+(flags, config, data, checkpoints), 1 for a failed run (divergence, a full disk, an output folder in use by
+another run).
 """
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ import os
 import sys
 
 from pscfast._cli import one_line_errors
-from pscfast.training import TrainConfig, train
-from pscfast.training.sfnet import trainer as sfnet_trainer
-from pscfast.training.sfnet.trainer import SFNetConfig
+from pscfast.training import TrainConfig, pipeline, sfnet
+
+PROG = "train/run.py"
 
 
 def parse(argv=None) -> TrainConfig:
-    p = argparse.ArgumentParser(prog="train/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="JSON file of TrainConfig fields (train/configs/paper_r18.json, ...)")
     p.add_argument("--stage", choices=["encoder", "estimator", "both", "1", "2"])
     p.add_argument("--arch", choices=["resnet18", "resnet50", "resnet101"])
@@ -66,24 +67,10 @@ def parse(argv=None) -> TrainConfig:
         p.error(str(exc))
 
 
-def main(argv=None) -> None:
-    model, argv = split_model_flag(sys.argv[1:] if argv is None else argv)
-    if model == "sfnet":  # SFNet has its own flags: train/run.py --model sfnet --help
-        return main_sfnet(argv)
-    cfg = parse(argv)
-    with one_line_errors("train/run.py"):
-        result = train(cfg)
-    pck = result["pck"]
-    if pck is not None and result["rank"] == 0:
-        print(f"PCK@0.05 {100 * pck['pck05']:.2f}  PCK@0.10 {100 * pck['pck10']:.2f}  "
-              f"(identity flow: {100 * pck['identity']['pck05']:.2f} / {100 * pck['identity']['pck10']:.2f})")
-        print(f"checkpoint: {os.path.join(cfg.out, 'final.pt')}")
-
-
-def parse_sfnet(argv=None) -> SFNetConfig:
-    p = argparse.ArgumentParser(prog="train/run.py --model sfnet", description=sfnet_trainer.__doc__,
+def parse_sfnet(argv=None) -> sfnet.SFNetConfig:
+    p = argparse.ArgumentParser(prog="train/run.py --model sfnet", description=sfnet.pipeline.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    fields = {f.name: f for f in dataclasses.fields(SFNetConfig)}
+    fields = {f.name: f for f in dataclasses.fields(sfnet.SFNetConfig)}
     for name, f in fields.items():
         flag = "--" + name.replace("_", "-")
         if f.type in ("bool", bool):
@@ -93,7 +80,7 @@ def parse_sfnet(argv=None) -> SFNetConfig:
             p.add_argument(flag, type=kind, default=None)
     a = vars(p.parse_args(argv))
     try:
-        return dataclasses.replace(SFNetConfig(), **{k: v for k, v in a.items() if v is not None})
+        return dataclasses.replace(sfnet.SFNetConfig(), **{k: v for k, v in a.items() if v is not None})
     except ValueError as exc:  # a bad value: one line, not a traceback
         p.error(str(exc))
 
@@ -106,11 +93,22 @@ def split_model_flag(argv: list[str]) -> tuple[str, list[str]]:
     return a.model, rest
 
 
-def main_sfnet(argv=None) -> None:
-    cfg = parse_sfnet(argv)
-    with one_line_errors("train/run.py --model sfnet"):
-        result = sfnet_trainer.train(cfg)
-    pck = result["pck"]
-    print(f"SFNet PCK@0.05 {100 * pck['pck05']:.2f}  PCK@0.10 {100 * pck['pck10']:.2f}  "
+def _report(name: str, pck: dict, out: str) -> None:
+    print(f"{name}PCK@0.05 {100 * pck['pck05']:.2f}  PCK@0.10 {100 * pck['pck10']:.2f}  "
           f"(identity flow: {100 * pck['identity']['pck05']:.2f} / {100 * pck['identity']['pck10']:.2f})")
-    print(f"checkpoint: {os.path.join(cfg.out, 'final.pt')}")
+    print(f"checkpoint: {os.path.join(out, 'final.pt')}")
+
+
+def main(argv=None) -> None:
+    model, argv = split_model_flag(sys.argv[1:] if argv is None else argv)
+    if model == "sfnet":
+        cfg = parse_sfnet(argv)
+        with one_line_errors(f"{PROG} --model sfnet"):
+            result = sfnet.train(cfg)
+        _report("SFNet ", result["pck"], cfg.out)
+        return
+    cfg = parse(argv)
+    with one_line_errors(PROG):
+        result = pipeline.train(cfg)
+    if result["pck"] is not None and result["rank"] == 0:
+        _report("", result["pck"], cfg.out)

@@ -66,14 +66,18 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
 
 
 def sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """BatchNorm -> SyncBatchNorm on GPUs, GlobalBatchNorm2d elsewhere (same state-dict keys)."""
+    """BatchNorm -> SyncBatchNorm on GPUs, GlobalBatchNorm2d elsewhere, in place. The new batch norms hold
+    the old ones' parameters and buffers themselves (as torch's convert_sync_batchnorm does), so a module
+    sharing them (pscfast.training.share) sees every update."""
     if device.type == "cuda":
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
         if type(child) is torch.nn.BatchNorm2d:
             new = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                    child.track_running_stats).to(child.weight.device)
-            new.load_state_dict(child.state_dict())
+                                    child.track_running_stats)
+            for key in (*child._parameters, *child._buffers):
+                setattr(new, key, getattr(child, key))
+            new.train(child.training)
             setattr(module, name, new)
         else:
             sync_batchnorm(child, device)

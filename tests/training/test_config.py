@@ -84,7 +84,7 @@ def test_training_errors_are_one_line(argv, words, tmp_path, capsys):
 
 
 def test_sfnet_flags_are_checked(capsys):
-    from pscfast.training.sfnet.trainer import SFNetConfig
+    from pscfast.training.sfnet import SFNetConfig
     for argv, words in ((["--epochs", "-1"], "SFNetConfig: epochs must be positive, got -1"),
                         (["--batch-size", "0"], "SFNetConfig: batch_size must be positive"),
                         (["--backend", "bogus"], "unknown backend 'bogus'")):
