@@ -1,12 +1,17 @@
 """TrainConfig and train/run.py's flags: the paper's configs, overrides, and bad values refused up front."""
+import dataclasses
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
 import pscfast.train as run_cli
+from pscfast._flags import field_help
 from pscfast.training.config import TrainConfig
+from pscfast.training.sfnet import SFNetConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -83,8 +88,52 @@ def test_training_errors_are_one_line(argv, words, tmp_path, capsys):
     assert info.value.code == 2 and err.startswith(words) and err.count("\n") == 1, err
 
 
+def _other_value(field):
+    """A valid value of the field other than its default, and the command-line words that set it."""
+    special = {"device": "cpu", "backend": "torch", "compile": "aot_eager", "moco_m": 0.5, "stage": "estimator",
+               "arch": "resnet50", "amp": "bf16"}
+    flag, default = "--" + field.name.replace("_", "-"), field.default
+    if field.name in special:
+        value = special[field.name]
+    elif isinstance(default, bool):
+        return not default, ["--no-" + flag[2:] if default else flag]
+    elif isinstance(default, (int, float)):
+        value = default + 1
+    else:  # a path or an optional number
+        value = 2 if "int" in str(field.type) else "elsewhere"
+    return value, [flag, str(value)]
+
+
+@pytest.mark.parametrize("cls, parse", [(TrainConfig, run_cli.parse), (SFNetConfig, run_cli.parse_sfnet)])
+def test_every_field_is_reachable_from_the_command_line(cls, parse):
+    for field in dataclasses.fields(cls):
+        value, argv = _other_value(field)
+        assert value != field.default, field.name
+        assert getattr(parse(argv), field.name) == value, field.name
+        assert field_help(cls)[field.name], f"{cls.__name__}.{field.name} has no help text (a comment on its line)"
+
+
+def test_epochs_and_lr_set_both_stages_and_a_stage_flag_wins():
+    cfg = run_cli.parse(["--epochs", "3", "--lr", "0.5", "--lr-estimator", "0.25"])
+    assert (cfg.epochs_encoder, cfg.epochs_estimator, cfg.lr_encoder, cfg.lr_estimator) == (3, 3, 0.5, 0.25)
+    assert run_cli.parse(["--max-steps-per-epoch", "none"]).max_steps_per_epoch is None
+
+
+def test_help_lists_every_field_with_its_default():
+    """train/run.py runs as a script with pscfast importable (PYTHONPATH here; an editable install for users)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, os.path.join(root, "train", "run.py"), "--help"], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": root}, cwd=os.sep)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = " ".join(proc.stdout.split())
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = "none" if field.default is None else str(field.default)
+        assert re.search(rf"{flag}[ ,].*?\(default: {re.escape(default)}\)", text), flag
+    assert "--epochs EPOCHS sets epochs_encoder and epochs_estimator" in text
+
+
 def test_sfnet_flags_are_checked(capsys):
-    from pscfast.training.sfnet import SFNetConfig
     for argv, words in ((["--epochs", "-1"], "SFNetConfig: epochs must be positive, got -1"),
                         (["--batch-size", "0"], "SFNetConfig: batch_size must be positive"),
                         (["--backend", "bogus"], "unknown backend 'bogus'")):
