@@ -1,4 +1,4 @@
-"""correlation: PSC's global multi-layer correlation (SPEC section 3, op 1).
+"""correlation: PSC's global multi-layer correlation, the STN's input (Lu, Wang, Fan, ICML 2023; the release).
 
 Backends: cpp (CPU: per-sample scratch buffers + GEMM; CUDA: fused tiles), triton, torch (reference). The
 fused GPU kernels resize or sample the maps while they load them, so no resized copy of the maps is

@@ -1,5 +1,5 @@
 """compose_displacement and truncated_flow_loss: Zhou et al.'s (CVPR 2016) transitive composition of pixel
-displacement fields with matchability, and their truncated Euclidean flow loss (SPEC section 3, op 5).
+displacement fields with matchability, and their truncated Euclidean flow loss.
 
 Backends: cpp (CPU C++ / CUDA C++), triton, torch (reference). Hand-written backward passes: the image-a
 gradients are pointwise, the image-b gradients (scatters) are summed in a fixed order, the loss reduces

@@ -1,4 +1,4 @@
-"""local_correlation: the windowed cost volume of PWC-Net / FlowNet / GLU-Net style models (SPEC section 3, op 2).
+"""local_correlation: the windowed cost volume of PWC-Net / FlowNet / GLU-Net style models.
 
 Semantics and argument names of the spatial_correlation_sampler package (kernel_size, patch -> here
 max_displacement with patch = 2 d + 1, stride, padding, dilation, dilation_patch), with its

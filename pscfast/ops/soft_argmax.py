@@ -1,4 +1,4 @@
-"""kernel_soft_argmax: SFNet's differentiable argmax (Lee et al., TPAMI 2020, eq. 2-3; SPEC section 3, op 6).
+"""kernel_soft_argmax: SFNet's differentiable argmax (Lee et al., TPAMI 2020, eq. 2-3).
 
 Turns a correlation in pscfast's layout (N, Ht*Wt, Hs, Ws) into an absolute flow (N, Hs, Ws, 2) into the
 target, the flow convention of PSC. Backward hand-written in every backend (no gradient through the
