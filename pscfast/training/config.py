@@ -24,7 +24,7 @@ class TrainConfig:
     train/configs/paper_r18.json and paper_r101.json.
 
     The comment on each field is its ``--help`` text (pscfast._flags)."""
-    CHOICES: ClassVar[dict[str, tuple]] = {"stage": STAGES, "arch": ARCHS, "amp": AMP}
+    CHOICES: ClassVar[dict[str, tuple]] = {"stage": tuple(STAGES), "arch": ARCHS, "amp": AMP}
 
     stage: str = "both"                  # encoder | estimator | both (1 | 2 accepted)
     arch: str = "resnet18"               # the encoder

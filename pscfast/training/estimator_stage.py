@@ -40,7 +40,6 @@ class EstimatorStage(PSCStage):
         stn = shared_copy(model.stn).train()
         if self.world > 1:
             stn = dist_utils.sync_batchnorm(stn, self.device)
-        self.stn = stn
         return FlowPair(stn), list(stn.parameters()), self.cfg.lr_estimator, {"stn.": stn}
 
     def losses(self, batch) -> dict[str, torch.Tensor]:
