@@ -17,7 +17,7 @@ from pscfast.models._load import atomic_write, check_writable
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    """The benchmark, the model's input, the run and the JSON output."""
+    """The benchmark, the model and its input size, the outputs, the run."""
     ap.add_argument("--data-root", required=True, help="Sketchy root (holds rendered_256x256/)")
     ap.add_argument("--csv-dir", default=None, help="folder with test_pairs_ps.csv (default: --data-root)")
     ap.add_argument("--classes", nargs="+", default=None, help="class ids or names (comma/space separated)")

@@ -112,10 +112,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
     writer = _writer(cfg, rank)
 
     def on_epoch(stage: PSCStage, epoch: int):
-        if rank == 0:
-            save_stage(cfg, stage, epoch)
-        if stage.number == 2 and cfg.eval_every and epoch % cfg.eval_every == 0 and epoch != stage.epochs \
-                and rank == 0:
+        if rank != 0:
+            return
+        save_stage(cfg, stage, epoch)
+        if stage.number == 2 and cfg.eval_every and epoch % cfg.eval_every == 0 and epoch != stage.epochs:
             evaluate_pck(cfg, model, root, csv_dir, device, writer, stage.step)
 
     history = {}

@@ -68,8 +68,9 @@ def test_stage2_updates_only_the_estimator():
     _run(cfg, 2, model)
     after = _params(model)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # the frozen encoder's weights and BN statistics are unchanged
     assert changed and all(k.startswith("stn.") for k in changed)
-    assert any(k.startswith("stn.net_4x.0.weight") for k in changed)  # the encoder's BN statistics too: unchanged
+    assert any(k.startswith("stn.net_4x.0.weight") for k in changed)
 
 
 def _layout(model):
