@@ -7,7 +7,8 @@ import torch
 
 from bench.conftest import bench_device, peak_bytes, record_result
 from pscfast.training.config import TrainConfig
-from pscfast.training.trainer import Stage, build_model
+from pscfast.training.estimator_stage import EstimatorStage
+from pscfast.training.pipeline import build_model
 
 DEVICE = bench_device()
 BATCH = 256 if DEVICE == "cuda" else 8
@@ -32,7 +33,7 @@ def test_train_step(benchmark, provider):
                       tensorboard=False, device=DEVICE, **PROVIDERS[provider])
     device = torch.device(DEVICE)
     torch.manual_seed(0)
-    stage = Stage(cfg, 2, build_model(cfg, device), _Pairs(), device, 0, 1)
+    stage = EstimatorStage(cfg, build_model(cfg, device), _Pairs(), device, 0, 1)
     batch = next(iter(stage.loader))
     sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
 

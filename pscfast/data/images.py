@@ -1,5 +1,5 @@
-"""Image decoding for the Sketchy/PSC6k loaders and pscfast.predict: PIL, RGB, float32 (3, H, W) in [0, 1],
-clear errors.
+"""Images: decoding for the Sketchy/PSC6k loaders and pscfast.predict (PIL, RGB, float32 (3, H, W) in [0, 1],
+clear errors), ImageNet normalisation and the resize to a model's resolution.
 
 Every error names the file and, when the image came from a CSV, the CSV file and line, so a broken
 benchmark can be fixed without a debugger. Transparent images (a sketch exported as black strokes on
@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SIZE = 256
@@ -30,6 +31,14 @@ def normalize(x):
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x - mean) / std
+
+
+def resize(x, size):
+    """(N, C, H, W) images -> (N, C, size, size): bilinear with antialiasing (unchanged when already that size);
+    the resolution a model sees in training and inference."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def decode_rgb(path, where="", size=IMAGE_SIZE):

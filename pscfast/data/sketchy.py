@@ -1,4 +1,5 @@
-"""Sketchy + PSC6k loaders (SPEC section 2).
+"""Loaders of Sketchy (Sangkloy et al., SIGGRAPH 2016) with PSC6k's pairs and keypoints (Lu, Wang, Fan, ICML
+2023), in the formats of the authors' release.
 
 Layout: `<root>/rendered_256x256/256x256/photo/tx_000100000000/<class>/<id>.jpg` and
 `.../sketch/tx_000100000000/<class>/<id>-<k>.png`; the CSVs hold paths relative to `root`.

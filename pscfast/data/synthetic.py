@@ -1,4 +1,4 @@
-"""The embedded synthetic benchmark, in Sketchy's layout and PSC6k's CSV formats (SPEC section 2).
+"""The embedded synthetic benchmark, in Sketchy's layout and the CSV formats of PSC6k's release.
 
     python -m pscfast.data.synthetic --out DIR [--seed 0] [--classes snowman,fish,...] [--photos-per-class 12]
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pscfast.models import resnet
 from pscfast.models.resnet import PHOTO, SKETCH, ResNet
 from pscfast.models.stn import STN, upsample_flow
+
+ARCHS = tuple(resnet.ARCHS)  # the encoders PSCNet builds (the choices of TrainConfig.arch)
 
 
 class PSCNet(nn.Module):

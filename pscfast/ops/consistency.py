@@ -1,5 +1,5 @@
 """compose and consistency_loss: flow composition on absolute grids and PSC's forward-backward
-consistency loss.
+consistency loss (Lu, Wang, Fan, ICML 2023), as the authors' release computes it.
 
 Backends: cpp (CPU C++ / CUDA C++), triton, torch (reference). The loss is fused: one launch computes the
 cycle, the release's mask and per-block partial sums, reduced in a fixed order (deterministic); the

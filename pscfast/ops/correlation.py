@@ -1,4 +1,5 @@
-"""correlation: PSC's global multi-layer correlation, on square or rectangular grids.
+"""correlation: PSC's global multi-layer correlation, the STN's input (Lu, Wang, Fan, ICML 2023; the
+release), on square or rectangular grids.
 
 Backends: cpp (CPU: per-sample scratch buffers + GEMM; CUDA: fused tiles), triton, torch (reference). The
 fused GPU kernels resize or sample the maps while they load them, so no resized copy of the maps is

@@ -1,4 +1,4 @@
-"""similarity_loss: PSC's weighted perceptual similarity, fused.
+"""similarity_loss: PSC's weighted perceptual similarity (Lu, Wang, Fan, ICML 2023; the authors' release), fused.
 
 The ops take the layer lists: each layer is resized (bilinear, align_corners=False) and the layers are
 concatenated inside the op, one sample (CPU) or one chunk of samples (CUDA, Triton) at a time, as separable

@@ -2,8 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from pscfast._config import check_types, load_json
+from pscfast.models import ARCHS
+from pscfast.ops._dispatch import parse_backends
+
+STAGES = {"encoder": (1,), "estimator": (2,), "both": (1, 2), "1": (1,), "2": (2,)}
+AMP = ("auto", "bf16", "fp16", "none")
 
 
 @dataclass(frozen=True)
@@ -12,30 +21,34 @@ class TrainConfig:
     2 cores). It trains without augmentation and with a short queue (README "Training": from a random init,
     48 pairs and minutes of CPU, the release's augmentation keeps stage 1 at chance, and a queue of 8192 keys
     would hold each pair's own older keys as negatives). The paper's settings are in
-    train/configs/paper_r18.json and paper_r101.json."""
+    train/configs/paper_r18.json and paper_r101.json.
+
+    The comment on each field is its ``--help`` text (pscfast._flags)."""
+    CHOICES: ClassVar[dict[str, tuple]] = {"stage": tuple(STAGES), "arch": ARCHS, "amp": AMP}
+
     stage: str = "both"                  # encoder | estimator | both (1 | 2 accepted)
-    arch: str = "resnet18"
+    arch: str = "resnet18"               # the encoder
     shared_bn: bool = False              # True reproduces the release's single BN per pair
     data_root: str = "runs/synthetic"    # Sketchy root (generated there when it is the synthetic default)
-    csv_dir: str | None = None           # where train_pairs_ps.csv / test_pairs_ps.csv are (default data_root)
-    out: str = "runs/default"
+    csv_dir: str | None = None           # where train_pairs_ps.csv / test_pairs_ps.csv are (none: data_root)
+    out: str = "runs/default"            # output folder: checkpoints, TensorBoard, the correspondence picture
     image_size: int = 128                # training/inference resolution (the paper: 256)
-    batch_size: int = 8
-    epochs_encoder: int = 25
-    epochs_estimator: int = 25
-    max_steps_per_epoch: int | None = 12
-    lr_encoder: float = 0.03
-    lr_estimator: float = 0.003
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.25
-    moco_dim: int = 128
-    moco_k: int = 16                     # below the 48 pairs of the synthetic set (the paper: 8192)
-    moco_m: float = 0.99                 # the paper: 0.999
-    moco_t: float = 0.07
-    sim_weight: float = 0.1
-    con_weight: float = 1.0
-    tau: float = 0.001
+    batch_size: int = 8                  # pairs per step and process
+    epochs_encoder: int = 25             # stage 1 epochs
+    epochs_estimator: int = 25           # stage 2 epochs
+    max_steps_per_epoch: int | None = 12  # at most this many steps per epoch (none: the whole training set)
+    lr_encoder: float = 0.03             # stage 1 SGD learning rate (with --resume it replaces the checkpoint's)
+    lr_estimator: float = 0.003          # stage 2 SGD learning rate (with --resume it replaces the checkpoint's)
+    momentum: float = 0.9                # SGD momentum
+    weight_decay: float = 1e-4           # SGD weight decay
+    warmup_epochs: float = 0.25          # linear warm-up before the cosine schedule
+    moco_dim: int = 128                  # MoCo head output size
+    moco_k: int = 16                     # MoCo queue length, below the 48 pairs of the synthetic set (paper: 8192)
+    moco_m: float = 0.99                 # MoCo key-encoder momentum (the paper: 0.999)
+    moco_t: float = 0.07                 # MoCo softmax temperature
+    sim_weight: float = 0.1              # stage 2 weight of the perceptual similarity loss
+    con_weight: float = 1.0              # stage 2 weight of the forward-backward consistency loss
+    tau: float = 0.001                   # temperature of the similarity loss's softmax
     augment: bool = False                # the paper: True; False = no appearance, flip or warps
     augment_loop: bool = False           # True: the release's per-sample augmentation loop (benchmarks)
     encoder_train_mode: bool = False     # True: the release's stage 2 (encoder BN in train mode)
@@ -43,21 +56,21 @@ class TrainConfig:
     init: str | None = None              # a pscfast/release checkpoint to start from (e.g. stage-1 weights)
     backend: str | None = None           # pscfast.ops backend ("torch" = reference ops)
     amp: str = "auto"                    # auto (bf16 on CUDA) | bf16 | fp16 | none
-    channels_last: bool = False
+    channels_last: bool = False          # channels-last memory layout for the images and the trained model
     compile: bool | str = False          # True or a torch.compile backend name ("inductor", "aot_eager", ...)
-    save_every: int = 50                 # epochs
+    save_every: int = 50                 # epochs between numbered checkpoints (<out>/stage<s>_last.pt: every epoch)
     eval_every: int = 0                  # epochs, 0 = only at the end
-    eval_batch_size: int = 16
+    eval_batch_size: int = 16            # batch size of the PCK evaluation
     eval_limit: int | None = None        # evaluate on the first N test pairs only
-    workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    resume: str | None = None
-    tensorboard: bool = True
-    progress: bool = True
+    workers: int = 0                     # data-loader worker processes
+    seed: int = 0                        # seeds the model init, the data order and the augmentation
+    device: str = "auto"                 # auto (CUDA when there is one) | cpu | cuda | cuda:N
+    resume: str | None = None            # a stage checkpoint written by a run (same --arch, --shared-bn)
+    tensorboard: bool = True             # TensorBoard logs in <out>/tb
+    progress: bool = True                # a progress bar
 
     def __post_init__(self):
-        check_types(self)
+        check_types(self)  # the CHOICES too
         positive = ("batch_size", "moco_dim", "moco_k", "lr_encoder", "lr_estimator", "moco_t", "tau",
                     "save_every", "eval_batch_size")
         for name in positive:
@@ -75,7 +88,6 @@ class TrainConfig:
         for name in ("max_steps_per_epoch", "eval_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be at least 1 or None, got {getattr(self, name)!r}")
-        self.stages()
         self.compile_backend()
         check_backend(self)
 
@@ -85,7 +97,6 @@ class TrainConfig:
             return "inductor"
         if not self.compile:
             return None
-        import torch
         if self.compile not in torch.compiler.list_backends(exclude_tags=()):
             raise ValueError(f"TrainConfig: compile: unknown torch.compile backend {self.compile!r}; "
                              f"choose from {', '.join(torch.compiler.list_backends())}")
@@ -96,45 +107,15 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str, **overrides) -> "TrainConfig":
-        with open(path) as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: not a JSON file ({exc})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object of TrainConfig fields, got {type(data).__name__}")
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-        return cls(**data).replace(**overrides)
+        """The config a JSON file of fields sets, with ``overrides`` (None values are ignored) on top."""
+        return cls(**load_json(cls, path)).replace(**overrides)
 
     def stages(self) -> tuple[int, ...]:
-        names = {"encoder": (1,), "1": (1,), "estimator": (2,), "2": (2,), "both": (1, 2)}
-        if str(self.stage) not in names:
-            raise ValueError(f"stage must be one of {sorted(names)}, got {self.stage!r}")
-        return names[str(self.stage)]
-
-
-_TYPES = {"int": int, "float": (int, float), "bool": bool, "str": str, "None": type(None)}
-
-
-def check_types(cfg) -> None:
-    """Refuse a field whose value is not of its annotated type (``"8"`` for an int from a JSON config; a bool
-    for a number). Annotations other than int, float, bool, str, None and their unions are not checked."""
-    for field in dataclasses.fields(cfg):
-        names = [t.strip() for t in str(field.type).split("|")]
-        if not all(n in _TYPES for n in names):
-            continue
-        value = getattr(cfg, field.name)
-        ok = any(isinstance(value, _TYPES[n]) and not (isinstance(value, bool) and n in ("int", "float"))
-                 for n in names)
-        if not ok:
-            raise ValueError(f"{type(cfg).__name__}: {field.name} must be {' or '.join(names)}, got {value!r} "
-                             f"({type(value).__name__})")
+        """The stages the run trains, in order."""
+        return STAGES[self.stage]
 
 
 def check_backend(cfg) -> None:
     """Refuse an unknown pscfast.ops backend before anything runs (the ops would find it at their first call)."""
     if cfg.backend is not None:
-        from pscfast.ops._dispatch import parse_backends
         parse_backends(cfg.backend, f"{type(cfg).__name__}: backend")

@@ -11,99 +11,43 @@ import os
 
 import torch
 
-from pscfast.data import normalize
-from pscfast.models import PSCNet, save_checkpoint
+from pscfast.data import PSCTrainPairs
+from pscfast.models import PSCNet, load_checkpoint, load_imagenet, save_checkpoint
 from pscfast.models._load import load_file
 from pscfast.models.checkpoint import FORMAT
 from pscfast.training import distributed as dist_utils
+from pscfast.training.benchmark import evaluate_pck, prepare_data
 from pscfast.training.config import TrainConfig
+from pscfast.training.encoder_stage import EncoderStage
+from pscfast.training.estimator_stage import EstimatorStage
 from pscfast.training.outdir import OutputLock
-from pscfast.training.trainer import Stage, build_model, resize, save_stage
+from pscfast.training.stage import PSCStage
 
-SYNTHETIC_ROOT = "runs/synthetic"
-
-
-def prepare_data(cfg: TrainConfig, rank: int) -> tuple[str, str]:
-    """(root, csv_dir); the synthetic benchmark is generated into its default root when missing."""
-    csv_dir = cfg.csv_dir or cfg.data_root
-    train_csv = os.path.join(csv_dir, "train_pairs_ps.csv")
-    if not os.path.exists(train_csv):
-        if os.path.normpath(cfg.data_root) != os.path.normpath(SYNTHETIC_ROOT):
-            raise FileNotFoundError(f"{train_csv} not found (set --data-root/--csv-dir to a Sketchy + PSC6k copy)")
-        if rank == 0:
-            from pscfast.data.synthetic import generate
-            print(f"generating the synthetic benchmark into {cfg.data_root} ...", flush=True)
-            generate(cfg.data_root, seed=0)
-        dist_utils.barrier()
-    return cfg.data_root, csv_dir
+STAGES = {1: EncoderStage, 2: EstimatorStage}
 
 
-def predictor(model: PSCNet, image_size: int):
-    """predict_fn for pscfast.evaluation: [0, 1] images (N, 3, H, W) -> (fwd, bwd) 16x16 grids."""
-    def predict(photo: torch.Tensor, sketch: torch.Tensor):
-        model.eval()
-        return model.predict_flow(normalize(resize(photo, image_size)), normalize(resize(sketch, image_size)))
-    return predict
+def build_model(cfg: TrainConfig, device) -> PSCNet:
+    """The PSCNet a run starts from: random, with ``cfg.imagenet``'s encoder, or ``cfg.init``'s weights."""
+    model = PSCNet(cfg.arch, cfg.shared_bn, backend=cfg.backend)
+    if cfg.imagenet:
+        load_imagenet(model.encoder, cfg.imagenet)
+    if cfg.init:
+        model.load_state_dict(load_checkpoint(cfg.init, cfg.arch, cfg.shared_bn).state_dict())
+    return model.to(device)
 
 
-def evaluate_pck(cfg: TrainConfig, model: PSCNet, root: str, csv_dir: str, device, writer=None, step=0) -> dict:
-    """PCK on the test CSV with the evaluation CLI's geometry; logs it and a correspondence picture."""
-    from pscfast.data import PSCTestPairs
-    from pscfast.evaluation import evaluate
-    data = PSCTestPairs(root, os.path.join(csv_dir, "test_pairs_ps.csv"))
-    if cfg.eval_limit:
-        data = torch.utils.data.Subset(data, range(min(cfg.eval_limit, len(data))))
-    predict = predictor(model, cfg.image_size)
-    with untouched(model, device):
-        result = evaluate(predict, data, cfg.eval_batch_size, device, progress=False)
-        picture = _picture(predict, data, device)
-    if picture is not None:
-        from PIL import Image
-        Image.fromarray(picture).save(os.path.join(cfg.out, "correspondence.png"))
-    if writer is not None:
-        for k in ("pck05", "pck10"):
-            writer.add_scalar(f"eval/{k}", result[k], step)
-        if picture is not None:
-            writer.add_image("eval/correspondence", picture, step, dataformats="HWC")
-    return result
+def checkpoint_path(cfg: TrainConfig, stage: int, epoch: int | None = None) -> str:
+    name = f"stage{stage}_last.pt" if epoch is None else f"stage{stage}_epoch{epoch:04d}.pt"
+    return os.path.join(cfg.out, name)
 
 
-@contextlib.contextmanager
-def untouched(model: torch.nn.Module, device):
-    """Evaluate inside a training run without changing it: every module gets back its own train/eval mode
-    (restoring the whole model's would put stage 2's frozen encoder BN in train mode), and the RNG state is
-    restored (the data loader draws a seed), so a resumed run and one that evaluated in between stay equal."""
-    modes = [(m, m.training) for m in model.modules()]
-    devices = [device] if torch.device(device).type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
-            yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-def _picture(predict, data, device, n: int = 4):
-    try:
-        from pscfast.viz import batch_figure
-    except ImportError:
-        return None
-    items = [data[i] for i in range(min(n, len(data)))]
-    photos = torch.stack([it["photo"] for it in items]).to(device)
-    sketches = torch.stack([it["sketch"] for it in items]).to(device)
-    fwd, bwd = predict(photos, sketches)
-    return batch_figure(photos.cpu(), sketches.cpu(), fwd.cpu(), bwd.cpu(), n,
-                        [it["kp_photo"] for it in items], [it["kp_sketch"] for it in items])
-
-
-def _writer(cfg: TrainConfig, rank: int):
-    if rank != 0 or not cfg.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(os.path.join(cfg.out, "tb"))
+def save_stage(cfg: TrainConfig, stage: PSCStage, epoch: int) -> None:
+    """``stage{s}_last.pt`` after every epoch, and ``stage{s}_epoch{e}.pt`` every ``save_every`` epochs
+    before the last."""
+    extra = {"training": stage.state_dict(epoch), "config": cfg.__dict__}
+    save_checkpoint(checkpoint_path(cfg, stage.number), stage.model, **extra)
+    if epoch % cfg.save_every == 0 and epoch != stage.epochs:
+        save_checkpoint(checkpoint_path(cfg, stage.number, epoch), stage.model, **extra)
 
 
 def load_resume(cfg: TrainConfig) -> dict | None:
@@ -130,31 +74,48 @@ def load_resume(cfg: TrainConfig) -> dict | None:
 
 
 def train(cfg: TrainConfig) -> dict:
-    """Run the configured stages; returns {"history": {stage: [losses]}, "pck": final evaluation or None}.
-
-    Rank 0 holds the output folder's lock for the whole run (another live run there is refused)."""
+    """Run the configured stages; returns {"history": {stage: [losses]}, "pck": final evaluation or None,
+    "model", "rank"}. Rank 0 holds the output folder's lock for the whole run (another live run there is
+    refused)."""
     rank, world, device = dist_utils.init(cfg.device)
     with OutputLock(cfg.out, "train") if rank == 0 else contextlib.nullcontext():
         return _train(cfg, rank, world, device)
+
+
+def _writer(cfg: TrainConfig, rank: int):
+    if rank != 0 or not cfg.tensorboard:
+        return None
+    try:  # tensorboard is an optional dependency (the "train" extra)
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(os.path.join(cfg.out, "tb"))
+
+
+def _logger(writer, stage: int):
+    """TrainingLoop's ``log`` writing each value to TensorBoard as ``stage<s>/<name>``."""
+    if writer is None:
+        return None
+
+    def log(step: int, values: dict) -> None:
+        for k, v in values.items():
+            writer.add_scalar(f"stage{stage}/{k}", v, step)
+    return log
 
 
 def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
     resume = load_resume(cfg)
     torch.manual_seed(cfg.seed)
     root, csv_dir = prepare_data(cfg, rank)
-    from pscfast.data import PSCTrainPairs
     train_data = PSCTrainPairs(root, os.path.join(csv_dir, "train_pairs_ps.csv"))
     model = build_model(cfg, device)
     writer = _writer(cfg, rank)
-    log = None
-    if writer is not None:
-        def log(stage, step, values):
-            for k, v in values.items():
-                writer.add_scalar(f"stage{stage}/{k}", v, step)
 
-    def on_epoch(stage: Stage, epoch: int):
-        save_stage(cfg, stage, epoch, rank)
-        if stage.stage == 2 and cfg.eval_every and epoch % cfg.eval_every == 0 and epoch != stage.epochs and rank == 0:
+    def on_epoch(stage: PSCStage, epoch: int):
+        if rank != 0:
+            return
+        save_stage(cfg, stage, epoch)
+        if stage.number == 2 and cfg.eval_every and epoch % cfg.eval_every == 0 and epoch != stage.epochs:
             evaluate_pck(cfg, model, root, csv_dir, device, writer, stage.step)
 
     history = {}
@@ -163,13 +124,13 @@ def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
             continue  # this stage finished before the checkpoint was written
         if resume is not None:
             model.load_state_dict(resume["model"])
-        stage = Stage(cfg, s, model, train_data, device, rank, world)
+        stage = STAGES[s](cfg, model, train_data, device, rank, world)
         if resume is not None and resume["training"]["stage"] == s:
             note = stage.load_state_dict(resume["training"])
             if note and rank == 0:
                 print(note, flush=True)
         resume = None
-        history[s] = stage.run(log, on_epoch)
+        history[s] = stage.run(_logger(writer, s), on_epoch)
     pck = None
     if 2 in cfg.stages() and rank == 0:
         pck = evaluate_pck(cfg, model, root, csv_dir, device, writer, sum(len(h) for h in history.values()))

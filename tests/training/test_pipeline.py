@@ -1,6 +1,5 @@
 """train(cfg) end to end on a small synthetic benchmark: periodic evaluation leaves the run untouched, resume
 reads tensors only and refuses a checkpoint of another model, one live run per output folder."""
-import importlib.util
 import os
 import re
 import signal
@@ -10,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import pscfast.train as run_cli
 from pscfast.models import PSCNet, save_checkpoint
 from pscfast.training import TrainConfig, train
 from pscfast.training.outdir import FolderInUseError, OutputLock
@@ -111,12 +111,9 @@ with OutputLock(sys.argv[1], "holder"):
 def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_checkpoints(bench_root, tmp_path, capsys):
     """train/run.py at lr 1e8: one line naming the stage and step (exit 1), and every checkpoint left in the
     output folder is finite (the epoch in which the STN's BN buffers overflowed is never saved)."""
-    spec = importlib.util.spec_from_file_location("train_run", os.path.join(ROOT, "train", "run.py"))
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:
-        run.main(["--data-root", bench_root, "--out", str(out), "--stage", "estimator", "--lr", "1e8", "--epochs", "3",
+        run_cli.main(["--data-root", bench_root, "--out", str(out), "--stage", "estimator", "--lr", "1e8", "--epochs", "3",
                   "--batch-size", "2", "--image-size", "32", "--max-steps-per-epoch", "2", "--eval-limit", "2"])
     err = capsys.readouterr().err.split("\n")[-2]  # the progress bar ends its line before the message
     assert info.value.code == 1 and re.match(r"train/run\.py: stage 2, step \d+: .*non-finite", err), err

@@ -1,0 +1,6 @@
+"""The training objectives of the models: PSC's stage-2 loss (weighted perceptual similarity and
+forward-backward consistency) and SFNet's (mask consistency, flow consistency, smoothness)."""
+from pscfast.losses.psc import similarity, stage2_loss
+from pscfast.losses.sfnet import flow_loss, mask_loss, sfnet_loss, smoothness_loss
+
+__all__ = ["flow_loss", "mask_loss", "sfnet_loss", "similarity", "smoothness_loss", "stage2_loss"]
