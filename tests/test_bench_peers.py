@@ -63,3 +63,23 @@ def test_shift_and_multiply_is_the_textbook_cost_volume():
                     assert abs(float(out[0, k, y, x]) - float(want)) < 1e-12, (dy, dx, y, x)
             k += 1
 
+
+def test_report_sets_half_precision_against_float32_and_names_the_backend(tmp_path):
+    from bench import report
+
+    case = {"op": "warp", "shape": "GLU-Net-L3-B2-C256-32x32", "mode": "fwd", "device": "cpu", "peak_bytes": 2**21}
+    run = {"meta": {"device": "a CPU", "device_type": "cpu", "versions": {"torch": "x"}, "git_revision": "r",
+                    "date": "d"},
+           "results": [{**case, "provider": "naive", "dtype": "float32", "median_s": 0.002},
+                       {**case, "provider": "pscfast", "backend": "cpp", "dtype": "float32", "median_s": 0.001},
+                       {**case, "provider": "naive", "dtype": "bfloat16", "median_s": 0.003},
+                       {**case, "provider": "pscfast", "backend": "torch", "dtype": "bfloat16", "median_s": 0.04}],
+           "path": tmp_path / "x.json"}
+    rows = {tuple(c.strip() for c in line.strip("|").split("|")) for line in report.dtype_table(run).splitlines()
+            if line.startswith("| warp")}
+    assert rows == {("warp", case["shape"], "fwd", "naive", "bfloat16", "3.000", "2.000 (naive)", "1.50x"),
+                    ("warp", case["shape"], "fwd", "pscfast: torch", "bfloat16", "40.000", "1.000 (pscfast: cpp)",
+                     "40.00x")}
+    main = [line for line in report.table(run).splitlines() if line.startswith("| warp")]
+    assert any("| 1.000 (pscfast: cpp) | 2.00x |" in line for line in main), main
+    assert report.dtype_table({**run, "results": run["results"][:2]}) is None
