@@ -27,7 +27,7 @@ def test_peer(benchmark, case, dtype, provider, mode):
     why = case.why_not(provider, case.dims, dtype, DEVICE)
     if why:
         pytest.skip(f"{provider}: {why}")
-    extra = {"model": case.shape.split("-")[0]}
+    extra = {}
     if provider == "pscfast" and case.op in OPS:
         extra["backend"] = OPS[case.op].select(None, torch.empty(0, device=DEVICE, dtype=dtype))[0]
 

@@ -38,13 +38,11 @@ def test_provider_matches_the_models_code(case, provider):
         assert_close(g, e, scale=max(1.0, float(e.abs().max())), msg=f"{case.id} {provider}: gradient of {tuple(leaf.shape)}")
 
 
-def test_every_case_gets_gradients_and_uses_its_shapes():
-    """Each case differentiates something at its model's shape (a bwd case that times nothing is a defect)."""
+def test_every_case_has_something_to_differentiate():
+    """A bwd case whose inputs require no grad would time nothing."""
     for case in CASES:
-        inputs, leaves = case.make(case.small, "cpu", torch.float32)
-        assert leaves, case.id
-        assert all(t.requires_grad for t in leaves), case.id
-        assert len(case.dims) == len(case.small), case.id
+        _, leaves = case.make(case.small, "cpu", torch.float32)
+        assert leaves and all(t.requires_grad for t in leaves), case.id
 
 
 def test_shift_and_multiply_is_the_textbook_cost_volume():
