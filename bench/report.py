@@ -140,7 +140,8 @@ def dtype_table(run: dict) -> str | None:
             if base and dtype in recs:
                 rec = recs[dtype]
                 lines.append(f"| {op} | {shape} | {mode} | {_label(rec)} | {dtype} | {rec['median_s'] * 1e3:.3f} | "
-                             f"{base['median_s'] * 1e3:.3f} ({_label(base)}) | {rec['median_s'] / base['median_s']:.2f}x |")
+                             f"{base['median_s'] * 1e3:.3f} ({_label(base)}) | "
+                             f"{rec['median_s'] / base['median_s']:.2f}x |")
     if not lines:
         return None
     return "\n".join([f"Half precision against float32, same run ({run['meta']['device']}):", "",

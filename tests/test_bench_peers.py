@@ -35,7 +35,9 @@ def test_provider_matches_the_models_code(case, provider):
         assert g.shape == e.shape, (i, g.shape, e.shape)
         assert_close(g, e, msg=f"{case.id} {provider}: output {i}")
     for leaf, g, e in zip(leaves, got_grads, expected_grads):
-        assert_close(g, e, scale=max(1.0, float(e.abs().max())), msg=f"{case.id} {provider}: gradient of {tuple(leaf.shape)}")
+        # gradients sum many products (a head's over 12 iterations): atol relative to their size
+        assert_close(g, e, scale=max(1.0, float(e.abs().max())),
+                     msg=f"{case.id} {provider}: gradient of {tuple(leaf.shape)}")
 
 
 def test_every_case_has_something_to_differentiate():

@@ -69,6 +69,11 @@ def _warp(grad_x, grad_grid):
     return make
 
 
+def _spread(head_inputs):
+    """A head module's head_inputs(*dims, device, dtype) as a case's make(dims, device, dtype)."""
+    return lambda dims, device, dtype: head_inputs(*dims, device, dtype)
+
+
 def _local(radius, step=1, sampler_entry=False):
     pscfast_fn = cost_volume.pscfast_sampler_local if sampler_entry else cost_volume.pscfast_local
     return {
@@ -123,13 +128,12 @@ CASES = [
     Case("kernel_soft_argmax", "SFNet-B16-20x20", _single, (16, 400, 20, 20), (2, 36, 6, 6),
          {"naive": sfnet.kernel_soft_argmax, "pscfast": sfnet.pscfast_kernel_soft_argmax}),
     # whole heads
-    *(Case("raft_head", f"RAFT-B1-C256-{h}x{w}-{raft.ITERATIONS}it", lambda d, device, dtype: raft.head_inputs(
-        *d, device, dtype), (1, 256, h, w), (1, 8, h // 4, w // 4), {"naive": raft.head, "pscfast": raft.pscfast_head},
-           unavailable=_RECTANGULAR)
+    *(Case("raft_head", f"RAFT-B1-C256-{h}x{w}-{raft.ITERATIONS}it", _spread(raft.head_inputs), (1, 256, h, w),
+           (1, 8, h // 4, w // 4), {"naive": raft.head, "pscfast": raft.pscfast_head}, unavailable=_RECTANGULAR)
       for h, w in ((32, 32), (32, 40))),
-    *(Case("sfnet_head", f"SFNet-B{n}-C1024+2048-{s}x{s}", lambda d, device, dtype: sfnet.head_inputs(*d, device, dtype),
-           (n, 1024, 2048, s), (2, 16, 24, 5), {"naive": sfnet.head, "pscfast": sfnet.pscfast_head})
+    *(Case("sfnet_head", f"SFNet-B{n}-C1024+2048-{s}x{s}", _spread(sfnet.head_inputs), (n, 1024, 2048, s),
+           (2, 16, 24, 5), {"naive": sfnet.head, "pscfast": sfnet.pscfast_head})
       for n, s in ((1, 16), (16, 20))),
-    Case("glunet_head", "GLU-Net-B2-C256-16x16+32x32", lambda d, device, dtype: glunet.head_inputs(*d, device, dtype),
-         (2, 256, 256, 16), (2, 8, 8, 4), {"naive": glunet.head, "pscfast": glunet.pscfast_head}),
+    Case("glunet_head", "GLU-Net-B2-C256-16x16+32x32", _spread(glunet.head_inputs), (2, 256, 256, 16), (2, 8, 8, 4),
+         {"naive": glunet.head, "pscfast": glunet.pscfast_head}),
 ]
