@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pscfast import ops
 
 from . import cost_volume
+from .sampling import pixel_coords, pscfast_sample, sample
 
 MAX_DISPLACEMENT = 4
 
@@ -47,19 +48,10 @@ def l2norm(f: torch.Tensor) -> torch.Tensor:
     return f / torch.sqrt((f * f).sum(1, keepdim=True) + 1e-6)
 
 
-def sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
-def pscfast_sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    return ops.warp(x, grid, None, "bilinear", "zeros", True)
-
-
 def flow_to_grid(flow: torch.Tensor) -> torch.Tensor:
     """Pixel displacement (N, 2, H, W) -> absolute grid (N, H, W, 2) normalised by (size - 1)."""
     _, _, h, w = flow.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=flow.dtype, device=flow.device),
-                            torch.arange(w, dtype=flow.dtype, device=flow.device), indexing="ij")
+    xs, ys = pixel_coords(h, w, flow)
     gx = 2 * (xs + flow[:, 0]) / max(w - 1, 1) - 1
     gy = 2 * (ys + flow[:, 1]) / max(h - 1, 1) - 1
     return torch.stack((gx, gy), dim=-1)
@@ -76,8 +68,7 @@ def warp_features(x: torch.Tensor, flow: torch.Tensor, sampler) -> torch.Tensor:
 def mapping_to_flow(mapping: torch.Tensor) -> torch.Tensor:
     """A normalised mapping (N, 2, H, W) in [-1, 1] (align_corners=True) -> pixel displacement."""
     _, _, h, w = mapping.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=mapping.dtype, device=mapping.device),
-                            torch.arange(w, dtype=mapping.dtype, device=mapping.device), indexing="ij")
+    xs, ys = pixel_coords(h, w, mapping)
     return torch.stack(((mapping[:, 0] + 1) * (w - 1) / 2 - xs, (mapping[:, 1] + 1) * (h - 1) / 2 - ys), dim=1)
 
 

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 
 from pscfast import ops
 
+from .sampling import pixel_coords, pscfast_sample, sample
+
 LEVELS, RADIUS, ITERATIONS = 4, 4, 12
 
 
@@ -47,14 +49,6 @@ def rectangular_unsupported(h: int, w: int) -> str | None:
         return (f"pscfast.ops.correlation(size=({h}, {w})) returns shape {got}, not (1, {h * w}, {h}, {w}): "
                 "no rectangular grid")
     return None
-
-
-def sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
-def pscfast_sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    return ops.warp(x, grid, None, "bilinear", "zeros", True)
 
 
 def pyramid(corr: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:
@@ -95,9 +89,7 @@ def head(fmap1, fmap2, update, iterations: int = ITERATIONS, impl=PLAIN):
     Returns the flow after every iteration, (iterations, N, 2, H, W)."""
     n, _, h, w = fmap1.shape
     pyr = pyramid(impl.all_pairs(fmap1, fmap2))
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=fmap1.dtype, device=fmap1.device),
-                            torch.arange(w, dtype=fmap1.dtype, device=fmap1.device), indexing="ij")
-    coords0 = torch.stack((xs, ys)).expand(n, 2, h, w)
+    coords0 = torch.stack(pixel_coords(h, w, fmap1)).expand(n, 2, h, w)
     coords1, flows = coords0, []
     for _ in range(iterations):
         coords1 = coords1.detach()

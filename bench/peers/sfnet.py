@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from pscfast import ops
 
+from .sampling import pscfast_sample, sample
+
 BETA, SIGMA = 50.0, 5.0
 
 
@@ -63,14 +65,6 @@ def kernel_soft_argmax(corr: torch.Tensor) -> torch.Tensor:
 
 def pscfast_kernel_soft_argmax(corr: torch.Tensor) -> torch.Tensor:
     return ops.kernel_soft_argmax(corr, BETA, SIGMA)
-
-
-def sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
-def pscfast_sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    return ops.warp(x, grid, None, "bilinear", "zeros", True)
 
 
 def _level_correlations(src, tgt):
