@@ -84,7 +84,6 @@ def _local(radius, step=1, sampler_entry=False):
 
 
 _SAMPLER = {"sampler": lambda dims, dtype, device: cost_volume.sampler_missing(dtype, device)}
-_RECTANGULAR = {"pscfast": lambda dims, dtype, device: raft.rectangular_unsupported(*dims[-2:])}
 _HALF = (torch.float32, torch.bfloat16)
 
 # PWC-Net's pyramid at its 384x448 training crop: (level, channels, H, W)
@@ -105,7 +104,7 @@ CASES = [
            {"naive": sfnet.correlation, "pscfast": sfnet.pscfast_correlation})
       for n, c, s in ((1, 1024, 16), (1, 2048, 16), (16, 1024, 20))),
     *(Case("correlation", f"RAFT-B1-C256-{h}x{w}", _pair(True, True), (1, 256, h, w), (1, 8, h // 8, w // 8),
-           {"naive": raft.all_pairs, "pscfast": raft.pscfast_all_pairs}, unavailable=_RECTANGULAR)
+           {"naive": raft.all_pairs, "pscfast": raft.pscfast_all_pairs})
       for h, w in ((32, 32), (32, 40))),
     # warps
     Case("warp", "GLU-Net-L3-B2-C256-32x32", _warp(False, True), (2, 256, 32, 32, 32, 32), (2, 4, 6, 7, 6, 7),
@@ -129,7 +128,7 @@ CASES = [
          {"naive": sfnet.kernel_soft_argmax, "pscfast": sfnet.pscfast_kernel_soft_argmax}),
     # whole heads
     *(Case("raft_head", f"RAFT-B1-C256-{h}x{w}-{raft.ITERATIONS}it", _spread(raft.head_inputs), (1, 256, h, w),
-           (1, 8, h // 4, w // 4), {"naive": raft.head, "pscfast": raft.pscfast_head}, unavailable=_RECTANGULAR)
+           (1, 8, h // 4, w // 4), {"naive": raft.head, "pscfast": raft.pscfast_head})
       for h, w in ((32, 32), (32, 40))),
     *(Case("sfnet_head", f"SFNet-B{n}-C1024+2048-{s}x{s}", _spread(sfnet.head_inputs), (n, 1024, 2048, s),
            (2, 16, 24, 5), {"naive": sfnet.head, "pscfast": sfnet.pscfast_head})

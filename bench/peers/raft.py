@@ -35,22 +35,6 @@ def pscfast_all_pairs(fmap1: torch.Tensor, fmap2: torch.Tensor) -> torch.Tensor:
     return (ops.correlation([fmap2], [fmap1], None, size) / math.sqrt(c)).view(n, h, w, 1, h, w)
 
 
-def rectangular_unsupported(h: int, w: int) -> str | None:
-    """Why pscfast.ops.correlation cannot give an h x w all-pairs correlation (an error it raises, or the
-    shape it returns instead), or None when it does."""
-    if h == w:
-        return None
-    a = torch.ones(1, 1, h, w)
-    try:
-        got = tuple(ops.correlation([a], [a], None, (h, w)).shape)
-    except (ValueError, TypeError, RuntimeError) as exc:
-        return str(exc)
-    if got != (1, h * w, h, w):
-        return (f"pscfast.ops.correlation(size=({h}, {w})) returns shape {got}, not (1, {h * w}, {h}, {w}): "
-                "no rectangular grid")
-    return None
-
-
 def pyramid(corr: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:
     """(N, H, W, 1, H, W) -> per level (N * H * W, 1, H / 2^l, W / 2^l), average-pooled."""
     n, h, w, _, h2, w2 = corr.shape
