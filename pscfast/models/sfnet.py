@@ -1,14 +1,22 @@
 """SFNet (Lee et al., TPAMI 2020): adaptation layers on a frozen ResNet, two correlations multiplied
-element-wise, kernel soft argmax in both directions.
+element-wise, kernel soft argmax in both directions, computed as the authors' release computes them.
 
 Feature levels: the paper's conv4-23 and conv5-3 of ResNet-101 are pscfast's ``layer3`` (stride 16) and
-``layer4`` (stride 32). At 256x256 that is 16x16 and 8x8; layer4 is upsampled to 16x16 (bilinear, as the
-paper's footnote 1), so the correlation and the flows are 16x16, the grid of PSCNet's flows, and the same
-PCK evaluation applies. (layer2/layer3 would give 32x32 flows from shallower, less semantic features.)
+``layer4`` (stride 32). At 256x256 that is 16x16 and 8x8; layer4 is upsampled to layer3's size (bilinear,
+align_corners=True, as the paper's footnote 1 and the release, which doubles it: the same map wherever layer3
+is twice layer4), so the correlation and the flows are 16x16, the grid of PSCNet's flows, and the same PCK
+evaluation applies. (layer2/layer3 would give 32x32 flows from shallower, less semantic features.) Other
+image sizes, square or not, give h x w feature maps (the strides round up) and h x w flows.
 
 Each adaptation layer is two residual blocks ``x = x + ReLU(BN(conv_k(x)))`` (k = 5 on layer3, 3 on layer4,
 zero padding), randomly initialised; the backbone is frozen and always in eval mode (the paper trains the
 adaptation layers only). Photos go through the backbone's photo batch norms, sketches through its sketch ones.
+
+The release's matching layer L2-normalises each level's features (its L2normalize: x / sqrt(||x||^2 + 1e-6))
+and clips the cosine correlation at zero (a ReLU) before the levels are multiplied, so that two negative
+scores cannot multiply into a positive one; the product is L2-normalised again (the same epsilon) before the
+kernel soft argmax. (The adapted features are non-negative, post-ReLU backbone maps plus ReLU increments, so
+on them the clip changes nothing; ``correlation`` of signed features depends on it.)
 
 Correlations are in pscfast.ops.correlation's layout: ``corr[n, t, i, j]`` with channel t = row-major target
 position and spatial (i, j) = source position. ``fwd`` lives on the sketch grid and points into the photo
@@ -24,6 +32,7 @@ from torch import nn
 from pscfast import ops
 from pscfast.models.resnet import PHOTO, SKETCH, ResNet
 from pscfast.models.stn import upsample_flow
+from pscfast.ops._reference import normalize_rows
 
 BETA, SIGMA = 50.0, 5.0  # the paper's kernel soft argmax temperature and Gaussian std (feature cells)
 
@@ -75,8 +84,8 @@ class SFNet(nn.Module):
         return self
 
     def features(self, x: torch.Tensor, modality: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised images (N, 3, H, W) -> adapted, L2-normalised (layer3, layer4 upsampled to layer3's
-        size) features, each (N, C, H/16, W/16)."""
+        """Normalised images (N, 3, H, W) -> adapted (layer3, layer4 upsampled to layer3's size) features,
+        each (N, C, h, w) with h x w layer3's grid (H/16 x W/16 rounded up)."""
         with torch.no_grad():
             l3 = self.encoder.features(x, modality)[1]
             l4 = l3
@@ -84,30 +93,34 @@ class SFNet(nn.Module):
                 l4 = block(l4, modality)
         a3 = self.adapt3(l3)
         a4 = F.interpolate(self.adapt4(l4), size=a3.shape[-2:], mode="bilinear", align_corners=True)
-        return F.normalize(a3, dim=1), F.normalize(a4, dim=1)
+        return a3, a4
 
     def correlation(self, f_src, f_tgt) -> torch.Tensor:
-        """Per-level cosine correlations multiplied element-wise: (N, Ht*Wt, Hs, Ws) (channel = target)."""
+        """Adapted features of the source and the target (per level (N, C_l, h, w) and (N, C_l, ht, wt)) ->
+        the release's matching layer per level (L2-normalised features, cosine correlation, ReLU), the
+        levels multiplied: (N, ht*wt, h, w) (channel = target position)."""
         h, w = f_src[0].shape[-2:]
-        if h != w:
-            raise ValueError(f"SFNet: square feature maps expected (square images), got {h}x{w}")
-        corr = ops.correlation(list(f_src), list(f_tgt), size=h, backend=self.backend)
-        return corr[:, : h * w] * corr[:, h * w:]
+        ht, wt = f_tgt[0].shape[-2:]
+        src = [normalize_rows(f, "sfnet") for f in f_src]
+        tgt = [normalize_rows(f, "sfnet") for f in f_tgt]
+        corr = F.relu(ops.correlation(src, tgt, size=(h, w), target_size=(ht, wt), backend=self.backend))
+        return corr[:, : ht * wt] * corr[:, ht * wt:]
 
     def flows(self, f_photo, f_sketch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Adapted features of both images -> (fwd, bwd, corr) with corr the fwd correlation (target =
         photo); bwd's correlation is its transpose."""
         corr = self.correlation(f_sketch, f_photo)
-        n, t, h, w = corr.shape
-        corr_t = corr.flatten(2).transpose(1, 2).reshape(n, t, h, w)
-        # SFNet's code L2-normalises the product (its L2normalize, epsilon 1e-6) before the soft argmax
-        fwd = ops.kernel_soft_argmax(corr, self.beta, self.sigma, normalize="sfnet", backend=self.backend)
-        bwd = ops.kernel_soft_argmax(corr_t, self.beta, self.sigma, normalize="sfnet", backend=self.backend)
+        n, _, h, w = corr.shape
+        ht, wt = f_photo[0].shape[-2:]
+        corr_t = corr.flatten(2).transpose(1, 2).reshape(n, h * w, ht, wt)
+        # normalize="sfnet": the release L2-normalises the product (its L2normalize) before the soft argmax
+        fwd = ops.kernel_soft_argmax(corr, self.beta, self.sigma, (ht, wt), normalize="sfnet", backend=self.backend)
+        bwd = ops.kernel_soft_argmax(corr_t, self.beta, self.sigma, (h, w), normalize="sfnet", backend=self.backend)
         return fwd, bwd, corr
 
     def forward(self, photo: torch.Tensor, sketch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised images (N, 3, H, W) -> (fwd, bwd) grids (N, H/16, W/16, 2), differentiable in the
-        adaptation layers."""
+        """Normalised images (N, 3, H, W) -> (fwd, bwd) grids (N, h, w, 2) on layer3's grid (H/16 x W/16
+        rounded up), differentiable in the adaptation layers."""
         if photo.shape != sketch.shape:
             raise ValueError(f"SFNet: photo {tuple(photo.shape)} and sketch {tuple(sketch.shape)} must have the "
                              "same shape")
@@ -115,10 +128,11 @@ class SFNet(nn.Module):
         return fwd, bwd
 
     def predict_flow(self, photo: torch.Tensor, sketch: torch.Tensor, full_res: bool = False):
-        """As PSCNet.predict_flow: normalised images -> (fwd, bwd) absolute grids (N, H/16, W/16, 2) (16x16
-        at 256x256) under no_grad; ``full_res=True`` upsamples them to the image size."""
+        """As PSCNet.predict_flow: normalised images -> (fwd, bwd) absolute grids (N, h, w, 2) (16x16 at
+        256x256) under no_grad; ``full_res=True`` upsamples them to the image size (H, W)."""
         with torch.no_grad():
             fwd, bwd = self(photo, sketch)
         if full_res:
-            fwd, bwd = upsample_flow(fwd, photo.shape[-1]), upsample_flow(bwd, photo.shape[-1])
+            size = tuple(photo.shape[-2:])
+            fwd, bwd = upsample_flow(fwd, size), upsample_flow(bwd, size)
         return fwd, bwd

@@ -56,7 +56,9 @@ class STN(nn.Module):
         return flow + self._residual(self.net_16x, corr(flow))
 
 
-def upsample_flow(flow: torch.Tensor, size: int = 256) -> torch.Tensor:
-    """(N, h, w, 2) absolute grid -> (N, size, size, 2), bilinear, align_corners=True (the release's full-res flow)."""
-    return F.interpolate(flow.permute(0, 3, 1, 2), size=(size, size), mode="bilinear",
+def upsample_flow(flow: torch.Tensor, size: int | tuple[int, int] = 256) -> torch.Tensor:
+    """(N, h, w, 2) absolute grid -> (N, H, W, 2) with (H, W) = size (an int: a square), bilinear,
+    align_corners=True (the release's full-res flow)."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return F.interpolate(flow.permute(0, 3, 1, 2), size=size, mode="bilinear",
                          align_corners=True).permute(0, 2, 3, 1)

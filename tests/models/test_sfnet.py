@@ -1,11 +1,18 @@
-"""SFNet: shapes, correlation layout, the loss terms against closed forms, frozen backbone, training."""
+"""SFNet: the model and its loss against the authors' release (tests/models/sfnet_reference.py) in float64,
+shapes on square and rectangular images, correlation layout, the loss terms against closed forms, frozen
+backbone, training."""
+import math
+
 import pytest
 import torch
 
 from pscfast.losses.sfnet import flow_loss, mask_loss, sfnet_loss, smoothness_loss
+from pscfast.models.resnet import PHOTO, SKETCH
 from pscfast.models.sfnet import SFNet
 from pscfast.ops._reference import identity_grid, kernel_soft_argmax
 from pscfast.training.sfnet import SFNetConfig, SFNetTrainer, load_sfnet
+from tests.models import sfnet_reference as ref
+from tests.utils import assert_close, require
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -29,32 +36,82 @@ def _scale(n, h, w, s):
     return identity_grid(n, h, w) * s
 
 
-def test_flow_shapes_and_range():
+@pytest.mark.parametrize("size", [(96, 96), (96, 160), (80, 112)])
+def test_flow_shapes_and_range(size):
+    """Square and rectangular images, also with odd layer3 grids (80 x 112: 5 x 7, layer4 3 x 4)."""
     model = SFNet("resnet18").eval()
-    photo, sketch = _images(2, 96)
+    photo, sketch = torch.randn(2, 3, *size), torch.randn(2, 3, *size)
+    grid = tuple(math.ceil(s / 16) for s in size)  # layer3's stride, rounded up
     fwd, bwd = model.predict_flow(photo, sketch)
-    assert fwd.shape == bwd.shape == (2, 6, 6, 2)  # layer3 at stride 16
+    assert fwd.shape == bwd.shape == (2, *grid, 2)
     assert fwd.abs().max() <= 1 and bwd.abs().max() <= 1
-    full = model.predict_flow(photo, sketch, full_res=True)[0]
-    assert full.shape == (2, 96, 96, 2)
+    full_fwd, full_bwd = model.predict_flow(photo, sketch, full_res=True)
+    assert full_fwd.shape == full_bwd.shape == (2, *size, 2)
+    corners = full_fwd[:, [0, 0, -1, -1], [0, -1, 0, -1]]  # align_corners=True: the flow's corner cells
+    torch.testing.assert_close(corners, fwd[:, [0, 0, -1, -1], [0, -1, 0, -1]])
     with pytest.raises(ValueError, match="same shape"):
         model.predict_flow(photo, sketch[:, :, :64])
 
 
+def _reference_model(backend):
+    """A float64 SFNet in eval mode whose adaptation layers have non-trivial BN statistics and affine terms."""
+    torch.manual_seed(0)
+    model = SFNet("resnet18", backend=backend).double().eval()
+    for layer in (model.adapt3, model.adapt4):
+        for _, bn, _ in layer.blocks:
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 2.0)
+            torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+            torch.nn.init.uniform_(bn.bias, -0.2, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+@pytest.mark.parametrize("size", [(128, 128), (96, 160)])
+def test_forward_matches_sfnet_release(backend, size):
+    """The whole forward (adaptation layers, conv5 doubled, L2-normalised features, ReLU per level, product,
+    normalised again, kernel soft argmax both ways) against the release's computation, square and not."""
+    require("correlation", backend, "cpu", torch.float64)
+    model = _reference_model(backend)
+    g = torch.Generator().manual_seed(1)
+    photo = torch.randn(2, 3, *size, generator=g, dtype=torch.float64)
+    sketch = torch.randn(2, 3, *size, generator=g, dtype=torch.float64)
+    fwd, bwd = model(photo, sketch)
+    with torch.no_grad():
+        s2t, t2s = ref.forward(model, sketch, photo, SKETCH, PHOTO)  # source = sketch, target = photo
+    assert fwd.shape == (2, size[0] // 16, size[1] // 16, 2)
+    assert_close(fwd, s2t)
+    assert_close(bwd, t2s)
+
+
+def test_correlation_matches_sfnet_matching_layer():
+    """Features of small norm (1e-4 per channel): the release's epsilon (1e-6 under the root) shapes the
+    cosines there, and negative cosines are clipped before the levels multiply; 5 x 7 source, 3 x 4 target."""
+    model = SFNet("resnet18")
+    g = torch.Generator().manual_seed(2)
+    f_src = [1e-4 * torch.randn(2, c, 5, 7, generator=g, dtype=torch.float64) for c in (6, 3)]
+    f_tgt = [1e-4 * torch.randn(2, c, 3, 4, generator=g, dtype=torch.float64) for c in (6, 3)]
+    expected = ref.matching(f_src[0], f_tgt[0]) * ref.matching(f_src[1], f_tgt[1])
+    assert (expected == 0).any() and expected.max() > 0
+    assert_close(model.correlation(f_src, f_tgt), expected)
+
+
 def test_correlation_layout_and_directions():
     model = SFNet("resnet18").eval()
-    f_s = [torch.nn.functional.normalize(torch.rand(2, c, 5, 5), dim=1) for c in (7, 3)]
-    f_t = [torch.nn.functional.normalize(torch.rand(2, c, 5, 5), dim=1) for c in (7, 3)]
+    g = torch.Generator().manual_seed(3)
+    f_s = [torch.rand(2, c, 4, 5, generator=g) for c in (7, 3)]  # positive features: no cosine is clipped
+    f_t = [torch.rand(2, c, 4, 5, generator=g) for c in (7, 3)]
     corr = model.correlation(f_s, f_t)
-    expected = torch.ones(2, 25, 5, 5)
+    expected = torch.ones(2, 20, 4, 5)
     for s, t in zip(f_s, f_t):
-        for q in range(25):  # target position q = (q // 5, q % 5)
+        s, t = torch.nn.functional.normalize(s, dim=1), torch.nn.functional.normalize(t, dim=1)
+        for q in range(20):  # target position q = (q // 5, q % 5)
             expected[:, q] *= (s * t[:, :, q // 5, q % 5, None, None]).sum(1)
     torch.testing.assert_close(corr, expected)
     fwd, bwd, corr_fwd = model.flows(f_t, f_s)  # photo = t, sketch = s: fwd lives on s, points into t
     torch.testing.assert_close(corr_fwd, expected)
-    torch.testing.assert_close(fwd, kernel_soft_argmax(expected, 50, 5, normalize="sfnet"))
-    torch.testing.assert_close(bwd, kernel_soft_argmax(model.correlation(f_t, f_s), 50, 5, normalize="sfnet"))
+    torch.testing.assert_close(fwd, kernel_soft_argmax(expected, 50, 5, (4, 5), normalize="sfnet"))
+    torch.testing.assert_close(bwd, kernel_soft_argmax(model.correlation(f_t, f_s), 50, 5, (4, 5), normalize="sfnet"))
 
 
 def test_losses_vanish_for_identity():
