@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from pscfast.losses.sfnet import flow_loss, mask_loss, sfnet_loss, smoothness_loss
+from pscfast.losses.sfnet import flow_loss, mask_loss, sfnet_loss, smoothness_loss, to_grid
 from pscfast.models.resnet import PHOTO, SKETCH
 from pscfast.models.sfnet import SFNet
 from pscfast.ops._reference import identity_grid, kernel_soft_argmax
@@ -141,18 +141,50 @@ def test_flow_loss_closed_forms():
     centre = torch.zeros(n, 1, h, w)
     centre[..., 3:6, 3:6] = 1  # |p| <= 0.25 in normalised units: both compositions stay inside the image
     assert float(flow_loss(_scale(n, h, w, 0.5), _scale(n, h, w, 2.0), centre, centre)) == pytest.approx(0, abs=1e-10)
-    dx, dy = 0.1, -0.05  # both flows shift the same way: F + W(F) = 2 d on the foreground
+    dx, dy = 0.1, -0.05  # both flows shift the same way: F + W(F) = 2 d on the 9 foreground cells, / (9 + 1)
     got = flow_loss(_shift(n, h, w, dx, dy), _shift(n, h, w, dx, dy), centre, centre)
-    assert float(got) == pytest.approx(2 * 4 * (dx ** 2 + dy ** 2), rel=1e-5)
+    assert float(got) == pytest.approx(2 * 9 * 4 * (dx ** 2 + dy ** 2) / 10, rel=1e-5)
 
 
 def test_smoothness_closed_form():
-    n, h, w, s = 2, 6, 8, 0.7
+    """A constant shift d on a full mask: the central differences vanish inside; the zero padding leaves
+    |d_x + d_y| / 2 on the first and last column and row (the release adds the components' differences)."""
+    n, h, w = 2, 6, 8
     full = torch.ones(n, 1, h, w)
-    phi = _scale(n, h, w, s)  # F = (s - 1) p: |dF_x/dcol| = |s - 1| 2 / (w - 1), likewise in y
-    per_direction = abs(s - 1) * 2 * (h + w) / (h * w)
-    assert float(smoothness_loss(phi, phi, full, full)) == pytest.approx(2 * per_direction, rel=1e-5)
-    assert float(smoothness_loss(_shift(n, h, w, 0.3, 0.1), _shift(n, h, w, 0.3, 0.1), full, full)) < 1e-6
+    dx, dy = 0.3, 0.1
+    per_direction = 2 * (h + w) * abs(dx + dy) / 2 / (h * w + 1)
+    got = smoothness_loss(_shift(n, h, w, dx, dy), _shift(n, h, w, dx, dy), full, full)
+    assert float(got) == pytest.approx(2 * per_direction, rel=1e-5)
+    assert float(smoothness_loss(_shift(n, h, w, 0.3, -0.3), _shift(n, h, w, 0.3, -0.3), full, full)) < 1e-7
+
+
+def test_loss_matches_sfnet_release():
+    """Every term against the release's model outputs and custom_loss, float64, on a rectangular grid, flows
+    reaching outside the image, and images with different foreground sizes (one without foreground)."""
+    n, h, w = 3, 6, 10
+    g = torch.Generator().manual_seed(4)
+    flows = [0.9 * identity_grid(n, h, w, dtype=torch.float64)
+             + 0.2 * torch.randn(n, h, w, 2, generator=g, dtype=torch.float64) for _ in range(2)]
+    m_s, m_t = torch.zeros(n, 1, h, w, dtype=torch.float64), torch.zeros(n, 1, h, w, dtype=torch.float64)
+    m_s[0, :, 1:5, 2:9], m_s[1, :, 2:4, 3:5] = 1, 1
+    m_t[0, :, 0:4, 1:6], m_t[1, :, 1:6, 4:10], m_t[2, :, 3:5, 0:3] = 1, 1, 1
+    got = sfnet_loss(*flows, m_s, m_t)
+    expected = ref.loss(*flows, m_s, m_t)
+    for key, value in expected.items():
+        assert value > 0, key
+        assert_close(got[key], value, msg=key)
+
+
+@pytest.mark.parametrize("size, grid", [((256, 256), (16, 16)), ((96, 160), (6, 10)), ((100, 150), (7, 9)),
+                                        ((6, 10), (6, 10))])
+def test_masks_reach_the_grid_as_in_the_release(size, grid):
+    """Soft masks (the release's are, after its affine warps): PIL's bilinear resize, then above 0.1."""
+    g = torch.Generator().manual_seed(5)
+    blobs = torch.rand(3, 1, 4, 5, generator=g) ** 3
+    masks = torch.nn.functional.interpolate(blobs, size=size, mode="bilinear", align_corners=False)
+    expected = ref.mask_to_grid(masks, grid)
+    assert 0 < expected.mean() < 1
+    torch.testing.assert_close(to_grid(masks, grid), expected, rtol=0, atol=0)
 
 
 def _batch(n=2, size=64):
