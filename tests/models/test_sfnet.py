@@ -222,6 +222,17 @@ def test_training_reduces_loss():
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_trainer_keeps_the_last_partial_batch():
+    """Three pairs in batches of two: two steps an epoch, the second on one pair (the release's loader)."""
+    photo, sketch, m_p, m_s = _batch(3)
+    items = [{"photo": photo[i], "sketch": sketch[i], "photo_mask": m_p[i], "sketch_mask": m_s[i]} for i in range(3)]
+    cfg = SFNetConfig(image_size=64, batch_size=2, epochs=1, progress=False)
+    trainer = SFNetTrainer(cfg, SFNet("resnet18"), items, torch.device("cpu"))
+    sizes = []
+    trainer.losses = lambda batch, losses=trainer.losses: sizes.append(len(batch["photo"])) or losses(batch)
+    assert trainer.steps_per_epoch == 2 and len(trainer.run()) == 2 and sorted(sizes) == [1, 2]
+
+
 def test_checkpoint_round_trip_and_cli(tmp_path):
     from pscfast.models import save_checkpoint
     from pscfast.train import parse_sfnet as parse, split_model_flag

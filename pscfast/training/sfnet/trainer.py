@@ -19,11 +19,12 @@ class SFNetTrainer(TrainingLoop):
 
     def __init__(self, cfg: SFNetConfig, model: SFNet, data, device: torch.device):
         self.cfg, self.model, self.device = cfg, model, device
-        loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.workers,
+        if len(data) == 0:
+            raise ValueError("sfnet: the training set is empty")
+        # the last, smaller batch of an epoch is kept, as the release's loader does (its loss is a batch mean)
+        loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=False, num_workers=cfg.workers,
                             generator=torch.Generator().manual_seed(cfg.seed))
         steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
-        if steps == 0:
-            raise ValueError(f"sfnet: batch_size {cfg.batch_size} exceeds the {len(data)} training pairs")
         self.net = shared_copy(model).train()
         params = [p for p in self.net.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999))
