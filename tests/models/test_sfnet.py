@@ -69,8 +69,9 @@ def _reference_model(backend):
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
 @pytest.mark.parametrize("size", [(128, 128), (96, 160)])
 def test_forward_matches_sfnet_release(backend, size):
-    """The whole forward (adaptation layers, conv5 doubled, L2-normalised features, ReLU per level, product,
-    normalised again, kernel soft argmax both ways) against the release's computation, square and not."""
+    """The whole forward (adaptation layers, conv5 doubled, the matching layer per level, product, normalised
+    again, kernel soft argmax both ways) against the release's computation, square and not. The features are
+    non-negative here, so the matching layer's ReLU and epsilon show in the next test."""
     require("correlation", backend, "cpu", torch.float64)
     model = _reference_model(backend)
     g = torch.Generator().manual_seed(1)
