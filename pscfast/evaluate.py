@@ -14,7 +14,7 @@ between two systems: run one with `--save-predictions a.pt`, the other with `--c
 the checkpoint's frozen encoder (pscfast.evaluation.probe): whether these features can lead a warp estimator
 past the identity at all. `--match` scores nearest-neighbour matching of the encoder's features instead
 (pscfast.evaluation.matching), in seconds. `--checkpoint random` takes a randomly initialised encoder (`--arch`,
-seed 0); `--control` (synthetic only) replaces each sketch by its photo under the true deformation, where both
+seed 0), `--checkpoint pretrained` the ImageNet-pretrained EfficientNet-Lite0 as it installs; `--control` (synthetic only) replaces each sketch by its photo under the true deformation, where both
 must beat the identity. `--mismatch` scores any of these with each sketch paired with another pair's photo
 (pscfast.evaluation.mismatch): what a predictor keeps there does not come from matching the pair.
 `--image-size` is the resolution the model sees (default: the checkpoint's training resolution, else 256).
@@ -29,6 +29,7 @@ import torch
 
 from pscfast.data import DatasetError, PSCTestPairs
 from pscfast.evaluation import GroundTruthFlows, Mismatched, consistency, evaluate, format_table
+from pscfast.models import ARCHS
 
 
 def _write_json(path, obj):
@@ -51,10 +52,13 @@ def _load_model(a):
 def _features_predictor(a):
     """--probe or --match: a predict_fn on the checkpoint's encoder (or a random one), and its name."""
     from pscfast.evaluation import FeatureMatch, FlowProbe
-    from pscfast.models import ResNet
-    if a.checkpoint == "random":
+    from pscfast.models import build_encoder, load_imagenet
+    if a.checkpoint in ("random", "pretrained"):
         torch.manual_seed(0)
-        encoder, size = ResNet(a.arch or "resnet18").to(a.device), a.image_size or 256
+        encoder = build_encoder(a.arch or ("resnet18" if a.checkpoint == "random" else "efficientnet_lite0"))
+        if a.checkpoint == "pretrained":
+            load_imagenet(encoder)
+        encoder, size = encoder.to(a.device), a.image_size or 256
     else:
         model, size = _load_model(a)
         encoder = model.encoder
@@ -70,9 +74,10 @@ def main(argv=None):
     ap.add_argument("--data-root", required=True, help="Sketchy root (holds rendered_256x256/)")
     ap.add_argument("--csv-dir", default=None, help="folder with test_pairs_ps.csv (default: --data-root)")
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="pscfast or release checkpoint (.pt / .pth.tar), or 'identity'")
+    src.add_argument("--checkpoint", help="pscfast or release checkpoint (.pt / .pth.tar), 'identity', or (with "
+                     "--probe / --match) 'random' or 'pretrained'")
     src.add_argument("--gt", action="store_true", help="score the synthetic ground-truth deformation")
-    ap.add_argument("--arch", default=None, help="resnet18/50/101 (default: detected from the checkpoint)")
+    ap.add_argument("--arch", default=None, choices=ARCHS, help="the encoder (default: detected from the checkpoint)")
     ap.add_argument("--shared-bn", default=None, choices=["0", "1"], help="override the checkpoint's BN sharing")
     ap.add_argument("--classes", nargs="+", default=None, help="class ids or names (comma/space separated)")
     ap.add_argument("--json", default=None, help="write the results here")
@@ -97,8 +102,9 @@ def main(argv=None):
     csv_path = os.path.join(a.csv_dir or a.data_root, "test_pairs_ps.csv")
     classes = [c for arg in a.classes for c in arg.split(",") if c] if a.classes else None
     features = a.probe or a.match
-    if (a.control or a.checkpoint == "random") and not features:
-        ap.error("--control and --checkpoint random go with --probe or --match")
+    if (a.control or a.checkpoint in ("random", "pretrained")) and not features:
+        ap.error(f"--control and --checkpoint {a.checkpoint if a.checkpoint in ('random', 'pretrained') else 'random'} "
+                 "go with --probe or --match")
     if features and (a.gt or a.checkpoint == "identity"):
         ap.error(f"--{'probe' if a.probe else 'match'} needs an encoder: --checkpoint FILE or random")
     if a.mismatch and (a.gt or a.checkpoint == "identity"):

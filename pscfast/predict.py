@@ -20,6 +20,7 @@ from PIL import Image
 
 from pscfast.data.images import normalize
 from pscfast.evaluation.pck import transfer_keypoints
+from pscfast.models import ARCHS
 from pscfast.ops._reference import identity_grid
 from pscfast import viz
 
@@ -100,7 +101,7 @@ def main(argv=None):
     ap.add_argument("photo")
     ap.add_argument("sketch")
     ap.add_argument("--checkpoint", required=True, help="pscfast or release checkpoint, or 'identity'")
-    ap.add_argument("--arch", default=None, help="resnet18/50/101 (default: from the checkpoint)")
+    ap.add_argument("--arch", default=None, choices=ARCHS, help="the encoder (default: from the checkpoint)")
     ap.add_argument("--out", required=True, help="picture to write (.png)")
     ap.add_argument("--keypoints", default=None, help="photo points 'x,y;x,y;...' in the photo's pixels")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -14,6 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
+from pscfast.models import ARCHS, imagenet_file  # noqa: E402
 from pscfast.training import TrainConfig, train  # noqa: E402
 
 
@@ -21,7 +22,9 @@ def parse(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="JSON file of TrainConfig fields (train/configs/paper_r18.json, ...)")
     p.add_argument("--stage", choices=["encoder", "estimator", "both", "1", "2"])
-    p.add_argument("--arch", choices=["resnet18", "resnet50", "resnet101"])
+    p.add_argument("--arch", choices=ARCHS, help="the encoder (default efficientnet_lite0)")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="start the encoder from ImageNet weights (default; efficientnet_lite0's ship in its package)")
     p.add_argument("--shared-bn", action="store_true", default=None, help="the release's single BN per pair")
     p.add_argument("--data-root")
     p.add_argument("--csv-dir")
@@ -40,7 +43,7 @@ def parse(argv=None) -> TrainConfig:
     p.add_argument("--compile", nargs="?", const=True, default=None, metavar="BACKEND",
                    help="torch.compile the encoders (stage 1) / the STN (stage 2); backend default inductor")
     p.add_argument("--channels-last", action="store_true", default=None)
-    p.add_argument("--imagenet", help="local torchvision/MoCo ImageNet checkpoint for the encoder")
+    p.add_argument("--imagenet", help="local ImageNet weights for the encoder (torchvision/MoCo for a ResNet)")
     p.add_argument("--init", help="pscfast or release checkpoint to start from")
     p.add_argument("--out")
     p.add_argument("--resume", help="a checkpoint written by this script")
@@ -52,12 +55,16 @@ def parse(argv=None) -> TrainConfig:
     over = dict(stage=a.stage, arch=a.arch, shared_bn=a.shared_bn, data_root=a.data_root, csv_dir=a.csv_dir,
                 max_steps_per_epoch=a.max_steps_per_epoch, batch_size=a.batch_size, image_size=a.image_size,
                 moco_k=a.moco_k, moco_m=a.moco_m, moco_t=a.moco_t, augment=a.augment, backend=a.backend,
-                amp=a.amp, compile=a.compile, channels_last=a.channels_last, imagenet=a.imagenet, init=a.init,
-                out=a.out, resume=a.resume, device=a.device, seed=a.seed, workers=a.workers, eval_limit=a.eval_limit,
+                amp=a.amp, compile=a.compile, channels_last=a.channels_last, pretrained=a.pretrained,
+                imagenet=a.imagenet, init=a.init, out=a.out, resume=a.resume, device=a.device, seed=a.seed,
+                workers=a.workers, eval_limit=a.eval_limit,
                 epochs_encoder=a.epochs, epochs_estimator=a.epochs, lr_encoder=a.lr, lr_estimator=a.lr)
     try:
-        return TrainConfig.from_json(a.config, **over) if a.config else TrainConfig().replace(**over)
-    except (ValueError, OSError) as exc:  # a bad value or config file: one line, not a traceback
+        cfg = TrainConfig.from_json(a.config, **over) if a.config else TrainConfig().replace(**over)
+        if (cfg.pretrained or cfg.imagenet) and not (cfg.init or cfg.resume):
+            imagenet_file(cfg.arch, cfg.imagenet)  # the weights exist before any data is generated
+        return cfg
+    except (ValueError, OSError, ImportError) as exc:  # a bad value, config file or install: one line
         p.error(str(exc))
 
 

@@ -14,7 +14,7 @@ class TrainConfig:
     would hold each pair's own older keys as negatives). The paper's settings are in
     train/configs/paper_r18.json and paper_r101.json."""
     stage: str = "both"                  # encoder | estimator | both (1 | 2 accepted)
-    arch: str = "resnet18"
+    arch: str = "efficientnet_lite0"     # or resnet18 / resnet50 / resnet101 (pscfast.models.ARCHS)
     shared_bn: bool = False              # True reproduces the release's single BN per pair
     data_root: str = "runs/synthetic"    # Sketchy root (generated there when it is the synthetic default)
     csv_dir: str | None = None           # where train_pairs_ps.csv / test_pairs_ps.csv are (default data_root)
@@ -39,7 +39,8 @@ class TrainConfig:
     augment: bool = False                # the paper: True; False = no appearance, flip or warps
     augment_loop: bool = False           # True: the release's per-sample augmentation loop (benchmarks)
     encoder_train_mode: bool = False     # True: the release's stage 2 (encoder BN in train mode)
-    imagenet: str | None = None          # local torchvision/MoCo ImageNet checkpoint for the encoder
+    pretrained: bool = True              # start the encoder from ImageNet weights (ignored with init / resume)
+    imagenet: str | None = None          # their file (efficientnet_lite0: its package's file by default)
     init: str | None = None              # a pscfast/release checkpoint to start from (e.g. stage-1 weights)
     backend: str | None = None           # pscfast.ops backend ("torch" = reference ops)
     amp: str = "auto"                    # auto (bf16 on CUDA) | bf16 | fp16 | none

@@ -232,7 +232,7 @@ def _progress(enabled: bool, total: int, desc: str):
 
 def build_model(cfg: TrainConfig, device) -> PSCNet:
     model = PSCNet(cfg.arch, cfg.shared_bn, backend=cfg.backend)
-    if cfg.imagenet:
+    if (cfg.pretrained or cfg.imagenet) and not (cfg.init or cfg.resume):
         load_imagenet(model.encoder, cfg.imagenet)
     if cfg.init:
         from pscfast.models import load_checkpoint
