@@ -77,8 +77,11 @@ def main(argv=None) -> None:
     result = train(cfg)
     pck = result["pck"]
     if pck is not None and result["rank"] == 0:
+        mismatch = pck.get("mismatch")
         print(f"PCK@0.05 {100 * pck['pck05']:.2f}  PCK@0.10 {100 * pck['pck10']:.2f}  "
-              f"(identity flow: {100 * pck['identity']['pck05']:.2f} / {100 * pck['identity']['pck10']:.2f})")
+              f"(identity flow: {100 * pck['identity']['pck05']:.2f} / {100 * pck['identity']['pck10']:.2f}"
+              + (f"; mismatched photos: {100 * mismatch['pck05']:.2f} / {100 * mismatch['pck10']:.2f})"
+                 if mismatch else ")"))
         print(f"checkpoint: {os.path.join(cfg.out, 'final.pt')}")
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -38,15 +39,22 @@ def predictor(model: PSCNet, image_size: int):
 
 
 def evaluate_pck(cfg: TrainConfig, model: PSCNet, root: str, csv_dir: str, device, writer=None, step=0) -> dict:
-    """PCK on the test CSV with the evaluation CLI's geometry; logs it and a correspondence picture."""
+    """PCK on the test CSV with the evaluation CLI's geometry, and under ``"mismatch"`` the PCK with each sketch
+    paired with another pair's photo (pscfast.evaluation.Mismatched: what the model keeps without the photo);
+    logs them and a correspondence picture."""
     from pscfast.data import PSCTestPairs
-    from pscfast.evaluation import evaluate
+    from pscfast.evaluation import Mismatched, evaluate
     data = PSCTestPairs(root, os.path.join(csv_dir, "test_pairs_ps.csv"))
     if cfg.eval_limit:
         data = torch.utils.data.Subset(data, range(min(cfg.eval_limit, len(data))))
     was_training = model.training
     predict = predictor(model, cfg.image_size)
     result = evaluate(predict, data, cfg.eval_batch_size, device, progress=False)
+    try:
+        mismatch = evaluate(Mismatched(predict), data, cfg.eval_batch_size, device, progress=False)
+        result["mismatch"] = {k: mismatch[k] for k in ("pck05", "pck10")}
+    except ValueError as exc:  # a test batch that shows a single photo has no other photo to pair with
+        warnings.warn(f"the mismatched-photo baseline is skipped: {exc}", stacklevel=2)
     picture = _picture(predict, data, device)
     model.train(was_training)
     if picture is not None:
@@ -55,6 +63,8 @@ def evaluate_pck(cfg: TrainConfig, model: PSCNet, root: str, csv_dir: str, devic
     if writer is not None:
         for k in ("pck05", "pck10"):
             writer.add_scalar(f"eval/{k}", result[k], step)
+            if "mismatch" in result:
+                writer.add_scalar(f"eval/mismatch_{k}", result["mismatch"][k], step)
         if picture is not None:
             writer.add_image("eval/correspondence", picture, step, dataformats="HWC")
     return result

@@ -25,7 +25,7 @@ from pscfast.models import PHOTO, SKETCH, MoCo, PSCNet, load_imagenet, save_chec
 from pscfast.training import distributed as dist_utils
 from pscfast.training.augment import AugmentConfig, augment_images, augment_pair, augment_reference
 from pscfast.training.config import TrainConfig
-from pscfast.training.losses import stage2_loss
+from pscfast.training.losses import known_warp_loss, known_warps, stage2_loss
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -44,14 +44,16 @@ def lr_lambda(total: int, warmup: int):
 
 
 class FlowPair(nn.Module):
-    """fwd = stn(photo, sketch), bwd = stn(sketch, photo) in one forward (one DDP call per step)."""
+    """fwd = stn(photo, sketch), bwd = stn(sketch, photo), and with ``known = (src, tgt)`` also stn(src, tgt) for
+    the known-warp supervision, in one forward (one DDP call per step). ``f_photo=None`` skips fwd and bwd."""
 
     def __init__(self, stn: nn.Module):
         super().__init__()
         self.stn = stn
 
-    def forward(self, f_photo, f_sketch):
-        return self.stn(f_photo, f_sketch), self.stn(f_sketch, f_photo)
+    def forward(self, f_photo, f_sketch, known=None):
+        flows = None if f_photo is None else (self.stn(f_photo, f_sketch), self.stn(f_sketch, f_photo))
+        return flows if known is None else (flows, self.stn(*known))
 
 
 class Stage:
@@ -141,6 +143,8 @@ class Stage:
         photo, sketch, _ = augment(*self._images(batch), self.aug, self.gen)
         photo, sketch = normalize(photo), normalize(sketch)
         with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
+            if cfg.warp_weight:
+                return self._step_known_warps(photo, sketch)
             with torch.no_grad():
                 f_photo, f_sketch = enc.features(photo, PHOTO), enc.features(sketch, SKETCH)
             fwd, bwd = self.forward(f_photo, f_sketch)
@@ -152,6 +156,31 @@ class Stage:
         f = lambda fs: [t.float() for t in fs]  # noqa: E731  (losses in fp32)
         return stage2_loss(f(fw_photo), f(f_sketch), f(fw_sketch), f(f_photo), fwd.float(), bwd.float(),
                            cfg.sim_weight, cfg.con_weight, cfg.tau, cfg.backend)
+
+    def _step_known_warps(self, photo: torch.Tensor, sketch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Stage 2 with the known-warp supervision (losses.known_warps) of both modalities, weighted by
+        warp_weight, plus PSC's losses on the pairs when sim_weight or con_weight is set."""
+        cfg, enc = self.cfg, self.model.encoder
+        (src_p, tgt_p, grid_p), (src_s, tgt_s, grid_s) = (known_warps(enc, x, m, AugmentConfig(), self.gen)
+                                                          for x, m in ((photo, PHOTO), (sketch, SKETCH)))
+        src, tgt = [torch.cat(t) for t in zip(src_p, src_s)], [torch.cat(t) for t in zip(tgt_p, tgt_s)]
+        pair = cfg.sim_weight > 0 or cfg.con_weight > 0
+        with torch.no_grad():
+            f_photo, f_sketch = (enc.features(photo, PHOTO), enc.features(sketch, SKETCH)) if pair else (None, None)
+        flows, pred = self.forward(f_photo, f_sketch, (src, tgt))
+        warp = known_warp_loss(pred.float(), torch.cat([grid_p, grid_s]))
+        out = {"loss": cfg.warp_weight * warp, "warp": warp.detach()}
+        if pair:
+            fwd, bwd = flows
+            size = tuple(photo.shape[-2:])
+            w_photo = ops.warp(photo, fwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
+            w_sketch = ops.warp(sketch, bwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
+            f = lambda fs: [t.float() for t in fs]  # noqa: E731
+            psc = stage2_loss(f(enc.features(w_photo, PHOTO)), f(f_sketch), f(enc.features(w_sketch, SKETCH)),
+                              f(f_photo), fwd.float(), bwd.float(), cfg.sim_weight, cfg.con_weight, cfg.tau,
+                              cfg.backend)
+            out = {**psc, "loss": psc["loss"] + out["loss"], "warp": out["warp"]}
+        return out
 
     def train_step(self, batch) -> dict[str, float]:
         out = self.step_encoder(batch) if self.stage == 1 else self.step_estimator(batch)
