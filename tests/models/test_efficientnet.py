@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from pscfast.data import normalize
-from pscfast.models import PHOTO, SKETCH, EfficientNetLite0, MoCo, PSCNet, load_checkpoint, load_imagenet, save_checkpoint
-from pscfast.models import efficientnet
+from pscfast.models import (PHOTO, SKETCH, EfficientNetLite0, MoCo, PSCNet, efficientnet, load_checkpoint, load_imagenet,
+                            save_checkpoint)
 from pscfast.models.efficientnet import SameConv2d
 from pscfast.training import TrainConfig
 from pscfast.training.trainer import build_model
