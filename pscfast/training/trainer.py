@@ -142,45 +142,38 @@ class Stage:
         augment = augment_reference if cfg.augment_loop else augment_pair
         photo, sketch, _ = augment(*self._images(batch), self.aug, self.gen)
         photo, sketch = normalize(photo), normalize(sketch)
+        pair = cfg.sim_weight > 0 or cfg.con_weight > 0 or not cfg.warp_weight  # PSC's losses on the pairs
         with torch.autocast(self.device.type, self.amp_dtype, enabled=self.amp_dtype is not None):
-            if cfg.warp_weight:
-                return self._step_known_warps(photo, sketch)
+            known = self._known_warps(photo, sketch) if cfg.warp_weight else None
             with torch.no_grad():
-                f_photo, f_sketch = enc.features(photo, PHOTO), enc.features(sketch, SKETCH)
-            fwd, bwd = self.forward(f_photo, f_sketch)
-            size = tuple(photo.shape[-2:])
-            # re-encode the warped images: gradients reach the flows through the frozen encoder
-            w_photo = ops.warp(photo, fwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
-            w_sketch = ops.warp(sketch, bwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
-            fw_photo, fw_sketch = enc.features(w_photo, PHOTO), enc.features(w_sketch, SKETCH)
+                f_photo, f_sketch = (enc.features(photo, PHOTO), enc.features(sketch, SKETCH)) if pair else (None, None)
+            out = self.forward(f_photo, f_sketch, None if known is None else known[:2])
+            flows, pred = (out, None) if known is None else out
+            losses = self._pair_losses(photo, sketch, f_photo, f_sketch, *flows) if pair else {}
+        if known is not None:
+            warp = known_warp_loss(pred.float(), known[2])
+            losses = {**losses, "loss": losses.get("loss", 0) + cfg.warp_weight * warp, "warp": warp.detach()}
+        return losses
+
+    def _pair_losses(self, photo, sketch, f_photo, f_sketch, fwd, bwd) -> dict[str, torch.Tensor]:
+        """PSC's stage-2 losses of the predicted flows (weighted similarity and consistency)."""
+        cfg, enc = self.cfg, self.model.encoder
+        size = tuple(photo.shape[-2:])
+        # re-encode the warped images: gradients reach the flows through the frozen encoder
+        w_photo = ops.warp(photo, fwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
+        w_sketch = ops.warp(sketch, bwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
+        fw_photo, fw_sketch = enc.features(w_photo, PHOTO), enc.features(w_sketch, SKETCH)
         f = lambda fs: [t.float() for t in fs]  # noqa: E731  (losses in fp32)
         return stage2_loss(f(fw_photo), f(f_sketch), f(fw_sketch), f(f_photo), fwd.float(), bwd.float(),
                            cfg.sim_weight, cfg.con_weight, cfg.tau, cfg.backend)
 
-    def _step_known_warps(self, photo: torch.Tensor, sketch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Stage 2 with the known-warp supervision (losses.known_warps) of both modalities, weighted by
-        warp_weight, plus PSC's losses on the pairs when sim_weight or con_weight is set."""
-        cfg, enc = self.cfg, self.model.encoder
+    def _known_warps(self, photo: torch.Tensor, sketch: torch.Tensor):
+        """losses.known_warps of the photos (photo BN) and the sketches (sketch BN), one batch: (src, tgt, grids)."""
+        enc = self.model.encoder
         (src_p, tgt_p, grid_p), (src_s, tgt_s, grid_s) = (known_warps(enc, x, m, AugmentConfig(), self.gen)
                                                           for x, m in ((photo, PHOTO), (sketch, SKETCH)))
-        src, tgt = [torch.cat(t) for t in zip(src_p, src_s)], [torch.cat(t) for t in zip(tgt_p, tgt_s)]
-        pair = cfg.sim_weight > 0 or cfg.con_weight > 0
-        with torch.no_grad():
-            f_photo, f_sketch = (enc.features(photo, PHOTO), enc.features(sketch, SKETCH)) if pair else (None, None)
-        flows, pred = self.forward(f_photo, f_sketch, (src, tgt))
-        warp = known_warp_loss(pred.float(), torch.cat([grid_p, grid_s]))
-        out = {"loss": cfg.warp_weight * warp, "warp": warp.detach()}
-        if pair:
-            fwd, bwd = flows
-            size = tuple(photo.shape[-2:])
-            w_photo = ops.warp(photo, fwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
-            w_sketch = ops.warp(sketch, bwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
-            f = lambda fs: [t.float() for t in fs]  # noqa: E731
-            psc = stage2_loss(f(enc.features(w_photo, PHOTO)), f(f_sketch), f(enc.features(w_sketch, SKETCH)),
-                              f(f_photo), fwd.float(), bwd.float(), cfg.sim_weight, cfg.con_weight, cfg.tau,
-                              cfg.backend)
-            out = {**psc, "loss": psc["loss"] + out["loss"], "warp": out["warp"]}
-        return out
+        return ([torch.cat(t) for t in zip(src_p, src_s)], [torch.cat(t) for t in zip(tgt_p, tgt_s)],
+                torch.cat([grid_p, grid_s]))
 
     def train_step(self, batch) -> dict[str, float]:
         out = self.step_encoder(batch) if self.stage == 1 else self.step_estimator(batch)
