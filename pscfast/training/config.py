@@ -34,8 +34,8 @@ class TrainConfig:
     moco_k: int = 16                     # below the 48 pairs of the synthetic set (the paper: 8192)
     moco_m: float = 0.99                 # the paper: 0.999
     moco_t: float = 0.07
-    sim_weight: float = 0.0             # the paper: 0.1
-    con_weight: float = 0.0             # the paper: 1.0
+    sim_weight: float = 0.0              # the paper: 0.1
+    con_weight: float = 0.0              # the paper: 1.0
     tau: float = 0.001
     warp_weight: float = 1.0             # stage 2: known-warp self-supervision of the STN (the paper: 0)
     augment: bool = False                # the paper: True; False = no appearance, flip or warps
