@@ -10,6 +10,8 @@ makes run without build isolation). Environment variables:
                             or, with none visible, the architectures of DEFAULT_ARCHS that torch supports).
   MAX_JOBS                  parallel compile jobs (read by torch's ninja build).
   CUDA_HOME                 toolkit root holding bin/nvcc and lib64/libcudart.so (found on its own otherwise).
+  PSCFAST_PREBUILT          path of a _C.abi3.so built from these sources for this torch (bench/prebuild_gpu.sh):
+                            installed as pscfast._C instead of compiling (`python -m pscfast.info` checks it).
 """
 import glob
 import os
@@ -102,7 +104,18 @@ def _resolve_arch_list():
     return os.environ["TORCH_CUDA_ARCH_LIST"]
 
 
+def _prebuilt():
+    """The extension file PSCFAST_PREBUILT names, or None."""
+    path = os.environ.get("PSCFAST_PREBUILT")
+    if path and not os.path.isfile(path):
+        sys.exit(f"PSCFAST_PREBUILT={path}: no such file (a _C.abi3.so made by bench/prebuild_gpu.sh)")
+    return path or None
+
+
 def _extensions():
+    if _prebuilt():
+        from setuptools import Extension
+        return [Extension("pscfast._C", sources=[], py_limited_api=True)]
     cuda_home, why = _resolve_cuda()  # before torch.utils.cpp_extension reads CUDA_HOME at import
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/ops/cpu/*.cpp"))
@@ -136,9 +149,19 @@ def _extensions():
 
 
 def _cmdclass():
-    from torch.utils.cpp_extension import BuildExtension
+    if not _prebuilt():
+        from torch.utils.cpp_extension import BuildExtension
 
-    return {"build_ext": BuildExtension}
+        return {"build_ext": BuildExtension}
+
+    from setuptools.command.build_ext import build_ext
+
+    class CopyPrebuilt(build_ext):
+        def build_extension(self, ext):
+            self.mkpath(os.path.dirname(self.get_ext_fullpath(ext.name)))
+            self.copy_file(_prebuilt(), self.get_ext_fullpath(ext.name))
+
+    return {"build_ext": CopyPrebuilt}
 
 
 setup(

@@ -84,7 +84,7 @@ def test_local_correlation(benchmark, request, shape, dtype, provider, mode):
     (a, b), _ = make_inputs()
     with torch.no_grad():
         out = call(a[:2], b[:2]).double()
-        exact = ref.local_correlation(a[:2].double(), b[:2].double(), max_displacement=D)
+        exact = ref.local_correlation(a[:2].double(), b[:2].double(), patch_size=2 * D + 1)
     accuracy = {"max_err": float((out - exact).abs().max()), "finite": bool(torch.isfinite(out).all())}
     run_case(benchmark, op="local_correlation", provider=provider, mode=mode, shape=name, device=DEVICE, dtype=dtype,
              make_inputs=make_inputs, call=call, rounds=20 if DEVICE == "cuda" else 3,

@@ -7,7 +7,8 @@ import torch
 
 from bench.conftest import bench_device, peak_bytes, record_result
 from pscfast.training.config import TrainConfig
-from pscfast.training.trainer import Stage, build_model
+from pscfast.training.estimator_stage import EstimatorStage
+from pscfast.training.pipeline import build_model
 
 DEVICE = bench_device()
 BATCH = 256 if DEVICE == "cuda" else 8
@@ -28,11 +29,13 @@ PROVIDERS = {"pscfast": dict(backend=None, augment_loop=False), "naive": dict(ba
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_train_step(benchmark, provider):
-    cfg = TrainConfig(image_size=256, batch_size=BATCH, epochs_estimator=1, augment=True, progress=False,
+    # the paper's stage 2 (R18, PSC's losses), not the default run's
+    cfg = TrainConfig(arch="resnet18", pretrained=False, sim_weight=0.1, con_weight=1.0, warp_weight=0.0,
+                      image_size=256, batch_size=BATCH, epochs_estimator=1, augment=True, progress=False,
                       tensorboard=False, device=DEVICE, **PROVIDERS[provider])
     device = torch.device(DEVICE)
     torch.manual_seed(0)
-    stage = Stage(cfg, 2, build_model(cfg, device), _Pairs(), device, 0, 1)
+    stage = EstimatorStage(cfg, build_model(cfg, device), _Pairs(), device, 0, 1)
     batch = next(iter(stage.loader))
     sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
 

@@ -268,7 +268,7 @@ def _rounds(target, setup, min_rounds: int, device: str) -> int:
     """At least `min_rounds`, and as many more (up to MAX_ROUNDS) as fill the device's time budget at the
     speed of one timed call: fast cases get enough rounds for a stable median. A slow case (a naive version at
     batch 256) gets the rounds that fit in SLOW_CASE_S, at least MIN_ROUNDS: its median is stable with few,
-    and a lent GPU's minutes are better spent on the other cases."""
+    and a GPU's scarce minutes are better spent on the other cases."""
     args = setup()[0]
     t0 = time.perf_counter()
     target(*args)

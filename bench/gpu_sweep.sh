@@ -1,26 +1,27 @@
 #!/usr/bin/env bash
-# The GPU sweep on a lent H100/H200, sized for the device tool's limits (10 minutes a call; 15 minutes of
-# device time a session, the machine's start included): build pscfast for the visible GPU, run the test
-# cases that use the GPU (CUDA and Triton against the reference), time every op and the training step, and
-# leave a summary table, the JSON and every log in OUT_DIR.
+# The GPU sweep on an H100/H200, sized for minutes of GPU time (at most 10 minutes a command): install pscfast
+# for the visible GPU, run the test cases that use the GPU (CUDA and Triton against the reference), time every
+# op and the training step, and leave a summary table, the JSON and every log in OUT_DIR.
 #
-#   bash bench/gpu_sweep.sh [OUT_DIR] [PHASE ...]   # OUT_DIR default: $OUT when set (the device tool's
-#                                                   # folder), else bench/results/sweep-<date>
+#   bash bench/gpu_sweep.sh [OUT_DIR] [PHASE ...]   # OUT_DIR default: $OUT when set, else
+#                                                   # bench/results/sweep-<date>
 # PHASE: build, tests, bench, summary (default: all four, in that order).
 #
-# Time: the whole command keeps within SWEEP_BUDGET_S seconds (default 540, under a 600 s call). Each phase
+# Time: the whole command keeps within SWEEP_BUDGET_S seconds (default 540). Each phase
 # runs under what is left of it, less a reserve for the summary; the tests take at most TESTS_BUDGET_S
 # (default 180) and each test case at most 240 s. A phase cut short keeps what it did: the benchmark JSON is
 # rewritten after every case, and the suites run in order of importance (similarity loss, training step,
 # correlation, warp, local correlation, consistency, soft-argmax).
-# State lives in .sweep/ of the working tree, which a warm machine keeps between calls: a second call
-# `bash bench/gpu_sweep.sh "$OUT" bench summary` resumes the benchmarks after the cases already measured.
+# State lives in .sweep/ of the working tree, which stays between two commands on the same machine: a second
+# command `bash bench/gpu_sweep.sh "$OUT" bench summary` resumes the benchmarks after the cases already measured.
 # OUT_DIR receives summary.md, the JSON, the similarity-loss plot and logs.tar.gz (build, info, peers, tests and
-# bench logs, tests.xml): four files, within the device tool's eight.
-# Build: an extension prebuilt on the host from the same sources for this torch (bench/prebuild_gpu.sh, carried
-# as .prebuilt/<torch version>) is taken when it loads with CUDA kernels for this GPU; else it compiles here.
-# Uses the python3 that holds torch (PYTHON=... to choose); needs pytest and pytest-benchmark there, and uses
-# pytest-xdist and pytest-timeout when they are installed.
+# bench logs, tests.xml).
+# Build: pscfast is installed editable into the python that runs the sweep (pip, no network: setup.py maps
+# kernels/ to pscfast.kernels there). An extension prebuilt on another machine from the same sources for this
+# torch (bench/prebuild_gpu.sh, copied in as .prebuilt/<torch version>) is installed when it loads with CUDA
+# kernels for this GPU (setup.py's PSCFAST_PREBUILT); else the install compiles it here.
+# Uses the python3 that holds torch (PYTHON=... to choose); needs pip, setuptools >= 64, pytest and
+# pytest-benchmark there, and uses pytest-xdist and pytest-timeout when they are installed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -57,24 +58,24 @@ if want build; then
   arch=$("$py" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
   pre=.prebuilt/$("$py" -c "import torch; print(torch.__version__)")
   rm -f pscfast/_C*.so
-  # an extension prebuilt on the host (bench/prebuild_gpu.sh) from these sources, for this torch and GPU
+  # editable, without network or build isolation: the extension compiles against this torch
+  install=("$py" -m pip install -q --no-build-isolation --no-deps --no-index -e .)
+  # an extension prebuilt elsewhere (bench/prebuild_gpu.sh) from these sources, for this torch and GPU
   if [[ -f $pre/_C.abi3.so && "$(cat "$pre/sources.sha256" 2>/dev/null)" == "$(bash bench/sources_hash.sh)" ]]; then
-    cp "$pre/_C.abi3.so" pscfast/
-    if "$py" -c "
+    if PSCFAST_PREBUILT=$pre/_C.abi3.so "${install[@]}" >> "$work/build.log" 2>&1 && "$py" -c "
 import sys
 from pscfast import _extension as e
 info = e.build_info()
 fits = e.loaded() and info.get('cuda') == 'yes' and not e.version_mismatch()
 sys.exit(not (fits and any(a.startswith('$arch') for a in info.get('cuda_archs', '').split())))" \
-      > "$work/build.log" 2>&1
+      >> "$work/build.log" 2>&1
     then echo "prebuilt $pre/_C.abi3.so"
     else echo "prebuilt $pre/_C.abi3.so does not fit, building"; rm -f pscfast/_C.abi3.so
     fi
   fi
   if [[ ! -f pscfast/_C.abi3.so ]]; then
-    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} FORCE_CUDA=1 \
-      bounded 400 "$py" setup.py -q build_ext --inplace >> "$work/build.log" 2>&1 \
-      || { echo "build failed: $work/build.log"; tail -30 "$work/build.log"
+    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} FORCE_CUDA=1 bounded 400 "${install[@]}" \
+      >> "$work/build.log" 2>&1 || { echo "build failed: $work/build.log"; tail -30 "$work/build.log"
            tar -czf "$out/logs.tar.gz" "$work"; exit 1; }
   fi
   "$py" -m pscfast.info | tee "$work/info.txt"
@@ -98,7 +99,7 @@ if want tests; then
   opts=()
   has xdist && opts+=(-n 8)
   has pytest_timeout && opts+=(--timeout 240)
-  # no -x: one failure must not hide the rest of a scarce GPU session's results
+  # no -x: one failure must not hide the rest of a scarce GPU run's results
   PSCFAST_EXPECT_CUDA_BUILD=1 PSCFAST_EXPECT_TRITON=1 \
     bounded "${TESTS_BUDGET_S:-180}" "$py" -m pytest tests --gpu-only -q -p no:cacheprovider "${opts[@]}" \
     --junitxml="$work/tests.xml" > "$work/tests.log" 2>&1 || status=1
@@ -121,8 +122,8 @@ fi
 
 if want summary; then
   echo "== summary ($(date -u +%T), ${SECONDS} s)"
-  # the whole table is in summary.md; the device tool's reply keeps only the output's last 12,000 characters,
-  # so print the rows of the two headline cases and the test totals last
+  # the whole table is in summary.md; a caller that keeps only the end of the output still sees the rows of
+  # the two headline cases and the test totals, printed last
   "$py" bench/report.py --results "$work" --summary "$work/summary.md" --no-readme > /dev/null \
     && grep -E "^\| (similarity_loss|train_step) " "$work/summary.md" | cut -c1-160
   [[ -f $work/tests.log ]] && echo "tests: $(tail -1 "$work/tests.log")"

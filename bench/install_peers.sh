@@ -5,8 +5,8 @@
 #   both: -std=c++20, and CPU_ONLY when there is no GPU (GPU_ARCH from the visible device otherwise).
 # - localcorr (Triton kernels; a pure-Python wheel; CUDA only).
 #
-#   bash bench/install_peers.sh download   # needs the network: fetch both into .whl/ (git-ignored; the device
-#                                          # tool can carry it to a GPU machine, which has no network)
+#   bash bench/install_peers.sh download   # needs the network: fetch both into .whl/ (git-ignored; copy it to
+#                                          # a GPU machine without network)
 #   bash bench/install_peers.sh install    # build and install from .whl/
 # Both use PYTHON, else .venv/bin/python when there is one (bootstrap.sh's), else python3.
 set -euo pipefail

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Build pscfast._C for the lent GPU machine here, on the host, so that the device call skips its build
-# (minutes of scarce device time; bench/gpu_sweep.sh takes the prebuilt extension when it matches).
+# Build pscfast._C for a GPU machine here, on a machine with network and cores to spare, so that the GPU
+# sweep skips its build (minutes of scarce GPU time; bench/gpu_sweep.sh takes the prebuilt extension when it
+# matches).
 #
-#   bash bench/prebuild_gpu.sh [TORCH_REQUIREMENT] [ARCHS]   # default torch==2.11.0 (the lent H200's torch,
-#                                                            # device tool's KINDS.md) and 9.0 (H100/H200)
+#   bash bench/prebuild_gpu.sh [TORCH_REQUIREMENT] [ARCHS]   # default torch==2.11.0 (the torch of the H200
+#                                                            # the sweep last ran on) and 9.0 (H100/H200)
 #
 # Makes .prebuilt/venv with that torch (a CUDA build from PyPI), compiles a copy of the tree there for ARCHS,
 # and leaves .prebuilt/<torch version>/_C.abi3.so (limited API: any Python 3.9+) with sources.sha256, the
-# hash of csrc/ and setup.py it was built from. Then carry ".prebuilt/<torch version>" to the device.
+# hash of csrc/ and setup.py it was built from. Then copy ".prebuilt/<torch version>" into the GPU machine's
+# checkout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

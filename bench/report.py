@@ -7,7 +7,9 @@ Per device file and per (op, shape, dtype, mode): the naive PyTorch time (provid
 one, else `torch`, the reference), the fastest pscfast backend (cpp, triton; `pscfast` for the training step), the speed-up, both peak memories and their
 ratio, and on a GPU the fraction of the device's copy bandwidth (ops with `min_bytes`) or matrix rate (ops
 with `min_flops`) measured in the same run (bench/ceilings.py). A second table per device compares the other
-implementations a suite measured (peer packages, the F.unfold version) with pscfast.
+implementations a suite measured (peer packages, the F.unfold version) with pscfast, and a third sets each
+provider's half-precision times against its float32 times at the same op, shape and mode. A record that names
+the backend the dispatcher chose (`backend`) shows it after the provider.
 """
 from __future__ import annotations
 
@@ -37,6 +39,12 @@ def load(results_dir: Path) -> list[dict]:
 
 def _mib(b):
     return f"{b / 2**20:,.1f}" if b is not None else "-"
+
+
+def _label(rec: dict) -> str:
+    """The provider, and the backend it ran on when the record names one (pscfast's default dispatch)."""
+    backend = rec.get("backend")
+    return f"{rec['provider']}: {backend}" if backend and backend != rec["provider"] else rec["provider"]
 
 
 def _rate_fraction(rec: dict, ceilings: dict, dtype: str) -> str:
@@ -80,7 +88,7 @@ def table(run: dict) -> str:
         base = next((recs[b] for b in BASELINES if b in recs), None)
         if base and base["median_s"] is None:  # the naive version ran out of memory at this shape
             lines.append(f"| {op} | {shape} | {dtype} | {mode} | out of memory | "
-                         f"{best['median_s'] * 1e3:.3f} ({best['provider']}) | - | - | {_mib(best.get('peak_bytes'))} "
+                         f"{best['median_s'] * 1e3:.3f} ({_label(best)}) | - | - | {_mib(best.get('peak_bytes'))} "
                          f"| - |" + (f" {_rate_fraction(best, meta.get('ceilings', {}), dtype)} |" if gpu else ""))
             continue
         speed = f"{base['median_s'] / best['median_s']:.2f}x" if base else "-"
@@ -91,7 +99,7 @@ def table(run: dict) -> str:
                    else "pscfast < 1 MiB")
         row = (f"| {op} | {shape} | {dtype} | {mode} | "
                f"{base['median_s'] * 1e3:.3f} | " if base else f"| {op} | {shape} | {dtype} | {mode} | - | ")
-        row += (f"{best['median_s'] * 1e3:.3f} ({best['provider']}) | {speed} | "
+        row += (f"{best['median_s'] * 1e3:.3f} ({_label(best)}) | {speed} | "
                 f"{_mib(base.get('peak_bytes') if base else None)} | {_mib(best.get('peak_bytes'))} | {mem} |")
         if gpu:
             row += f" {_rate_fraction(best, meta.get('ceilings', {}), dtype)} |"
@@ -108,7 +116,7 @@ def peer_table(run: dict) -> str | None:
             if peer in OURS or peer in BASELINES or rec["median_s"] is None:
                 continue
             lines.append(f"| {op} | {shape} | {dtype} | {mode} | {peer} | {rec['median_s'] * 1e3:.3f} | "
-                         f"{best['median_s'] * 1e3:.3f} ({best['provider']}) | "
+                         f"{best['median_s'] * 1e3:.3f} ({_label(best)}) | "
                          f"{rec['median_s'] / best['median_s']:.2f}x | {_mib(rec.get('peak_bytes'))} | "
                          f"{_mib(best.get('peak_bytes'))} |")
     if not lines:
@@ -116,6 +124,29 @@ def peer_table(run: dict) -> str | None:
     return "\n".join([f"Other implementations, same run ({run['meta']['device']}):", "",
                       "| op | shape | dtype | mode | peer | peer ms | pscfast ms (backend) | pscfast speed-up "
                       "| peer MiB | pscfast MiB |", "|---|---|---|---|---|---|---|---|---|---|"] + lines)
+
+
+def dtype_table(run: dict) -> str | None:
+    """Each provider's time in bfloat16 or float16 over its own float32 time at the same op, shape and mode
+    (a call that falls back to a slow path shows as a large ratio); None when the run has no such pair."""
+    groups = defaultdict(dict)
+    for rec in run["results"]:
+        if rec["median_s"] is not None:
+            groups[(rec["op"], rec["shape"], rec["mode"], rec["provider"])][rec["dtype"]] = rec
+    lines = []
+    for (op, shape, mode, _), recs in sorted(groups.items()):
+        base = recs.get("float32")
+        for dtype in ("bfloat16", "float16"):
+            if base and dtype in recs:
+                rec = recs[dtype]
+                lines.append(f"| {op} | {shape} | {mode} | {_label(rec)} | {dtype} | {rec['median_s'] * 1e3:.3f} | "
+                             f"{base['median_s'] * 1e3:.3f} ({_label(base)}) | "
+                             f"{rec['median_s'] / base['median_s']:.2f}x |")
+    if not lines:
+        return None
+    return "\n".join([f"Half precision against float32, same run ({run['meta']['device']}):", "",
+                      "| op | shape | mode | provider | dtype | ms | float32 ms | time ratio |",
+                      "|---|---|---|---|---|---|---|---|"] + lines)
 
 
 def plot_similarity(runs: list[dict], out: Path) -> Path | None:
@@ -169,7 +200,7 @@ def main(argv=None):
     if not runs:
         raise SystemExit(f"no benchmark result files in {args.results}")
     runs.sort(key=lambda r: r["meta"].get("device_type") != "cuda")  # GPUs first
-    body = "\n\n".join("\n\n".join(t for t in (table(r), peer_table(r)) if t) for r in runs)
+    body = "\n\n".join("\n\n".join(t for t in (table(r), peer_table(r), dtype_table(r)) if t) for r in runs)
     plot = plot_similarity(runs, args.results / "similarity_loss_vs_grid.png")
     if plot:
         rel = plot.relative_to(ROOT) if plot.is_relative_to(ROOT) else plot

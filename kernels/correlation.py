@@ -1,8 +1,8 @@
 """Triton kernels of the correlation op (PSC's global multi-layer correlation), one layer per launch.
 
-Per sample n and layer l, with S = size^2, R_t (C, S) the tgt map resized to size x size (bilinear,
-align_corners=False) and R_s (C, S) the src map resized the same way or sampled at the grid (bilinear, zeros,
-align_corners=True): out[n, l S + t, s] = sum_c R_t[c, t] R_s[c, s]. Both resamplings are 4-tap linear
+Per sample n and layer l, with R_t (C, S_t) the tgt map resized to the ht x wt target grid (bilinear,
+align_corners=False) and R_s (C, S_s) the src map resized to the hs x ws source grid or sampled at the grid
+(bilinear, zeros, align_corners=True): out[n, l S_t + t, s] = sum_c R_t[c, t] R_s[c, s]. Both resamplings are 4-tap linear
 maps (_taps); the kernels apply them while loading tiles, so R_t and R_s never reach global memory.
 Accumulation in float32 (float64 for float64); float32 dot products in IEEE precision (no TF32).
 The backward is in correlation_backward.py.
@@ -28,9 +28,9 @@ def blocks(dtype: torch.dtype) -> tuple[int, int, int]:
 
 
 @triton.jit
-def _grid_taps(grid_ptr, n, pos, mask, size, H, W, ACC: tl.constexpr):
-    """field_taps of positions `pos` of the size x size grid sampling an H x W plane (align_corners=True)."""
-    base = grid_ptr + n.to(tl.int64) * size * size * 2 + pos * 2
+def _grid_taps(grid_ptr, n, pos, mask, S, H, W, ACC: tl.constexpr):
+    """field_taps of positions `pos` of the S-position grid sampling an H x W plane (align_corners=True)."""
+    base = grid_ptr + n.to(tl.int64) * S * 2 + pos * 2
     gx = tl.load(base, mask=mask, other=0.0).to(ACC)
     gy = tl.load(base + 1, mask=mask, other=0.0).to(ACC)
     return field_taps(clamp_pixel(grid_to_pixel(gx, W, True), W), clamp_pixel(grid_to_pixel(gy, H, True), H), H, W,
@@ -38,12 +38,12 @@ def _grid_taps(grid_ptr, n, pos, mask, size, H, W, ACC: tl.constexpr):
 
 
 @triton.jit
-def _taps(grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, pos, mask, size, H, W, GRID: tl.constexpr,
+def _taps(grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, pos, mask, S, OW, H, W, GRID: tl.constexpr,
           ACC: tl.constexpr):
     """Offsets (into an H x W plane; 0 for taps outside) and weights (0 outside) of the four taps of
-    positions `pos` of the size x size grid: the resize (lerp tables) or the grid sample."""
+    positions `pos` of a grid of S positions, OW per row: the resize (lerp tables) or the grid sample."""
     if GRID:
-        i0, i1, i2, i3, w0, w1, w2, w3, _, _, _, _ = _grid_taps(grid_ptr, n, pos, mask, size, H, W, ACC)
+        i0, i1, i2, i3, w0, w1, w2, w3, _, _, _, _ = _grid_taps(grid_ptr, n, pos, mask, S, H, W, ACC)
         o0 = tl.maximum(i0, 0)
         o1 = tl.maximum(i1, 0)
         o2 = tl.maximum(i2, 0)
@@ -53,8 +53,8 @@ def _taps(grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, pos, mask, size, H, W, 
         w2 = tl.where(i2 >= 0, w2, 0.0)
         w3 = tl.where(i3 >= 0, w3, 0.0)
     else:
-        oy = pos // size
-        ox = pos % size
+        oy = pos // OW
+        ox = pos % OW
         y0, y1, x0, x1, ly1, lx1 = resize_taps(ry_ptr, rly_ptr, rx_ptr, rlx_ptr, oy, ox, mask, ACC)
         ly0 = 1.0 - ly1
         lx0 = 1.0 - lx1
@@ -90,18 +90,18 @@ def _dot(a, b, acc, DOT: tl.constexpr, IEEE: tl.constexpr):
 
 @triton.jit
 def correlation_fwd_kernel(src_ptr, tgt_ptr, grid_ptr, out_ptr, sry, srly, srx, srlx, try_, trly, trx, trlx,
-                           C, Hs, Ws, Ht, Wt, size, layer, layers, GRID: tl.constexpr, ACC: tl.constexpr,
+                           C, Hs, Ws, Ht, Wt, St, tw, Ss, sw, layer, layers, GRID: tl.constexpr, ACC: tl.constexpr,
                            DOT: tl.constexpr, IEEE: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
                            BC: tl.constexpr):
-    """Program (t block, s block, n): out[n, layer S + t, s] for its tile of tgt x src positions."""
+    """Program (t block, s block, n): out[n, layer S_t + t, s] for its tile of tgt x src positions (St = ht * wt
+    target positions, tw per row; Ss = hs * ws source positions, sw per row)."""
     n = tl.program_id(2)
-    S = size * size
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     s = tl.program_id(1) * BS + tl.arange(0, BS)
-    tm = t < S
-    sm = s < S
-    ta = _taps(grid_ptr, try_, trly, trx, trlx, n, t, tm, size, Ht, Wt, False, ACC)
-    sa = _taps(grid_ptr, sry, srly, srx, srlx, n, s, sm, size, Hs, Ws, GRID, ACC)
+    tm = t < St
+    sm = s < Ss
+    ta = _taps(grid_ptr, try_, trly, trx, trlx, n, t, tm, St, tw, Ht, Wt, False, ACC)
+    sa = _taps(grid_ptr, sry, srly, srx, srlx, n, s, sm, Ss, sw, Hs, Ws, GRID, ACC)
     pt = Ht * Wt
     ps = Hs * Ws
     tgt_n = tgt_ptr + n.to(tl.int64) * C * pt
@@ -113,14 +113,14 @@ def correlation_fwd_kernel(src_ptr, tgt_ptr, grid_ptr, out_ptr, sry, srly, srx, 
         a = _tile(tgt_n, chan, cm, pt, ta[0], ta[1], ta[2], ta[3], ta[4], ta[5], ta[6], ta[7], tm, ACC)
         b = _tile(src_n, chan, cm, ps, sa[0], sa[1], sa[2], sa[3], sa[4], sa[5], sa[6], sa[7], sm, ACC)
         acc = _dot(tl.trans(a), b, acc, DOT, IEEE)
-    rows = (n.to(tl.int64) * layers + layer) * S + t
-    ptr = out_ptr + rows[:, None] * S + s[None, :]
+    rows = (n.to(tl.int64) * layers + layer) * St + t
+    ptr = out_ptr + rows[:, None] * Ss + s[None, :]
     tl.store(ptr, acc.to(out_ptr.dtype.element_ty), mask=tm[:, None] & sm[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------
 # Launchers. Inputs: lists of contiguous (N, C_l, H_l, W_l) maps and an optional contiguous grid
-# (N, size, size, 2), all of one dtype.
+# (N, hs, ws, 2), all of one dtype; size = (hs, ws) and target_size = (ht, wt).
 
 def _types(dtype: torch.dtype):
     """(accumulation tl type, its torch dtype, dot operand type, IEEE fp32 dot)."""
@@ -131,9 +131,9 @@ def _types(dtype: torch.dtype):
     return tl.float32, torch.float32, tl.float32, True
 
 
-def _resize_tables(H, W, size, acc_t, device):
-    ry, rly = lerp_table(H, size, False, acc_t, device)
-    rx, rlx = lerp_table(W, size, False, acc_t, device)
+def _resize_tables(H, W, out_size, acc_t, device):
+    ry, rly = lerp_table(H, out_size[0], False, acc_t, device)
+    rx, rlx = lerp_table(W, out_size[1], False, acc_t, device)
     return ry, rly, rx, rlx
 
 
@@ -143,9 +143,10 @@ def _dummy_tables(acc_t, device):
     return i, f, i, f
 
 
-def correlation_fwd(src, tgt, grid, size):
-    N, L, S = src[0].shape[0], len(src), size * size
-    out = torch.empty((N, L * S, size, size), device=src[0].device, dtype=src[0].dtype)
+def correlation_fwd(src, tgt, grid, size, target_size):
+    N, L = src[0].shape[0], len(src)
+    (hs, ws), (ht, wt) = size, target_size
+    out = torch.empty((N, L * ht * wt, hs, ws), device=src[0].device, dtype=src[0].dtype)
     if out.numel() == 0:
         return out
     acc, acc_t, dot, ieee = _types(src[0].dtype)
@@ -155,8 +156,8 @@ def correlation_fwd(src, tgt, grid, size):
         C, Hs, Ws = s.shape[1:]
         Ht, Wt = t.shape[2:]
         st = _dummy_tables(acc_t, s.device) if grid is not None else _resize_tables(Hs, Ws, size, acc_t, s.device)
-        tt = _resize_tables(Ht, Wt, size, acc_t, s.device)
-        correlation_fwd_kernel[(triton.cdiv(S, BT), triton.cdiv(S, BS), N)](
-            s, t, g, out, *st, *tt, C, Hs, Ws, Ht, Wt, size, l, L, GRID=grid is not None, ACC=acc, DOT=dot,
-            IEEE=ieee, BT=BT, BS=BS, BC=BC)
+        tt = _resize_tables(Ht, Wt, target_size, acc_t, s.device)
+        correlation_fwd_kernel[(triton.cdiv(ht * wt, BT), triton.cdiv(hs * ws, BS), N)](
+            s, t, g, out, *st, *tt, C, Hs, Ws, Ht, Wt, ht * wt, wt, hs * ws, ws, l, L, GRID=grid is not None,
+            ACC=acc, DOT=dot, IEEE=ieee, BT=BT, BS=BS, BC=BC)
     return out

@@ -1,7 +1,8 @@
 """Triton kernels of the correlation op's backward, one layer per launch (the forward, the tap and tile
 helpers and the notation are in correlation.py).
 
-Backward (deterministic, no atomics), with G = grad block (S_t, S_s) of the layer:
+Backward (deterministic, no atomics), with G = grad block (S_t, S_s) of the layer (S_t = ht * wt target
+positions, S_s = hs * ws source positions):
   dR_t = R_s G^T (C, S_t) and dR_s = R_t G (C, S_s): tiled like the forward, written to a float buffer;
   dgrid[n, s] = sum over layers and channels of dR_s[c, s] * d(sample)/d(pixel) * (W - 1) / 2 (resp. H):
         per-channel-block partials, then summed in a fixed order;
@@ -22,59 +23,59 @@ BLOCK = 128
 
 @triton.jit
 def correlation_bwd_resampled_kernel(x_ptr, y_ptr, grid_ptr, gout_ptr, dr_ptr, part_ptr, xry, xrly, xrx, xrlx,
-                                     C, Hx, Wx, Hy, Wy, size, layer, layers, X_GRID: tl.constexpr,
+                                     C, Hx, Wx, Hy, Wy, K, KW, P, Ss, layer, layers, X_GRID: tl.constexpr,
                                      WRT_SRC: tl.constexpr, NEED_GRID: tl.constexpr, ACC: tl.constexpr,
                                      DOT: tl.constexpr, IEEE: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr,
                                      BK: tl.constexpr):
     """Program (c block, p block, n): dR_y[c, p] = sum_k R_x[c, k] G'[k, p] for the map y whose gradient this
-    is, x the other map (WRT_SRC: y = src, x = tgt, G' = G; else y = tgt, x = src, G' = G^T). With NEED_GRID
+    is, x the other map (WRT_SRC: y = src, x = tgt, G' = G; else y = tgt, x = src, G' = G^T), over x's K
+    positions (KW per row) and y's P positions; Ss, the source positions, is G's row length. With NEED_GRID
     (y = src sampled at the grid) it also writes this channel block's part of d L / d grid at positions p."""
     n = tl.program_id(2)
-    S = size * size
     chan = tl.program_id(0) * BC + tl.arange(0, BC)
     cm = chan < C
     p = tl.program_id(1) * BP + tl.arange(0, BP)
-    pm = p < S
+    pm = p < P
     plane_x = Hx * Wx
     x_n = x_ptr + n.to(tl.int64) * C * plane_x
-    g_n = gout_ptr + (n.to(tl.int64) * layers + layer) * S * S
+    g_n = gout_ptr + (n.to(tl.int64) * layers + layer) * K * P
     acc = tl.zeros((BC, BP), dtype=ACC)
-    for k0 in range(0, S, BK):
+    for k0 in range(0, K, BK):
         k = k0 + tl.arange(0, BK)
-        km = k < S
-        xa = _taps(grid_ptr, xry, xrly, xrx, xrlx, n, k, km, size, Hx, Wx, X_GRID, ACC)
+        km = k < K
+        xa = _taps(grid_ptr, xry, xrly, xrx, xrlx, n, k, km, K, KW, Hx, Wx, X_GRID, ACC)
         a = _tile(x_n, chan, cm, plane_x, xa[0], xa[1], xa[2], xa[3], xa[4], xa[5], xa[6], xa[7], km, ACC)
         if WRT_SRC:  # G[t = k, s = p]
-            gp = g_n + k[:, None] * S + p[None, :]
+            gp = g_n + k[:, None] * Ss + p[None, :]
         else:  # G^T[s = k, t = p] = G[p, k]
-            gp = g_n + p[None, :] * S + k[:, None]
+            gp = g_n + p[None, :] * Ss + k[:, None]
         g = tl.load(gp, mask=km[:, None] & pm[None, :], other=0.0).to(ACC)
         acc = _dot(a, g, acc, DOT, IEEE)
     m = cm[:, None] & pm[None, :]
-    tl.store(dr_ptr + (n.to(tl.int64) * C + chan[:, None]) * S + p[None, :], acc, mask=m)
+    tl.store(dr_ptr + (n.to(tl.int64) * C + chan[:, None]) * P + p[None, :], acc, mask=m)
     if NEED_GRID:
         # d sample / d px = (v1 - v0) s + (v3 - v2) d, d sample / d py = (v2 - v0) e + (v3 - v1) r (taps 0..3
         # = (y0, x0), (y0, x1), (y1, x0), (y1, x1); v = 0 outside), then d px / d gx = (W - 1) / 2
-        i0, i1, i2, i3, _, _, _, _, e, r, s, d = _grid_taps(grid_ptr, n, p, pm, size, Hy, Wy, ACC)
+        i0, i1, i2, i3, _, _, _, _, e, r, s, d = _grid_taps(grid_ptr, n, p, pm, P, Hy, Wy, ACC)
         rows = y_ptr + (n.to(tl.int64) * C + chan[:, None]) * (Hy * Wy)
         v0, v1, v2, v3 = tap_values(rows, i0[None, :], i1[None, :], i2[None, :], i3[None, :], 1, m, ACC)
         ax = tl.sum(acc * ((v1 - v0) * s[None, :] + (v3 - v2) * d[None, :]), axis=0) * ((Wy - 1) / 2.0)
         ay = tl.sum(acc * ((v2 - v0) * e[None, :] + (v3 - v1) * r[None, :]), axis=0) * ((Hy - 1) / 2.0)
-        out = part_ptr + ((n.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * S + p) * 2
+        out = part_ptr + ((n.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * P + p) * 2
         tl.store(out, ax, mask=pm)
         tl.store(out + 1, ay, mask=pm)
 
 
 @triton.jit
-def correlation_tap_keys_kernel(grid_ptr, ry, rly, rx, rlx, keys_ptr, weights_ptr, size, H, W,
+def correlation_tap_keys_kernel(grid_ptr, ry, rly, rx, rlx, keys_ptr, weights_ptr, S, OW, H, W,
                                 GRID: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     """Program (position block, n): key (n * H * W + element read, or the past-the-end key for taps outside)
-    and weight of each of the 4 taps of every position; one sample (n = 0) for the resize."""
+    and weight of each of the 4 taps of every position of the grid (S positions, OW per row); one sample
+    (n = 0) for the resize."""
     n = tl.program_id(1)
-    S = size * size
     pos = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = pos < S
-    o0, o1, o2, o3, w0, w1, w2, w3 = _taps(grid_ptr, ry, rly, rx, rlx, n, pos, mask, size, H, W, GRID, ACC)
+    o0, o1, o2, o3, w0, w1, w2, w3 = _taps(grid_ptr, ry, rly, rx, rlx, n, pos, mask, S, OW, H, W, GRID, ACC)
     plane = H * W
     none = tl.num_programs(1) * plane
     base = (n * S + pos).to(tl.int64) * 4
@@ -118,10 +119,11 @@ def correlation_gather_kernel(dr_ptr, order_ptr, offsets_ptr, weights_ptr, dx_pt
 # ----------------------------------------------------------------------------------------------------------
 # Launchers; inputs as in correlation.py's.
 
-def _adjoint(dr, grid, tables, shape, size, acc, acc_t, dtype):
-    """Map gradient (N, C, H, W) from dR (N, C, S) through the taps (resize tables, or the grid)."""
+def _adjoint(dr, grid, tables, shape, out_size, acc, acc_t, dtype):
+    """Map gradient (N, C, H, W) from dR (N, C, S) through the taps of the out_size grid (resize tables, or
+    the grid)."""
     N, C, H, W = shape
-    S, plane = size * size, H * W
+    S, plane = out_size[0] * out_size[1], H * W
     nk = N if grid is not None else 1  # tap tables: one per sample for the grid, one for the resize
     if nk * plane >= 1 << 31 or nk * S * 4 >= 1 << 31:
         raise ValueError("pscfast.ops.correlation: maps too large for the Triton backward")
@@ -129,7 +131,7 @@ def _adjoint(dr, grid, tables, shape, size, acc, acc_t, dtype):
     weights = torch.empty(nk * S * 4, device=dr.device, dtype=acc_t)
     g = grid if grid is not None else dr
     correlation_tap_keys_kernel[(triton.cdiv(S, BLOCK), nk)](
-        g, *tables, keys, weights, size, H, W, GRID=grid is not None, ACC=acc, BLOCK=BLOCK)
+        g, *tables, keys, weights, S, out_size[1], H, W, GRID=grid is not None, ACC=acc, BLOCK=BLOCK)
     sorted_keys, order = torch.sort(keys, stable=True)
     offsets = torch.searchsorted(sorted_keys, torch.arange(nk * plane + 1, device=dr.device, dtype=torch.int32))
     dx = torch.empty(shape, device=dr.device, dtype=dtype)
@@ -138,9 +140,11 @@ def _adjoint(dr, grid, tables, shape, size, acc, acc_t, dtype):
     return dx
 
 
-def correlation_bwd(gout, src, tgt, grid, size, need_src, need_tgt, need_grid):
-    """(dsrc list or None, dtgt list or None, dgrid or None); gout (N, L * S, size, size) contiguous."""
-    N, L, S = src[0].shape[0], len(src), size * size
+def correlation_bwd(gout, src, tgt, grid, size, target_size, need_src, need_tgt, need_grid):
+    """(dsrc list or None, dtgt list or None, dgrid or None); gout (N, L * ht * wt, hs, ws) contiguous."""
+    N, L = src[0].shape[0], len(src)
+    (hs, ws), (ht, wt) = size, target_size
+    Ss, St = hs * ws, ht * wt
     dtype, device = src[0].dtype, src[0].device
     acc, acc_t, dot, ieee = _types(dtype)
     need_grid = need_grid and grid is not None
@@ -151,19 +155,20 @@ def correlation_bwd(gout, src, tgt, grid, size, need_src, need_tgt, need_grid):
         C, Hs, Ws = s.shape[1:]
         Ht, Wt = t.shape[2:]
         st = _dummy_tables(acc_t, device) if grid is not None else _resize_tables(Hs, Ws, size, acc_t, device)
-        tt = _resize_tables(Ht, Wt, size, acc_t, device)
-        dr = torch.empty((N, C, S), device=device, dtype=acc_t)
-        launch = (triton.cdiv(C, BC), triton.cdiv(S, BS), N)
+        tt = _resize_tables(Ht, Wt, target_size, acc_t, device)
         flags = dict(ACC=acc, DOT=dot, IEEE=ieee, BC=BC, BP=BS, BK=BT)
         if need_tgt:  # x = src (resized or sampled), y = tgt
-            correlation_bwd_resampled_kernel[launch](
-                s, t, g, gout, dr, dr, *st, C, Hs, Ws, Ht, Wt, size, l, L, X_GRID=grid is not None,
+            dr = torch.empty((N, C, St), device=device, dtype=acc_t)
+            correlation_bwd_resampled_kernel[(triton.cdiv(C, BC), triton.cdiv(St, BS), N)](
+                s, t, g, gout, dr, dr, *st, C, Hs, Ws, Ht, Wt, Ss, ws, St, Ss, l, L, X_GRID=grid is not None,
                 WRT_SRC=False, NEED_GRID=False, **flags)
-            dtgt.append(_adjoint(dr, None, tt, t.shape, size, acc, acc_t, dtype))
+            dtgt.append(_adjoint(dr, None, tt, t.shape, target_size, acc, acc_t, dtype))
         if need_src or need_grid:  # x = tgt (resized), y = src
-            part = torch.empty((N, launch[0], S, 2), device=device, dtype=acc_t) if need_grid else dr
+            dr = torch.empty((N, C, Ss), device=device, dtype=acc_t)
+            launch = (triton.cdiv(C, BC), triton.cdiv(Ss, BS), N)
+            part = torch.empty((N, launch[0], Ss, 2), device=device, dtype=acc_t) if need_grid else dr
             correlation_bwd_resampled_kernel[launch](
-                t, s, g, gout, dr, part, *tt, C, Ht, Wt, Hs, Ws, size, l, L, X_GRID=False, WRT_SRC=True,
+                t, s, g, gout, dr, part, *tt, C, Ht, Wt, Hs, Ws, St, wt, Ss, Ss, l, L, X_GRID=False, WRT_SRC=True,
                 NEED_GRID=need_grid, **flags)
             if need_src:
                 dsrc.append(_adjoint(dr, grid, st, s.shape, size, acc, acc_t, dtype))
@@ -174,5 +179,5 @@ def correlation_bwd(gout, src, tgt, grid, size, need_src, need_tgt, need_grid):
         dgrid = parts[0]
         for p in parts[1:]:
             dgrid = dgrid + p
-        dgrid = dgrid.view(N, size, size, 2).to(dtype)
+        dgrid = dgrid.view(N, hs, ws, 2).to(dtype)
     return (dsrc if need_src else None), (dtgt if need_tgt else None), dgrid

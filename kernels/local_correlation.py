@@ -1,6 +1,7 @@
-"""Triton kernels of the local_correlation op (conventions: pscfast.ops._reference.local_correlation).
+"""Triton kernels of the local_correlation op (conventions: pscfast.ops._reference.local_correlation; every
+size argument an (h, w) pair).
 
-Tiles span all P * P displacements (rows, padded to a power of two) by a block of columns:
+Tiles span all PH * PW displacements (rows, padded to a power of two) by a block of columns:
 forward: one program per (n, output row, block of output columns) loops over the kernel window and the
   channels, reading a once per channel and tap and the matching b of every displacement; accumulation in
   float32 (float64 for float64).
@@ -18,9 +19,9 @@ import triton.language as tl
 from ._field import accumulation
 
 
-def _out_size(H, W, k, stride, padding, dilation):
-    span = dilation * (k - 1) + 1
-    return (H + 2 * padding - span) // stride + 1, (W + 2 * padding - span) // stride + 1
+def _out_size(H, W, kernel_size, stride, padding, dilation):
+    return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                 for n, k, s, p, d in zip((H, W), kernel_size, stride, padding, dilation))
 
 
 def _blocks(P2, W):
@@ -29,31 +30,29 @@ def _blocks(P2, W):
 
 
 @triton.jit
-def _forward(a_ptr, b_ptr, out_ptr, C, H, W, Ho, Wo, P, d, stride, pad, dil, dilp,
-             K: tl.constexpr, BP: tl.constexpr, BW: tl.constexpr, ACC: tl.constexpr):
+def _forward(a_ptr, b_ptr, out_ptr, C, H, W, Ho, Wo, PW, P2, rh, rw, sh, sw, padh, padw, dilh, dilw, dph, dpw,
+             KH: tl.constexpr, KW: tl.constexpr, BP: tl.constexpr, BW: tl.constexpr, ACC: tl.constexpr):
     row = tl.program_id(0)
     n = row // Ho
     i = row % Ho
     j = tl.program_id(1) * BW + tl.arange(0, BW)
     p = tl.arange(0, BP)
-    P2 = P * P
-    oy = (p // P - d) * dilp
-    ox = (p % P - d) * dilp
+    oy = (p // PW - rh) * dph
+    ox = (p % PW - rw) * dpw
     HW = H * W
-    base = n.to(tl.int64) * C * HW
     acc = tl.zeros([BP, BW], dtype=ACC)
-    for ki in tl.static_range(K):
-        ya = i * stride - pad + ki * dil
+    for ki in tl.static_range(KH):
+        ya = i * sh - padh + ki * dilh
         yb = ya + oy
-        for kj in tl.static_range(K):
-            xa = j * stride - pad + kj * dil
+        for kj in tl.static_range(KW):
+            xa = j * sw - padw + kj * dilw
             a_ok = (j < Wo) & (xa >= 0) & (xa < W) & (ya >= 0) & (ya < H)
             xb = xa[None, :] + ox[:, None]
             b_ok = a_ok[None, :] & (p[:, None] < P2) & (xb >= 0) & (xb < W) & (yb[:, None] >= 0) & (yb[:, None] < H)
             a_off = ya * W + xa
             b_off = yb[:, None] * W + xb
             for c in range(C):
-                plane = base + c * HW
+                plane = (n.to(tl.int64) * C + c) * HW  # int64: a sample may hold 2^31 elements or more
                 va = tl.load(a_ptr + plane + a_off, mask=a_ok, other=0.0).to(ACC)
                 vb = tl.load(b_ptr + plane + b_off, mask=b_ok, other=0.0).to(ACC)
                 acc += va[None, :] * vb
@@ -62,16 +61,16 @@ def _forward(a_ptr, b_ptr, out_ptr, C, H, W, Ho, Wo, P, d, stride, pad, dil, dil
 
 
 @triton.jit
-def _backward(gout_ptr, other_ptr, grad_ptr, C, H, W, Ho, Wo, P, d, stride, pad, dil, dilp,
-              SIGN: tl.constexpr, K: tl.constexpr, BP: tl.constexpr, BW: tl.constexpr, ACC: tl.constexpr):
+def _backward(gout_ptr, other_ptr, grad_ptr, C, H, W, Ho, Wo, PW, P2, rh, rw, sh, sw, padh, padw, dilh, dilw, dph,
+              dpw, SIGN: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, BP: tl.constexpr, BW: tl.constexpr,
+              ACC: tl.constexpr):
     row = tl.program_id(0)
     n = row // H
     y = row % H
     x = tl.program_id(1) * BW + tl.arange(0, BW)
     p = tl.arange(0, BP)
-    P2 = P * P
-    py = y + SIGN * (p // P - d) * dilp  # [BP]
-    px = x[None, :] + SIGN * ((p % P - d) * dilp)[:, None]  # [BP, BW]
+    py = y + SIGN * (p // PW - rh) * dph  # [BP]
+    px = x[None, :] + SIGN * ((p % PW - rw) * dpw)[:, None]  # [BP, BW]
     ok = (p[:, None] < P2) & (x[None, :] < W) & (px >= 0) & (px < W) & (py[:, None] >= 0) & (py[:, None] < H)
     if SIGN > 0:  # the position of a in the window
         wy = y + tl.zeros([BP], dtype=tl.int32)
@@ -80,52 +79,59 @@ def _backward(gout_ptr, other_ptr, grad_ptr, C, H, W, Ho, Wo, P, d, stride, pad,
         wy = py
         wx = px
     gbase = n.to(tl.int64) * P2 * Ho * Wo
+    # int64: a sample's P2 * Ho * Wo outputs may number 2^31 or more
+    gplane = p[:, None].to(tl.int64) * Ho * Wo
     G = tl.zeros([BP, BW], dtype=ACC)
-    for ki in tl.static_range(K):
-        t = wy + pad - ki * dil
-        i = t // stride
-        i_ok = (t >= 0) & (t % stride == 0) & (i < Ho)
-        for kj in tl.static_range(K):
-            tx = wx + pad - kj * dil
-            j = tx // stride
-            m = ok & i_ok[:, None] & (tx >= 0) & (tx % stride == 0) & (j < Wo)
-            G += tl.load(gout_ptr + gbase + (p[:, None] * Ho + i[:, None]) * Wo + j, mask=m, other=0.0).to(ACC)
+    for ki in tl.static_range(KH):
+        t = wy + padh - ki * dilh
+        i = t // sh
+        i_ok = (t >= 0) & (t % sh == 0) & (i < Ho)
+        for kj in tl.static_range(KW):
+            tx = wx + padw - kj * dilw
+            j = tx // sw
+            m = ok & i_ok[:, None] & (tx >= 0) & (tx % sw == 0) & (j < Wo)
+            G += tl.load(gout_ptr + gbase + gplane + i[:, None] * Wo + j, mask=m, other=0.0).to(ACC)
     HW = H * W
-    base = n.to(tl.int64) * C * HW
     off = py[:, None] * W + px
     for c in range(C):
-        plane = base + c * HW
+        plane = (n.to(tl.int64) * C + c) * HW
         partner = tl.load(other_ptr + plane + off, mask=ok, other=0.0).to(ACC)
         g = tl.sum(G * partner, axis=0)
         tl.store(grad_ptr + plane + y * W + x, g.to(grad_ptr.dtype.element_ty), mask=x < W)
 
 
-def local_correlation_fwd(a, b, kernel_size, max_displacement, stride, padding, dilation, dilation_patch):
-    """a, b contiguous (N, C, H, W) -> (N, P * P, Ho, Wo)."""
+def _geometry_args(patch_size, stride, padding, dilation, dilation_patch):
+    """The kernels' scalar arguments PW, P2, rh, rw, sh, sw, padh, padw, dilh, dilw, dph, dpw."""
+    PH, PW = patch_size
+    return (PW, PH * PW, (PH - 1) // 2, (PW - 1) // 2, *stride, *padding, *dilation, *dilation_patch)
+
+
+def local_correlation_fwd(a, b, kernel_size, patch_size, stride, padding, dilation, dilation_patch):
+    """a, b contiguous (N, C, H, W); every size argument an (h, w) pair -> (N, PH * PW, Ho, Wo)."""
     N, C, H, W = a.shape
-    P = 2 * max_displacement + 1
+    P2 = patch_size[0] * patch_size[1]
     Ho, Wo = _out_size(H, W, kernel_size, stride, padding, dilation)
-    out = a.new_empty(N, P * P, Ho, Wo)
+    out = a.new_empty(N, P2, Ho, Wo)
     if out.numel() == 0:
         return out.zero_()
-    bp, bw = _blocks(P * P, Wo)
+    bp, bw = _blocks(P2, Wo)
     grid = (N * Ho, triton.cdiv(Wo, bw))
-    _forward[grid](a, b, out, C, H, W, Ho, Wo, P, max_displacement, stride, padding, dilation, dilation_patch,
-                   K=kernel_size, BP=bp, BW=bw, ACC=accumulation(a.dtype)[0])
+    _forward[grid](a, b, out, C, H, W, Ho, Wo, *_geometry_args(patch_size, stride, padding, dilation, dilation_patch),
+                   KH=kernel_size[0], KW=kernel_size[1], BP=bp, BW=bw, ACC=accumulation(a.dtype)[0])
     return out
 
 
-def local_correlation_bwd(grad_out, other, kernel_size, max_displacement, stride, padding, dilation,
-                          dilation_patch, sign):
+def local_correlation_bwd(grad_out, other, kernel_size, patch_size, stride, padding, dilation, dilation_patch, sign):
     """Gradient of a (sign=+1, other = b) or of b (sign=-1, other = a), both contiguous; (N, C, H, W)."""
     N, C, H, W = other.shape
-    P = 2 * max_displacement + 1
+    P2 = patch_size[0] * patch_size[1]
     Ho, Wo = grad_out.shape[-2:]
     grad = torch.empty_like(other)
     if grad.numel() == 0:
         return grad
-    bp, bw = _blocks(P * P, W)
+    bp, bw = _blocks(P2, W)
     grid = (N * H, triton.cdiv(W, bw))
-    _backward[grid](grad_out, other, grad, C, H, W, Ho, Wo, P, max_displacement, stride, padding, dilation,
-                    dilation_patch, SIGN=sign, K=kernel_size, BP=bp, BW=bw, ACC=accumulation(other.dtype)[0])
+    _backward[grid](grad_out, other, grad, C, H, W, Ho, Wo,
+                    *_geometry_args(patch_size, stride, padding, dilation, dilation_patch), SIGN=sign,
+                    KH=kernel_size[0], KW=kernel_size[1], BP=bp, BW=bw, ACC=accumulation(other.dtype)[0])
     return grad

@@ -87,16 +87,16 @@ def warp_fwd_kernel(x_ptr, grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, out_ptr, 
     px, py, _, _ = _pixel(grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr, n, pix, mask, h, w, H, W, Wo,
                           DIRECT, ALIGN, BORDER, ACC)
     plane = H * W
-    x_n = x_ptr + n.to(tl.int64) * C * plane
-    out_n = out_ptr + n.to(tl.int64) * C * Ho * Wo
     i0, i1, i2, i3, w0, w1, w2, w3, _, _, _, _ = field_taps(px, py, H, W, NEAREST)
     for c in range(C):
+        nc = n.to(tl.int64) * C + c  # int64: a sample may hold 2^31 elements or more
+        x_c = x_ptr + nc * plane
         if NEAREST:
-            out = tl.load(x_n + c * plane + i0, mask=mask & (i0 >= 0), other=0.0)
+            out = tl.load(x_c + i0, mask=mask & (i0 >= 0), other=0.0)
         else:
-            v0, v1, v2, v3 = tap_values(x_n + c * plane, i0, i1, i2, i3, 1, mask, ACC)
+            v0, v1, v2, v3 = tap_values(x_c, i0, i1, i2, i3, 1, mask, ACC)
             out = w0 * v0 + w1 * v1 + w2 * v2 + w3 * v3
-        tl.store(out_n + c * Ho * Wo + pix, out.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + nc * Ho * Wo + pix, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -107,13 +107,12 @@ def _pixel_grid_grad(x_ptr, gout_ptr, grid_ptr, ry_ptr, rly_ptr, rx_ptr, rlx_ptr
                               DIRECT, ALIGN, BORDER, ACC)
     i0, i1, i2, i3, _, _, _, _, e, r, s, d = field_taps(px, py, H, W, False)
     plane = H * W
-    x_n = x_ptr + n.to(tl.int64) * C * plane
-    g_n = gout_ptr + n.to(tl.int64) * C * Ho * Wo
     ax = tl.zeros_like(px)
     ay = tl.zeros_like(px)
     for c in range(C):
-        v0, v1, v2, v3 = tap_values(x_n + c * plane, i0, i1, i2, i3, 1, mask, ACC)
-        g = tl.load(g_n + c * Ho * Wo + pix, mask=mask, other=0.0).to(ACC)
+        nc = n.to(tl.int64) * C + c  # int64: a sample may hold 2^31 elements or more
+        v0, v1, v2, v3 = tap_values(x_ptr + nc * plane, i0, i1, i2, i3, 1, mask, ACC)
+        g = tl.load(gout_ptr + nc * Ho * Wo + pix, mask=mask, other=0.0).to(ACC)
         ax += g * (-v0 * s + v1 * s - v2 * d + v3 * d)
         ay += g * (-v0 * e - v1 * r + v2 * e + v3 * r)
     return ax * dpx, ay * dpy

@@ -5,19 +5,9 @@
 
 `python -m pscfast.info` reports what was built and which backend serves each op here.
 """
-import importlib.util
-import os
 import warnings
 
-# A source checkout built in place (`python setup.py build_ext --inplace`, nothing installed): setup.py maps the
-# top-level kernels/ to pscfast.kernels only when it installs, so the checkout's root is searched for it too.
-_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if importlib.util.find_spec("pscfast.kernels") is None \
-        and os.path.isfile(os.path.join(_CHECKOUT, "kernels", "__init__.py")) \
-        and os.path.isfile(os.path.join(_CHECKOUT, "setup.py")):
-    __path__.append(_CHECKOUT)
-
-from pscfast import _extension, ops  # noqa: E402
+from pscfast import _extension, ops
 
 __version__ = "0.1.0"
 

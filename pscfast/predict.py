@@ -8,7 +8,9 @@ backward flow; without them, 8 keypoints are sampled on the sketch as PSC6k does
 and carried into the photo by the forward flow. Writes the picture (photo and sketch with numbered coloured
 points, and the photo warped onto the sketch) and, beside it, `<out>.flow.pt` with the 16x16 `fwd`, `bwd`
 grids (release convention), `kp_photo`, `kp_sketch` (K, 2) (x, y) in original pixels and the image sizes.
-`--checkpoint identity` uses the identity flow (no model; for trying the tool out).
+`--checkpoint identity` uses the identity flow (no model; for trying the tool out). The picture's format
+follows `--out`'s extension (.png, .jpg, ... : any format PIL writes), checked, with the device, before the
+model runs; errors are one line.
 """
 import argparse
 import os
@@ -18,22 +20,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pscfast.data.images import normalize
-from pscfast.evaluation.pck import transfer_keypoints
-from pscfast.models import ARCHS
-from pscfast.ops._reference import identity_grid
 from pscfast import viz
+from pscfast._cli import one_line_errors
+from pscfast._device import choose_device
+from pscfast.data.images import open_rgb
+from pscfast.evaluation import identity_predictor, model_predictor
+from pscfast.evaluation.pck import transfer_keypoints
+from pscfast.models import ARCHS, load_checkpoint
+from pscfast.models._load import atomic_write, check_writable
 
 SIZE = 256
 
 
 def load_any(path):
-    """(original (H, W, 3) uint8, (3, 256, 256) float in [0, 1])."""
-    try:
-        with Image.open(path) as im:
-            rgb = im.convert("RGB")
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"pscfast.predict: cannot read image {path}: {e}") from None
+    """(original (H, W, 3) uint8, (3, 256, 256) float in [0, 1]); decoded as the benchmark loaders do
+    (pscfast.data.images.open_rgb: transparency onto white, 16-bit and float images scaled)."""
+    rgb = open_rgb(path)
     small = np.asarray(rgb.resize((SIZE, SIZE), Image.BILINEAR), np.float32) / 255
     return np.asarray(rgb), torch.from_numpy(small.transpose(2, 0, 1).copy())
 
@@ -48,22 +50,32 @@ def from_frame(kp, wh):
 
 
 def parse_keypoints(text):
+    """'x,y;x,y;...' -> (K, 2) array; ValueError naming --keypoints otherwise."""
     try:
         pts = [[float(v) for v in p.split(",")] for p in text.split(";") if p.strip()]
     except ValueError:
-        raise SystemExit(f"pscfast.predict: --keypoints {text!r}: expected 'x,y;x,y;...' numbers") from None
+        raise ValueError(f"--keypoints {text!r}: expected 'x,y;x,y;...' numbers") from None
     if not pts or any(len(p) != 2 for p in pts):
-        raise SystemExit(f"pscfast.predict: --keypoints {text!r}: expected 'x,y;x,y;...' pairs")
+        raise ValueError(f"--keypoints {text!r}: expected 'x,y;x,y;...' pairs")
     return np.array(pts)
+
+
+def picture_format(path):
+    """PIL's format name for writing `path`, from its extension; ValueError when PIL cannot write it."""
+    Image.init()
+    ext = os.path.splitext(path)[1].lower()
+    fmt = Image.registered_extensions().get(ext)
+    if fmt is None or fmt not in Image.SAVE:
+        what = f"the extension {ext!r} names no picture format that PIL writes" if ext else "no file extension"
+        raise ValueError(f"--out: {path}: {what}; use .png or .jpg")
+    return fmt
 
 
 def build_predictor(checkpoint, arch=None, device="cpu"):
     """(photo, sketch) in [0, 1] (N, 3, 256, 256) -> (fwd, bwd) grids; 'identity' needs no model."""
     if checkpoint == "identity":
-        return lambda p, s: (identity_grid(p.shape[0], 16, 16, device=p.device),) * 2
-    from pscfast.models import load_checkpoint
-    model = load_checkpoint(checkpoint, arch=arch).to(device).eval()
-    return lambda p, s: model.predict_flow(normalize(p), normalize(s))
+        return identity_predictor
+    return model_predictor(load_checkpoint(checkpoint, arch=arch).to(device), SIZE)
 
 
 def predict_pair(photo_path, sketch_path, predict, keypoints=None, device="cpu"):
@@ -83,7 +95,7 @@ def predict_pair(photo_path, sketch_path, predict, keypoints=None, device="cpu")
                              f"{w}x{h} photo (x in [0, {w - 1}], y in [0, {h - 1}])")
         kp_src, flow, src_wh, dst_wh = keypoints, bwd, pwh, swh
     else:
-        from pscfast.data.keypoints import sample_sketch_keypoints
+        from pscfast.data.keypoints import sample_sketch_keypoints  # scipy: an optional dependency
         kp_src = from_frame(sample_sketch_keypoints(viz.to_uint8(sketch)), swh)
         flow, src_wh, dst_wh = fwd, swh, pwh
     src = torch.as_tensor(to_frame(kp_src, src_wh), dtype=torch.float32)
@@ -96,29 +108,33 @@ def predict_pair(photo_path, sketch_path, predict, keypoints=None, device="cpu")
             "photo_size": pwh, "sketch_size": swh}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m pscfast.predict", description=__doc__.split("\n\n")[0])
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pscfast.predict", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("photo")
     ap.add_argument("sketch")
     ap.add_argument("--checkpoint", required=True, help="pscfast or release checkpoint, or 'identity'")
     ap.add_argument("--arch", default=None, choices=ARCHS, help="the encoder (default: from the checkpoint)")
     ap.add_argument("--out", required=True, help="picture to write (.png)")
     ap.add_argument("--keypoints", default=None, help="photo points 'x,y;x,y;...' in the photo's pixels")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:N")
     a = ap.parse_args(argv)
-    kps = parse_keypoints(a.keypoints) if a.keypoints else None
-    try:
-        r = predict_pair(a.photo, a.sketch, build_predictor(a.checkpoint, a.arch, a.device), kps, a.device)
-    except ValueError as exc:
-        raise SystemExit(f"pscfast.predict: {exc}") from None
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    Image.fromarray(r.pop("figure")).save(a.out)
     flow_path = os.path.splitext(a.out)[0] + ".flow.pt"
-    torch.save({k: torch.as_tensor(np.asarray(v)) for k, v in r.items()}, flow_path)
+    with one_line_errors("pscfast.predict"):
+        kps = parse_keypoints(a.keypoints) if a.keypoints else None
+        fmt = picture_format(a.out)
+        check_writable(a.out, "--out")
+        device = choose_device(a.device, "--device")
+        r = predict_pair(a.photo, a.sketch, build_predictor(a.checkpoint, a.arch, device), kps, device)
+        figure = Image.fromarray(r.pop("figure"))
+        atomic_write(a.out, lambda f: figure.save(f, format=fmt), "--out")
+        flow = {k: torch.as_tensor(np.asarray(v)) for k, v in r.items()}
+        atomic_write(flow_path, lambda f: torch.save(flow, f), "--out")
     for i, (p, s) in enumerate(zip(r["kp_photo"], r["kp_sketch"]), 1):
         print(f"{i}: photo ({p[0]:.1f}, {p[1]:.1f}) <-> sketch ({s[0]:.1f}, {s[1]:.1f})")
     print(f"wrote {a.out} and {flow_path}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

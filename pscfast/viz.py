@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from pscfast.evaluation.pck import transfer_keypoints
+
 
 def to_uint8(image):
     """(3, H, W) float tensor in [0, 1] or (H, W, 3) uint8 array -> (H, W, 3) uint8 array."""
@@ -131,7 +133,6 @@ def flow_figure(photo, sketch, fwd, bwd, kp_photo=None, kp_sketch=None):
     (with rings at their true positions `kp_sketch` when given), and the photo warped into the sketch frame
     by `fwd`. photo, sketch (3, S, S) in [0, 1]; fwd, bwd (h, w, 2) absolute grids (release convention);
     keypoints (K, 2) (x, y) pixels. Returns (H, W, 3) uint8."""
-    from pscfast.evaluation.pck import transfer_keypoints
     size = photo.shape[-1]
     kp = torch.as_tensor(grid_keypoints(4, size) if kp_photo is None else kp_photo, dtype=torch.float32)
     pred = transfer_keypoints(bwd[None].float().cpu(), kp.flip(-1)[None], size)[0].flip(-1)

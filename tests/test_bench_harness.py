@@ -1,7 +1,7 @@
-"""The benchmark harness and the GPU sweep's selection, on CPU: a lent GPU's minutes must not be lost to them.
+"""The benchmark harness and the GPU sweep's selection, on CPU: a GPU's scarce minutes must not be lost to them.
 
 `pytest bench --benchmark` rewrites its JSON after every case and `--bench-resume` skips what the file holds (a
-sweep split over two device calls); the report shows a case that ran out of memory as such; `--gpu-only` keeps
+sweep split over two calls); the report shows a case that ran out of memory as such; `--gpu-only` keeps
 every case that can use a GPU and drops the CPU-only ones.
 """
 import json

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import zipfile
 
 import pytest
 import torch
@@ -72,18 +73,58 @@ def test_info_cli():
     assert pscfast.__version__ in out
 
 
-def test_a_checkout_built_in_place_imports_its_triton_kernels(tmp_path):
-    """`python setup.py build_ext --inplace` installs nothing, and setup.py maps kernels/ to pscfast.kernels
-    only when it installs (the GPU sweep runs such a checkout): pscfast finds the checkout's kernels/ itself."""
+def _checkout(dest) -> str:
+    """A copy of the package's sources in ``dest``: pscfast/ (no extension, no kernels link), kernels/, setup.py."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(pscfast.__file__)))
-    skip = shutil.ignore_patterns("*.so", "__pycache__")
-    for part in ("pscfast", "kernels"):
-        shutil.copytree(os.path.join(root, part), tmp_path / part, ignore=skip)
-    shutil.copy(os.path.join(root, "setup.py"), tmp_path)
-    code = "from pscfast import kernels; print(kernels.__file__)"
-    # -S: no .pth files, so no editable install of this checkout; torch from site-packages through PYTHONPATH
+    shutil.copytree(os.path.join(root, "pscfast"), dest / "pscfast",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__", "kernels"))
+    shutil.copytree(os.path.join(root, "kernels"), dest / "kernels", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("setup.py", "pyproject.toml"):
+        shutil.copy(os.path.join(root, name), dest)
+    return str(dest)
+
+
+def _bare_python(code: str, cwd) -> subprocess.CompletedProcess:
+    """``python -S -c code``: no .pth files, so no installed pscfast; torch from site-packages on PYTHONPATH."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})}
-    proc = subprocess.run([sys.executable, "-S", "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-S", "-c", code], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
+
+
+def test_the_package_imports_nothing_from_outside_its_folder(tmp_path):
+    """A checkout on sys.path (nothing installed) is the package and no more: its root's setup.py, tests or
+    kernels/ do not become pscfast submodules."""
+    _checkout(tmp_path)
+    code = ("import importlib.util, pscfast; print(pscfast.__path__); "
+            "print([m for m in ('pscfast.setup', 'pscfast.kernels') if importlib.util.find_spec(m)])")
+    proc = _bare_python(code, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == str(tmp_path / "kernels" / "__init__.py")
+    assert proc.stdout.split("\n")[:2] == [str([str(tmp_path / "pscfast")]), "[]"], proc.stdout
+
+
+def test_an_editable_install_with_a_prebuilt_extension_maps_the_kernels(tmp_path):
+    """The GPU sweep installs pscfast editable with PSCFAST_PREBUILT (an extension compiled elsewhere from the same
+    sources, bench/prebuild_gpu.sh): setup.py copies it in place of compiling, and the editable install maps
+    kernels/ to pscfast.kernels."""
+    if not _extension.loaded():
+        pytest.skip(_extension.load_error())
+    src = _checkout(tmp_path / "src")
+    build = subprocess.run([sys.executable, "-c", f"from setuptools import build_meta; "
+                            f"print(build_meta.build_editable({str(tmp_path / 'wheel')!r}))"],
+                           cwd=src, env={**os.environ, "PSCFAST_PREBUILT": pscfast._C.__file__}, capture_output=True,
+                           text=True, timeout=600)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = tmp_path / "wheel" / build.stdout.split()[-1]
+    site_dir = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site_dir)
+    # the site folder first: the environment running this test holds an editable finder of the same name. Run
+    # from the checkout's root, as the sweep runs: pscfast is found there, pscfast.kernels through the mapping
+    code = (f"import sys, site; sys.path.insert(0, {str(site_dir)!r}); site.addsitedir({str(site_dir)!r}); "
+            "import pscfast, pscfast.kernels, pscfast._C; from pscfast import _extension; "
+            "print(pscfast.__file__, pscfast.kernels.__file__, pscfast._C.__file__, "
+            "_extension.has_kernel('warp', 'cpu'))")
+    proc = _bare_python(code, src)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == [os.path.join(src, "pscfast", "__init__.py"),
+                                   os.path.join(src, "kernels", "__init__.py"),
+                                   os.path.join(src, "pscfast", "_C.abi3.so"), "True"], proc.stdout

@@ -6,8 +6,9 @@
 
 `python -m pscfast.data.synthetic --out DIR` writes a small benchmark in Sketchy's layout.
 """
-from pscfast.data.images import IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, DatasetError, decode_rgb, normalize
+from pscfast.data.images import (IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, DatasetError, decode_rgb, normalize,
+                                 resize)
 from pscfast.data.sketchy import PSCEvalPairs, PSCTestPairs, PSCTrainPairs, resolve_classes
 
-__all__ = ["IMAGE_SIZE", "IMAGENET_MEAN", "IMAGENET_STD", "DatasetError", "decode_rgb", "normalize",
+__all__ = ["IMAGE_SIZE", "IMAGENET_MEAN", "IMAGENET_STD", "DatasetError", "decode_rgb", "normalize", "resize",
            "PSCTrainPairs", "PSCEvalPairs", "PSCTestPairs", "resolve_classes"]

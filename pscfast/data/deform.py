@@ -5,7 +5,7 @@ D(p) = A (p - c) + c + t + sum_k a_k sin(2 pi <f_k, p> / S + phi_k), p = (x, y) 
 The sine field's Lipschitz constant is kept below the smallest singular value of A, so D is a
 diffeomorphism and D^-1(q) = A^-1 (q - c - t - s(p)) + c is a contraction solved by fixed-point iteration.
 
-Grids (SPEC section 1): `fwd` lives on the sketch grid and points into the photo, `fwd[i, j] = D^-1(q_ij)`;
+Grids (the release's convention): `fwd` lives on the sketch grid and points into the photo, `fwd[i, j] = D^-1(q_ij)`;
 `bwd` lives on the photo grid and points into the sketch, `bwd[i, j] = D(p_ij)`; grid point (i, j) sits at
 pixel (x, y) = (j, i) * (S - 1) / (n - 1) and values are normalised as grid_sample with align_corners=True:
 g = 2 x / (S - 1) - 1, last dim (x, y).

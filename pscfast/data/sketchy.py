@@ -1,4 +1,5 @@
-"""Sketchy + PSC6k loaders (SPEC section 2).
+"""Loaders of Sketchy (Sangkloy et al., SIGGRAPH 2016) with PSC6k's pairs and keypoints (Lu, Wang, Fan, ICML
+2023), in the formats of the authors' release.
 
 Layout: `<root>/rendered_256x256/256x256/photo/tx_000100000000/<class>/<id>.jpg` and
 `.../sketch/tx_000100000000/<class>/<id>-<k>.png`; the CSVs hold paths relative to `root`.
@@ -8,21 +9,24 @@ Layout: `<root>/rendered_256x256/256x256/photo/tx_000100000000/<class>/<id>.jpg`
   random (so a random sketch with that row's flip), as the release does.
   `PSCEvalPairs`: same items, first sketch of each photo, never flipped (for pictures during training).
 - `test_pairs_ps.csv`: `photo,sketch,class,XA,YA,XB,YB`, A = photo, B = sketch, each keypoint column 8
-  `;`-separated floats, 0-based pixels, X = column, Y = row. `PSCTestPairs`: every row.
+  `;`-separated floats, 0-based pixels, X = column, Y = row, each within the 256x256 image (0..255, as in
+  PSC6k). `PSCTestPairs`: every row.
 
 Items are dicts: `photo`, `sketch` float32 (3, 256, 256) in [0, 1] (not normalised: see `normalize`),
 `class_id` (int, 1-based), `index`, `photo_path`, `sketch_path` (as in the CSV); train items add `flip`;
 test items add `kp_photo`, `kp_sketch` float32 (8, 2) as (x, y) pixels.
-The CSV is validated completely at construction (columns, numbers, file existence); image decoding errors
+The CSV (UTF-8, with or without a byte-order mark) is validated completely at construction (columns,
+numbers, keypoints finite and inside the image, file existence); image decoding errors
 (corrupt file, wrong size) are raised when the item is loaded, naming the file and the CSV line.
 """
 import csv
+import math
 import os
 
 import torch
 from torch.utils.data import Dataset
 
-from pscfast.data.images import DatasetError, decode_rgb
+from pscfast.data.images import IMAGE_SIZE, DatasetError, decode_rgb
 
 NUM_KEYPOINTS = 8
 TRAIN_COLUMNS = ("photo", "sketch", "class", "flip")
@@ -34,7 +38,7 @@ def _read_rows(csv_path, columns):
     if not os.path.isfile(csv_path):
         raise DatasetError(f"CSV file not found: {csv_path}")
     name = os.path.basename(csv_path)
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -73,9 +77,14 @@ def _parse_coords(value, name, line, where):
         raise DatasetError(f"{where} line {line}: column {name!r} holds {len(parts)} keypoint coordinate(s), "
                            f"expected {NUM_KEYPOINTS} ';'-separated numbers")
     try:
-        return [float(p) for p in parts]
+        coords = [float(p) for p in parts]
     except ValueError:
         raise DatasetError(f"{where} line {line}: column {name!r} = {value!r} holds a non-number") from None
+    for i, v in enumerate(coords, 1):
+        if not (math.isfinite(v) and 0 <= v <= IMAGE_SIZE - 1):
+            raise DatasetError(f"{where} line {line}: column {name!r}: keypoint {i} = {parts[i - 1].strip()!r} is "
+                               f"not a pixel coordinate of the {IMAGE_SIZE}x{IMAGE_SIZE} image (0..{IMAGE_SIZE - 1})")
+    return coords
 
 
 def class_name_of(path):

@@ -1,4 +1,4 @@
-"""The embedded synthetic benchmark, in Sketchy's layout and PSC6k's CSV formats (SPEC section 2).
+"""The embedded synthetic benchmark, in Sketchy's layout and the CSV formats of PSC6k's release.
 
     python -m pscfast.data.synthetic --out DIR [--seed 0] [--classes snowman,fish,...] [--photos-per-class 12]
 
@@ -18,8 +18,8 @@ Deterministic by seed: every photo draws from its own generator seeded with (see
 import argparse
 import csv
 import os
+import secrets
 import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -86,17 +86,24 @@ def generate(out_dir, seed=0, classes=shapes.DEFAULT_CLASSES, photos_per_class=1
     classes = list(classes)
     if not classes:
         raise ValueError("classes: need at least one class")
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:  # the ground truth is looked up by path: a repeated class would overwrite its own images
+        raise ValueError(f"classes: {', '.join(map(repr, repeated))} listed more than once")
     if not (isinstance(seed, int) and seed >= 0):
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     if sketches_per_photo < 1:
         raise ValueError(f"sketches_per_photo must be at least 1, got {sketches_per_photo}")
     if not 0 < test_photos_per_class < photos_per_class:
         raise ValueError(f"test_photos_per_class={test_photos_per_class} must be in [1, photos_per_class)")
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"output folder {out_dir} exists and is not a folder")
     if os.path.exists(out_dir) and os.listdir(out_dir):
         raise FileExistsError(f"output folder {out_dir} exists and is not empty")
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=parent)
+    # os.mkdir applies the umask (tempfile.mkdtemp's 0700 would stay on the benchmark folder)
+    tmp = os.path.join(parent, f".synthetic-{os.getpid()}-{secrets.token_hex(8)}")
+    os.mkdir(tmp)
     try:
         counts = _write(tmp, seed, classes, photos_per_class, sketches_per_photo, test_photos_per_class, masks)
         if os.path.exists(out_dir):
@@ -173,7 +180,7 @@ def main(argv=None):
     try:
         counts = generate(a.out, a.seed, [c.strip() for c in a.classes.split(",") if c.strip()],
                           a.photos_per_class, a.sketches_per_photo, a.test_photos_per_class, masks=not a.no_masks)
-    except (ValueError, FileExistsError) as exc:
+    except (ValueError, OSError) as exc:  # a bad argument, an unusable --out: one line
         ap.error(str(exc))
     print(f"wrote {a.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
           + f" in {time.perf_counter() - t0:.1f} s")

@@ -20,11 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from pscfast import ops
-from pscfast.data import normalize
+from pscfast.data import normalize, resize
 from pscfast.evaluation.ground_truth import control_sketch
 from pscfast.models import PHOTO, SKETCH
 from pscfast.ops._reference import resize_features
-from pscfast.training.trainer import resize
 
 SIZE = 16
 

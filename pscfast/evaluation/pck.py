@@ -1,4 +1,4 @@
-"""PCK of PSC6k (SPEC section 2), as the release's evaluation computes it, and the consistency measure.
+"""PCK on PSC6k as the authors' release evaluates it (Lu, Wang, Fan, ICML 2023), and the consistency measure.
 
 Keypoint transfer: the flow (N, h, w, 2) (absolute grid, (x, y), align_corners=True) is upsampled to
 size x size (bilinear, align_corners=True), converted to pixels as (g + 1) (size - 1) / 2, and read at the

@@ -20,11 +20,10 @@ from __future__ import annotations
 import torch
 
 from pscfast import ops
-from pscfast.data import normalize
+from pscfast.data import normalize, resize
 from pscfast.evaluation.ground_truth import control_sketch
+from pscfast.losses.psc import stage2_loss
 from pscfast.models import PHOTO, SKETCH
-from pscfast.training.losses import stage2_loss
-from pscfast.training.trainer import resize
 
 
 class FlowProbe:

@@ -15,7 +15,7 @@ import os
 import torch
 
 from pscfast.models import efficientnet
-from pscfast.models._load import load_file
+from pscfast.models._load import atomic_write, load_file
 from pscfast.models.psc import PSCNet
 
 FORMAT = "pscfast"
@@ -124,11 +124,19 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, shared_bn:
 
 
 def save_checkpoint(path: str | os.PathLike, model: PSCNet, **extra) -> None:
-    """Write a pscfast checkpoint (atomically: a temporary file renamed into place); ``extra`` holds the
-    training state (optimizer, scheduler, MoCo, RNG, step) for resuming."""
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    torch.save({"format": FORMAT, "arch": model.arch, "shared_bn": model.shared_bn,
-                "model": model.state_dict(), **extra}, tmp)
-    os.replace(tmp, path)
+    """Write a pscfast checkpoint atomically (pscfast.models._load.atomic_write: a temporary file of a unique
+    name renamed into place; a failed write leaves the previous file and no temporary file); ``extra`` holds
+    the training state (optimizer, scheduler, MoCo, RNG, step) for resuming. A model holding non-finite
+    values (a diverged run) is refused with FloatingPointError, so it never replaces a good checkpoint."""
+    state = model.state_dict()
+    bad = nonfinite(state)
+    if bad:
+        raise FloatingPointError(f"save_checkpoint: {path} not written: {len(bad)} model tensor(s) hold non-finite "
+                                 f"values ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
+    ckpt = {"format": FORMAT, "arch": model.arch, "shared_bn": model.shared_bn, "model": state, **extra}
+    atomic_write(path, lambda f: torch.save(ckpt, f), "save_checkpoint")
+
+
+def nonfinite(state: dict) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or infinite values."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]

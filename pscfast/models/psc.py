@@ -8,7 +8,7 @@ from pscfast.models import efficientnet, resnet
 from pscfast.models.resnet import PHOTO, SKETCH
 from pscfast.models.stn import STN, upsample_flow
 
-ARCHS = (*resnet.ARCHS, efficientnet.ARCH)
+ARCHS = (*resnet.ARCHS, efficientnet.ARCH)  # the encoders PSCNet builds (the choices of TrainConfig.arch)
 
 
 def build_encoder(arch: str, shared_bn: bool = False) -> nn.Module:

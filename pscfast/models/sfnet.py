@@ -100,8 +100,9 @@ class SFNet(nn.Module):
         corr = self.correlation(f_sketch, f_photo)
         n, t, h, w = corr.shape
         corr_t = corr.flatten(2).transpose(1, 2).reshape(n, t, h, w)
-        fwd = ops.kernel_soft_argmax(corr, self.beta, self.sigma, backend=self.backend)
-        bwd = ops.kernel_soft_argmax(corr_t, self.beta, self.sigma, backend=self.backend)
+        # SFNet's code L2-normalises the product (its L2normalize, epsilon 1e-6) before the soft argmax
+        fwd = ops.kernel_soft_argmax(corr, self.beta, self.sigma, normalize="sfnet", backend=self.backend)
+        bwd = ops.kernel_soft_argmax(corr_t, self.beta, self.sigma, normalize="sfnet", backend=self.backend)
         return fwd, bwd, corr
 
     def forward(self, photo: torch.Tensor, sketch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""PSC's warp estimator (SPEC section 1): three residual blocks g4, g8, g16 on global correlations.
+"""PSC's warp estimator as the authors' release builds it: three residual blocks g4, g8, g16 on global
+correlations (Lu, Wang, Fan, ICML 2023).
 
 flow4  = identity + g4(corr(tgt, src))
 flow8  = flow4 + g8(corr(tgt, src sampled at flow4))

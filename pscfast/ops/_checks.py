@@ -68,16 +68,33 @@ def size_pair(op: str, name: str, value) -> tuple[int, int]:
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
     try:
-        h, w = (int(v) for v in value)
-        ok = all(float(v) == int(v) for v in value)
-    except (TypeError, ValueError):
+        # numbers only: a string is a sequence too ("16" would read as (1, 6)), and True is an int
+        ok = not isinstance(value, (str, bytes)) and len(value) == 2 and all(
+            not isinstance(v, (bool, str, bytes)) and float(v) == int(v) for v in value)
+    except (TypeError, ValueError, OverflowError):
         ok = False
-    if not ok or h <= 0 or w <= 0:
+    if not ok or int(value[0]) <= 0 or int(value[1]) <= 0:
         raise ValueError(f"pscfast.ops.{op}: {name} must be a positive int or a (height, width) pair of "
                          f"positive ints, got {value!r}")
-    return h, w
+    return int(value[0]), int(value[1])
+
+
+def plane(op: str, name: str, size, bits: int = 31) -> None:
+    """A spatial size (h, w) of fewer than 2^bits pixels: the kernels index a plane in int32. Checked on the
+    sizes alone, before any input is copied or promoted (an expanded tensor can be far larger than its memory)."""
+    h, w = size
+    if h * w >= 1 << bits:
+        raise ValueError(f"pscfast.ops.{op}: {name} has a plane of {h} x {w} = {h * w} pixels; the kernels take "
+                         f"fewer than 2^{bits}")
 
 
 def nonempty_spatial(op: str, name: str, value: torch.Tensor) -> None:
     if value.shape[-2] == 0 or value.shape[-1] == 0:
         raise ValueError(f"pscfast.ops.{op}: {name} has an empty spatial size {tuple(value.shape[-2:])}")
+
+
+def positive_number(op: str, name: str, value) -> float:
+    """A positive finite real number (int or float, not bool or str) as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"pscfast.ops.{op}: {name} must be a positive finite number, got {value!r}")
+    return float(value)

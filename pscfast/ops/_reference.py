@@ -52,25 +52,31 @@ def warp_displacement(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear
     return F.grid_sample(x, grid, mode=mode, padding_mode=padding_mode, align_corners=False)
 
 
-def resize_features(f: torch.Tensor, size: int) -> torch.Tensor:
-    """(N, C, H, W) -> (N, C, size, size), bilinear, align_corners=False, no antialias (as the release)."""
-    if tuple(f.shape[-2:]) == (size, size):
+def resize_features(f: torch.Tensor, size) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, *size), bilinear, align_corners=False, no antialias (as the release); an int
+    size means size x size."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(f.shape[-2:]) == size:
         return f
-    return F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False)
+    return F.interpolate(f, size=size, mode="bilinear", align_corners=False)
 
 
-def correlation(src, tgt, grid: torch.Tensor | None = None, size: int = 16) -> torch.Tensor:
-    """Global multi-layer correlation of PSC's warp estimator.
+def correlation(src, tgt, grid: torch.Tensor | None = None, size=16, target_size=None) -> torch.Tensor:
+    """Global multi-layer correlation of PSC's warp estimator (and of RAFT-style all-pairs volumes).
 
     src, tgt: sequences of per-layer maps (N, C_l, H_l, W_l) (layers may differ in size and channels; src and
-    tgt layer l have the same C_l). Each tgt layer is resized to size x size; each src layer is resized the
-    same way when grid is None, or sampled at the absolute grid (N, size, size, 2) (bilinear, zeros padding,
-    align_corners=True) from its native resolution. Returns (N, L * size * size, size, size): channel
-    l * size^2 + (row-major tgt position), spatial = src position; value = dot product over C_l.
+    tgt layer l have the same C_l). size = (hs, ws) is the source grid (an int: a square) and target_size
+    = (ht, wt) the target grid (default: size). Each tgt layer is resized to (ht, wt); each src layer is
+    resized to (hs, ws) when grid is None, or sampled at the absolute grid (N, hs, ws, 2) (bilinear, zeros
+    padding, align_corners=True) from its native resolution. Returns (N, L * ht * wt, hs, ws): channel
+    l * ht * wt + (row-major tgt position), spatial = src position; value = dot product over C_l.
     """
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    target_size = size if target_size is None else (
+        (target_size, target_size) if isinstance(target_size, int) else tuple(target_size))
     out = []
     for s, t in zip(src, tgt):
-        t = resize_features(t, size).flatten(2)  # (N, C, size^2)
+        t = resize_features(t, target_size).flatten(2)  # (N, C, ht * wt)
         if grid is None:
             s = resize_features(s, size)
         else:
@@ -132,64 +138,98 @@ def similarity_loss(fw, ft, tau: float = 0.001, size: int = 16):
     return ce, w
 
 
-def local_correlation(a: torch.Tensor, b: torch.Tensor, kernel_size: int = 1, max_displacement: int = 4,
-                      stride: int = 1, padding: int = 0, dilation: int = 1, dilation_patch: int = 1) -> torch.Tensor:
-    """Windowed cost volume (PWC-Net / FlowNet style), the semantics of spatial_correlation_sampler with
-    patch_size = 2 * max_displacement + 1, flattened: out[n, dy * P + dx, i, j] (P = 2d + 1, displacement
-    (dy - d, dx - d) * dilation_patch, row-major) = sum over c and the kernel window (ki, kj) of
-    a[n, c, u + ki * dilation, v + kj * dilation] * b[n, c, same + displacement], u = i * stride - padding
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def local_correlation(a: torch.Tensor, b: torch.Tensor, kernel_size=1, patch_size=9, stride=1, padding=0,
+                      dilation=1, dilation_patch=1) -> torch.Tensor:
+    """Windowed cost volume (PWC-Net / FlowNet style), the semantics of spatial_correlation_sampler, flattened.
+
+    Every size argument is an int or an (h, w) pair. out[n, py * PW + px, i, j] (row-major over the PH x PW
+    patch; displacement ((py - (PH - 1) // 2) * dilation_patch_h, (px - (PW - 1) // 2) * dilation_patch_w), so
+    an even patch reaches one step further forward than back) = sum over c and the kernel window (ki, kj) of
+    a[n, c, u + ki * dilation_h, v + kj * dilation_w] * b[n, c, same + displacement], u = i * stride_h - padding_h
     (v likewise); terms where either position is outside the maps are 0. No normalisation by C.
-    Output (N, P^2, H', W'), H' = (H + 2 padding - dilation (kernel_size - 1) - 1) // stride + 1.
+    Output (N, PH * PW, H', W'), H' = (H + 2 padding_h - dilation_h (kernel_h - 1) - 1) // stride_h + 1.
     """
+    (kh, kw), (PH, PW), (sh, sw), (ph, pw), (dh, dw), (dph, dpw) = map(
+        _pair, (kernel_size, patch_size, stride, padding, dilation, dilation_patch))
     N, C, H, W = a.shape
-    d, P, k = max_displacement, 2 * max_displacement + 1, kernel_size
-    Ho = (H + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-    Wo = (W + 2 * padding - dilation * (k - 1) - 1) // stride + 1
-    pad = padding + d * dilation_patch  # room for every displacement
-    a_p = F.pad(a, (pad, pad, pad, pad))
-    b_p = F.pad(b, (pad, pad, pad, pad))
-    valid = F.pad(torch.ones(1, 1, H, W, dtype=a.dtype, device=a.device), (pad, pad, pad, pad))
-    out = a.new_zeros(N, P * P, Ho, Wo)
-    rows = torch.arange(Ho, device=a.device) * stride + d * dilation_patch
-    cols = torch.arange(Wo, device=a.device) * stride + d * dilation_patch
-    for dy in range(P):
-        for dx in range(P):
-            oy, ox = (dy - d) * dilation_patch, (dx - d) * dilation_patch
+    Ho = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    Wo = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    rh, rw = (PH - 1) // 2, (PW - 1) // 2
+    # zero room for the displacements back (r steps) and forward (P - 1 - r steps); one of the size of the maps
+    # or more leaves them (its channel is 0), so the room never exceeds size - 1
+    top, left = ph + min(rh * dph, H - 1), pw + min(rw * dpw, W - 1)
+    pads = (left, pw + min((PW - 1 - rw) * dpw, W - 1), top, ph + min((PH - 1 - rh) * dph, H - 1))
+    a_p, b_p = F.pad(a, pads), F.pad(b, pads)
+    out = a.new_zeros(N, PH * PW, Ho, Wo)
+    rows = torch.arange(Ho, device=a.device) * sh + top - ph  # padded row of window tap 0
+    cols = torch.arange(Wo, device=a.device) * sw + left - pw
+    for py in range(PH):
+        for px in range(PW):
+            oy, ox = (py - rh) * dph, (px - rw) * dpw
+            if abs(oy) >= H or abs(ox) >= W:
+                continue
             acc = 0
-            for ki in range(k):
-                for kj in range(k):
-                    r, c = rows + ki * dilation, cols + kj * dilation
-                    va = a_p[:, :, r][:, :, :, c] * valid[:, :, r][:, :, :, c]
-                    vb = b_p[:, :, r + oy][:, :, :, c + ox] * valid[:, :, r + oy][:, :, :, c + ox]
+            for ki in range(kh):
+                for kj in range(kw):
+                    r, c = rows + ki * dh, cols + kj * dw
+                    va = a_p[:, :, r][:, :, :, c]
+                    vb = b_p[:, :, r + oy][:, :, :, c + ox]
                     acc = acc + (va * vb).sum(1)
-            out[:, dy * P + dx] = acc
+            out[:, py * PW + px] = acc
     return out
 
 
+L2_NORM_EPS = 1e-12  # F.normalize's default: the norm is max(||c||, eps)
+SFNET_NORM_EPS = 1e-6  # SFNet's L2normalize adds it under the square root
+
+
+def normalize_rows(c: torch.Tensor, normalize: str) -> torch.Tensor:
+    """The correlation rows (N, T, S) L2-normalised over T as kernel_soft_argmax's `normalize` says:
+    "l2" c / max(||c||, 1e-12) (the values and gradients of F.normalize), "sfnet" c / sqrt(||c||^2 + 1e-6)
+    (SFNet's L2normalize), "none" c unchanged. Both norms are formed as SFNet's code forms its own (sum of
+    squares, then the root; clamped before the root, so a zero row passes no gradient through its norm), so
+    that float32 rounds alike; half types in float32 (their squares overflow above 256)."""
+    if normalize == "none":
+        return c
+    x = c.to(torch.promote_types(c.dtype, torch.float32))
+    sq = x.pow(2).sum(1, keepdim=True)
+    r = sq.clamp_min(L2_NORM_EPS ** 2).sqrt() if normalize == "l2" else (sq + SFNET_NORM_EPS).sqrt()
+    return (x / r).to(c.dtype)
+
+
 def kernel_soft_argmax(corr: torch.Tensor, beta: float = 50.0, sigma: float = 5.0,
-                       target_size: tuple[int, int] | None = None) -> torch.Tensor:
+                       target_size: tuple[int, int] | None = None, normalize: str = "l2") -> torch.Tensor:
     """SFNet's kernel soft argmax (Lee et al., eq. 2-3) on a correlation in pscfast's layout.
 
     corr (N, Ht * Wt, Hs, Ws): channel = row-major target position, spatial = source position; target_size
-    (Ht, Wt) defaults to a square. Per source position: n = the correlation row L2-normalised over target
-    positions; k = exp(-|q - q*|^2 / (2 sigma^2)) with q* = argmax_q n (in target cells, no gradient);
-    m = softmax_q(beta * k * n); the expected target position sum_q m(q) q, returned as an absolute grid
-    (N, Hs, Ws, 2) into the target, (x, y) normalised with align_corners=True.
+    (Ht, Wt) defaults to a square. Per source position: n = the correlation row normalised over target
+    positions (normalize_rows); k = exp(-|q - q*|^2 / (2 sigma^2)) with q* = argmax_q n (in target cells, no
+    gradient); m = softmax_q(beta * k * n); the expected target position sum_q m(q) q, returned as an
+    absolute grid (N, Hs, Ws, 2) into the target, (x, y) normalised with align_corners=True.
+
+    The softmax is SFNet's softmax_with_temperature, exp(beta * (k n - max_q k n)) / sum, with the gradient
+    flowing through the max: the difference is formed before the scaling by beta, and the gradient at the
+    maximum comes out as minus the sum of the others, so float32 keeps SFNet's accuracy (torch.softmax loses
+    1e-5 along a non-last dim on the CPU, and its gradient at a saturated maximum beta * eps).
     """
     N, T, Hs, Ws = corr.shape
     Ht, Wt = target_size or (int(round(T ** 0.5)),) * 2
-    c = corr.flatten(2)
-    n = F.normalize(c, p=2, dim=1)
+    n = normalize_rows(corr.flatten(2), normalize)
     q = torch.arange(T, device=corr.device)
     qy, qx = (q // Wt).to(corr.dtype), (q % Wt).to(corr.dtype)
     best = n.argmax(dim=1, keepdim=True)  # (N, 1, S)
     by, bx = (best // Wt).to(corr.dtype), (best % Wt).to(corr.dtype)
     k = torch.exp(-((qx[None, :, None] - bx) ** 2 + (qy[None, :, None] - by) ** 2) / (2 * sigma ** 2))
-    m = torch.softmax(beta * k * n, dim=1)
-    x = (m * qx[None, :, None]).sum(1)
-    y = (m * qy[None, :, None]).sum(1)
-    gx = x * (2 / (Wt - 1)) - 1 if Wt > 1 else torch.zeros_like(x)
-    gy = y * (2 / (Ht - 1)) - 1 if Ht > 1 else torch.zeros_like(y)
+    z = k * n
+    e = torch.exp(beta * (z - z.amax(dim=1, keepdim=True)))
+    m = e / e.sum(dim=1, keepdim=True)
+    # expectation over target positions normalised to [-1, 1] (0 along an axis of one cell), as SFNet sums
+    gx = (m * (qx * (2 / (Wt - 1)) - 1 if Wt > 1 else torch.zeros_like(qx))[None, :, None]).sum(1)
+    gy = (m * (qy * (2 / (Ht - 1)) - 1 if Ht > 1 else torch.zeros_like(qy))[None, :, None]).sum(1)
     return torch.stack((gx, gy), dim=-1).view(N, Hs, Ws, 2)
 
 

@@ -1,5 +1,5 @@
 """compose and consistency_loss: flow composition on absolute grids and PSC's forward-backward
-consistency loss (SPEC section 3, op 5).
+consistency loss (Lu, Wang, Fan, ICML 2023), as the authors' release computes it.
 
 Backends: cpp (CPU C++ / CUDA C++), triton, torch (reference). The loss is fused: one launch computes the
 cycle, the release's mask and per-block partial sums, reduced in a fixed order (deterministic); the
@@ -12,7 +12,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _fake, _reference
+from . import _checks, _fake, _higher_order, _reference
 from ._dispatch import Op, register_op
 
 MODES = ("nearest", "bilinear")
@@ -23,6 +23,11 @@ def _identity_axes(bwd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     h, w = bwd.shape[1:3]
     return (torch.linspace(-1, 1, w, dtype=bwd.dtype, device=bwd.device),
             torch.linspace(-1, 1, h, dtype=bwd.dtype, device=bwd.device))
+
+
+def _reference_loss(fwd, bwd, xs, ys, mode):
+    """The reference loss with the compiled op's arguments (xs, ys: the identity's axes, constants)."""
+    return _reference.consistency_loss(fwd, bwd, mode)
 
 
 def _register() -> None:
@@ -50,6 +55,9 @@ def _register() -> None:
 
     def backward_compose(ctx, grad):
         f_ab, f_bc = ctx.saved_tensors
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference.compose, (f_ab, f_bc, ctx.mode), grad,
+                                                 ctx.needs_input_grad)
         d_ab, d_bc = torch.ops.pscfast._compose_backward(grad.contiguous(), f_ab, f_bc, ctx.mode)
         return d_ab, d_bc, None
 
@@ -60,6 +68,9 @@ def _register() -> None:
 
     def backward_loss(ctx, grad, _grad_count):
         fwd, bwd, xs, ys, count = ctx.saved_tensors
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference_loss, (fwd, bwd, xs, ys, ctx.mode), grad,
+                                                 ctx.needs_input_grad)
         d_fwd, d_bwd = torch.ops.pscfast._consistency_loss_backward(grad, count, fwd, bwd, xs, ys, ctx.mode)
         return d_fwd, d_bwd, None, None, None
 
@@ -84,17 +95,19 @@ class _ComposeTriton(torch.autograd.Function):
     def forward(ctx, f_ab, f_bc, mode):
         from pscfast.kernels import consistency as k
 
-        f_ab, f_bc = f_ab.contiguous(), f_bc.contiguous()
-        ctx.save_for_backward(f_ab, f_bc)
+        ctx.save_for_backward(f_ab, f_bc)  # the inputs: a recorded backward differentiates through them
         ctx.mode = mode
-        return k.compose_fwd(f_ab, f_bc, mode)
+        return k.compose_fwd(f_ab.contiguous(), f_bc.contiguous(), mode)
 
     @staticmethod
     def backward(ctx, grad):
         from pscfast.kernels import consistency as k
 
         f_ab, f_bc = ctx.saved_tensors
-        d_ab, d_bc = k.compose_bwd(grad.contiguous(), f_ab, f_bc, ctx.mode)
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference.compose, (f_ab, f_bc, ctx.mode), grad,
+                                                 ctx.needs_input_grad)
+        d_ab, d_bc = k.compose_bwd(grad.contiguous(), f_ab.contiguous(), f_bc.contiguous(), ctx.mode)
         return d_ab, d_bc, None
 
 
@@ -103,9 +116,8 @@ class _LossTriton(torch.autograd.Function):
     def forward(ctx, fwd, bwd, mode):
         from pscfast.kernels import consistency as k
 
-        fwd, bwd = fwd.contiguous(), bwd.contiguous()
         xs, ys = _identity_axes(bwd)
-        loss, count = k.consistency_fwd(fwd, bwd, xs, ys, mode)
+        loss, count = k.consistency_fwd(fwd.contiguous(), bwd.contiguous(), xs, ys, mode)
         ctx.save_for_backward(fwd, bwd, xs, ys, count)
         ctx.mode = mode
         return loss
@@ -115,7 +127,11 @@ class _LossTriton(torch.autograd.Function):
         from pscfast.kernels import consistency as k
 
         fwd, bwd, xs, ys, count = ctx.saved_tensors
-        d_fwd, d_bwd = k.consistency_bwd(grad.contiguous(), count, fwd, bwd, xs, ys, ctx.mode)
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference.consistency_loss, (fwd, bwd, ctx.mode), grad,
+                                                 ctx.needs_input_grad)
+        d_fwd, d_bwd = k.consistency_bwd(grad.contiguous(), count, fwd.contiguous(), bwd.contiguous(), xs, ys,
+                                         ctx.mode)
         return d_fwd, d_bwd, None
 
 
@@ -136,6 +152,7 @@ def _flows(op: str, **flows: torch.Tensor) -> list[torch.Tensor]:
     for name, f in flows.items():
         _checks.tensor(op, name, f, dims=4, last=2)
         _checks.nonempty_spatial(op, name, f[..., 0])
+        _checks.plane(op, name, f.shape[1:3], bits=30)
         _checks.finite(op, name, f)
     _checks.same_device(op, **flows)
     _checks.same_batch(op, **flows)
@@ -152,6 +169,9 @@ def compose(f_ab: torch.Tensor, f_bc: torch.Tensor, mode: str = "bilinear", *,
         mode: "bilinear" (differentiable in both flows) or "nearest" (round half to even, as grid_sample;
             gradient to f_ab only).
         backend: "cpp", "triton" or "torch"; default: fastest available.
+
+    Second derivatives (a backward with create_graph=True: gradient penalties, Hessian-vector products)
+    differentiate the plain PyTorch reference (pscfast.ops._reference): exact, at the reference's speed.
 
     Returns:
         (N, h', w', 2) composed grid on f_bc's grid, in the common dtype.
@@ -170,6 +190,7 @@ def consistency_loss(fwd: torch.Tensor, bwd: torch.Tensor, mode: str = "nearest"
     photo, bwd the reverse). mode "nearest" reproduces the release (gradient to fwd only); "bilinear" is
     differentiable in both flows. The mask keeps each cycle coordinate c (x and y on their own) with identity
     coordinate i where c != 0, i != 0, |c| <= 1, |i| <= 1. Returns a scalar, 0 when nothing is masked in.
+    Second derivatives (create_graph=True) differentiate the plain PyTorch reference (pscfast.ops._reference).
     """
     _checks.choice("consistency_loss", "mode", mode, MODES)
     fwd, bwd = _flows("consistency_loss", fwd=fwd, bwd=bwd)

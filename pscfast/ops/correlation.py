@@ -1,9 +1,10 @@
-"""correlation: PSC's global multi-layer correlation (SPEC section 3, op 1).
+"""correlation: PSC's global multi-layer correlation, the STN's input (Lu, Wang, Fan, ICML 2023; the
+release), on square or rectangular grids.
 
 Backends: cpp (CPU: per-sample scratch buffers + GEMM; CUDA: fused tiles), triton, torch (reference). The
 fused GPU kernels resize or sample the maps while they load them, so no resized copy of the maps is
 written to memory; the CPU kernel keeps one sample's resized maps in a scratch buffer. Backward passes are
-hand-written and deterministic.
+hand-written and deterministic; second derivatives come from the reference.
 """
 from __future__ import annotations
 
@@ -14,37 +15,42 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _fake, _reference
+from . import _checks, _fake, _higher_order, _reference
 from ._dispatch import Op, register_op
 
 
 def _register() -> None:
     """Fake (meta) and autograd implementations of the compiled pscfast::correlation ops."""
     @torch.library.register_fake("pscfast::correlation")
-    def _(src, tgt, grid, size):
-        return src[0].new_empty((src[0].shape[0], len(src) * size * size, size, size))
+    def _(src, tgt, grid, size, target_size):
+        return src[0].new_empty((src[0].shape[0], len(src) * target_size[0] * target_size[1], size[0], size[1]))
 
     @torch.library.register_fake("pscfast::_correlation_backward")
-    def _(grad_out, src, tgt, grid, size, output_mask):
+    def _(grad_out, src, tgt, grid, size, target_size, output_mask):
         dsrc = [_fake.like(s) for s in src] if output_mask[0] else []
         dtgt = [_fake.like(t) for t in tgt] if output_mask[1] else []
         dgrid = _fake.like(grid) if output_mask[2] and grid is not None else src[0].new_empty((0,))
         return dsrc, dtgt, dgrid
 
     def setup(ctx, inputs, output):
-        src, tgt, grid, size = inputs
-        ctx.layers, ctx.size, ctx.has_grid = len(src), size, grid is not None
+        src, tgt, grid, size, target_size = inputs
+        ctx.layers, ctx.has_grid = len(src), grid is not None
+        ctx.size, ctx.target_size = tuple(size), tuple(target_size)
         ctx.save_for_backward(*src, *tgt, *([grid] if grid is not None else []))
 
     def backward(ctx, grad):
         saved, L = ctx.saved_tensors, ctx.layers
         src, tgt = list(saved[:L]), list(saved[L:2 * L])
         grid = saved[2 * L] if ctx.has_grid else None
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference.correlation, (src, tgt, grid, ctx.size, ctx.target_size),
+                                                 grad, ctx.needs_input_grad)
         need = [any(n) if isinstance(n, (list, tuple)) else bool(n) for n in ctx.needs_input_grad[:3]]
         mask = [need[0], need[1], ctx.has_grid and need[2]]
-        dsrc, dtgt, dgrid = torch.ops.pscfast._correlation_backward(grad.contiguous(), src, tgt, grid, ctx.size, mask)
+        dsrc, dtgt, dgrid = torch.ops.pscfast._correlation_backward(grad.contiguous(), src, tgt, grid, list(ctx.size),
+                                                                    list(ctx.target_size), mask)
         none = [None] * L  # a list input takes a list of gradients
-        return (dsrc if mask[0] else none, dtgt if mask[1] else none, dgrid if mask[2] else None, None)
+        return (dsrc if mask[0] else none, dtgt if mask[1] else none, dgrid if mask[2] else None, None, None)
 
     torch.library.register_autograd("pscfast::correlation", backward, setup_context=setup)
 
@@ -53,22 +59,22 @@ if _extension.loaded():
     _register()
 
 
-def _cpp(src, tgt, grid, size):
-    return torch.ops.pscfast.correlation(list(src), list(tgt), grid, size)
+def _cpp(src, tgt, grid, size, target_size):
+    return torch.ops.pscfast.correlation(list(src), list(tgt), grid, list(size), list(target_size))
 
 
 class _CorrelationTriton(torch.autograd.Function):
     """Triton path; the layers travel flattened (autograd tracks tensor arguments only)."""
 
     @staticmethod
-    def forward(ctx, size, layers, grid, *maps):
+    def forward(ctx, size, target_size, layers, grid, *maps):
         from pscfast.kernels import correlation as k
 
+        ctx.size, ctx.target_size, ctx.layers, ctx.has_grid = size, target_size, layers, grid is not None
+        ctx.save_for_backward(grid, *maps)  # the inputs themselves: second derivatives differentiate through them
         maps = [m.contiguous() for m in maps]
         grid = grid.contiguous() if grid is not None else None
-        ctx.size, ctx.layers, ctx.has_grid = size, layers, grid is not None
-        ctx.save_for_backward(grid, *maps)
-        return k.correlation_fwd(maps[:layers], maps[layers:], grid, size)
+        return k.correlation_fwd(maps[:layers], maps[layers:], grid, size, target_size)
 
     @staticmethod
     def backward(ctx, grad):
@@ -77,13 +83,21 @@ class _CorrelationTriton(torch.autograd.Function):
         grid, *maps = ctx.saved_tensors
         L = ctx.layers
         need = ctx.needs_input_grad
-        dsrc, dtgt, dgrid = k.correlation_bwd(grad.contiguous(), maps[:L], maps[L:], grid, ctx.size,
-                                              any(need[3:3 + L]), any(need[3 + L:]), ctx.has_grid and need[2])
-        return (None, None, dgrid, *(dsrc or [None] * L), *(dtgt or [None] * L))
+        if _higher_order.recording():
+            dgrid, dsrc, dtgt = _higher_order.reference_grads(
+                lambda g, s, t: _reference.correlation(s, t, g, ctx.size, ctx.target_size),
+                (grid, maps[:L], maps[L:]), grad, (need[3], list(need[4:4 + L]), list(need[4 + L:])))
+            return (None, None, None, dgrid, *dsrc, *dtgt)
+        dsrc, dtgt, dgrid = k.correlation_bwd(grad.contiguous(), [m.contiguous() for m in maps[:L]],
+                                              [m.contiguous() for m in maps[L:]],
+                                              grid.contiguous() if grid is not None else None, ctx.size,
+                                              ctx.target_size, any(need[4:4 + L]), any(need[4 + L:]),
+                                              ctx.has_grid and need[3])
+        return (None, None, None, dgrid, *(dsrc or [None] * L), *(dtgt or [None] * L))
 
 
-def _triton(src, tgt, grid, size):
-    return _CorrelationTriton.apply(size, len(src), grid, *src, *tgt)
+def _triton(src, tgt, grid, size, target_size):
+    return _CorrelationTriton.apply(size, target_size, len(src), grid, *src, *tgt)
 
 
 CORRELATION = register_op(Op("correlation", {"cpp": _cpp, "triton": _triton, "torch": _reference.correlation}))
@@ -103,20 +117,28 @@ def _layers(op: str, name: str, value) -> list[torch.Tensor]:
 
 
 def correlation(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor], grid: torch.Tensor | None = None,
-                size: int = 16, *, backend: str | None = None) -> torch.Tensor:
-    """Correlate per-layer feature maps of a source and a target image on a size x size grid.
+                size: int | tuple[int, int] = 16, target_size: int | tuple[int, int] | None = None, *,
+                backend: str | None = None) -> torch.Tensor:
+    """Correlate per-layer feature maps of a source and a target image: every source position of the
+    size grid against every target position of the target_size grid.
 
     Args:
         src, tgt: sequences of L per-layer maps (N, C_l, H_l, W_l); layer l of src and tgt share C_l, and
             layers may differ in size and channels (a single tensor means one layer).
-        grid: optional absolute grid (N, size, size, 2) at which src is sampled (bilinear, zeros padding,
+        grid: optional absolute grid (N, hs, ws, 2) at which src is sampled (bilinear, zeros padding,
             align_corners=True) from its native resolution; without it src is resized like tgt
             (bilinear, align_corners=False).
-        size: the correlation grid side (16 in the paper).
+        size: the source grid (hs, ws), the output's spatial size; an int means a square (16 in the paper).
+        target_size: the target grid (ht, wt) to which tgt is resized; default: size.
         backend: see pscfast.ops._dispatch.
 
     Returns:
-        (N, L * size * size, size, size): channel l * size^2 + row-major tgt position, spatial = src position.
+        (N, L * ht * wt, hs, ws): channel l * ht * wt + row-major tgt position, spatial = src position.
+        A map already at its grid's size is used as it is, so on feature maps (N, C, h, w) with
+        size=(h, w) this is RAFT's all-pairs volume fmap1^T fmap2 (before its 1 / sqrt(C)), laid out
+        target-major: ``correlation(f1, f2, size=(h, w)).view(N, h * w, h * w).transpose(1, 2)`` is
+        ``torch.bmm(f1.flatten(2).transpose(1, 2), f2.flatten(2))``.
+        Differentiable in every map and in the grid, also twice (second derivatives through the reference).
     """
     op = "correlation"
     src, tgt = _layers(op, "src", src), _layers(op, "tgt", tgt)
@@ -126,31 +148,36 @@ def correlation(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor], grid: 
         if s.shape[:2] != t.shape[:2] or s.shape[0] != src[0].shape[0]:
             raise ValueError(f"pscfast.ops.{op}: layer {i}: src {tuple(s.shape)} and tgt {tuple(t.shape)} must "
                              "share the batch size and the channel count")
-    size = _checks.size_pair(op, "size", size)[0]
+    size = _checks.size_pair(op, "size", size)
+    target_size = size if target_size is None else _checks.size_pair(op, "target_size", target_size)
+    for name, (h, w) in (("size", size), ("target_size", target_size)):
+        if h * w >= 1 << 31:
+            raise ValueError(f"pscfast.ops.{op}: {name} {(h, w)} has {h * w} positions; at most 2^31 - 1")
     _checks.same_device(op, **{f"src[{i}]": s for i, s in enumerate(src)}, **{f"tgt[{i}]": t for i, t in enumerate(tgt)})
     if grid is not None:
         _checks.tensor(op, "grid", grid, dims=4, last=2)
-        if tuple(grid.shape[:3]) != (src[0].shape[0], size, size):
-            raise ValueError(f"pscfast.ops.{op}: grid must be (N, size, size, 2) = ({src[0].shape[0]}, {size}, "
-                             f"{size}, 2), got {tuple(grid.shape)}")
+        if tuple(grid.shape[:3]) != (src[0].shape[0], *size):
+            raise ValueError(f"pscfast.ops.{op}: grid must be (N, hs, ws, 2) = ({src[0].shape[0]}, {size[0]}, "
+                             f"{size[1]}, 2), got {tuple(grid.shape)}")
         _checks.same_device(op, src=src[0], grid=grid)
         _checks.finite(op, "grid", grid)
     *tensors, = _checks.promote(*src, *tgt, *([grid] if grid is not None else []))
     src, tgt = tensors[: len(src)], tensors[len(src): 2 * len(src)]
     grid = tensors[-1] if grid is not None else None
     _, impl = CORRELATION.select(backend, src[0])
-    return impl(src, tgt, grid, size)
+    return impl(src, tgt, grid, size, target_size)
 
 
 class Correlation(nn.Module):
-    """Module form of :func:`correlation`: ``Correlation(size)(src, tgt, grid=None)``."""
+    """Module form of :func:`correlation`: ``Correlation(size, target_size)(src, tgt, grid=None)``."""
 
-    def __init__(self, size: int = 16, backend: str | None = None):
+    def __init__(self, size: int | tuple[int, int] = 16, target_size: int | tuple[int, int] | None = None,
+                 backend: str | None = None):
         super().__init__()
-        self.size, self.backend = size, backend
+        self.size, self.target_size, self.backend = size, target_size, backend
 
     def forward(self, src, tgt, grid=None):
-        return correlation(src, tgt, grid, self.size, backend=self.backend)
+        return correlation(src, tgt, grid, self.size, self.target_size, backend=self.backend)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}"
+        return f"size={self.size}, target_size={self.target_size}"

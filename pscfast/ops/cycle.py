@@ -1,5 +1,5 @@
 """compose_displacement and truncated_flow_loss: Zhou et al.'s (CVPR 2016) transitive composition of pixel
-displacement fields with matchability, and their truncated Euclidean flow loss (SPEC section 3, op 5).
+displacement fields with matchability, and their truncated Euclidean flow loss.
 
 Backends: cpp (CPU C++ / CUDA C++), triton, torch (reference). Hand-written backward passes: the image-a
 gradients are pointwise, the image-b gradients (scatters) are summed in a fixed order, the loss reduces
@@ -12,7 +12,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _fake, _reference
+from . import _checks, _fake, _higher_order, _reference
 from ._dispatch import Op, register_op
 
 
@@ -39,6 +39,9 @@ def _register() -> None:
         ctx.save_for_backward(*inputs)
 
     def backward_compose(ctx, grad_f, grad_m):
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference.compose_displacement, ctx.saved_tensors,
+                                                 (grad_f, grad_m), ctx.needs_input_grad)
         return torch.ops.pscfast._compose_displacement_backward(grad_f.contiguous(), grad_m.contiguous(),
                                                                 *ctx.saved_tensors)
 
@@ -49,6 +52,9 @@ def _register() -> None:
 
     def backward_loss(ctx, grad):
         pred, target, mask = ctx.saved_tensors
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference.truncated_flow_loss, (pred, target, mask, ctx.T), grad,
+                                                 ctx.needs_input_grad)
         need = [bool(n) for n in ctx.needs_input_grad[:3]]  # the bench and PSC need d pred only
         if not any(need):
             return None, None, None, None
@@ -71,20 +77,27 @@ def _loss_cpp(pred, target, mask, T):
     return torch.ops.pscfast.truncated_flow_loss(pred, target, mask, T)
 
 
+def _contiguous(*tensors):
+    return [None if t is None else t.contiguous() for t in tensors]
+
+
 class _ComposeTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, f_ab, f_bc, m_ab, m_bc):
         from pscfast.kernels import cycle as k
 
-        inputs = [t.contiguous() for t in (f_ab, f_bc, m_ab, m_bc)]
-        ctx.save_for_backward(*inputs)
-        return k.compose_displacement_fwd(*inputs)
+        ctx.save_for_backward(f_ab, f_bc, m_ab, m_bc)  # the inputs: a recorded backward differentiates through them
+        return k.compose_displacement_fwd(*_contiguous(f_ab, f_bc, m_ab, m_bc))
 
     @staticmethod
     def backward(ctx, grad_f, grad_m):
         from pscfast.kernels import cycle as k
 
-        return k.compose_displacement_bwd(grad_f.contiguous(), grad_m.contiguous(), *ctx.saved_tensors)
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference.compose_displacement, ctx.saved_tensors,
+                                                 (grad_f, grad_m), ctx.needs_input_grad)
+        return k.compose_displacement_bwd(grad_f.contiguous(), grad_m.contiguous(),
+                                          *_contiguous(*ctx.saved_tensors))
 
 
 class _LossTriton(torch.autograd.Function):
@@ -92,18 +105,20 @@ class _LossTriton(torch.autograd.Function):
     def forward(ctx, pred, target, mask, T):
         from pscfast.kernels import cycle as k
 
-        pred, target = pred.contiguous(), target.contiguous()
-        mask = None if mask is None else mask.contiguous()
-        ctx.save_for_backward(pred, target, mask)
+        ctx.save_for_backward(pred, target, mask)  # the inputs: a recorded backward differentiates through them
         ctx.T = T
-        return k.truncated_loss_fwd(pred, target, mask, T)
+        return k.truncated_loss_fwd(*_contiguous(pred, target, mask), T)
 
     @staticmethod
     def backward(ctx, grad):
         from pscfast.kernels import cycle as k
 
         pred, target, mask = ctx.saved_tensors
-        return (*k.truncated_loss_bwd(grad, pred, target, mask, ctx.T, ctx.needs_input_grad[:3]), None)
+        if _higher_order.recording():
+            return _higher_order.reference_grads(_reference.truncated_flow_loss, (pred, target, mask, ctx.T), grad,
+                                                 ctx.needs_input_grad)
+        return (*k.truncated_loss_bwd(grad, *_contiguous(pred, target, mask), ctx.T, ctx.needs_input_grad[:3]),
+                None)
 
 
 def _compose_triton(f_ab, f_bc, m_ab, m_bc):
@@ -132,6 +147,7 @@ def _field(op: str, name: str, t: torch.Tensor, channels: int, like: torch.Tenso
     if like is not None and t.shape[2:] != like.shape[2:]:
         raise ValueError(f"pscfast.ops.{op}: {name} must have the spatial size {tuple(like.shape[2:])}, "
                          f"got shape {tuple(t.shape)}")
+    _checks.plane(op, name, t.shape[2:], bits=30)
     _checks.finite(op, name, t)
 
 
@@ -149,6 +165,9 @@ def compose_displacement(f_ab: torch.Tensor, f_bc: torch.Tensor, m_ab: torch.Ten
         m_bc: (N, 1, Hb, Wb) matchability of b -> c, default 1 (then M_ac is the in-image fraction of the
             bilinear taps).
         backend: "cpp", "triton" or "torch"; default: fastest available.
+
+    Second derivatives (a backward with create_graph=True: gradient penalties, Hessian-vector products)
+    differentiate the plain PyTorch reference (pscfast.ops._reference): exact, at the reference's speed.
 
     Returns:
         (f_ac (N, 2, H, W), m_ac (N, 1, H, W)); gradients flow to both flows and both maps.
@@ -174,7 +193,8 @@ def truncated_flow_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Te
                         T: float = 15.0, *, backend: str | None = None) -> torch.Tensor:
     """Zhou et al.'s truncated Euclidean flow loss: sum over pixels p of mask(p) * min(||pred(p) -
     target(p)||^2, T^2), a scalar. pred, target: (N, 2, H, W) displacement fields; mask (N, 1, H, W), default
-    all ones (a 0/1 mask selects the valid pixels). The gradient is 0 where the error is truncated."""
+    all ones (a 0/1 mask selects the valid pixels). The gradient is 0 where the error is truncated. Second
+    derivatives (create_graph=True) differentiate the plain PyTorch reference (pscfast.ops._reference)."""
     op = "truncated_flow_loss"
     _field(op, "pred", pred, 2)
     _field(op, "target", target, 2, pred)

@@ -1,4 +1,4 @@
-"""similarity_loss: PSC's weighted perceptual similarity (SPEC sections 1 and 3, op 3), fused.
+"""similarity_loss: PSC's weighted perceptual similarity (Lu, Wang, Fan, ICML 2023; the authors' release), fused.
 
 The ops take the layer lists: each layer is resized (bilinear, align_corners=False) and the layers are
 concatenated inside the op, one sample (CPU) or one chunk of samples (CUDA, Triton) at a time, as separable
@@ -16,7 +16,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _fake, _reference
+from . import _checks, _fake, _higher_order, _reference
 from ._dispatch import Op, register_op
 from .correlation import _layers
 
@@ -51,6 +51,11 @@ def _register() -> None:
     def backward(ctx, grad_ce, grad_weight, grad_stats):
         *layers, stats = ctx.saved_tensors
         L = ctx.layers
+        if _higher_order.recording():
+            dfw, dft, _, _ = _higher_order.reference_grads(
+                _reference.similarity_loss, (layers[:L], layers[L:], ctx.tau, ctx.size), (grad_ce, None),
+                ctx.needs_input_grad)
+            return dfw, dft, None, None
         need = [any(n) if isinstance(n, (list, tuple)) else bool(n) for n in ctx.needs_input_grad[:2]]
         dfw, dft = torch.ops.pscfast._similarity_loss_backward(grad_ce.contiguous(), layers[:L], layers[L:], stats,
                                                                 ctx.tau, ctx.size, need[1])
@@ -88,6 +93,11 @@ class _SimilarityLossTriton(torch.autograd.Function):
 
         stats, *maps = ctx.saved_tensors
         L, need = ctx.layers, ctx.needs_input_grad
+        if _higher_order.recording():
+            dmaps = _higher_order.reference_grads(
+                lambda *m: _reference.similarity_loss(m[:L], m[L:], ctx.tau, ctx.size), maps, (grad_ce, None),
+                need[3:])
+            return (None, None, None, *dmaps)
         dfw, dft = k.similarity_loss_bwd(grad_ce, maps[:L], maps[L:], stats, ctx.tau, ctx.size, any(need[3 + L:]))
         return (None, None, None, *dfw, *(dft or [None] * L))
 
@@ -108,12 +118,15 @@ def similarity_loss(fw: Sequence[torch.Tensor], ft: Sequence[torch.Tensor], tau:
     Args:
         fw, ft: sequences of per-layer maps (N, C_l, H_l, W_l) of the warped and the target image; each is
             resized to size x size (bilinear, align_corners=False) and the layers are concatenated on channels.
-        tau: softmax temperature (0.001 in the paper: logits up to ~1000).
-        size: the grid side (16 in the paper; 32 and 64 for finer correspondence).
+        tau: softmax temperature, a positive finite number (0.001 in the paper: logits up to ~1000).
+        size: the grid side (16 in the paper; 32 and 64 for finer correspondence): the grid is size x size
+            (a pair must be square; the loss matches position i of fw with position i of ft, so both sides
+            share one grid, and PSC's is square).
         backend: "cpp", "triton" or "torch" (see pscfast.ops._dispatch); default: fastest available.
 
     Returns:
-        (ce, weight), each (N, size^2); the direction's loss is (ce * weight).mean(). weight is detached.
+        (ce, weight), each (N, size^2); the direction's loss is (ce * weight).mean(). weight is detached;
+        ce is differentiable in fw and ft, also twice (second derivatives through the reference).
     """
     op = "similarity_loss"
     fw, ft = _layers(op, "fw", fw), _layers(op, "ft", ft)
@@ -123,14 +136,19 @@ def similarity_loss(fw: Sequence[torch.Tensor], ft: Sequence[torch.Tensor], tau:
     if fw[0].shape[0] == 0:
         raise ValueError(f"pscfast.ops.{op}: the batch is empty; the weight is min-max scaled over the batch, "
                          "so it needs at least one sample")
-    if not tau > 0:
-        raise ValueError(f"pscfast.ops.{op}: tau must be positive, got {tau}")
-    size = _checks.size_pair(op, "size", size)[0]
+    tau = _checks.positive_number(op, "tau", tau)
+    h, w = _checks.size_pair(op, "size", size)
+    if h != w:
+        raise ValueError(f"pscfast.ops.{op}: size must be one int (the grid is size x size) or a square pair, got "
+                         f"{size!r}: rectangular grids are not supported")
+    if h * h >= 1 << 31:
+        raise ValueError(f"pscfast.ops.{op}: size {h} has {h * h} positions; at most 2^31 - 1")
+    size = h
     _checks.same_device(op, **{f"fw[{i}]": f for i, f in enumerate(fw)}, **{f"ft[{i}]": f for i, f in enumerate(ft)})
     *tensors, = _checks.promote(*fw, *ft)
     fw, ft = tensors[: len(fw)], tensors[len(fw):]
     _, impl = SIMILARITY_LOSS.select(backend, fw[0])
-    return impl(fw, ft, float(tau), size)
+    return impl(fw, ft, tau, size)
 
 
 class SimilarityLoss(nn.Module):

@@ -110,7 +110,11 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
         backend: "cpp", "triton" or "torch" (see pscfast.ops._dispatch); default: fastest available.
 
     Returns:
-        (N, C, Ho, Wo) tensor in the common dtype of x and grid.
+        (N, C, Ho, Wo) tensor in the common dtype of x and grid. The kernels index in int32: x and output planes
+        of fewer than 2^31 pixels, grids of fewer than 2^30 points (checked on the sizes before anything runs).
+
+    Second derivatives (a backward with create_graph=True: gradient penalties, Hessian-vector products)
+    differentiate the plain PyTorch reference (pscfast.ops._reference): exact, at the reference's speed.
 
     Example:
         >>> x = torch.arange(12.0).view(1, 1, 3, 4)
@@ -129,6 +133,9 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
     _checks.nonempty_spatial(op, "x", x)
     _checks.nonempty_spatial(op, "grid", grid[..., 0])
     out_size = tuple(grid.shape[1:3]) if out_size is None else _checks.size_pair(op, "out_size", out_size)
+    _checks.plane(op, "x", x.shape[2:])
+    _checks.plane(op, "grid", grid.shape[1:3], bits=30)  # 2 coordinates per point: 2^31 values
+    _checks.plane(op, "out_size", out_size)
     _checks.finite(op, "grid", grid)
     x, grid = _checks.promote(x, grid)
     _, impl = WARP.select(backend, x)
@@ -147,6 +154,8 @@ def warp_displacement(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear
         raise ValueError(f"pscfast.ops.{op}: flow must be (N, 2, h, w), got shape {tuple(flow.shape)}")
     _checks.same_device(op, x=x, flow=flow)
     _checks.nonempty_spatial(op, "x", x)
+    _checks.plane(op, "x", x.shape[2:])
+    _checks.plane(op, "flow", flow.shape[2:], bits=30)  # the grid it becomes holds 2 coordinates per point
     _checks.finite(op, "flow", flow)
     x, flow = _checks.promote(x, flow)
     grid = _reference.displacement_to_grid(flow, tuple(x.shape[-2:]))

@@ -1,10 +1,6 @@
-"""PSC training: batched augmentation, losses, the two stages, the end-to-end pipeline."""
+"""PSC training: batched augmentation, the training loop, the two stages, the end-to-end pipeline; SFNet's
+training in pscfast.training.sfnet."""
 from pscfast.training.config import TrainConfig
+from pscfast.training.pipeline import train
 
 __all__ = ["TrainConfig", "train"]
-
-
-def train(cfg: TrainConfig) -> dict:
-    """See pscfast.training.pipeline.train (imported lazily: it pulls in the data package)."""
-    from pscfast.training.pipeline import train as _train
-    return _train(cfg)

@@ -2,8 +2,17 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from pscfast._config import check_types, load_json
+from pscfast.models import ARCHS
+from pscfast.ops._dispatch import parse_backends
+
+STAGES = {"encoder": (1,), "estimator": (2,), "both": (1, 2), "1": (1,), "2": (2,)}
+AMP = ("auto", "bf16", "fp16", "none")
 
 
 @dataclass(frozen=True)
@@ -13,31 +22,35 @@ class TrainConfig:
     of the training images (warp_weight; docs/experiments.md: on these features PSC's similarity and consistency
     losses drive the STN below the identity flow, and 150 MoCo steps lower the features' matching). The
     paper's settings are in train/configs/paper_r18.json and paper_r101.json; a config file that omits a
-    field takes the value here."""
+    field takes the value here.
+
+    The comment on each field is its ``--help`` text (pscfast._flags)."""
+    CHOICES: ClassVar[dict[str, tuple]] = {"stage": tuple(STAGES), "arch": ARCHS, "amp": AMP}
+
     stage: str = "estimator"             # encoder | estimator | both (1 | 2 accepted)
-    arch: str = "efficientnet_lite0"     # or resnet18 / resnet50 / resnet101 (pscfast.models.ARCHS)
+    arch: str = "efficientnet_lite0"     # the encoder
     shared_bn: bool = False              # True reproduces the release's single BN per pair
     data_root: str = "runs/synthetic"    # Sketchy root (generated there when it is the synthetic default)
-    csv_dir: str | None = None           # where train_pairs_ps.csv / test_pairs_ps.csv are (default data_root)
-    out: str = "runs/default"
+    csv_dir: str | None = None           # where train_pairs_ps.csv / test_pairs_ps.csv are (none: data_root)
+    out: str = "runs/default"            # output folder: checkpoints, TensorBoard, the correspondence picture
     image_size: int = 128                # training/inference resolution (the paper: 256)
-    batch_size: int = 8
-    epochs_encoder: int = 25
-    epochs_estimator: int = 50
-    max_steps_per_epoch: int | None = 12
-    lr_encoder: float = 0.03
-    lr_estimator: float = 0.003
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.25
-    moco_dim: int = 128
-    moco_k: int = 16                     # below the 48 pairs of the synthetic set (the paper: 8192)
-    moco_m: float = 0.99                 # the paper: 0.999
-    moco_t: float = 0.07
-    sim_weight: float = 0.0              # the paper: 0.1
-    con_weight: float = 0.0              # the paper: 1.0
-    tau: float = 0.001
-    warp_weight: float = 1.0             # stage 2: known-warp self-supervision of the STN (the paper: 0)
+    batch_size: int = 8                  # pairs per step and process
+    epochs_encoder: int = 25             # stage 1 epochs
+    epochs_estimator: int = 50           # stage 2 epochs
+    max_steps_per_epoch: int | None = 12  # at most this many steps per epoch (none: the whole training set)
+    lr_encoder: float = 0.03             # stage 1 SGD learning rate (with --resume it replaces the checkpoint's)
+    lr_estimator: float = 0.003          # stage 2 SGD learning rate (with --resume it replaces the checkpoint's)
+    momentum: float = 0.9                # SGD momentum
+    weight_decay: float = 1e-4           # SGD weight decay
+    warmup_epochs: float = 0.25          # linear warm-up before the cosine schedule
+    moco_dim: int = 128                  # MoCo head output size
+    moco_k: int = 16                     # MoCo queue length, below the 48 pairs of the synthetic set (paper: 8192)
+    moco_m: float = 0.99                 # MoCo key-encoder momentum (the paper: 0.999)
+    moco_t: float = 0.07                 # MoCo softmax temperature
+    sim_weight: float = 0.0              # stage 2 weight of the perceptual similarity loss (the paper: 0.1)
+    con_weight: float = 0.0              # stage 2 weight of the forward-backward consistency loss (the paper: 1.0)
+    tau: float = 0.001                   # temperature of the similarity loss's softmax
+    warp_weight: float = 1.0             # stage 2 weight of the known-warp supervision of the STN (the paper: 0)
     augment: bool = False                # the paper: True; False = no appearance, flip or warps
     augment_loop: bool = False           # True: the release's per-sample augmentation loop (benchmarks)
     encoder_train_mode: bool = False     # True: the release's stage 2 (encoder BN in train mode)
@@ -46,20 +59,21 @@ class TrainConfig:
     init: str | None = None              # a pscfast/release checkpoint to start from (e.g. stage-1 weights)
     backend: str | None = None           # pscfast.ops backend ("torch" = reference ops)
     amp: str = "auto"                    # auto (bf16 on CUDA) | bf16 | fp16 | none
-    channels_last: bool = False
+    channels_last: bool = False          # channels-last memory layout for the images and the trained model
     compile: bool | str = False          # True or a torch.compile backend name ("inductor", "aot_eager", ...)
-    save_every: int = 50                 # epochs
+    save_every: int = 50                 # epochs between numbered checkpoints (<out>/stage<s>_last.pt: every epoch)
     eval_every: int = 0                  # epochs, 0 = only at the end
-    eval_batch_size: int = 16
+    eval_batch_size: int = 16            # batch size of the PCK evaluation
     eval_limit: int | None = None        # evaluate on the first N test pairs only
-    workers: int = 0
-    seed: int = 0
-    device: str = "auto"
-    resume: str | None = None
-    tensorboard: bool = True
-    progress: bool = True
+    workers: int = 0                     # data-loader worker processes
+    seed: int = 0                        # seeds the model init, the data order and the augmentation
+    device: str = "auto"                 # auto (CUDA when there is one) | cpu | cuda | cuda:N
+    resume: str | None = None            # a stage checkpoint written by a run (same --arch, --shared-bn)
+    tensorboard: bool = True             # TensorBoard logs in <out>/tb
+    progress: bool = True                # a progress bar
 
     def __post_init__(self):
+        check_types(self)  # the CHOICES too
         positive = ("batch_size", "moco_dim", "moco_k", "lr_encoder", "lr_estimator", "moco_t", "tau",
                     "save_every", "eval_batch_size")
         for name in positive:
@@ -77,8 +91,8 @@ class TrainConfig:
         for name in ("max_steps_per_epoch", "eval_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be at least 1 or None, got {getattr(self, name)!r}")
-        self.stages()
         self.compile_backend()
+        check_backend(self)
 
     def compile_backend(self) -> str | None:
         """The torch.compile backend of ``compile`` (True means inductor), or None."""
@@ -86,7 +100,6 @@ class TrainConfig:
             return "inductor"
         if not self.compile:
             return None
-        import torch
         if self.compile not in torch.compiler.list_backends(exclude_tags=()):
             raise ValueError(f"TrainConfig: compile: unknown torch.compile backend {self.compile!r}; "
                              f"choose from {', '.join(torch.compiler.list_backends())}")
@@ -97,15 +110,15 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path: str, **overrides) -> "TrainConfig":
-        with open(path) as f:
-            data = json.load(f)
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown config keys {sorted(unknown)}")
-        return cls(**data).replace(**overrides)
+        """The config a JSON file of fields sets, with ``overrides`` (None values are ignored) on top."""
+        return cls(**load_json(cls, path)).replace(**overrides)
 
     def stages(self) -> tuple[int, ...]:
-        names = {"encoder": (1,), "1": (1,), "estimator": (2,), "2": (2,), "both": (1, 2)}
-        if str(self.stage) not in names:
-            raise ValueError(f"stage must be one of {sorted(names)}, got {self.stage!r}")
-        return names[str(self.stage)]
+        """The stages the run trains, in order."""
+        return STAGES[self.stage]
+
+
+def check_backend(cfg) -> None:
+    """Refuse an unknown pscfast.ops backend before anything runs (the ops would find it at their first call)."""
+    if cfg.backend is not None:
+        parse_backends(cfg.backend, f"{type(cfg).__name__}: backend")

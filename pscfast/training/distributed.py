@@ -7,20 +7,21 @@ import os
 import torch
 import torch.distributed as dist
 
+from pscfast._device import choose_device
+
 
 def init(device: str) -> tuple[int, int, torch.device]:
     """Initialise the process group when launched by torchrun; returns (rank, world_size, device)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = choose_device(device, "train: device")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    if device == "cuda":
+    if chosen.type == "cuda" and chosen.index is None:  # one GPU per process under torchrun
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device(device)
+    return rank, world, chosen
 
 
 def active() -> bool:
@@ -65,14 +66,18 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
 
 
 def sync_batchnorm(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """BatchNorm -> SyncBatchNorm on GPUs, GlobalBatchNorm2d elsewhere (same state-dict keys)."""
+    """BatchNorm -> SyncBatchNorm on GPUs, GlobalBatchNorm2d elsewhere, in place. The new batch norms hold
+    the old ones' parameters and buffers themselves (as torch's convert_sync_batchnorm does), so a module
+    sharing them (pscfast.training.share) sees every update."""
     if device.type == "cuda":
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for name, child in module.named_children():
         if type(child) is torch.nn.BatchNorm2d:
             new = GlobalBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                    child.track_running_stats).to(child.weight.device)
-            new.load_state_dict(child.state_dict())
+                                    child.track_running_stats)
+            for key in (*child._parameters, *child._buffers):
+                setattr(new, key, getattr(child, key))
+            new.train(child.training)
             setattr(module, name, new)
         else:
             sync_batchnorm(child, device)

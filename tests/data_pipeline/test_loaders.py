@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from pscfast.data import (IMAGENET_MEAN, IMAGENET_STD, DatasetError, PSCEvalPairs, PSCTestPairs, PSCTrainPairs,
-                          normalize)
+                          decode_rgb, normalize)
 
 
 def _pil(root, rel):
@@ -91,7 +91,7 @@ def _bench(tmp_path, rows, header="photo,sketch,class,XA,YA,XB,YB", photo_size=(
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.new("RGB", size, (200, 100, 50)).save(tmp_path / rel)
     path = tmp_path / ("test_pairs_ps.csv" if "XA" in header else "train_pairs_ps.csv")
-    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    path.write_text(header + "\n" + "\n".join(rows) + "\n", encoding="utf-8")
     return str(tmp_path), str(path)
 
 
@@ -154,3 +154,75 @@ def test_corrupt_image(tmp_path):
     ds = PSCTrainPairs(root, path)
     with pytest.raises(DatasetError, match=r"cannot decode image .*a-1\.png \(train_pairs_ps\.csv line [23]\)"):
         ds[0]
+
+
+@pytest.mark.parametrize("value, shown", [("nan", "'nan'"), ("inf", "'inf'"), ("-1e400", "'-1e400'"),
+                                          ("256", "'256'"), ("-0.5", "'-0.5'")])
+def test_keypoints_must_be_pixels_of_the_image(tmp_path, value, shown):
+    """PSC6k's keypoints lie in 0..255: a nan, an infinity or a point off the image is a broken CSV (it would
+    lower PCK silently, or be clamped to the border), named with its file, line, column and keypoint."""
+    bad = ";".join(["10"] * 4 + [value] + ["10"] * 3)
+    root, path = _bench(tmp_path, [f"{PH},{SK},1,{KP},{KP},{KP},{KP}", f"{PH},{SK},1,{KP},{bad},{KP},{KP}"])
+    with pytest.raises(DatasetError, match=rf"test_pairs_ps\.csv line 3: column 'YA': keypoint 5 = {shown} is not "
+                                           r"a pixel coordinate of the 256x256 image \(0\.\.255\)"):
+        PSCTestPairs(root, path)
+    edge = ";".join(["0", "255", "254.5"] + ["10"] * 5)
+    root, path = _bench(tmp_path, [f"{PH},{SK},1,{edge},{KP},{KP},{KP}"])
+    assert PSCTestPairs(root, path)[0]["kp_photo"][:3, 0].tolist() == [0, 255, 254.5]
+
+
+def test_a_byte_order_mark_before_the_header_is_accepted(tmp_path):
+    root, path = _bench(tmp_path, [f"{PH},{SK},1,0", f"{PH},{SK},1,1"], header="\ufeffphoto,sketch,class,flip")
+    assert open(path, "rb").read(3) == b"\xef\xbb\xbf"  # what spreadsheets write at the start of a UTF-8 CSV
+    assert len(PSCTrainPairs(root, path)) == 1
+
+
+def _strokes():
+    """(256, 256) uint8: black strokes (0) on white paper (255)."""
+    ink = np.full((256, 256), 255, np.uint8)
+    ink[40:44, 30:220] = 0
+    ink[60:200, 120:123] = 0
+    return ink
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_sketches_are_drawn_on_white_paper(tmp_path, mode):
+    """Black strokes on transparent paper (the ink only in alpha, as sketch exports often store it) decode as
+    the same strokes on white, not as an all-black image."""
+    ink = _strokes()
+    alpha = 255 - ink
+    if mode == "RGBA":
+        im = Image.fromarray(np.dstack([np.zeros((256, 256, 3), np.uint8), alpha]), "RGBA")
+    elif mode == "LA":
+        im = Image.fromarray(np.dstack([np.zeros_like(ink), alpha]), "LA")
+    else:  # palette: both entries black, index 0 (the paper) transparent
+        im = Image.fromarray((ink == 0).astype(np.uint8), "P")
+        im.putpalette([0] * 768)
+        im.info["transparency"] = 0
+    im.save(tmp_path / "sketch.png")
+    expect = torch.from_numpy(ink.astype(np.float32) / 255).expand(3, -1, -1)
+    assert torch.equal(decode_rgb(str(tmp_path / "sketch.png")), expect)
+
+
+def test_sixteen_bit_and_float_images_are_scaled(tmp_path):
+    ink = _strokes()
+    Image.fromarray(ink.astype(np.uint16) * 257).save(tmp_path / "sketch16.png")  # 255 -> 65535
+    Image.fromarray(ink.astype(np.float32) / 255, "F").save(tmp_path / "sketch.tif")
+    expect = torch.from_numpy(ink.astype(np.float32) / 255).expand(3, -1, -1)
+    for name in ("sketch16.png", "sketch.tif"):
+        assert Image.open(tmp_path / name).mode in ("I;16", "F")
+        assert torch.equal(decode_rgb(str(tmp_path / name)), expect), name
+    Image.fromarray(ink.astype(np.float32), "F").save(tmp_path / "scale255.tif")
+    with pytest.raises(DatasetError, match=r"scale255\.tif is a float image with values in \[0, 255\], expected "
+                                           r"\[0, 1\]"):
+        decode_rgb(str(tmp_path / "scale255.tif"))
+
+
+@pytest.mark.parametrize("limit", [3000, 1000])
+def test_a_decompression_bomb_is_refused_naming_the_file(tmp_path, monkeypatch, limit):
+    """PIL warns above MAX_IMAGE_PIXELS and raises above twice that; both become the loader's error."""
+    Image.new("RGB", (64, 64)).save(tmp_path / "big.png")  # 4096 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(DatasetError, match=r"image .*big\.png \(test_pairs_ps\.csv line 7\) is refused as a possible "
+                                           r"decompression bomb: Image size \(4096 pixels\) exceeds limit"):
+        decode_rgb(str(tmp_path / "big.png"), where="test_pairs_ps.csv line 7", size=None)

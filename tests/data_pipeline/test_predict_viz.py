@@ -1,16 +1,22 @@
 """predict (any image sizes, picture + flow file), viz pictures, the evaluate CLI."""
 import json
 import os
+import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+import pscfast._eval_cli as eval_cli_module
+import pscfast.predict as predict_module
 from pscfast import viz
 from pscfast.evaluate import main as evaluate_main
+from pscfast.models import PSCNet, save_checkpoint
 from pscfast.ops._reference import identity_grid
-from pscfast.predict import build_predictor, main as predict_main, predict_pair
+from pscfast.predict import build_predictor, load_any, main as predict_main, predict_pair
 
 R = "rendered_256x256/256x256"
 
@@ -52,12 +58,30 @@ def test_predict_default_keypoints_come_from_the_sketch(odd_pair):
     assert r["figure"].dtype == np.uint8 and r["figure"].shape[0] == 320
 
 
-def test_predict_rejects_bad_keypoints(odd_pair, tmp_path):
-    with pytest.raises(SystemExit, match="x,y"):
-        predict_main([*odd_pair, "--checkpoint", "identity", "--out", str(tmp_path / "f.png"), "--keypoints", "1,2,3"])
-    with pytest.raises(SystemExit, match=r"keypoint 2 \(300, 5\) lies outside the 300x220 photo"):
-        predict_main([*odd_pair, "--checkpoint", "identity", "--out", str(tmp_path / "f.png"),
-                      "--keypoints", "299,219;300,5"])
+def _fails(main, argv, capsys) -> str:
+    """The one line a command line exits 2 with."""
+    capsys.readouterr()  # what earlier calls printed (progress bars)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_predict_rejects_bad_keypoints(odd_pair, tmp_path, capsys):
+    base = [*odd_pair, "--checkpoint", "identity", "--out", str(tmp_path / "f.png"), "--keypoints"]
+    assert _fails(predict_main, base + ["1,2,3"], capsys).startswith(
+        "pscfast.predict: --keypoints '1,2,3': expected 'x,y;x,y;...' pairs")
+    assert _fails(predict_main, base + ["1,a"], capsys).startswith(
+        "pscfast.predict: --keypoints '1,a': expected 'x,y;x,y;...' numbers")
+    assert "keypoint 2 (300, 5) lies outside the 300x220 photo" in _fails(predict_main, base + ["299,219;300,5"],
+                                                                          capsys)
+
+
+def test_parse_keypoints_raises_instead_of_exiting():
+    with pytest.raises(ValueError, match=r"--keypoints '1;2': expected 'x,y;x,y;\.\.\.' pairs"):
+        predict_module.parse_keypoints("1;2")
+    assert predict_module.parse_keypoints("1,2; 3.5,4").tolist() == [[1, 2], [3.5, 4]]
 
 
 def test_flow_figure_and_warp():
@@ -91,9 +115,8 @@ def test_evaluate_cli(tiny_root, tmp_path, capsys):
     # ground truth vs identity: as far apart as the identity is from the annotations (GT = annotations)
     assert abs(r_id["consistency_with"]["value"] - r_id["consistency"]) < 0.005
     bad = tmp_path / "bad.json"
-    assert evaluate_main(["--data-root", str(tmp_path / "missing"), "--gt", "--json", str(bad)]) == 2
-    assert not bad.exists()
-    assert "root not found" in capsys.readouterr().err
+    err = _fails(evaluate_main, ["--data-root", str(tmp_path / "missing"), "--gt", "--json", str(bad)], capsys)
+    assert not bad.exists() and err.startswith("pscfast.evaluate: ") and "root not found" in err
 
 
 def test_identity_predictor_shapes():
@@ -117,3 +140,73 @@ def test_flow_figure_marks_the_true_positions():
     assert not changed[30, 160]                               # and nothing elsewhere
     # the photo and warped panels do not change
     assert np.array_equal(marked[:, :256], plain[:, :256]) and np.array_equal(marked[:, -256:], plain[:, -256:])
+
+
+def test_predict_reads_transparent_sketches_as_strokes_on_white(tmp_path):
+    ink = np.full((120, 90), 255, np.uint8)
+    ink[30:34, 10:80] = 0
+    Image.fromarray(np.dstack([np.zeros((120, 90, 3), np.uint8), 255 - ink]), "RGBA").save(tmp_path / "s.png")
+    full, small = load_any(str(tmp_path / "s.png"))
+    assert np.array_equal(full, np.repeat(ink[..., None], 3, 2))
+    assert small.shape == (3, 256, 256) and small.mean() > 0.9
+
+
+def test_predict_errors_are_one_line_and_found_before_the_model_runs(odd_pair, tmp_path, monkeypatch, capsys):
+    def no_model(*args, **kw):
+        raise AssertionError("the model was built before the arguments were checked")
+    monkeypatch.setattr(predict_module, "build_predictor", no_model)
+    for out, words in (("fig.xyz", r"fig\.xyz: the extension '\.xyz' names no picture format that PIL writes"),
+                       ("fig", r"fig: no file extension; use \.png or \.jpg"),
+                       ("fig.png", r"fig\.png is a folder; give a file name")):
+        (tmp_path / "fig.png").mkdir(exist_ok=True)
+        err = _fails(predict_main, [*odd_pair, "--checkpoint", "identity", "--out", str(tmp_path / out)], capsys)
+        assert re.match(rf"pscfast\.predict: --out: .*{words}", err), err
+    if not torch.cuda.is_available():
+        err = _fails(predict_main, [*odd_pair, "--checkpoint", "x.pt", "--out", str(tmp_path / "f.png"), "--device",
+                                    "cuda"], capsys)
+        assert "--device: 'cuda' requested but no CUDA device is available here" in err
+    monkeypatch.undo()
+    err = _fails(predict_main, [*odd_pair, "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "f.png")],
+                 capsys)
+    assert re.match(r"pscfast\.predict: pscfast\.models\.load_checkpoint: .*nope\.pt: no such file", err), err
+    assert sorted(os.listdir(tmp_path)) == ["fig.png", "photo.jpg", "sketch.png"]
+
+
+def test_evaluate_checks_its_outputs_and_compare_file_first(tiny_root, tmp_path, monkeypatch, capsys):
+    def no_evaluation(*args, **kw):
+        raise AssertionError("evaluated before the arguments were checked")
+    monkeypatch.setattr(eval_cli_module, "evaluate", no_evaluation)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    save_checkpoint(tmp_path / "model.pt", PSCNet("resnet18"), training={"stage": 2})
+    base = ["--data-root", tiny_root, "--gt"]
+    for extra, words in ((["--json", str(tmp_path / "dir")], r"--json: .*dir is a folder; give a file name"),
+                         (["--save-predictions", str(tmp_path / "file" / "p.pt")], r"file is a file, not a folder"),
+                         (["--compare", str(tmp_path / "model.pt")],
+                          r"--compare: .*model\.pt is not a predictions file written by --save-predictions \(it holds "
+                          r"keys \['arch', 'format', 'model', 'shared_bn', 'training'\], not \['photo_to_sketch', "
+                          r"'sketch_to_photo'\]\)"),
+                         (["--compare", str(tmp_path / "file")], r"file is not a PyTorch checkpoint")):
+        with pytest.raises(SystemExit) as info:
+            evaluate_main(base + extra)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and re.search(words, err) and "Traceback" not in err, err
+    assert sorted(os.listdir(tmp_path)) == ["dir", "file", "model.pt"]  # nothing written, no .tmp left
+    monkeypatch.undo()
+    preds = tmp_path / "few.pt"
+    assert evaluate_main(base + ["--classes", "car", "--save-predictions", str(preds)]) == 0
+    err = _fails(evaluate_main, base + ["--compare", str(preds)], capsys)  # 2 pairs saved, 6 evaluated
+    assert "holds predictions of shape (4, 8, 2), these are (12, 8, 2)" in err
+
+
+@pytest.mark.parametrize("module, args", [
+    ("pscfast.evaluate", ["--data-root", "nowhere", "--gt"]),
+    ("pscfast.diagnose", ["--data-root", "nowhere", "--checkpoint", "random", "--match"]),
+    ("pscfast.predict", ["nowhere.png", "nowhere.png", "--checkpoint", "identity", "--out", "f.png"]),
+])
+def test_the_command_lines_run_as_modules_and_exit_with_one_line(module, args, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
+    assert proc.returncode == 2 and proc.stderr.startswith(f"{module}: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "nowhere" in proc.stderr and os.listdir(tmp_path) == []

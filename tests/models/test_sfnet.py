@@ -2,9 +2,10 @@
 import pytest
 import torch
 
+from pscfast.losses.sfnet import flow_loss, mask_loss, sfnet_loss, smoothness_loss
 from pscfast.models.sfnet import SFNet
 from pscfast.ops._reference import identity_grid, kernel_soft_argmax
-from pscfast.training.sfnet_losses import flow_loss, mask_loss, sfnet_loss, smoothness_loss
+from pscfast.training.sfnet import SFNetConfig, SFNetTrainer, load_sfnet
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,8 +53,8 @@ def test_correlation_layout_and_directions():
     torch.testing.assert_close(corr, expected)
     fwd, bwd, corr_fwd = model.flows(f_t, f_s)  # photo = t, sketch = s: fwd lives on s, points into t
     torch.testing.assert_close(corr_fwd, expected)
-    torch.testing.assert_close(fwd, kernel_soft_argmax(expected, 50, 5))
-    torch.testing.assert_close(bwd, kernel_soft_argmax(model.correlation(f_t, f_s), 50, 5))
+    torch.testing.assert_close(fwd, kernel_soft_argmax(expected, 50, 5, normalize="sfnet"))
+    torch.testing.assert_close(bwd, kernel_soft_argmax(model.correlation(f_t, f_s), 50, 5, normalize="sfnet"))
 
 
 def test_losses_vanish_for_identity():
@@ -122,20 +123,19 @@ def test_gradients_reach_adaptation_layers_only():
 
 
 def test_training_reduces_loss():
-    from pscfast.training.sfnet import train_step
     torch.manual_seed(0)
-    model = SFNet("resnet18").train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    model = SFNet("resnet18")
     photo, sketch, m_p, m_s = _batch()
     batch = {"photo": photo, "sketch": sketch, "photo_mask": m_p, "sketch_mask": m_s}
-    losses = [train_step(model, opt, batch, 64, {"mask": 3.0, "flow": 16.0, "smooth": 0.5}, "cpu")["loss"]
-              for _ in range(12)]
+    cfg = SFNetConfig(image_size=64, batch_size=2, lr=1e-3, progress=False)
+    trainer = SFNetTrainer(cfg, model, [{k: v[i] for k, v in batch.items()} for i in range(2)], torch.device("cpu"))
+    losses = [trainer.train_step(batch)["loss"] for _ in range(12)]
     assert losses[-1] < 0.7 * losses[0], losses
 
 
 def test_checkpoint_round_trip_and_cli(tmp_path):
     from pscfast.models import save_checkpoint
-    from pscfast.training.sfnet import load_sfnet, parse, split_model_flag
+    from pscfast.train import parse_sfnet as parse, split_model_flag
     model = SFNet("resnet18", sigma=3.0).eval()
     for p in model.adapt3.parameters():
         torch.nn.init.normal_(p, std=0.05)

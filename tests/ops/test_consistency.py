@@ -178,6 +178,9 @@ def test_modules_equal_functions():
         (lambda a, b: consistency_loss(a, b * float("nan")), ValueError, "bwd contains NaN"),
         (lambda a, b: consistency_loss(a.numpy(), b), TypeError, "fwd must be a torch.Tensor"),
         (lambda a, b: consistency_loss(a, b, backend="gpu"), ValueError, "unknown backend 'gpu'"),
+        # a zero-stride grid of 2^30 points (the kernels' limit), refused before its values are read or copied
+        (lambda a, b: compose(a, torch.zeros((), dtype=torch.float64).expand(2, 2**15, 2**15, 2)), ValueError,
+         "f_bc has a plane of 32768 x 32768"),
     ],
 )
 def test_bad_input(make, error, words):

@@ -1,6 +1,7 @@
-"""correlation against the PyTorch reference: goldens, every backend's forward and backward, half precision,
-gradcheck, opcheck, the grid's gradient alone. The coordinate contract, determinism, the Module
-and bad input are in test_correlation_contract.py."""
+"""correlation against the PyTorch reference: goldens, every backend's forward and backward on square and
+rectangular grids, RAFT's all-pairs volume, half precision, gradcheck, gradgradcheck, opcheck, the grid's
+gradient alone. The coordinate contract, determinism, the Module and bad input are in
+test_correlation_contract.py."""
 from pathlib import Path
 
 import pytest
@@ -12,19 +13,26 @@ from tests.utils import BACKENDS, assert_close, noncontiguous, require
 
 GOLDEN = Path(__file__).resolve().parent.parent / "data" / "golden-psc-ops.pt"
 
-# per layer (C, Hs, Ws, Ht, Wt); N; size
+# per layer (C, Hs, Ws, Ht, Wt); N; size (source grid); target_size (target grid, None: size)
 CASES = [
-    pytest.param(([(3, 9, 7, 5, 8)], 2, 7), id="1layer-odd-size7"),
-    pytest.param(([(4, 9, 11, 6, 5), (6, 5, 4, 7, 7)], 1, 7), id="2layers-batch1"),
-    pytest.param(([(2, 32, 32, 32, 32), (5, 16, 16, 16, 16), (3, 17, 13, 3, 4)], 2, 16), id="3layers-size16"),
+    pytest.param(([(3, 9, 7, 5, 8)], 2, 7, None), id="1layer-odd-size7"),
+    pytest.param(([(4, 9, 11, 6, 5), (6, 5, 4, 7, 7)], 1, 7, None), id="2layers-batch1"),
+    pytest.param(([(2, 32, 32, 32, 32), (5, 16, 16, 16, 16), (3, 17, 13, 3, 4)], 2, 16, None), id="3layers-size16"),
+    pytest.param(([(3, 9, 7, 5, 8), (2, 6, 10, 4, 4)], 2, (5, 8), None), id="2layers-rect5x8"),
+    pytest.param(([(4, 9, 11, 6, 5)], 2, (3, 7), (6, 4)), id="src3x7-tgt6x4"),
+    pytest.param(([(2, 7, 5, 7, 5)], 1, (7, 5), (1, 9)), id="native-src-tgt1x9"),
 ]
+
+
+def _pair(size):
+    return (size, size) if isinstance(size, int) else size
 
 
 def _inputs(layers, n, size, dtype, device, contiguous=True, seed=0):
     gen = torch.Generator().manual_seed(seed)
     src = [torch.randn(n, c, hs, ws, generator=gen, dtype=dtype) for c, hs, ws, _, _ in layers]
     tgt = [torch.randn(n, c, ht, wt, generator=gen, dtype=dtype) for c, _, _, ht, wt in layers]
-    grid = torch.rand(n, size, size, 2, generator=gen, dtype=dtype) * 2.4 - 1.2  # partly outside [-1, 1]
+    grid = torch.rand(n, *_pair(size), 2, generator=gen, dtype=dtype) * 2.4 - 1.2  # partly outside [-1, 1]
     src, tgt, grid = [s.to(device) for s in src], [t.to(device) for t in tgt], grid.to(device)
     if not contiguous:
         src, tgt, grid = [noncontiguous(s) for s in src], [noncontiguous(t) for t in tgt], noncontiguous(grid)
@@ -68,14 +76,15 @@ def test_golden(device, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_matches_reference(device, backend, dtype, case, contiguous, warped):
     require("correlation", backend, device, dtype)
-    layers, n, size = case
-    if backend == "triton" and device == "cpu" and size > 8 and (dtype, contiguous) != (torch.float32, True):
+    layers, n, size, target_size = case
+    (hs, ws), (ht, wt) = _pair(size), _pair(target_size or size)
+    if backend == "triton" and device == "cpu" and hs > 8 and (dtype, contiguous) != (torch.float32, True):
         pytest.skip("the Triton interpreter is slow: size 16 runs for float32 contiguous inputs only")
     src, tgt, grid = _inputs(layers, n, size, dtype, device, contiguous, seed=len(layers) * 10 + warped)
     grid = grid if warped else None
-    gout = torch.randn(n, len(layers) * size * size, size, size, dtype=dtype, device=device)
-    got = _run(correlation, src, tgt, grid, size, gout, backend=backend)
-    exp = _run(ref.correlation, src, tgt, grid, size, gout)
+    gout = torch.randn(n, len(layers) * ht * wt, hs, ws, dtype=dtype, device=device)
+    got = _run(correlation, src, tgt, grid, size, gout, target_size=target_size, backend=backend)
+    exp = _run(ref.correlation, src, tgt, grid, size, gout, target_size=target_size)
     names = ["forward"] + [f"src[{i}] grad" for i in range(len(src))] + [f"tgt[{i}] grad" for i in range(len(tgt))]
     names += ["grid grad"] if warped else []
     for name, a, b in zip(names, got, exp):
@@ -120,16 +129,56 @@ def test_gradcheck_float64(device, warped):
         assert torch.autograd.gradcheck(fn, args)
 
 
-def test_opcheck(device):
+@pytest.mark.parametrize("grids", [((4, 4), (4, 4)), ((3, 5), (2, 6))], ids=["square", "rectangular"])
+def test_opcheck(device, grids):
     require("correlation", "cpp", device, torch.float32)
-    src, tgt, grid = _inputs([(3, 5, 6, 4, 7), (2, 3, 3, 5, 5)], 2, 4, torch.float32, device)
-    gout = torch.randn(2, 2 * 16, 4, 4, device=device)
+    size, target_size = grids
+    src, tgt, grid = _inputs([(3, 5, 6, 4, 7), (2, 3, 3, 5, 5)], 2, size, torch.float32, device)
+    gout = torch.randn(2, 2 * target_size[0] * target_size[1], *size, device=device)
     for g in (None, grid):
         args = ([s.requires_grad_() for s in src], [t.requires_grad_() for t in tgt],
-                g.requires_grad_() if g is not None else None, 4)
+                g.requires_grad_() if g is not None else None, list(size), list(target_size))
         torch.library.opcheck(torch.ops.pscfast.correlation.default, args)
         detached = ([s.detach() for s in src], [t.detach() for t in tgt], g.detach() if g is not None else None)
-        torch.library.opcheck(torch.ops.pscfast._correlation_backward.default, (gout, *detached, 4, [True, False, True]))
+        torch.library.opcheck(torch.ops.pscfast._correlation_backward.default,
+                              (gout, *detached, list(size), list(target_size), [True, False, True]))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_raft_all_pairs_volume_equals_matmul(backend):
+    """RAFT at 256x320 (feature maps 32x40 at stride 8): correlation(size=(h, w)) is RAFT's
+    corr = fmap1^T fmap2 (channel = fmap2 position), forward and gradients. Before, size=(32, 40) gave a
+    32x32 correlation."""
+    require("correlation", backend, "cpu", torch.float64)
+    n, c = (1, 4) if backend == "triton" else (2, 16)  # the interpreter is slow
+    f1 = torch.randn(n, c, 32, 40, dtype=torch.float64, requires_grad=True)
+    f2 = torch.randn(n, c, 32, 40, dtype=torch.float64, requires_grad=True)
+    out = correlation(f1, f2, size=(32, 40), backend=backend)
+    assert out.shape == (n, 32 * 40, 32, 40)
+    raft = torch.matmul(f1.flatten(2).transpose(1, 2), f2.flatten(2))  # (n, fmap1 position, fmap2 position)
+    torch.testing.assert_close(out.view(n, 32 * 40, 32 * 40).transpose(1, 2), raft, rtol=0, atol=1e-12)
+    gout = torch.randn(n, 32 * 40, 32 * 40, dtype=torch.float64)
+    got = torch.autograd.grad(out.view(n, 32 * 40, 32 * 40).transpose(1, 2), (f1, f2), gout)
+    expected = torch.autograd.grad(raft, (f1, f2), gout)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-10)
+
+
+@pytest.mark.parametrize("warped", [False, True], ids=["plain", "warped"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradgradcheck(backend, warped):
+    """Second derivatives (create_graph=True) on every backend, rectangular grids: before, the cpp backward
+    raised an unrelated "mm(): functions with out=..." error and the Triton one returned detached
+    gradients."""
+    require("correlation", backend, "cpu", torch.float64)
+    src, tgt, grid = _inputs([(2, 4, 5, 3, 4)], 1, (2, 3), torch.float64, "cpu")
+    grid = grid * 0.9 if warped else None  # away from pixel boundaries, where sampling has no derivative
+
+    def fn(s, t, *g):
+        return correlation([s], [t], g[0] if g else None, (2, 3), (3, 2), backend=backend)
+
+    args = [src[0].requires_grad_(), tgt[0].requires_grad_()] + ([grid.requires_grad_()] if warped else [])
+    assert torch.autograd.gradgradcheck(fn, args)
 
 
 def test_only_required_gradients():

@@ -48,11 +48,27 @@ def test_backward_is_deterministic(device, backend):
         assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rectangular_size_keeps_both_sides(device, backend):
+    """size=(h, w) is an h x w grid (16x24 maps give a 16x24 correlation, not 16x16), and its transposed
+    layout is the same correlation transposed: the width is never dropped."""
+    require("correlation", backend, device, torch.float64)
+    src, tgt, _ = _inputs([(3, 16, 24, 16, 24)], 1, (16, 24), torch.float64, device)
+    out = correlation(src, tgt, None, (16, 24), backend=backend)
+    assert out.shape == (1, 16 * 24, 16, 24)
+    flipped = correlation([src[0].transpose(2, 3)], [tgt[0].transpose(2, 3)], None, (24, 16), backend=backend)
+    expected = out.view(1, 16, 24, 16, 24).permute(0, 2, 1, 4, 3).reshape(1, 24 * 16, 24, 16)
+    torch.testing.assert_close(flipped, expected, rtol=0, atol=1e-12)
+
+
 def test_module_equals_function():
     src, tgt, grid = _inputs([(3, 8, 8, 6, 6)], 2, 4, torch.float32, "cpu")
     m = Correlation(4)
     assert torch.equal(m(src, tgt, grid), correlation(src, tgt, grid, 4))
     assert "size=4" in repr(m)
+    m = Correlation((4, 3), (2, 5))
+    assert torch.equal(m(src, tgt), correlation(src, tgt, None, (4, 3), (2, 5)))
+    assert "size=(4, 3), target_size=(2, 5)" in repr(m)
 
 
 @pytest.mark.parametrize(
@@ -66,14 +82,22 @@ def test_module_equals_function():
         (lambda s, t, g: correlation([], [], g, 4), TypeError, "src must be a non-empty sequence"),
         (lambda s, t, g: correlation(s, [], g, 4), TypeError, "tgt must be a non-empty sequence"),
         (lambda s, t, g: correlation(s, t, g[..., :1], 4), ValueError, "grid must have size 2"),
-        (lambda s, t, g: correlation(s, t, g[:, :3], 4), ValueError, "grid must be (N, size, size, 2)"),
-        (lambda s, t, g: correlation(s, t, g[:1], 4), ValueError, "grid must be (N, size, size, 2)"),
+        (lambda s, t, g: correlation(s, t, g[:, :3], 4), ValueError, "grid must be (N, hs, ws, 2) = (2, 4, 4, 2)"),
+        (lambda s, t, g: correlation(s, t, g[:1], 4), ValueError, "grid must be (N, hs, ws, 2)"),
+        (lambda s, t, g: correlation(s, t, g, (4, 3)), ValueError, "grid must be (N, hs, ws, 2) = (2, 4, 3, 2)"),
         (lambda s, t, g: correlation(s, t, g * float("nan"), 4), ValueError, "grid contains NaN"),
         (lambda s, t, g: correlation([s[0][0]], t, g, 4), ValueError, "src[0] must have 4 dimensions"),
         (lambda s, t, g: correlation(s, [t[0].long()], g, 4), TypeError, "tgt[0] must be a floating-point"),
         (lambda s, t, g: correlation(s, [t[0][:, :, :0]], g, 4), ValueError, "tgt[0] has an empty spatial size"),
         (lambda s, t, g: correlation([s[0][:, :0]], [t[0][:, :0]], g, 4), ValueError, "src[0] has no channels"),
         (lambda s, t, g: correlation(s, t, g, 0), ValueError, "size must be"),
+        (lambda s, t, g: correlation(s, t, g, "4"), ValueError, "size must be a positive int or a (height, width)"),
+        (lambda s, t, g: correlation(s, t, g, (4, 4, 4)), ValueError, "size must be a positive int"),
+        (lambda s, t, g: correlation(s, t, g, (4.5, 4)), ValueError, "size must be a positive int"),
+        (lambda s, t, g: correlation(s, t, g, True), ValueError, "size must be a positive int"),
+        (lambda s, t, g: correlation(s, t, g, 4, (0, 3)), ValueError, "target_size must be a positive int"),
+        (lambda s, t, g: correlation(s, t, None, 4, "3x3"), ValueError, "target_size must be a positive int"),
+        (lambda s, t, g: correlation(s, t, None, (1 << 16, 1 << 15)), ValueError, "size .* positions; at most"),
         (lambda s, t, g: correlation(s, t, g.to("meta"), 4), ValueError, "one device"),
     ],
 )

@@ -173,6 +173,9 @@ def test_modules_equal_functions():
         (lambda f, m: truncated_flow_loss(f, f, m, T=0), ValueError, "T must be a positive number"),
         (lambda f, m: truncated_flow_loss(f, f, m * float("nan")), ValueError, "mask contains NaN"),
         (lambda f, m: truncated_flow_loss(f, f.to("meta")), ValueError, "one device"),
+        # a zero-stride field of 2^30 pixels (the kernels' limit), refused before its values are read or copied
+        (lambda f, m: compose_displacement(f, torch.zeros((), dtype=torch.float64).expand(2, 2, 2**15, 2**15)),
+         ValueError, "f_bc has a plane of 32768 x 32768"),
     ],
 )
 def test_bad_input(make, error, words):

@@ -135,6 +135,40 @@ def test_gradcheck_float64(backend, signed):
     assert torch.autograd.gradcheck(fn, (*fw, *ft))
 
 
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_gradgradcheck_float64(backend, signed):
+    """Second derivatives (create_graph=True): before, the cpp backward was a constant to autograd, so
+    they were silently zero."""
+    require("similarity_loss", backend, "cpu", torch.float64)
+    draw = (lambda *s: torch.randn(*s, dtype=torch.float64)) if signed else (lambda *s: torch.rand(*s, dtype=torch.float64))
+    fw = [draw(1, 2, 3, 3).requires_grad_(), draw(1, 1, 2, 3).requires_grad_()]
+    ft = [draw(1, 2, 3, 3).requires_grad_(), draw(1, 1, 2, 3).requires_grad_()]
+    fn = lambda *x: similarity_loss(list(x[:2]), list(x[2:]), 0.5, 2, backend=backend)[0]  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (*fw, *ft))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_second_derivative_equals_the_reference(backend):
+    """A gradient penalty through the loss, float32 (the Triton kernels take no float64): the same
+    gradient as through the reference; before, Triton returned detached gradients and cpp a zero."""
+    require("similarity_loss", backend, "cpu", torch.float32)
+    fw0, ft0 = _layers(2, 4, True, torch.float32, "cpu", 21), _layers(2, 4, True, torch.float32, "cpu", 22)
+
+    def penalty_grad(fn):
+        fw = [f.clone().requires_grad_() for f in fw0]
+        ft = [f.clone().requires_grad_() for f in ft0]
+        ce, _ = fn(fw, ft, 0.5, 4)
+        grads = torch.autograd.grad(ce.sum(), fw + ft, create_graph=True)
+        return torch.autograd.grad(sum(g.pow(2).sum() for g in grads), fw + ft)
+
+    got = penalty_grad(lambda *a: similarity_loss(*a, backend=backend))
+    expected = penalty_grad(ref.similarity_loss)
+    for a, b in zip(got, expected):
+        assert float(b.abs().max()) > 0
+        assert_close(a, b, scale=float(b.abs().max()))
+
+
 def test_opcheck():
     require("similarity_loss", "cpp", "cpu", torch.float64)
     for signed in (False, True):
@@ -193,8 +227,15 @@ def test_bad_input():
     a, b = torch.rand(2, 4, 5, 5), torch.rand(2, 3, 5, 5)
     with pytest.raises(ValueError, match="same layers"):
         similarity_loss([a], [b])
-    with pytest.raises(ValueError, match="tau"):
-        similarity_loss([a], [a], tau=0)
+    for tau in (0, -1.0, float("inf"), float("nan"), "0.1", True, None):
+        with pytest.raises(ValueError, match=f"tau must be a positive finite number, got {tau!r}"):
+            similarity_loss([a], [a], tau=tau)
+    for size in ((3, 4), (4, 3)):
+        with pytest.raises(ValueError, match="size must be one int .* rectangular grids are not supported"):
+            similarity_loss([a], [a], size=size)
+    for size in ("16", (3, 3, 3), 0, 2.5):
+        with pytest.raises(ValueError, match="size must be a positive int"):
+            similarity_loss([a], [a], size=size)
     with pytest.raises(TypeError, match="fw"):
         similarity_loss([], [a])
     with pytest.raises(ValueError, match="ft"):
@@ -210,4 +251,6 @@ def test_bad_input():
 def test_module_equals_function():
     fw, ft = _layers(2, 8, False, torch.float32, "cpu", 13), _layers(2, 8, False, torch.float32, "cpu", 14)
     for x, y in zip(SimilarityLoss(0.01, 6)(fw, ft), similarity_loss(fw, ft, 0.01, 6)):
+        assert torch.equal(x, y)
+    for x, y in zip(SimilarityLoss(0.01, (6, 6))(fw, ft), similarity_loss(fw, ft, 0.01, 6)):
         assert torch.equal(x, y)

@@ -5,6 +5,7 @@ import torch
 
 from pscfast.ops import KernelSoftArgmax, kernel_soft_argmax
 from pscfast.ops import _reference as ref
+from pscfast.ops.soft_argmax import NORMALIZE
 from tests.utils import BACKENDS, assert_close, noncontiguous, require
 
 # (N, Ht, Wt, Hs, Ws)
@@ -23,11 +24,12 @@ def _run(fn, corr, gout, *args, **kw):
     return out, torch.autograd.grad(out, corr, gout)[0]
 
 
+@pytest.mark.parametrize("normalize", NORMALIZE)
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_matches_reference(device, backend, dtype, shape, contiguous):
+def test_matches_reference(device, backend, dtype, shape, contiguous, normalize):
     require("kernel_soft_argmax", backend, device, dtype)
     n, ht, wt, hs, ws = shape
     torch.manual_seed(sum(shape))
@@ -36,8 +38,8 @@ def test_matches_reference(device, backend, dtype, shape, contiguous):
         corr = noncontiguous(corr)
     gout = torch.randn(n, hs, ws, 2, dtype=dtype, device=device)
     for beta, sigma in PARAMS:
-        got = _run(kernel_soft_argmax, corr, gout, beta, sigma, (ht, wt), backend=backend)
-        exp = _run(ref.kernel_soft_argmax, corr, gout, beta, sigma, (ht, wt))
+        got = _run(kernel_soft_argmax, corr, gout, beta, sigma, (ht, wt), normalize, backend=backend)
+        exp = _run(ref.kernel_soft_argmax, corr, gout, beta, sigma, (ht, wt), normalize)
         case = f"beta={beta} sigma={sigma}"
         assert_close(got[0], exp[0], msg=f"forward {case}")
         # the gradient is scaled by beta and by the cell size 2 / (W - 1)
@@ -105,12 +107,60 @@ def test_gradcheck_float64(device):
             assert torch.autograd.gradcheck(fn, (corr,))
 
 
-def test_opcheck(device):
+@pytest.mark.parametrize("normalize", NORMALIZE)
+def test_opcheck(device, normalize):
     require("kernel_soft_argmax", "cpp", device, torch.float32)
     corr = torch.randn(2, 20, 3, 5, device=device)
-    torch.library.opcheck(torch.ops.pscfast.kernel_soft_argmax.default, (corr.clone().requires_grad_(), 4, 5, 50.0, 5.0))
+    args = (50.0, 5.0, [4, 5], normalize)
+    torch.library.opcheck(torch.ops.pscfast.kernel_soft_argmax.default, (corr.clone().requires_grad_(), *args))
     torch.library.opcheck(torch.ops.pscfast._kernel_soft_argmax_backward.default,
-                          (torch.randn(2, 3, 5, 2, device=device), corr, 4, 5, 50.0, 5.0))
+                          (torch.randn(2, 3, 5, 2, device=device), corr, *args))
+
+
+def test_argument_order_is_one_everywhere():
+    """Python, the C++ schema and the Triton launchers take (corr, beta, sigma, target_size, normalize)."""
+    import inspect
+
+    from pscfast.kernels import soft_argmax as k
+
+    names = ["corr", "beta", "sigma", "target_size", "normalize"]
+    assert list(inspect.signature(kernel_soft_argmax).parameters)[:5] == names
+    assert list(inspect.signature(ref.kernel_soft_argmax).parameters) == names
+    assert list(inspect.signature(k.soft_argmax_fwd).parameters) == names
+    assert list(inspect.signature(k.soft_argmax_bwd).parameters) == ["grad_out"] + names
+    require("kernel_soft_argmax", "cpp", "cpu", torch.float32)
+    assert [a.name for a in torch.ops.pscfast.kernel_soft_argmax.default._schema.arguments] == names
+    assert [a.name for a in torch.ops.pscfast._kernel_soft_argmax_backward.default._schema.arguments] == [
+        "grad_out"] + names
+
+
+@pytest.mark.parametrize("normalize", NORMALIZE)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradgradcheck(backend, normalize):
+    """Second derivatives (create_graph=True) on every backend: before, the cpp backward was a constant to
+    autograd (a silent zero) and the Triton one returned detached gradients."""
+    require("kernel_soft_argmax", backend, "cpu", torch.float64)
+    corr = torch.rand(1, 12, 1, 2, dtype=torch.float64, requires_grad=True)
+    fn = lambda c: kernel_soft_argmax(c, 5.0, 1.5, (3, 4), normalize, backend=backend)  # noqa: E731
+    assert torch.autograd.gradgradcheck(fn, (corr,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_second_derivative_equals_the_reference(backend):
+    """A gradient penalty through the op: the same value and gradient as through the reference."""
+    require("kernel_soft_argmax", backend, "cpu", torch.float64)
+    corr0 = torch.rand(2, 20, 3, 2, dtype=torch.float64)
+
+    def penalty_grad(fn):
+        corr = corr0.clone().requires_grad_()
+        (g,) = torch.autograd.grad(fn(corr).pow(2).sum(), corr, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), corr)
+        return gg
+
+    got = penalty_grad(lambda c: kernel_soft_argmax(c, 8.0, 2.0, (4, 5), backend=backend))
+    expected = penalty_grad(lambda c: ref.kernel_soft_argmax(c, 8.0, 2.0, (4, 5)))
+    assert expected.abs().sum() > 0
+    torch.testing.assert_close(got, expected)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -137,9 +187,9 @@ def test_half_precision(device, backend, dtype):
 
 def test_module_equals_function():
     corr = torch.randn(2, 12, 3, 3)
-    m = KernelSoftArgmax(beta=20.0, sigma=2.0, target_size=(3, 4))
-    assert torch.equal(m(corr), kernel_soft_argmax(corr, 20.0, 2.0, (3, 4)))
-    assert "sigma=2.0" in repr(m)
+    m = KernelSoftArgmax(beta=20.0, sigma=2.0, target_size=(3, 4), normalize="sfnet")
+    assert torch.equal(m(corr), kernel_soft_argmax(corr, 20.0, 2.0, (3, 4), "sfnet"))
+    assert "sigma=2.0" in repr(m) and "normalize='sfnet'" in repr(m)
 
 
 @pytest.mark.parametrize(
@@ -151,6 +201,13 @@ def test_module_equals_function():
         (lambda c: kernel_soft_argmax(c, target_size=(3, 5)), ValueError, "has 15 positions but corr has 16"),
         (lambda c: kernel_soft_argmax(c, beta=0.0), ValueError, "beta must be a positive finite number"),
         (lambda c: kernel_soft_argmax(c, sigma=float("nan")), ValueError, "sigma must be a positive finite"),
+        (lambda c: kernel_soft_argmax(c, beta="50"), ValueError, "beta must be a positive finite number, got '50'"),
+        (lambda c: kernel_soft_argmax(c, sigma=True), ValueError, "sigma must be a positive finite number"),
+        (lambda c: kernel_soft_argmax(c, beta=float("inf")), ValueError, "beta must be a positive finite number"),
+        (lambda c: kernel_soft_argmax(c, target_size="44"), ValueError, "target_size must be a positive int"),
+        (lambda c: kernel_soft_argmax(c, target_size=(4, 4, 1)), ValueError, "target_size must be a positive int"),
+        (lambda c: kernel_soft_argmax(c, normalize="L2"), ValueError, "normalize must be one of 'l2', 'sfnet'"),
+        (lambda c: kernel_soft_argmax(c, normalize=False), ValueError, "normalize must be one of"),
         (lambda c: kernel_soft_argmax(c * float("nan")), ValueError, "corr contains NaN"),
         (lambda c: kernel_soft_argmax(c[..., :0]), ValueError, "corr has an empty spatial size"),
         (lambda c: kernel_soft_argmax(c, backend="gpu"), ValueError, "unknown backend 'gpu'"),

@@ -192,3 +192,26 @@ def test_bad_input(make, error, words):
     x, grid = torch.randn(2, 3, 5, 5), torch.rand(2, 4, 4, 2) * 2 - 1
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
         make(x, grid)
+
+
+def _expanded(*shape, dtype=torch.float32):
+    """A tensor of `shape` that holds one element (zero strides): sizes far beyond memory, for the size checks."""
+    return torch.zeros((), dtype=dtype).expand(*shape)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_plane_sizes_checked_before_anything_is_copied(backend):
+    """A float32 image with a float64 grid is promoted (copied) to float64: sizes beyond the kernels' int32
+    planes are refused first, naming the argument, so a zero-stride input of 2^62 pixels is never copied."""
+    small, grid = torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 2, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="warp: x has a plane of 2147483648 x 2147483648"):
+        warp(_expanded(1, 1, 2**31, 2**31), grid, backend=backend)
+    with pytest.raises(ValueError, match="warp: out_size has a plane of 65536 x 32768"):
+        warp(small, grid, (2**16, 2**15), backend=backend)
+    with pytest.raises(ValueError, match="warp: grid has a plane of 32768 x 32768 .* fewer than 2\\^30"):
+        warp(small, _expanded(1, 2**15, 2**15, 2, dtype=torch.float64), (4, 4), backend=backend)
+    flow = torch.zeros(1, 2, 3, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="warp_displacement: x has a plane"):
+        warp_displacement(_expanded(1, 1, 2**31, 2**31), flow, backend=backend)
+    with pytest.raises(ValueError, match="warp_displacement: flow has a plane"):
+        warp_displacement(small, _expanded(1, 2, 2**15, 2**15, dtype=torch.float64), backend=backend)

@@ -4,11 +4,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from pscfast.training import distributed as dist_utils  # noqa: E402
-from pscfast.training.trainer import Stage, build_model  # noqa: E402
-from tests.training.fake_pairs import FakePairs, tiny_config  # noqa: E402
+from pscfast.training import distributed as dist_utils
+from pscfast.training.estimator_stage import EstimatorStage
+from pscfast.training.pipeline import build_model
+from tests.training.fake_pairs import FakePairs, tiny_config
 
 if __name__ == "__main__":
     out, batch = sys.argv[1], int(sys.argv[2])
@@ -18,5 +17,7 @@ if __name__ == "__main__":
     model = build_model(cfg, device)
     if rank == 0:
         torch.save({k: v.detach().clone() for k, v in model.stn.state_dict().items()}, os.path.join(out, "init.pt"))
-    Stage(cfg, 2, model, FakePairs(4), device, rank, world).run()
+    EstimatorStage(cfg, model, FakePairs(4), device, rank, world).run()
+    # the global batch norms are the stage's own: the model keeps its BatchNorm2d, holding the trained values
+    assert all(type(m) is not dist_utils.GlobalBatchNorm2d for m in model.modules())
     torch.save({k: v.detach().clone() for k, v in model.stn.state_dict().items()}, os.path.join(out, f"rank{rank}.pt"))

@@ -5,8 +5,9 @@ import torch
 from pscfast.models import PHOTO, SKETCH, PSCNet
 from pscfast.ops._reference import identity_grid, resize_grid
 from pscfast.training.augment import AugmentConfig, apply_geometry
-from pscfast.training.losses import known_warp_loss, known_warps
-from pscfast.training.trainer import Stage, build_model
+from pscfast.losses import known_warp_loss
+from pscfast.training.estimator_stage import EstimatorStage, known_warps
+from pscfast.training.pipeline import build_model
 from tests.training.fake_pairs import FakePairs, tiny_config
 
 CPU = torch.device("cpu")
@@ -47,7 +48,7 @@ def test_the_stn_learns_a_known_warp_and_the_encoder_stays_frozen():
     torch.manual_seed(0)
     model = build_model(cfg, CPU)
     encoder_before = {k: v.clone() for k, v in model.encoder.state_dict().items()}
-    history = Stage(cfg, 2, model, FakePairs(n=4, size=64), CPU, 0, 1).run()
+    history = EstimatorStage(cfg, model, FakePairs(n=4, size=64), CPU, 0, 1).run()
     assert set(history[0]) == {"loss", "warp"}
     first, last = (sum(h["warp"] for h in part) / 5 for part in (history[:5], history[-5:]))
     assert last < 0.9 * first, (first, last)  # measured: 0.17 -> 0.12
@@ -57,7 +58,7 @@ def test_the_stn_learns_a_known_warp_and_the_encoder_stays_frozen():
 def test_known_warps_add_to_the_papers_losses():
     cfg = tiny_config(image_size=64, batch_size=2, epochs_estimator=1, warp_weight=0.5, augment=False)
     torch.manual_seed(0)
-    history = Stage(cfg, 2, build_model(cfg, CPU), FakePairs(n=2, size=64), CPU, 0, 1).run()
+    history = EstimatorStage(cfg, build_model(cfg, CPU), FakePairs(n=2, size=64), CPU, 0, 1).run()
     h = history[0]
     assert set(h) == {"loss", "similarity", "consistency", "warp"}
     assert h["loss"] == pytest.approx(0.1 * h["similarity"] + h["consistency"] + 0.5 * h["warp"], rel=1e-5)
@@ -65,7 +66,7 @@ def test_known_warps_add_to_the_papers_losses():
 
 def test_the_default_run_reports_the_mismatched_photo_baseline(tmp_path):
     from pscfast.data import synthetic
-    from pscfast.training.pipeline import evaluate_pck
+    from pscfast.training.benchmark import evaluate_pck
     root = str(tmp_path / "bench")
     synthetic.generate(root, seed=1, classes=("snowman", "fish"), photos_per_class=3, sketches_per_photo=1,
                        test_photos_per_class=2, masks=False)

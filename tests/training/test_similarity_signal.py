@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from pscfast import ops
-from pscfast.data import PSCTestPairs, normalize, synthetic
+from pscfast.data import PSCTestPairs, normalize, resize, synthetic
 from pscfast.evaluation.ground_truth import GroundTruthFlows
+from pscfast.losses.psc import similarity
 from pscfast.models import PHOTO, PSCNet
-from pscfast.training.losses import similarity
-from pscfast.training.trainer import resize
 
 SIZE = 128
 

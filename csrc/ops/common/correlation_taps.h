@@ -1,5 +1,6 @@
 // The two 4-tap linear maps of the correlation op, shared by the CPU and CUDA kernels: each maps an
-// H x W plane to the size x size grid of the correlation (position s = row-major (i, j)).
+// H x W plane to an oh x ow grid of the correlation (position s = row-major (i, j)): the source grid
+// (hs x ws, the output's spatial size) or the target grid (ht x wt, the output's channels per layer).
 //   resize (tgt always, src without grid): F.interpolate(mode="bilinear", align_corners=False), no
 //     antialias: src = max((dst + 0.5) * in / out - 0.5, 0), i0 = floor(src) (<= in - 1),
 //     i1 = min(i0 + 1, in - 1), weights (1 - l, l) per axis; separable, so the taps are the products.
@@ -23,9 +24,9 @@ struct Tap4 {
 };
 
 template <typename T>
-PSC_HD Tap4<T> resize_taps(int s, int size, int H, int W) {
-  const Lerp<T> ly = resize_index_half_pixel<T>(s / size, H, size);
-  const Lerp<T> lx = resize_index_half_pixel<T>(s % size, W, size);
+PSC_HD Tap4<T> resize_taps(int s, int oh, int ow, int H, int W) {
+  const Lerp<T> ly = resize_index_half_pixel<T>(s / ow, H, oh);
+  const Lerp<T> lx = resize_index_half_pixel<T>(s % ow, W, ow);
   Tap4<T> t;
   t.off[0] = ly.i0 * W + lx.i0;
   t.off[1] = ly.i0 * W + lx.i1;
@@ -57,12 +58,28 @@ PSC_HD Tap4<T> to_tap4(const Taps<T>& b, int W) {
   return t;
 }
 
+// The source grid (hs x ws: the output's spatial size, where src is resized or sampled) and the target grid
+// (ht x wt: tgt resized, the output's channels per layer).
+struct CorrelationGrids {
+  int hs, ws, ht, wt;
+  int64_t Ss() const { return static_cast<int64_t>(hs) * ws; }
+  int64_t St() const { return static_cast<int64_t>(ht) * wt; }
+};
+
 // Argument checks for direct torch.ops.pscfast calls (pscfast.ops.correlation checks first, in words).
-inline void check_correlation_inputs(at::TensorList src, at::TensorList tgt, const c10::optional<at::Tensor>& grid,
-                                     int64_t size) {
+inline CorrelationGrids check_correlation_inputs(at::TensorList src, at::TensorList tgt,
+                                                 const c10::optional<at::Tensor>& grid, c10::IntArrayRef size,
+                                                 c10::IntArrayRef target_size) {
   TORCH_CHECK(!src.empty(), "pscfast::correlation: src and tgt must hold at least one layer");
   TORCH_CHECK(src.size() == tgt.size(), "pscfast::correlation: src has ", src.size(), " layers, tgt ", tgt.size());
-  TORCH_CHECK(size > 0 && size * size < (int64_t(1) << 31), "pscfast::correlation: bad size ", size);
+  TORCH_CHECK(size.size() == 2 && target_size.size() == 2,
+              "pscfast::correlation: size and target_size must be (height, width)");
+  for (const auto& g : {size, target_size})
+    TORCH_CHECK(g[0] > 0 && g[1] > 0 && g[0] < (int64_t(1) << 31) && g[1] < (int64_t(1) << 31) &&
+                    g[0] * g[1] < (int64_t(1) << 31),
+                "pscfast::correlation: bad grid size ", g);
+  const CorrelationGrids grids{static_cast<int>(size[0]), static_cast<int>(size[1]), static_cast<int>(target_size[0]),
+                               static_cast<int>(target_size[1])};
   const auto& ref = src[0];
   for (size_t l = 0; l < src.size(); ++l) {
     for (const auto* t : {&src[l], &tgt[l]}) {
@@ -79,12 +96,14 @@ inline void check_correlation_inputs(at::TensorList src, at::TensorList tgt, con
   }
   if (grid.has_value()) {
     const auto& g = *grid;
-    TORCH_CHECK(g.dim() == 4 && g.size(0) == ref.size(0) && g.size(1) == size && g.size(2) == size && g.size(3) == 2,
-                "pscfast::correlation: grid must be (N, size, size, 2) = (", ref.size(0), ", ", size, ", ", size,
+    TORCH_CHECK(g.dim() == 4 && g.size(0) == ref.size(0) && g.size(1) == grids.hs && g.size(2) == grids.ws &&
+                    g.size(3) == 2,
+                "pscfast::correlation: grid must be (N, hs, ws, 2) = (", ref.size(0), ", ", grids.hs, ", ", grids.ws,
                 ", 2), got ", g.sizes());
     TORCH_CHECK(g.scalar_type() == ref.scalar_type() && g.device() == ref.device(),
                 "pscfast::correlation: grid must share the maps' dtype and device");
   }
+  return grids;
 }
 
 }  // namespace pscfast

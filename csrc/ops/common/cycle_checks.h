@@ -36,6 +36,7 @@ inline void check_loss(const char* op, const at::Tensor& pred, const at::Tensor&
               ": pred and target must be (N, 2, H, W) of one shape, got ", pred.sizes(), " and ", target.sizes());
   TORCH_CHECK(target.scalar_type() == pred.scalar_type() && target.device() == pred.device(), "pscfast::", op,
               ": pred and target must share dtype and device");
+  TORCH_CHECK(plane_below_2_30(pred.size(2), pred.size(3)), "pscfast::", op, ": pred plane too large");
   if (mask.has_value()) {
     check_field(op, "mask", *mask, pred, 1);
     TORCH_CHECK(mask->sizes().slice(2) == pred.sizes().slice(2), "pscfast::", op, ": mask must be (N, 1, H, W)");

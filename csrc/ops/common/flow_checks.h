@@ -7,6 +7,12 @@
 
 namespace pscfast {
 
+// h * w < 2^30 without overflow: each size is bounded before the product (an empty tensor may have huge sizes).
+inline bool plane_below_2_30(int64_t h, int64_t w) {
+  constexpr int64_t kLimit = int64_t(1) << 30;
+  return h < kLimit && w < kLimit && h * w < kLimit;
+}
+
 // Absolute grids (N, h, w, 2) of one batch, dtype and device.
 inline void check_grid_pair(const char* op, const at::Tensor& a, const at::Tensor& b) {
   TORCH_CHECK(a.dim() == 4 && a.size(3) == 2 && b.dim() == 4 && b.size(3) == 2, "pscfast::", op,
@@ -14,8 +20,8 @@ inline void check_grid_pair(const char* op, const at::Tensor& a, const at::Tenso
   TORCH_CHECK(a.size(0) == b.size(0), "pscfast::", op, ": batch sizes differ");
   TORCH_CHECK(a.scalar_type() == b.scalar_type() && a.device() == b.device(), "pscfast::", op,
               ": flows must share dtype and device");
-  TORCH_CHECK(a.size(1) > 0 && a.size(2) > 0 && a.size(1) * a.size(2) < (int64_t(1) << 30) &&
-                  b.size(1) * b.size(2) < (int64_t(1) << 30),
+  TORCH_CHECK(a.size(1) > 0 && a.size(2) > 0 && plane_below_2_30(a.size(1), a.size(2)) &&
+                  plane_below_2_30(b.size(1), b.size(2)),
               "pscfast::", op, ": flow planes must be non-empty and below 2^30 pixels");
 }
 
@@ -25,7 +31,7 @@ inline void check_field(const char* op, const char* name, const at::Tensor& t, c
               " must be (N, ", c, ", H, W) with N = ", like.size(0), ", got ", t.sizes());
   TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(), "pscfast::", op, ": ", name,
               " must share dtype and device with the other inputs");
-  TORCH_CHECK(t.size(2) * t.size(3) < (int64_t(1) << 30), "pscfast::", op, ": ", name, " plane too large");
+  TORCH_CHECK(plane_below_2_30(t.size(2), t.size(3)), "pscfast::", op, ": ", name, " plane too large");
 }
 
 // The identity's coordinates xs (w',) and ys (h',) of consistency_loss for bwd (N, h', w', 2).

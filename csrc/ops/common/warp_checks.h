@@ -19,8 +19,16 @@ inline void check_warp_inputs(const at::Tensor& x, const at::Tensor& grid, c10::
               "pscfast::warp: out_size must be two positive sizes, got ", out_size);
   TORCH_CHECK(x.size(2) > 0 && x.size(3) > 0 && grid.size(1) > 0 && grid.size(2) > 0,
               "pscfast::warp: x and grid must have non-empty spatial sizes");
-  TORCH_CHECK(x.size(2) * x.size(3) < (int64_t(1) << 31) && out_size[0] * out_size[1] < (int64_t(1) << 31),
-              "pscfast::warp: planes of 2^31 pixels or more are not supported");
+  // the kernels index a plane in int; a grid holds two coordinates per point. Each size is bounded before the
+  // product so that the product cannot overflow.
+  const auto below = [](int64_t h, int64_t w, int bits) {
+    const int64_t limit = int64_t(1) << bits;
+    return h < limit && w < limit && h * w < limit;
+  };
+  TORCH_CHECK(below(x.size(2), x.size(3), 31) && below(out_size[0], out_size[1], 31) &&
+                  below(grid.size(1), grid.size(2), 30),
+              "pscfast::warp: x and output planes of 2^31 pixels or more, or grids of 2^30 points or more, are not "
+              "supported");
 }
 
 }  // namespace pscfast

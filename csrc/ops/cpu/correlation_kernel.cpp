@@ -1,9 +1,9 @@
 // pscfast::correlation on the CPU: float and double.
 //
-// Per sample and layer: the resized tgt map R_t and the resized or grid-sampled src map R_s, each
-// (C, S) with S = size^2, go to two scratch buffers reused across a block of samples (never a copy of the
-// whole batch), and one GEMM writes the output block out[n, l S : (l + 1) S] = R_t^T R_s. Samples run in
-// parallel (see for_sample_blocks).
+// Per sample and layer: the resized tgt map R_t (C, S_t) and the resized or grid-sampled src map R_s
+// (C, S_s), S_t = ht * wt and S_s = hs * ws, go to two scratch buffers reused across a block of samples (never
+// a copy of the whole batch), and one GEMM writes the output block out[n, l S_t : (l + 1) S_t] = R_t^T R_s.
+// Samples run in parallel (see for_sample_blocks).
 // Backward, per sample and layer, with G = grad block (S_t, S_s):
 //   dR_t = R_s G^T and dR_s = R_t G (GEMMs), then each is sent back through its taps (the adjoint of the
 //   resampling): one task per channel block visits the positions in order, so every element of the input
@@ -35,12 +35,12 @@ struct TapTable {
 };
 
 template <typename T>
-void resize_table(int size, int H, int W, TapTable<T>& t) {
-  const int S = size * size;
+void resize_table(int oh, int ow, int H, int W, TapTable<T>& t) {
+  const int S = oh * ow;
   t.off.resize(4 * S);
   t.w.resize(4 * S);
   for (int s = 0; s < S; ++s) {
-    const Tap4<T> q = resize_taps<T>(s, size, H, W);
+    const Tap4<T> q = resize_taps<T>(s, oh, ow, H, W);
     for (int k = 0; k < 4; ++k) {
       t.off[4 * s + k] = q.off[k];
       t.w[4 * s + k] = q.w[k];
@@ -49,8 +49,7 @@ void resize_table(int size, int H, int W, TapTable<T>& t) {
 }
 
 template <typename T>
-void grid_table(const T* grid_n, int size, int H, int W, TapTable<T>& t) {
-  const int S = size * size;
+void grid_table(const T* grid_n, int S, int H, int W, TapTable<T>& t) {
   t.off.resize(4 * S);
   t.w.resize(4 * S);
   for (int s = 0; s < S; ++s) {
@@ -156,9 +155,9 @@ std::vector<Layer> layers_of(at::TensorList src, at::TensorList tgt) {
 template <typename T>
 struct LayerTables {
   TapTable<T> tgt, src;
-  LayerTables(const Layer& ly, int size, bool has_grid) {
-    resize_table(size, ly.Ht, ly.Wt, tgt);
-    if (!has_grid) resize_table(size, ly.Hs, ly.Ws, src);
+  LayerTables(const Layer& ly, const CorrelationGrids& g, bool has_grid) {
+    resize_table(g.ht, g.wt, ly.Ht, ly.Wt, tgt);
+    if (!has_grid) resize_table(g.hs, g.ws, ly.Hs, ly.Ws, src);
   }
 };
 
@@ -169,29 +168,29 @@ std::vector<at::Tensor> contiguous(at::TensorList ts) {
 }
 
 at::Tensor correlation_cpu(at::TensorList src_, at::TensorList tgt_, const c10::optional<at::Tensor>& grid_,
-                           int64_t size) {
-  check_correlation_inputs(src_, tgt_, grid_, size);
+                           c10::IntArrayRef size, c10::IntArrayRef target_size) {
+  const CorrelationGrids g = check_correlation_inputs(src_, tgt_, grid_, size, target_size);
   const auto src = contiguous(src_), tgt = contiguous(tgt_);
   const auto grid = grid_.has_value() ? grid_->contiguous() : at::Tensor();
   const auto L = layers_of(src, tgt);
   const int64_t N = src[0].size(0), nL = static_cast<int64_t>(L.size());
-  const int sz = static_cast<int>(size), S = sz * sz;
-  auto out = at::empty({N, nL * S, size, size}, src[0].options());
+  const int Ss = static_cast<int>(g.Ss()), St = static_cast<int>(g.St());
+  auto out = at::empty({N, nL * St, g.hs, g.ws}, src[0].options());
   if (N == 0) return out;
-  auto out3 = out.view({N, nL * S, S});
+  auto out3 = out.view({N, nL * St, Ss});
   AT_DISPATCH_FLOATING_TYPES(src[0].scalar_type(), "correlation_cpu", [&] {
     using T = scalar_t;
     for (int64_t l = 0; l < nL; ++l) {
       const Layer& ly = L[l];
-      const LayerTables<T> tab(ly, sz, grid.defined());
+      const LayerTables<T> tab(ly, g, grid.defined());
       for_sample_blocks(N, [&](int64_t n0, int64_t n1) {
-        auto Rt = at::empty({ly.C, S}, out.options()), Rs = at::empty({ly.C, S}, out.options());
+        auto Rt = at::empty({ly.C, St}, out.options()), Rs = at::empty({ly.C, Ss}, out.options());
         TapTable<T> ts = tab.src;
         for (int64_t n = n0; n < n1; ++n) {
-          resample(tgt[l].const_data_ptr<T>() + n * ly.C * ly.pt, ly.C, ly.pt, tab.tgt, S, Rt.mutable_data_ptr<T>());
-          if (grid.defined()) grid_table(grid.const_data_ptr<T>() + n * S * 2, sz, ly.Hs, ly.Ws, ts);
-          resample(src[l].const_data_ptr<T>() + n * ly.C * ly.ps, ly.C, ly.ps, ts, S, Rs.mutable_data_ptr<T>());
-          auto block = out3.select(0, n).narrow(0, l * S, S);
+          resample(tgt[l].const_data_ptr<T>() + n * ly.C * ly.pt, ly.C, ly.pt, tab.tgt, St, Rt.mutable_data_ptr<T>());
+          if (grid.defined()) grid_table(grid.const_data_ptr<T>() + n * Ss * 2, Ss, ly.Hs, ly.Ws, ts);
+          resample(src[l].const_data_ptr<T>() + n * ly.C * ly.ps, ly.C, ly.ps, ts, Ss, Rs.mutable_data_ptr<T>());
+          auto block = out3.select(0, n).narrow(0, l * St, St);
           at::mm_out(block, Rt.t(), Rs);
         }
       });
@@ -202,18 +201,18 @@ at::Tensor correlation_cpu(at::TensorList src_, at::TensorList tgt_, const c10::
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correlation_backward_cpu(
     const at::Tensor& grad_out, at::TensorList src_, at::TensorList tgt_, const c10::optional<at::Tensor>& grid_,
-    int64_t size, std::array<bool, 3> mask) {
-  check_correlation_inputs(src_, tgt_, grid_, size);
+    c10::IntArrayRef size, c10::IntArrayRef target_size, std::array<bool, 3> mask) {
+  const CorrelationGrids g = check_correlation_inputs(src_, tgt_, grid_, size, target_size);
   const auto src = contiguous(src_), tgt = contiguous(tgt_);
   const auto grid = grid_.has_value() ? grid_->contiguous() : at::Tensor();
   const auto L = layers_of(src, tgt);
   const int64_t N = src[0].size(0), nL = static_cast<int64_t>(L.size());
-  const int sz = static_cast<int>(size), S = sz * sz;
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == N && grad_out.size(1) == nL * S && grad_out.size(2) == size &&
-                  grad_out.size(3) == size,
-              "pscfast::_correlation_backward: grad_out must be (N, L * size^2, size, size), got ", grad_out.sizes());
+  const int Ss = static_cast<int>(g.Ss()), St = static_cast<int>(g.St());
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == N && grad_out.size(1) == nL * St && grad_out.size(2) == g.hs &&
+                  grad_out.size(3) == g.ws,
+              "pscfast::_correlation_backward: grad_out must be (N, L * ht * wt, hs, ws), got ", grad_out.sizes());
   const bool need_src = mask[0], need_tgt = mask[1], need_grid = mask[2] && grid.defined();
-  const auto gout = grad_out.to(src[0].scalar_type()).contiguous().view({N, nL * S, S});
+  const auto gout = grad_out.to(src[0].scalar_type()).contiguous().view({N, nL * St, Ss});
   std::vector<at::Tensor> dsrc, dtgt;
   for (int64_t l = 0; l < nL; ++l) {
     if (need_src) dsrc.push_back(at::zeros(src[l].sizes(), src[l].options()));
@@ -225,30 +224,30 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
     using T = scalar_t;
     for (int64_t l = 0; l < nL; ++l) {
       const Layer& ly = L[l];
-      const LayerTables<T> tab(ly, sz, grid.defined());
+      const LayerTables<T> tab(ly, g, grid.defined());
       const auto opts = gout.options();
       for_sample_blocks(N, [&](int64_t n0, int64_t n1) {
-        auto Rt = at::empty({ly.C, S}, opts), Rs = at::empty({ly.C, S}, opts);
-        auto dRt = at::empty({ly.C, S}, opts), dRs = at::empty({ly.C, S}, opts);
+        auto Rt = at::empty({ly.C, St}, opts), Rs = at::empty({ly.C, Ss}, opts);
+        auto dRt = at::empty({ly.C, St}, opts), dRs = at::empty({ly.C, Ss}, opts);
         TapTable<T> ts = tab.src;
         for (int64_t n = n0; n < n1; ++n) {
           const T* xs = src[l].const_data_ptr<T>() + n * ly.C * ly.ps;
-          const T* gn = grid.defined() ? grid.const_data_ptr<T>() + n * S * 2 : nullptr;
-          const auto G = gout.select(0, n).narrow(0, l * S, S);  // (S_t, S_s)
-          if (grid.defined()) grid_table(gn, sz, ly.Hs, ly.Ws, ts);
+          const T* gn = grid.defined() ? grid.const_data_ptr<T>() + n * Ss * 2 : nullptr;
+          const auto G = gout.select(0, n).narrow(0, l * St, St);  // (S_t, S_s)
+          if (grid.defined()) grid_table(gn, Ss, ly.Hs, ly.Ws, ts);
           if (need_tgt) {
-            resample(xs, ly.C, ly.ps, ts, S, Rs.mutable_data_ptr<T>());
+            resample(xs, ly.C, ly.ps, ts, Ss, Rs.mutable_data_ptr<T>());
             at::mm_out(dRt, Rs, G.t());
-            scatter(dRt.const_data_ptr<T>(), ly.C, ly.pt, tab.tgt, S, dtgt[l].mutable_data_ptr<T>() + n * ly.C * ly.pt);
+            scatter(dRt.const_data_ptr<T>(), ly.C, ly.pt, tab.tgt, St, dtgt[l].mutable_data_ptr<T>() + n * ly.C * ly.pt);
           }
           if (need_src || need_grid) {
-            resample(tgt[l].const_data_ptr<T>() + n * ly.C * ly.pt, ly.C, ly.pt, tab.tgt, S, Rt.mutable_data_ptr<T>());
+            resample(tgt[l].const_data_ptr<T>() + n * ly.C * ly.pt, ly.C, ly.pt, tab.tgt, St, Rt.mutable_data_ptr<T>());
             at::mm_out(dRs, Rt, G);
             if (need_src)
-              scatter(dRs.const_data_ptr<T>(), ly.C, ly.ps, ts, S, dsrc[l].mutable_data_ptr<T>() + n * ly.C * ly.ps);
+              scatter(dRs.const_data_ptr<T>(), ly.C, ly.ps, ts, Ss, dsrc[l].mutable_data_ptr<T>() + n * ly.C * ly.ps);
             if (need_grid)
-              grid_grad(xs, ly.C, ly.Hs, ly.Ws, gn, dRs.const_data_ptr<T>(), S,
-                        dgrid.mutable_data_ptr<T>() + n * S * 2);
+              grid_grad(xs, ly.C, ly.Hs, ly.Ws, gn, dRs.const_data_ptr<T>(), Ss,
+                        dgrid.mutable_data_ptr<T>() + n * Ss * 2);
           }
         }
       });

@@ -42,7 +42,7 @@ inline bool inside(int y, int x, int H, int W) { return y >= 0 && y < H && x >= 
 template <typename T>
 PSC_MULTIVERSION void forward_row(const CorrGeometry& G, const T* __restrict a, const T* __restrict b,
                                   T* __restrict out, int64_t n, int i) {
-  const int P2 = G.P * G.P;
+  const int P2 = G.P2;
   const int64_t plane = static_cast<int64_t>(G.Ho) * G.Wo;
   const T* an = a + n * G.H * G.W * G.C;
   const T* bn = b + n * G.H * G.W * G.C;
@@ -51,10 +51,10 @@ PSC_MULTIVERSION void forward_row(const CorrGeometry& G, const T* __restrict a, 
     for (int p = 0; p < P2; ++p) {
       const int oy = G.oy(p), ox = G.ox(p);
       T acc = T(0);
-      for (int ki = 0; ki < G.k; ++ki) {
-        const int ya = i * G.stride - G.pad + ki * G.dil;
-        for (int kj = 0; kj < G.k; ++kj) {
-          const int xa = j * G.stride - G.pad + kj * G.dil;
+      for (int ki = 0; ki < G.kh; ++ki) {
+        const int ya = i * G.sh - G.padh + ki * G.dilh;
+        for (int kj = 0; kj < G.kw; ++kj) {
+          const int xa = j * G.sw - G.padw + kj * G.dilw;
           if (!inside(ya, xa, G.H, G.W) || !inside(ya + oy, xa + ox, G.H, G.W)) continue;
           acc += dot(an + (static_cast<int64_t>(ya) * G.W + xa) * G.C,
                      bn + (static_cast<int64_t>(ya + oy) * G.W + xa + ox) * G.C, G.C);
@@ -76,13 +76,13 @@ void forward_impl(const CorrGeometry& G, const T* a, const T* b, T* out) {
 // or of b (sign = -1: partner a at (y - oy, x - ox), which is also the window position). gout_t is
 // (N, Ho, Wo, P*P), other and grad channels-last (N, H, W, C). The channels go in chunks whose sums stay in
 // registers across displacements and taps.
-// rows[y * k + ki] (cols[x * k + kj]): the output row (column) whose window tap ki (kj) reads input row y
+// rows[y * kh + ki] (cols[x * kw + kj]): the output row (column) whose window tap ki (kj) reads input row y
 // (column x), or -1; tables so that the inner loops do no integer division.
 template <typename T>
 PSC_MULTIVERSION void backward_row(const CorrGeometry& G, const T* __restrict gout_t, const T* __restrict other,
                                    T* __restrict grad, const int* __restrict rows, const int* __restrict cols,
                                    int sign, int64_t n, int y) {
-  const int P2 = G.P * G.P;
+  const int P2 = G.P2;
   const T* on = other + n * G.H * G.W * G.C;
   const T* gn = gout_t + n * G.Ho * G.Wo * P2;
   for (int x = 0; x < G.W; ++x) {
@@ -95,11 +95,11 @@ PSC_MULTIVERSION void backward_row(const CorrGeometry& G, const T* __restrict go
         if (!inside(py, px, G.H, G.W)) continue;
         const int wy = sign > 0 ? y : py, wx = sign > 0 ? x : px;  // the position of a in the window
         T g = T(0);
-        for (int ki = 0; ki < G.k; ++ki) {
-          const int i = rows[wy * G.k + ki];
+        for (int ki = 0; ki < G.kh; ++ki) {
+          const int i = rows[static_cast<int64_t>(wy) * G.kh + ki];
           if (i < 0) continue;
-          for (int kj = 0; kj < G.k; ++kj) {
-            const int j = cols[wx * G.k + kj];
+          for (int kj = 0; kj < G.kw; ++kj) {
+            const int j = cols[static_cast<int64_t>(wx) * G.kw + kj];
             if (j >= 0) g += gn[(static_cast<int64_t>(i) * G.Wo + j) * P2 + p];
           }
         }
@@ -117,11 +117,13 @@ PSC_MULTIVERSION void backward_row(const CorrGeometry& G, const T* __restrict go
 
 template <typename T>
 void backward_impl(const CorrGeometry& G, const T* gout_t, const T* other, T* grad, int sign) {
-  std::vector<int> rows(static_cast<size_t>(G.H) * G.k), cols(static_cast<size_t>(G.W) * G.k);
+  std::vector<int> rows(static_cast<size_t>(G.H) * G.kh), cols(static_cast<size_t>(G.W) * G.kw);
   for (int y = 0; y < G.H; ++y)
-    for (int kk = 0; kk < G.k; ++kk) rows[y * G.k + kk] = window_index(y, kk, G.pad, G.dil, G.stride, G.Ho);
+    for (int kk = 0; kk < G.kh; ++kk)
+      rows[static_cast<size_t>(y) * G.kh + kk] = window_index(y, kk, G.padh, G.dilh, G.sh, G.Ho);
   for (int x = 0; x < G.W; ++x)
-    for (int kk = 0; kk < G.k; ++kk) cols[x * G.k + kk] = window_index(x, kk, G.pad, G.dil, G.stride, G.Wo);
+    for (int kk = 0; kk < G.kw; ++kk)
+      cols[static_cast<size_t>(x) * G.kw + kk] = window_index(x, kk, G.padw, G.dilw, G.sw, G.Wo);
   at::parallel_for(0, G.N * G.H, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row)
       backward_row(G, gout_t, other, grad, rows.data(), cols.data(), sign, row / G.H, static_cast<int>(row % G.H));
@@ -130,12 +132,12 @@ void backward_impl(const CorrGeometry& G, const T* gout_t, const T* other, T* gr
 
 at::Tensor channels_last(const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous(); }
 
-at::Tensor local_correlation_cpu(const at::Tensor& a, const at::Tensor& b, int64_t kernel_size,
-                                 int64_t max_displacement, int64_t stride, int64_t padding, int64_t dilation,
-                                 int64_t dilation_patch) {
-  const auto G = corr_geometry(a, b, kernel_size, max_displacement, stride, padding, dilation, dilation_patch);
+at::Tensor local_correlation_cpu(const at::Tensor& a, const at::Tensor& b, at::IntArrayRef kernel_size,
+                                 at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, at::IntArrayRef dilation_patch) {
+  const auto G = corr_geometry(a, b, kernel_size, patch_size, stride, padding, dilation, dilation_patch);
   const auto a_t = channels_last(a), b_t = channels_last(b);
-  auto out = at::empty({G.N, G.P * G.P, G.Ho, G.Wo}, a.options());
+  auto out = at::empty({G.N, G.P2, G.Ho, G.Wo}, a.options());
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "local_correlation_cpu", [&] {
     forward_impl(G, a_t.const_data_ptr<scalar_t>(), b_t.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
   });
@@ -143,10 +145,10 @@ at::Tensor local_correlation_cpu(const at::Tensor& a, const at::Tensor& b, int64
 }
 
 std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& a, const at::Tensor& b, int64_t kernel_size,
-    int64_t max_displacement, int64_t stride, int64_t padding, int64_t dilation, int64_t dilation_patch,
-    bool need_a, bool need_b) {
-  const auto G = corr_geometry(a, b, kernel_size, max_displacement, stride, padding, dilation, dilation_patch);
+    const at::Tensor& grad_out, const at::Tensor& a, const at::Tensor& b, at::IntArrayRef kernel_size,
+    at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    at::IntArrayRef dilation_patch, bool need_a, bool need_b) {
+  const auto G = corr_geometry(a, b, kernel_size, patch_size, stride, padding, dilation, dilation_patch);
   check_corr_grad(grad_out, a, G);
   const auto gout_t = channels_last(grad_out);
   at::Tensor grad_a, grad_b;

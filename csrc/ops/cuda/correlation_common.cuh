@@ -17,19 +17,19 @@ constexpr int kTile = 64;    // positions (or channels) per tile side
 constexpr int kChunk = 16;   // reduction step
 constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
 
-// Taps of position p of the size x size grid in an H x W plane: the resize, or the grid sample when
-// grid_n is given; all-zero weights for p >= S (tile padding).
+// Taps of position p of an oh x ow grid in an H x W plane: the resize, or the grid sample when grid_n (the
+// sample's (oh, ow, 2) grid) is given; all-zero weights for p >= oh * ow (tile padding).
 template <typename T, typename scalar_t>
-__device__ Tap4<T> position_taps(const scalar_t* grid_n, int p, int size, int H, int W) {
+__device__ Tap4<T> position_taps(const scalar_t* grid_n, int p, int oh, int ow, int H, int W) {
   Tap4<T> q;
-  if (p >= size * size) {
+  if (p >= oh * ow) {
     for (int k = 0; k < 4; ++k) {
       q.off[k] = 0;
       q.w[k] = T(0);
     }
     return q;
   }
-  if (grid_n == nullptr) return resize_taps<T>(p, size, H, W);
+  if (grid_n == nullptr) return resize_taps<T>(p, oh, ow, H, W);
   T dpx, dpy;
   return to_tap4(grid_taps(static_cast<T>(grid_n[2 * p]), static_cast<T>(grid_n[2 * p + 1]), H, W, &dpx, &dpy), W);
 }
@@ -53,6 +53,6 @@ inline dim3 tiles(int64_t rows, int64_t cols, int64_t N) {
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correlation_backward_cuda(
     const at::Tensor& grad_out, at::TensorList src_, at::TensorList tgt_, const c10::optional<at::Tensor>& grid_,
-    int64_t size, std::array<bool, 3> mask);
+    c10::IntArrayRef size, c10::IntArrayRef target_size, std::array<bool, 3> mask);
 
 }  // namespace pscfast

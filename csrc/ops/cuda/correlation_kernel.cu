@@ -1,7 +1,8 @@
 // pscfast::correlation on CUDA: float, double, half and bfloat16 (accumulation in float for the half types).
 //
 // Forward, one launch per layer: block (t tile, s tile, n) computes a 64 x 64 tile of
-// out[n, l S + t, s] = sum_c R_t[c, t] R_s[c, s]. The taps of its 64 tgt and 64 src positions (resize, or
+// out[n, l S_t + t, s] = sum_c R_t[c, t] R_s[c, s] (t on the ht x wt target grid, s on the hs x ws source
+// grid). The taps of its 64 tgt and 64 src positions (resize, or
 // grid sample for src; csrc/ops/common/correlation_taps.h) go to shared memory once; each step over 16
 // channels resamples the two 16 x 64 slabs while loading them into shared memory, so no resized copy of a
 // map is ever written to global memory; each thread accumulates a 4 x 4 sub-tile.
@@ -19,25 +20,25 @@
 namespace pscfast {
 namespace {
 
-// Block (t tile, s tile, n): out[n, layer S + t, s] for 64 x 64 (t, s).
+// Block (t tile, s tile, n): out[n, layer S_t + t, s] for 64 x 64 (t, s).
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __restrict__ src, const scalar_t* __restrict__ tgt,
                                                            const scalar_t* __restrict__ grid, scalar_t* __restrict__ out,
-                                                           int C, int Hs, int Ws, int Ht, int Wt, int size, int layer,
-                                                           int layers) {
+                                                           int C, int Hs, int Ws, int Ht, int Wt, CorrelationGrids g,
+                                                           int layer, int layers) {
   using T = at::opmath_type<scalar_t>;
   __shared__ int toff[kTile][4], soff[kTile][4];
   __shared__ T tw[kTile][4], sw[kTile][4];
   __shared__ T As[kChunk][kTile], Bs[kChunk][kTile];
-  const int S = size * size, tid = threadIdx.x;
+  const int St = g.ht * g.wt, Ss = g.hs * g.ws, tid = threadIdx.x;
   const int64_t n = blockIdx.z;
   const int t0 = blockIdx.x * kTile, s0 = blockIdx.y * kTile;
   if (tid < kTile) {
-    const Tap4<T> q = position_taps<T, scalar_t>(nullptr, t0 + tid, size, Ht, Wt);
+    const Tap4<T> q = position_taps<T, scalar_t>(nullptr, t0 + tid, g.ht, g.wt, Ht, Wt);
     for (int k = 0; k < 4; ++k) toff[tid][k] = q.off[k], tw[tid][k] = q.w[k];
   } else if (tid < 2 * kTile) {
     const int p = tid - kTile;
-    const Tap4<T> q = position_taps<T, scalar_t>(grid ? grid + n * S * 2 : nullptr, s0 + p, size, Hs, Ws);
+    const Tap4<T> q = position_taps<T, scalar_t>(grid ? grid + n * Ss * 2 : nullptr, s0 + p, g.hs, g.ws, Hs, Ws);
     for (int k = 0; k < 4; ++k) soff[p][k] = q.off[k], sw[p][k] = q.w[k];
   }
   __syncthreads();
@@ -69,34 +70,34 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __res
   }
   for (int i = 0; i < 4; ++i) {
     const int t = t0 + ty * 4 + i;
-    if (t >= S) continue;
-    scalar_t* row = out + ((n * layers + layer) * S + t) * S;
+    if (t >= St) continue;
+    scalar_t* row = out + ((n * layers + layer) * St + t) * static_cast<int64_t>(Ss);
     for (int j = 0; j < 4; ++j) {
       const int s = s0 + tx * 4 + j;
-      if (s < S) row[s] = static_cast<scalar_t>(acc[i][j]);
+      if (s < Ss) row[s] = static_cast<scalar_t>(acc[i][j]);
     }
   }
 }
 
 at::Tensor correlation_cuda(at::TensorList src_, at::TensorList tgt_, const c10::optional<at::Tensor>& grid_,
-                            int64_t size) {
-  check_correlation_inputs(src_, tgt_, grid_, size);
+                            c10::IntArrayRef size, c10::IntArrayRef target_size) {
+  const CorrelationGrids grids = check_correlation_inputs(src_, tgt_, grid_, size, target_size);
   const c10::cuda::CUDAGuard guard(src_[0].device());
   const auto src = contiguous(src_), tgt = contiguous(tgt_);
   const auto grid = grid_.has_value() ? grid_->contiguous() : at::Tensor();
-  const int64_t N = src[0].size(0), L = static_cast<int64_t>(src.size()), S = size * size;
+  const int64_t N = src[0].size(0), L = static_cast<int64_t>(src.size());
   TORCH_CHECK(N < 65536, "pscfast::correlation: batch sizes of 65536 or more are not supported on CUDA");
-  auto out = at::empty({N, L * S, size, size}, src[0].options());
+  auto out = at::empty({N, L * grids.St(), grids.hs, grids.ws}, src[0].options());
   if (N == 0) return out;
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src[0].scalar_type(), "correlation_cuda", [&] {
     const scalar_t* g = grid.defined() ? grid.const_data_ptr<scalar_t>() : nullptr;
     for (int64_t l = 0; l < L; ++l) {
-      forward_kernel<scalar_t><<<tiles(S, S, N), kThreads, 0, stream>>>(
+      forward_kernel<scalar_t><<<tiles(grids.St(), grids.Ss(), N), kThreads, 0, stream>>>(
           src[l].const_data_ptr<scalar_t>(), tgt[l].const_data_ptr<scalar_t>(), g, out.mutable_data_ptr<scalar_t>(),
           static_cast<int>(src[l].size(1)), static_cast<int>(src[l].size(2)), static_cast<int>(src[l].size(3)),
-          static_cast<int>(tgt[l].size(2)), static_cast<int>(tgt[l].size(3)), static_cast<int>(size),
-          static_cast<int>(l), static_cast<int>(L));
+          static_cast<int>(tgt[l].size(2)), static_cast<int>(tgt[l].size(3)), grids, static_cast<int>(l),
+          static_cast<int>(L));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });

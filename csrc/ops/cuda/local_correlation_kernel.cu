@@ -28,7 +28,7 @@ template <typename scalar_t>
 __global__ void forward_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
                                scalar_t* __restrict__ out, CorrGeometry G) {
   using T = at::opmath_type<scalar_t>;
-  const int P2 = G.P * G.P;
+  const int P2 = G.P2;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= G.N * P2 * G.Ho * G.Wo) return;
   const int j = static_cast<int>(idx % G.Wo);
@@ -40,10 +40,10 @@ __global__ void forward_kernel(const scalar_t* __restrict__ a, const scalar_t* _
   const scalar_t* an = a + n * G.C * plane;
   const scalar_t* bn = b + n * G.C * plane;
   T acc = T(0);
-  for (int ki = 0; ki < G.k; ++ki) {
-    const int ya = i * G.stride - G.pad + ki * G.dil;
-    for (int kj = 0; kj < G.k; ++kj) {
-      const int xa = j * G.stride - G.pad + kj * G.dil;
+  for (int ki = 0; ki < G.kh; ++ki) {
+    const int ya = i * G.sh - G.padh + ki * G.dilh;
+    for (int kj = 0; kj < G.kw; ++kj) {
+      const int xa = j * G.sw - G.padw + kj * G.dilw;
       if (!inside(ya, xa, G.H, G.W) || !inside(ya + oy, xa + ox, G.H, G.W)) continue;
       const int64_t oa = static_cast<int64_t>(ya) * G.W + xa, ob = static_cast<int64_t>(ya + oy) * G.W + xa + ox;
       for (int64_t c = 0; c < G.C; ++c)
@@ -59,7 +59,7 @@ template <typename scalar_t>
 __global__ void backward_kernel(const scalar_t* __restrict__ gout, const scalar_t* __restrict__ other,
                                 scalar_t* __restrict__ grad, CorrGeometry G, int sign) {
   using T = at::opmath_type<scalar_t>;
-  const int P2 = G.P * G.P;
+  const int P2 = G.P2;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= G.N * G.C * G.H * G.W) return;
   const int x = static_cast<int>(idx % G.W);
@@ -75,11 +75,11 @@ __global__ void backward_kernel(const scalar_t* __restrict__ gout, const scalar_
     if (!inside(py, px, G.H, G.W)) continue;
     const int wy = sign > 0 ? y : py, wx = sign > 0 ? x : px;
     T g = T(0);
-    for (int ki = 0; ki < G.k; ++ki) {
-      const int i = window_index(wy, ki, G.pad, G.dil, G.stride, G.Ho);
+    for (int ki = 0; ki < G.kh; ++ki) {
+      const int i = window_index(wy, ki, G.padh, G.dilh, G.sh, G.Ho);
       if (i < 0) continue;
-      for (int kj = 0; kj < G.k; ++kj) {
-        const int j = window_index(wx, kj, G.pad, G.dil, G.stride, G.Wo);
+      for (int kj = 0; kj < G.kw; ++kj) {
+        const int j = window_index(wx, kj, G.padw, G.dilw, G.sw, G.Wo);
         if (j >= 0) g += static_cast<T>(gn[p * oplane + static_cast<int64_t>(i) * G.Wo + j]);
       }
     }
@@ -88,13 +88,13 @@ __global__ void backward_kernel(const scalar_t* __restrict__ gout, const scalar_
   grad[idx] = static_cast<scalar_t>(acc);
 }
 
-at::Tensor local_correlation_cuda(const at::Tensor& a_, const at::Tensor& b_, int64_t kernel_size,
-                                  int64_t max_displacement, int64_t stride, int64_t padding, int64_t dilation,
-                                  int64_t dilation_patch) {
-  const auto G = corr_geometry(a_, b_, kernel_size, max_displacement, stride, padding, dilation, dilation_patch);
+at::Tensor local_correlation_cuda(const at::Tensor& a_, const at::Tensor& b_, at::IntArrayRef kernel_size,
+                                  at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                  at::IntArrayRef dilation, at::IntArrayRef dilation_patch) {
+  const auto G = corr_geometry(a_, b_, kernel_size, patch_size, stride, padding, dilation, dilation_patch);
   const c10::cuda::CUDAGuard guard(a_.device());
   const auto a = a_.contiguous(), b = b_.contiguous();
-  auto out = at::empty({G.N, G.P * G.P, G.Ho, G.Wo}, a.options());
+  auto out = at::empty({G.N, G.P2, G.Ho, G.Wo}, a.options());
   const int64_t total = out.numel();
   if (total == 0) return out;
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -107,10 +107,10 @@ at::Tensor local_correlation_cuda(const at::Tensor& a_, const at::Tensor& b_, in
 }
 
 std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& a_, const at::Tensor& b_, int64_t kernel_size,
-    int64_t max_displacement, int64_t stride, int64_t padding, int64_t dilation, int64_t dilation_patch,
-    bool need_a, bool need_b) {
-  const auto G = corr_geometry(a_, b_, kernel_size, max_displacement, stride, padding, dilation, dilation_patch);
+    const at::Tensor& grad_out, const at::Tensor& a_, const at::Tensor& b_, at::IntArrayRef kernel_size,
+    at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+    at::IntArrayRef dilation_patch, bool need_a, bool need_b) {
+  const auto G = corr_geometry(a_, b_, kernel_size, patch_size, stride, padding, dilation, dilation_patch);
   check_corr_grad(grad_out, a_, G);
   const c10::cuda::CUDAGuard guard(a_.device());
   const auto a = a_.contiguous(), b = b_.contiguous(), gout = grad_out.contiguous();
