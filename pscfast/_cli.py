@@ -1,16 +1,18 @@
 """What the command lines share: errors turned into one-line messages.
 
 Library code raises exceptions; a command line catches the expected ones and exits with one line on stderr
-(``prog: message``): 2 for bad input (arguments, files, data), 1 for a run that failed (divergence, a full
-disk, an output folder in use). Anything else is a bug and keeps its traceback.
+(``prog: message``): 2 for bad input (arguments, files, data, a missing weights package), 1 for a run that
+failed (divergence, a full disk, an output folder in use). Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
 
+from pscfast.models.efficientnet import MissingPackageError
+
 INPUT_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError,
-                PermissionError)
+                PermissionError, MissingPackageError)
 RUN_ERRORS = (FloatingPointError, OSError)
 
 

@@ -12,7 +12,7 @@ import torch
 from pscfast._device import choose_device
 from pscfast.data import PSCTestPairs
 from pscfast.evaluation import evaluate, format_table
-from pscfast.models import load_checkpoint
+from pscfast.models import ARCHS, load_checkpoint
 from pscfast.models._load import atomic_write, check_writable
 
 
@@ -21,7 +21,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data-root", required=True, help="Sketchy root (holds rendered_256x256/)")
     ap.add_argument("--csv-dir", default=None, help="folder with test_pairs_ps.csv (default: --data-root)")
     ap.add_argument("--classes", nargs="+", default=None, help="class ids or names (comma/space separated)")
-    ap.add_argument("--arch", default=None, help="resnet18/50/101 (default: detected from the checkpoint)")
+    ap.add_argument("--arch", default=None, choices=ARCHS, help="the encoder (default: detected from the checkpoint)")
     ap.add_argument("--shared-bn", default=None, choices=["0", "1"], help="override the checkpoint's BN sharing")
     ap.add_argument("--image-size", type=int, default=None,
                     help="the model's input resolution (default: the checkpoint's training resolution, else 256)")

@@ -3,16 +3,19 @@ predictor keeps when the photo does not match the sketch. Scored as `python -m p
 
     python -m pscfast.diagnose --data-root R --checkpoint X --probe [--image-size 128] [--control]
     python -m pscfast.diagnose --data-root R --checkpoint random --match [--mismatch | --control]
+    python -m pscfast.diagnose --data-root R --checkpoint pretrained --match [--image-size 128]
     python -m pscfast.diagnose --data-root R --checkpoint X --mismatch
 
 `--probe` scores, instead of the checkpoint's STN, flows optimised per test pair against the stage-2 loss
 through the checkpoint's frozen encoder (pscfast.evaluation.probe): whether these features can lead a warp
 estimator past the identity at all. `--match` scores nearest-neighbour matching of the encoder's features
 (pscfast.evaluation.matching), in seconds. `--checkpoint random` takes a randomly initialised encoder (`--arch`,
-seed 0). `--control` (synthetic benchmark only) replaces each sketch by its photo under the true deformation,
-where both must beat the identity. `--mismatch` scores the probe, the matching or, alone, the checkpoint's
-model with each sketch paired with another pair's photo (pscfast.evaluation.mismatch): what a predictor keeps
-there does not come from matching the pair. Errors are one line (exit 2 for bad input, 1 for a failed run).
+default resnet18, seed 0), `--checkpoint pretrained` an ImageNet-pretrained one as it installs (`--arch`,
+default efficientnet_lite0, whose weights ship in its package). `--control` (synthetic benchmark only)
+replaces each sketch by its photo under the true deformation, where both must beat the identity. `--mismatch`
+scores the probe, the matching or, alone, the checkpoint's model with each sketch paired with another pair's
+photo (pscfast.evaluation.mismatch): what a predictor keeps there does not come from matching the pair. Errors
+are one line (exit 2 for bad input, 1 for a failed run).
 """
 import argparse
 import sys
@@ -22,16 +25,21 @@ import torch
 from pscfast import _eval_cli
 from pscfast._cli import one_line_errors
 from pscfast.evaluation import FeatureMatch, FlowProbe, GroundTruthFlows, Mismatched, model_predictor
-from pscfast.models import ResNet
+from pscfast.models import build_encoder, load_imagenet
 
 PROG = "pscfast.diagnose"
+ENCODERS = {"random": "resnet18", "pretrained": "efficientnet_lite0"}  # --checkpoint NAME: its default arch
 
 
 def encoder(a: argparse.Namespace):
-    """The checkpoint's encoder (or a random one, seed 0) and the image size to run it at."""
-    if a.checkpoint == "random":
+    """The checkpoint's encoder (or a random one, seed 0, or an ImageNet-pretrained one) and the image size to
+    run it at."""
+    if a.checkpoint in ENCODERS:
         torch.manual_seed(0)
-        return ResNet(a.arch or "resnet18").to(a.device), a.image_size or 256
+        enc = build_encoder(a.arch or ENCODERS[a.checkpoint])
+        if a.checkpoint == "pretrained":
+            load_imagenet(enc)
+        return enc.to(a.device), a.image_size or 256
     model, size = _eval_cli.load_model(a)
     return model.encoder, size
 
@@ -59,8 +67,8 @@ def predictor(a: argparse.Namespace):
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog=f"python -m {PROG}", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", required=True, help="pscfast or release checkpoint, or 'random' (an encoder "
-                    "with random weights, for --probe or --match)")
+    ap.add_argument("--checkpoint", required=True, help="pscfast or release checkpoint, or 'random' / 'pretrained' "
+                    "(an encoder with random or ImageNet weights, for --probe or --match)")
     how = ap.add_mutually_exclusive_group()
     how.add_argument("--probe", action="store_true", help="score flows optimised against the stage-2 loss")
     how.add_argument("--match", action="store_true", help="score nearest-neighbour matching of the features")
@@ -82,8 +90,8 @@ def main(argv=None) -> int:
     features = a.probe or a.match
     if a.control and not features:
         ap.error("--control goes with --probe or --match")
-    if a.checkpoint == "random" and not features:
-        ap.error("--checkpoint random goes with --probe or --match")
+    if a.checkpoint in ENCODERS and not features:
+        ap.error(f"--checkpoint {a.checkpoint} goes with --probe or --match")
     if not (features or a.mismatch):
         ap.error("choose a diagnostic: --probe, --match or --mismatch")
     if a.checkpoint == "identity":

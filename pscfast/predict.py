@@ -26,7 +26,7 @@ from pscfast._device import choose_device
 from pscfast.data.images import open_rgb
 from pscfast.evaluation import identity_predictor, model_predictor
 from pscfast.evaluation.pck import transfer_keypoints
-from pscfast.models import load_checkpoint
+from pscfast.models import ARCHS, load_checkpoint
 from pscfast.models._load import atomic_write, check_writable
 
 SIZE = 256
@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     ap.add_argument("photo")
     ap.add_argument("sketch")
     ap.add_argument("--checkpoint", required=True, help="pscfast or release checkpoint, or 'identity'")
-    ap.add_argument("--arch", default=None, help="resnet18/50/101 (default: from the checkpoint)")
+    ap.add_argument("--arch", default=None, choices=ARCHS, help="the encoder (default: from the checkpoint)")
     ap.add_argument("--out", required=True, help="picture to write (.png)")
     ap.add_argument("--keypoints", default=None, help="photo points 'x,y;x,y;...' in the photo's pixels")
     ap.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda, cuda:N")

@@ -41,8 +41,11 @@ def split_model_flag(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def _report(name: str, pck: dict, out: str) -> None:
+    mismatch = pck.get("mismatch")
     print(f"{name}PCK@0.05 {100 * pck['pck05']:.2f}  PCK@0.10 {100 * pck['pck10']:.2f}  "
-          f"(identity flow: {100 * pck['identity']['pck05']:.2f} / {100 * pck['identity']['pck10']:.2f})")
+          f"(identity flow: {100 * pck['identity']['pck05']:.2f} / {100 * pck['identity']['pck10']:.2f}"
+          + (f"; mismatched photos: {100 * mismatch['pck05']:.2f} / {100 * mismatch['pck10']:.2f})" if mismatch
+             else ")"))
     print(f"checkpoint: {os.path.join(out, 'final.pt')}")
 
 

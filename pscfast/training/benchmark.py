@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 
 import torch
 from PIL import Image
 
 from pscfast.data import PSCTestPairs
 from pscfast.data.synthetic import generate
-from pscfast.evaluation import evaluate, model_predictor
+from pscfast.evaluation import Mismatched, evaluate, model_predictor
 from pscfast.training import distributed as dist_utils
 from pscfast.viz import batch_figure
 
@@ -34,19 +35,27 @@ def prepare_data(cfg, rank: int) -> tuple[str, str]:
 
 def evaluate_pck(cfg, model: torch.nn.Module, root: str, csv_dir: str, device, writer=None, step: int = 0) -> dict:
     """PCK of ``model`` (``predict_flow`` at ``cfg.image_size``) on the test CSV with the evaluation CLI's
-    geometry, on the first ``cfg.eval_limit`` pairs when set; writes ``<cfg.out>/correspondence.png`` and logs
-    both to TensorBoard's ``writer`` when given."""
+    geometry, on the first ``cfg.eval_limit`` pairs when set, and under ``"mismatch"`` its PCK with each sketch
+    paired with another pair's photo (pscfast.evaluation.Mismatched: what the model keeps without matching the
+    pair); writes ``<cfg.out>/correspondence.png`` and logs all to TensorBoard's ``writer`` when given."""
     data = PSCTestPairs(root, os.path.join(csv_dir, "test_pairs_ps.csv"))
     if cfg.eval_limit:
         data = torch.utils.data.Subset(data, range(min(cfg.eval_limit, len(data))))
     predict = model_predictor(model, cfg.image_size)
     with untouched(model, device):
         result = evaluate(predict, data, cfg.eval_batch_size, device, progress=False)
+        try:
+            mismatch = evaluate(Mismatched(predict), data, cfg.eval_batch_size, device, progress=False)
+            result["mismatch"] = {k: mismatch[k] for k in ("pck05", "pck10")}
+        except ValueError as exc:  # a test batch that shows a single photo has no other photo to pair with
+            warnings.warn(f"the mismatched-photo baseline is skipped: {exc}", stacklevel=2)
         picture = _picture(predict, data, device)
     Image.fromarray(picture).save(os.path.join(cfg.out, "correspondence.png"))
     if writer is not None:
         for k in ("pck05", "pck10"):
             writer.add_scalar(f"eval/{k}", result[k], step)
+            if "mismatch" in result:
+                writer.add_scalar(f"eval/mismatch_{k}", result["mismatch"][k], step)
         writer.add_image("eval/correspondence", picture, step, dataformats="HWC")
     return result
 

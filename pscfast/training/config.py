@@ -17,17 +17,18 @@ AMP = ("auto", "bf16", "fp16", "none")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Defaults: the small CPU run of ``python train/run.py`` on the synthetic benchmark (about 4 minutes on
-    2 cores). It trains without augmentation and with a short queue (README "Training": from a random init,
-    48 pairs and minutes of CPU, the release's augmentation keeps stage 1 at chance, and a queue of 8192 keys
-    would hold each pair's own older keys as negatives). The paper's settings are in
-    train/configs/paper_r18.json and paper_r101.json.
+    """Defaults: the small CPU run of ``python train/run.py`` on the synthetic benchmark (about 5 minutes on 2
+    cores): the ImageNet-pretrained EfficientNet-Lite0, frozen, and stage 2 only, the STN trained on known warps
+    of the training images (warp_weight; docs/experiments.md: on these features PSC's similarity and consistency
+    losses drive the STN below the identity flow, and 150 MoCo steps lower the features' matching). The
+    paper's settings are in train/configs/paper_r18.json and paper_r101.json; a config file that omits a
+    field takes the value here.
 
     The comment on each field is its ``--help`` text (pscfast._flags)."""
     CHOICES: ClassVar[dict[str, tuple]] = {"stage": tuple(STAGES), "arch": ARCHS, "amp": AMP}
 
-    stage: str = "both"                  # encoder | estimator | both (1 | 2 accepted)
-    arch: str = "resnet18"               # the encoder
+    stage: str = "estimator"             # encoder | estimator | both (1 | 2 accepted)
+    arch: str = "efficientnet_lite0"     # the encoder
     shared_bn: bool = False              # True reproduces the release's single BN per pair
     data_root: str = "runs/synthetic"    # Sketchy root (generated there when it is the synthetic default)
     csv_dir: str | None = None           # where train_pairs_ps.csv / test_pairs_ps.csv are (none: data_root)
@@ -35,7 +36,7 @@ class TrainConfig:
     image_size: int = 128                # training/inference resolution (the paper: 256)
     batch_size: int = 8                  # pairs per step and process
     epochs_encoder: int = 25             # stage 1 epochs
-    epochs_estimator: int = 25           # stage 2 epochs
+    epochs_estimator: int = 50           # stage 2 epochs
     max_steps_per_epoch: int | None = 12  # at most this many steps per epoch (none: the whole training set)
     lr_encoder: float = 0.03             # stage 1 SGD learning rate (with --resume it replaces the checkpoint's)
     lr_estimator: float = 0.003          # stage 2 SGD learning rate (with --resume it replaces the checkpoint's)
@@ -46,13 +47,15 @@ class TrainConfig:
     moco_k: int = 16                     # MoCo queue length, below the 48 pairs of the synthetic set (paper: 8192)
     moco_m: float = 0.99                 # MoCo key-encoder momentum (the paper: 0.999)
     moco_t: float = 0.07                 # MoCo softmax temperature
-    sim_weight: float = 0.1              # stage 2 weight of the perceptual similarity loss
-    con_weight: float = 1.0              # stage 2 weight of the forward-backward consistency loss
+    sim_weight: float = 0.0              # stage 2 weight of the perceptual similarity loss (the paper: 0.1)
+    con_weight: float = 0.0              # stage 2 weight of the forward-backward consistency loss (the paper: 1.0)
     tau: float = 0.001                   # temperature of the similarity loss's softmax
+    warp_weight: float = 1.0             # stage 2 weight of the known-warp supervision of the STN (the paper: 0)
     augment: bool = False                # the paper: True; False = no appearance, flip or warps
     augment_loop: bool = False           # True: the release's per-sample augmentation loop (benchmarks)
     encoder_train_mode: bool = False     # True: the release's stage 2 (encoder BN in train mode)
-    imagenet: str | None = None          # local torchvision/MoCo ImageNet checkpoint for the encoder
+    pretrained: bool = True              # start the encoder from ImageNet weights (ignored with init / resume)
+    imagenet: str | None = None          # their file (efficientnet_lite0: its package's file by default)
     init: str | None = None              # a pscfast/release checkpoint to start from (e.g. stage-1 weights)
     backend: str | None = None           # pscfast.ops backend ("torch" = reference ops)
     amp: str = "auto"                    # auto (bf16 on CUDA) | bf16 | fp16 | none
@@ -77,7 +80,7 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig: {name} must be positive, got {getattr(self, name)!r}")
         for name in ("epochs_encoder", "epochs_estimator", "warmup_epochs", "momentum", "weight_decay", "sim_weight",
-                     "con_weight", "eval_every", "workers"):
+                     "con_weight", "warp_weight", "eval_every", "workers"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"TrainConfig: {name} must be non-negative, got {getattr(self, name)!r}")
         if not 0 <= self.moco_m < 1:

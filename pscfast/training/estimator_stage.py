@@ -2,6 +2,11 @@
 authors' release). Both directions come from one STN, fwd = stn(photo, sketch) and bwd = stn(sketch, photo);
 the images warped by them are re-encoded by the frozen encoder, whose gradient reaches the flows, and the loss
 is the weighted perceptual similarity (0.1) plus the forward-backward consistency (1.0).
+
+``warp_weight`` adds known warps (not in the paper): each training photo and sketch against itself under a
+random warp of the release's affine / TPS ranges, each in its own BN branch; the STN must return the warp's
+grid (pscfast.losses.known_warp_loss). With ``sim_weight`` and ``con_weight`` 0 the pairs' flows are not
+computed at all.
 """
 from __future__ import annotations
 
@@ -10,24 +15,36 @@ from torch import nn
 
 from pscfast import ops
 from pscfast.data import normalize
-from pscfast.losses import stage2_loss
+from pscfast.losses import known_warp_loss, stage2_loss
 from pscfast.models import PHOTO, SKETCH, PSCNet
 from pscfast.training import distributed as dist_utils
-from pscfast.training.augment import augment_pair
+from pscfast.training.augment import AugmentConfig, apply_geometry, augment_pair, geometry_grid, sample_geometry
 from pscfast.training.augment_reference import augment_reference
 from pscfast.training.share import frozen_copy, shared_copy
 from pscfast.training.stage import PSCStage
 
 
 class FlowPair(nn.Module):
-    """fwd = stn(photo, sketch), bwd = stn(sketch, photo) in one forward (one DDP call per step)."""
+    """fwd = stn(photo, sketch), bwd = stn(sketch, photo), and with ``known = (src, tgt)`` also stn(src, tgt) for
+    the known-warp supervision, in one forward (one DDP call per step). ``f_photo=None`` skips fwd and bwd."""
 
     def __init__(self, stn: nn.Module):
         super().__init__()
         self.stn = stn
 
-    def forward(self, f_photo, f_sketch):
-        return self.stn(f_photo, f_sketch), self.stn(f_sketch, f_photo)
+    def forward(self, f_photo, f_sketch, known=None):
+        flows = None if f_photo is None else (self.stn(f_photo, f_sketch), self.stn(f_sketch, f_photo))
+        return flows if known is None else (flows, self.stn(*known))
+
+
+def known_warps(encoder, images: torch.Tensor, modality: int, geometry: AugmentConfig, generator=None):
+    """Each image (normalised, (N, 3, H, W)) and the same image under a random warp drawn from ``geometry``,
+    both encoded without gradient in ``modality``. Returns (features of the images, features of the warped
+    images, the warps' sampling grids (N, H, W, 2)): ``stn(src, tgt)`` should return the grid."""
+    n, _, h, w = images.shape
+    grid = geometry_grid(sample_geometry(n, geometry, generator, images.device), h, w, images.dtype)
+    with torch.no_grad():
+        return encoder.features(images, modality), encoder.features(apply_geometry(images, grid), modality), grid
 
 
 class EstimatorStage(PSCStage):
@@ -48,15 +65,34 @@ class EstimatorStage(PSCStage):
         augment = augment_reference if cfg.augment_loop else augment_pair
         photo, sketch, _ = augment(*self.images(batch), self.aug, self.gen)
         photo, sketch = normalize(photo), normalize(sketch)
+        pair = cfg.sim_weight > 0 or cfg.con_weight > 0 or not cfg.warp_weight  # PSC's losses on the pairs
         with self.autocast():
+            known = self._known_warps(photo, sketch) if cfg.warp_weight else None
             with torch.no_grad():
-                f_photo, f_sketch = enc.features(photo, PHOTO), enc.features(sketch, SKETCH)
-            fwd, bwd = self.forward(f_photo, f_sketch)
-            size = tuple(photo.shape[-2:])
-            # re-encode the warped images: gradients reach the flows through the frozen encoder
-            w_photo = ops.warp(photo, fwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
-            w_sketch = ops.warp(sketch, bwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
-            fw_photo, fw_sketch = enc.features(w_photo, PHOTO), enc.features(w_sketch, SKETCH)
+                f_photo, f_sketch = (enc.features(photo, PHOTO), enc.features(sketch, SKETCH)) if pair else (None, None)
+            out = self.forward(f_photo, f_sketch, None if known is None else known[:2])
+            flows, pred = (out, None) if known is None else out
+            losses = self._pair_losses(photo, sketch, f_photo, f_sketch, *flows) if pair else {}
+        if known is not None:
+            warp = known_warp_loss(pred.float(), known[2])
+            losses = {**losses, "loss": losses.get("loss", 0) + cfg.warp_weight * warp, "warp": warp.detach()}
+        return losses
+
+    def _pair_losses(self, photo, sketch, f_photo, f_sketch, fwd, bwd) -> dict[str, torch.Tensor]:
+        """PSC's stage-2 losses of the predicted flows (weighted similarity and consistency)."""
+        cfg, enc = self.cfg, self.encoder
+        size = tuple(photo.shape[-2:])
+        # re-encode the warped images: gradients reach the flows through the frozen encoder
+        w_photo = ops.warp(photo, fwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
+        w_sketch = ops.warp(sketch, bwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
+        fw_photo, fw_sketch = enc.features(w_photo, PHOTO), enc.features(w_sketch, SKETCH)
         f = lambda fs: [t.float() for t in fs]  # noqa: E731  (losses in fp32)
         return stage2_loss(f(fw_photo), f(f_sketch), f(fw_sketch), f(f_photo), fwd.float(), bwd.float(),
                            cfg.sim_weight, cfg.con_weight, cfg.tau, cfg.backend)
+
+    def _known_warps(self, photo: torch.Tensor, sketch: torch.Tensor):
+        """known_warps of the photos (photo BN) and the sketches (sketch BN), one batch: (src, tgt, grids)."""
+        (src_p, tgt_p, grid_p), (src_s, tgt_s, grid_s) = (known_warps(self.encoder, x, m, AugmentConfig(), self.gen)
+                                                          for x, m in ((photo, PHOTO), (sketch, SKETCH)))
+        return ([torch.cat(t) for t in zip(src_p, src_s)], [torch.cat(t) for t in zip(tgt_p, tgt_s)],
+                torch.cat([grid_p, grid_s]))

@@ -12,7 +12,7 @@ import os
 import torch
 
 from pscfast.data import PSCTrainPairs
-from pscfast.models import PSCNet, load_checkpoint, load_imagenet, save_checkpoint
+from pscfast.models import PSCNet, imagenet_file, load_checkpoint, load_imagenet, save_checkpoint
 from pscfast.models._load import load_file
 from pscfast.models.checkpoint import FORMAT
 from pscfast.training import distributed as dist_utils
@@ -26,10 +26,16 @@ from pscfast.training.stage import PSCStage
 STAGES = {1: EncoderStage, 2: EstimatorStage}
 
 
+def starts_from_imagenet(cfg: TrainConfig) -> bool:
+    """Whether the run's encoder starts from ImageNet weights (``init`` and ``resume`` bring their own)."""
+    return bool(cfg.pretrained or cfg.imagenet) and not (cfg.init or cfg.resume)
+
+
 def build_model(cfg: TrainConfig, device) -> PSCNet:
-    """The PSCNet a run starts from: random, with ``cfg.imagenet``'s encoder, or ``cfg.init``'s weights."""
+    """The PSCNet a run starts from: random, with ImageNet weights in its encoder (``cfg.imagenet``, else the
+    file that ships for the arch), or ``cfg.init``'s weights."""
     model = PSCNet(cfg.arch, cfg.shared_bn, backend=cfg.backend)
-    if cfg.imagenet:
+    if starts_from_imagenet(cfg):
         load_imagenet(model.encoder, cfg.imagenet)
     if cfg.init:
         model.load_state_dict(load_checkpoint(cfg.init, cfg.arch, cfg.shared_bn).state_dict())
@@ -105,6 +111,8 @@ def _logger(writer, stage: int):
 
 def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
     resume = load_resume(cfg)
+    if starts_from_imagenet(cfg):
+        imagenet_file(cfg.arch, cfg.imagenet)  # the weights exist before any data is generated
     torch.manual_seed(cfg.seed)
     root, csv_dir = prepare_data(cfg, rank)
     train_data = PSCTrainPairs(root, os.path.join(csv_dir, "train_pairs_ps.csv"))

