@@ -4,9 +4,10 @@ Each op runs on the fastest available backend for its inputs (compiled C++/CUDA,
 PyTorch); `backend=` or the PSCFAST_BACKEND environment variable chooses one (see _dispatch).
 """
 from pscfast.ops._dispatch import OPS, BackendUnavailable
-from pscfast.ops.consistency import Compose, ConsistencyLoss, compose, consistency_loss
+from pscfast.ops.compose import Compose, ConsistencyLoss, compose, consistency_loss
 from pscfast.ops.correlation import Correlation, correlation
-from pscfast.ops.cycle import ComposeDisplacement, TruncatedFlowLoss, compose_displacement, truncated_flow_loss
+from pscfast.ops.compose_displacement import (ComposeDisplacement, TruncatedFlowLoss, compose_displacement,
+                                             truncated_flow_loss)
 from pscfast.ops.local_correlation import (LocalCorrelation, SpatialCorrelationSampler, local_correlation,
                                           spatial_correlation_sample)
 from pscfast.ops.similarity_loss import SimilarityLoss, similarity_loss

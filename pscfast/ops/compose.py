@@ -93,7 +93,7 @@ def _loss_cpp(fwd, bwd, mode):
 class _ComposeTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, f_ab, f_bc, mode):
-        from pscfast.kernels import consistency as k
+        from pscfast.kernels import compose as k
 
         ctx.save_for_backward(f_ab, f_bc)  # the inputs: a recorded backward differentiates through them
         ctx.mode = mode
@@ -101,7 +101,7 @@ class _ComposeTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from pscfast.kernels import consistency as k
+        from pscfast.kernels import compose as k
 
         f_ab, f_bc = ctx.saved_tensors
         if _higher_order.recording():
@@ -114,7 +114,7 @@ class _ComposeTriton(torch.autograd.Function):
 class _LossTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, fwd, bwd, mode):
-        from pscfast.kernels import consistency as k
+        from pscfast.kernels import compose as k
 
         xs, ys = _identity_axes(bwd)
         loss, count = k.consistency_fwd(fwd.contiguous(), bwd.contiguous(), xs, ys, mode)
@@ -124,7 +124,7 @@ class _LossTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from pscfast.kernels import consistency as k
+        from pscfast.kernels import compose as k
 
         fwd, bwd, xs, ys, count = ctx.saved_tensors
         if _higher_order.recording():

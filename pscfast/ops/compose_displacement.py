@@ -84,14 +84,14 @@ def _contiguous(*tensors):
 class _ComposeTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, f_ab, f_bc, m_ab, m_bc):
-        from pscfast.kernels import cycle as k
+        from pscfast.kernels import compose_displacement as k
 
         ctx.save_for_backward(f_ab, f_bc, m_ab, m_bc)  # the inputs: a recorded backward differentiates through them
         return k.compose_displacement_fwd(*_contiguous(f_ab, f_bc, m_ab, m_bc))
 
     @staticmethod
     def backward(ctx, grad_f, grad_m):
-        from pscfast.kernels import cycle as k
+        from pscfast.kernels import compose_displacement as k
 
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.compose_displacement, ctx.saved_tensors,
@@ -103,7 +103,7 @@ class _ComposeTriton(torch.autograd.Function):
 class _LossTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pred, target, mask, T):
-        from pscfast.kernels import cycle as k
+        from pscfast.kernels import compose_displacement as k
 
         ctx.save_for_backward(pred, target, mask)  # the inputs: a recorded backward differentiates through them
         ctx.T = T
@@ -111,7 +111,7 @@ class _LossTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from pscfast.kernels import cycle as k
+        from pscfast.kernels import compose_displacement as k
 
         pred, target, mask = ctx.saved_tensors
         if _higher_order.recording():

@@ -14,8 +14,8 @@
 #include <algorithm>
 #include <vector>
 
-#include "ops/common/cycle_pixel.h"
-#include "ops/common/cycle_checks.h"
+#include "ops/common/compose_displacement_pixel.h"
+#include "ops/common/compose_displacement_checks.h"
 
 namespace pscfast {
 namespace {

@@ -16,8 +16,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "ops/common/cycle_pixel.h"
-#include "ops/common/cycle_checks.h"
+#include "ops/common/compose_displacement_pixel.h"
+#include "ops/common/compose_displacement_checks.h"
 #include "ops/cuda/gather_scan.cuh"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/reduce.cuh"
