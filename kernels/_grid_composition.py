@@ -115,13 +115,19 @@ def compose_bwd_kernel(grad_ptr, count_ptr, xs_ptr, ys_ptr, fab_ptr, fbc_ptr, df
                             dfbc_ptr + n * P * 2, h, w, wo, P, scale, LOSS, NEAREST, ACC)
 
 
-def backward(grad, count, xs, ys, f_ab, f_bc, mode, loss):
+def backward(grad, count, xs, ys, f_ab, f_bc, mode, loss, output_mask):
+    """(d f_ab, d f_bc) of compose (loss False: grad (N, h', w', 2)) or of consistency_loss (loss True: grad and
+    count scalars), each None unless output_mask asks for it; the scatter programs run only for d f_ab and the
+    pointwise ones only for d f_bc."""
     N, h, w, _ = f_ab.shape
     P = f_bc.shape[1] * f_bc.shape[2]
-    d_ab, d_bc = torch.empty_like(f_ab), torch.empty_like(f_bc)
-    if N:
-        nqb = triton.cdiv(h * w, BQ)
-        compose_bwd_kernel[(nqb + triton.cdiv(P, BP), N)](
-            grad, count, xs, ys, f_ab, f_bc, d_ab, d_bc, h, w, f_bc.shape[2], P, nqb, LOSS=loss,
-            NEAREST=mode == "nearest", ACC=accumulation(f_ab.dtype)[0], BQ=BQ, BP=BP)
+    d_ab = torch.empty_like(f_ab) if output_mask[0] else None
+    d_bc = torch.empty_like(f_bc) if output_mask[1] else None
+    nqb = triton.cdiv(h * w, BQ) if output_mask[0] else 0
+    npb = triton.cdiv(P, BP) if output_mask[1] else 0
+    if N and nqb + npb:
+        compose_bwd_kernel[(nqb + npb, N)](
+            grad, count, xs, ys, f_ab, f_bc, f_ab if d_ab is None else d_ab, f_bc if d_bc is None else d_bc, h, w,
+            f_bc.shape[2], P, nqb, LOSS=loss, NEAREST=mode == "nearest", ACC=accumulation(f_ab.dtype)[0], BQ=BQ,
+            BP=BP)
     return d_ab, d_bc

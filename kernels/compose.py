@@ -27,7 +27,10 @@ def compose_fwd_kernel(fab_ptr, fbc_ptr, out_ptr, h, w, P, NEAREST: tl.constexpr
     tl.store(out + 1, res[21].to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def compose_fwd(f_ab, f_bc, mode):
+# Launchers, in the argument order of the pscfast::compose schemas: contiguous f_ab (N, h, w, 2) and f_bc
+# (N, h', w', 2) of one dtype.
+
+def compose(f_ab, f_bc, mode):
     N, h, w, _ = f_ab.shape
     P = f_bc.shape[1] * f_bc.shape[2]
     out = torch.empty_like(f_bc)
@@ -37,5 +40,6 @@ def compose_fwd(f_ab, f_bc, mode):
     return out
 
 
-def compose_bwd(grad, f_ab, f_bc, mode):
-    return _grid_composition.backward(grad, grad, grad, grad, f_ab, f_bc, mode, False)
+def compose_backward(grad_out, f_ab, f_bc, mode, output_mask):
+    """(d f_ab, d f_bc) for a contiguous grad_out (N, h', w', 2), each None unless output_mask asks for it."""
+    return _grid_composition.backward(grad_out, grad_out, grad_out, grad_out, f_ab, f_bc, mode, False, output_mask)

@@ -51,7 +51,10 @@ def consistency_fwd_kernel(fab_ptr, fbc_ptr, xs_ptr, ys_ptr, psum_ptr, pcnt_ptr,
         tl.store(count_ptr, count)
 
 
-def consistency_fwd(fwd, bwd, xs, ys, mode):
+# Launchers, in the argument order of the pscfast::consistency_loss schemas: contiguous fwd (N, h, w, 2) and bwd
+# (N, h', w', 2) of one dtype, the identity's axes xs (w',) and ys (h',).
+
+def consistency_loss(fwd, bwd, xs, ys, mode):
     """(loss, count): the masked mean squared error and the int64 number of masked-in coordinates."""
     N, h, w, _ = fwd.shape
     wo = bwd.shape[2]
@@ -70,5 +73,7 @@ def consistency_fwd(fwd, bwd, xs, ys, mode):
     return loss, count
 
 
-def consistency_bwd(grad, count, fwd, bwd, xs, ys, mode):
-    return _grid_composition.backward(grad, count, xs, ys, fwd, bwd, mode, True)
+def consistency_loss_backward(grad, fwd, bwd, xs, ys, mode, count, output_mask):
+    """(d fwd, d bwd) for the loss's gradient grad and the forward's count, each None unless output_mask asks for
+    it."""
+    return _grid_composition.backward(grad, count, xs, ys, fwd, bwd, mode, True, output_mask)

@@ -20,7 +20,8 @@ RBLOCK = 128
 @triton.jit
 def _error(pred_ptr, target_ptr, n, pix, mask, P, ACC: tl.constexpr):
     base = n * 2 * P + pix
-    dx = tl.load(pred_ptr + base, mask=mask, other=0.0).to(ACC) - tl.load(target_ptr + base, mask=mask, other=0.0).to(ACC)
+    dx = tl.load(pred_ptr + base, mask=mask, other=0.0).to(ACC) \
+        - tl.load(target_ptr + base, mask=mask, other=0.0).to(ACC)
     dy = tl.load(pred_ptr + base + P, mask=mask, other=0.0).to(ACC) \
         - tl.load(target_ptr + base + P, mask=mask, other=0.0).to(ACC)
     return dx, dy, dx * dx + dy * dy
@@ -73,7 +74,10 @@ def truncated_loss_bwd_kernel(grad_ptr, pred_ptr, target_ptr, mask_ptr, dpred_pt
         tl.store(dmask_ptr + n * P + pix, (g * tl.minimum(err, cap)).to(ty), mask=mask)
 
 
-def truncated_loss_fwd(pred, target, mask, T):
+# Launchers, in the argument order of the pscfast::truncated_flow_loss schemas: contiguous pred, target
+# (N, 2, H, W) and mask (N, 1, H, W) or None, of one dtype.
+
+def truncated_flow_loss(pred, target, mask, T):
     N, _, H, W = pred.shape
     acc, acc_t = accumulation(pred.dtype)
     nblk = triton.cdiv(H * W, BLOCK)
@@ -88,10 +92,11 @@ def truncated_loss_fwd(pred, target, mask, T):
     return loss
 
 
-def truncated_loss_bwd(grad, pred, target, mask, T, need):
-    """(d pred, d target, d mask), each None unless asked for in need; d mask is min(err, T^2) * grad whether or
-    not a mask was given."""
+def truncated_flow_loss_backward(grad, pred, target, mask, T, output_mask):
+    """(d pred, d target, d mask) for the loss's gradient grad, each None unless output_mask asks for it (d mask
+    also None for an absent mask)."""
     N, _, H, W = pred.shape
+    need = [bool(output_mask[0]), bool(output_mask[1]), bool(output_mask[2]) and mask is not None]
     shapes = (pred.shape, pred.shape, (N, 1, H, W))
     out = [pred.new_empty(s) if want else None for s, want in zip(shapes, need)]
     if N and any(need):

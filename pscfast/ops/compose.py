@@ -1,7 +1,8 @@
 """compose: flow composition on absolute grids, F_ab o F_bc (f_ab sampled at the positions f_bc).
 
 Backends: cpp (CPU C++ / CUDA C++), triton, torch (reference). The backward computes the f_bc gradient
-pointwise and the f_ab gradient (a scatter) summed in a fixed order: deterministic.
+pointwise and the f_ab gradient (a scatter) summed in a fixed order (deterministic), each only when autograd
+asks for it.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _fake, _higher_order, _reference
+from . import _checks, _fake, _higher_order, _output_mask, _reference
 from ._dispatch import Op, register_op
 
 MODES = ("nearest", "bilinear")
@@ -23,8 +24,8 @@ def _register() -> None:
         return _fake.like(f_bc)
 
     @torch.library.register_fake("pscfast::_compose_backward")
-    def _(grad_out, f_ab, f_bc, mode):
-        return _fake.like(f_ab), _fake.like(f_bc)
+    def _(grad_out, f_ab, f_bc, mode, output_mask):
+        return _fake.grads(output_mask, f_ab, f_bc)
 
     def setup(ctx, inputs, output):
         f_ab, f_bc, mode = inputs
@@ -36,7 +37,8 @@ def _register() -> None:
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.compose, (f_ab, f_bc, ctx.mode), grad,
                                                  ctx.needs_input_grad)
-        d_ab, d_bc = torch.ops.pscfast._compose_backward(grad.contiguous(), f_ab, f_bc, ctx.mode)
+        d_ab, d_bc = torch.ops.pscfast._compose_backward(grad.contiguous(), f_ab, f_bc, ctx.mode,
+                                                         _output_mask.from_autograd(ctx.needs_input_grad, 2))
         return d_ab, d_bc, None
 
     torch.library.register_autograd("pscfast::compose", backward, setup_context=setup)
@@ -57,7 +59,7 @@ class _ComposeTriton(torch.autograd.Function):
 
         ctx.save_for_backward(f_ab, f_bc)  # the inputs: a recorded backward differentiates through them
         ctx.mode = mode
-        return k.compose_fwd(f_ab.contiguous(), f_bc.contiguous(), mode)
+        return k.compose(f_ab.contiguous(), f_bc.contiguous(), mode)
 
     @staticmethod
     def backward(ctx, grad):
@@ -67,7 +69,8 @@ class _ComposeTriton(torch.autograd.Function):
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.compose, (f_ab, f_bc, ctx.mode), grad,
                                                  ctx.needs_input_grad)
-        d_ab, d_bc = k.compose_bwd(grad.contiguous(), f_ab.contiguous(), f_bc.contiguous(), ctx.mode)
+        d_ab, d_bc = k.compose_backward(grad.contiguous(), f_ab.contiguous(), f_bc.contiguous(), ctx.mode,
+                                        _output_mask.from_autograd(ctx.needs_input_grad, 2))
         return d_ab, d_bc, None
 
 

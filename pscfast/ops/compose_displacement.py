@@ -2,7 +2,8 @@
 matchability.
 
 Backends: cpp (CPU C++ / CUDA C++), triton, torch (reference). Hand-written backward: the image-a gradients
-are pointwise, the image-b gradients (scatters) are summed in a fixed order: deterministic.
+are pointwise, the image-b gradients (scatters) are summed in a fixed order (deterministic); only the gradients
+autograd asks for are computed (the maps that the Python layer fills with ones never are).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _fake, _higher_order, _reference
+from . import _checks, _fake, _higher_order, _output_mask, _reference
 from ._dispatch import Op, register_op
 
 
@@ -22,8 +23,8 @@ def _register() -> None:
         return _fake.like(f_ab), _fake.like(m_ab)
 
     @torch.library.register_fake("pscfast::_compose_displacement_backward")
-    def _(grad_f, grad_m, f_ab, f_bc, m_ab, m_bc):
-        return _fake.like(f_ab), _fake.like(f_bc), _fake.like(m_ab), _fake.like(m_bc)
+    def _(grad_f, grad_m, f_ab, f_bc, m_ab, m_bc, output_mask):
+        return _fake.grads(output_mask, f_ab, f_bc, m_ab, m_bc)
 
     def setup(ctx, inputs, output):
         ctx.save_for_backward(*inputs)
@@ -33,7 +34,8 @@ def _register() -> None:
             return _higher_order.reference_grads(_reference.compose_displacement, ctx.saved_tensors,
                                                  (grad_f, grad_m), ctx.needs_input_grad)
         return torch.ops.pscfast._compose_displacement_backward(grad_f.contiguous(), grad_m.contiguous(),
-                                                                *ctx.saved_tensors)
+                                                                *ctx.saved_tensors,
+                                                                _output_mask.from_autograd(ctx.needs_input_grad, 4))
 
     torch.library.register_autograd("pscfast::compose_displacement", backward, setup_context=setup)
 
@@ -52,7 +54,7 @@ class _ComposeDisplacementTriton(torch.autograd.Function):
         from pscfast.kernels import compose_displacement as k
 
         ctx.save_for_backward(f_ab, f_bc, m_ab, m_bc)  # the inputs: a recorded backward differentiates through them
-        return k.compose_displacement_fwd(*(t.contiguous() for t in (f_ab, f_bc, m_ab, m_bc)))
+        return k.compose_displacement(*(t.contiguous() for t in (f_ab, f_bc, m_ab, m_bc)))
 
     @staticmethod
     def backward(ctx, grad_f, grad_m):
@@ -61,8 +63,9 @@ class _ComposeDisplacementTriton(torch.autograd.Function):
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.compose_displacement, ctx.saved_tensors,
                                                  (grad_f, grad_m), ctx.needs_input_grad)
-        return k.compose_displacement_bwd(grad_f.contiguous(), grad_m.contiguous(),
-                                          *(t.contiguous() for t in ctx.saved_tensors))
+        return k.compose_displacement_backward(grad_f.contiguous(), grad_m.contiguous(),
+                                               *(t.contiguous() for t in ctx.saved_tensors),
+                                               _output_mask.from_autograd(ctx.needs_input_grad, 4))
 
 
 def _triton(f_ab, f_bc, m_ab, m_bc):

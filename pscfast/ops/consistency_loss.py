@@ -3,7 +3,8 @@ identity.
 
 Backends: cpp (CPU C++ / CUDA C++), triton, torch (reference). Fused: one launch computes the cycle, the
 release's mask and per-block partial sums, reduced in a fixed order (deterministic); the backward recomputes
-the cycle elementwise and sums the fwd gradient (a scatter) in a fixed order too.
+the cycle elementwise, sums the fwd gradient (a scatter) in a fixed order too, and computes only the gradients
+autograd asks for.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _fake, _higher_order, _reference
+from . import _checks, _fake, _higher_order, _output_mask, _reference
 from ._dispatch import Op, register_op
 from .compose import MODES
 
@@ -36,8 +37,8 @@ def _register() -> None:
         return fwd.new_empty(()), fwd.new_empty((), dtype=torch.int64)
 
     @torch.library.register_fake("pscfast::_consistency_loss_backward")
-    def _(grad, count, fwd, bwd, xs, ys, mode):
-        return _fake.like(fwd), _fake.like(bwd)
+    def _(grad, fwd, bwd, xs, ys, mode, count, output_mask):
+        return _fake.grads(output_mask, fwd, bwd)
 
     def setup(ctx, inputs, output):
         fwd, bwd, xs, ys, mode = inputs
@@ -49,7 +50,8 @@ def _register() -> None:
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference_loss, (fwd, bwd, xs, ys, ctx.mode), grad,
                                                  ctx.needs_input_grad)
-        d_fwd, d_bwd = torch.ops.pscfast._consistency_loss_backward(grad, count, fwd, bwd, xs, ys, ctx.mode)
+        d_fwd, d_bwd = torch.ops.pscfast._consistency_loss_backward(
+            grad, fwd, bwd, xs, ys, ctx.mode, count, _output_mask.from_autograd(ctx.needs_input_grad, 2))
         return d_fwd, d_bwd, None, None, None
 
     torch.library.register_autograd("pscfast::consistency_loss", backward, setup_context=setup)
@@ -69,7 +71,7 @@ class _ConsistencyLossTriton(torch.autograd.Function):
         from pscfast.kernels import consistency_loss as k
 
         xs, ys = _identity_axes(bwd)
-        loss, count = k.consistency_fwd(fwd.contiguous(), bwd.contiguous(), xs, ys, mode)
+        loss, count = k.consistency_loss(fwd.contiguous(), bwd.contiguous(), xs, ys, mode)
         ctx.save_for_backward(fwd, bwd, xs, ys, count)
         ctx.mode = mode
         return loss
@@ -82,8 +84,8 @@ class _ConsistencyLossTriton(torch.autograd.Function):
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.consistency_loss, (fwd, bwd, ctx.mode), grad,
                                                  ctx.needs_input_grad)
-        d_fwd, d_bwd = k.consistency_bwd(grad.contiguous(), count, fwd.contiguous(), bwd.contiguous(), xs, ys,
-                                         ctx.mode)
+        d_fwd, d_bwd = k.consistency_loss_backward(grad.contiguous(), fwd.contiguous(), bwd.contiguous(), xs, ys,
+                                                   ctx.mode, count, _output_mask.from_autograd(ctx.needs_input_grad, 2))
         return d_fwd, d_bwd, None
 
 

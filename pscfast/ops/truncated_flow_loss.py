@@ -10,7 +10,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _higher_order, _reference
+from . import _checks, _fake, _higher_order, _output_mask, _reference
 from ._dispatch import Op, register_op
 
 
@@ -22,8 +22,7 @@ def _register() -> None:
 
     @torch.library.register_fake("pscfast::_truncated_flow_loss_backward")
     def _(grad, pred, target, mask, T, output_mask):
-        shapes = (pred.shape, pred.shape, pred[:, :1].shape)
-        return tuple(pred.new_empty(s if need else (0,)) for s, need in zip(shapes, output_mask))
+        return _fake.grads(output_mask, pred, target, mask)
 
     def setup(ctx, inputs, output):
         pred, target, mask, T = inputs
@@ -35,11 +34,9 @@ def _register() -> None:
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.truncated_flow_loss, (pred, target, mask, ctx.T), grad,
                                                  ctx.needs_input_grad)
-        need = [bool(n) for n in ctx.needs_input_grad[:3]]  # the bench and PSC need d pred only
-        if not any(need):
-            return None, None, None, None
-        grads = torch.ops.pscfast._truncated_flow_loss_backward(grad, pred, target, mask, ctx.T, need)
-        return (*(d if n else None for d, n in zip(grads, need)), None)
+        grads = torch.ops.pscfast._truncated_flow_loss_backward(grad, pred, target, mask, ctx.T,
+                                                                _output_mask.from_autograd(ctx.needs_input_grad, 3))
+        return (*grads, None)
 
     torch.library.register_autograd("pscfast::truncated_flow_loss", backward, setup_context=setup)
 
@@ -63,7 +60,7 @@ class _TruncatedFlowLossTriton(torch.autograd.Function):
 
         ctx.save_for_backward(pred, target, mask)  # the inputs: a recorded backward differentiates through them
         ctx.T = T
-        return k.truncated_loss_fwd(*_contiguous(pred, target, mask), T)
+        return k.truncated_flow_loss(*_contiguous(pred, target, mask), T)
 
     @staticmethod
     def backward(ctx, grad):
@@ -73,8 +70,8 @@ class _TruncatedFlowLossTriton(torch.autograd.Function):
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.truncated_flow_loss, (pred, target, mask, ctx.T), grad,
                                                  ctx.needs_input_grad)
-        return (*k.truncated_loss_bwd(grad, *_contiguous(pred, target, mask), ctx.T, ctx.needs_input_grad[:3]),
-                None)
+        return (*k.truncated_flow_loss_backward(grad, *_contiguous(pred, target, mask), ctx.T,
+                                                _output_mask.from_autograd(ctx.needs_input_grad, 3)), None)
 
 
 def _triton(pred, target, mask, T):

@@ -101,7 +101,8 @@ def test_opcheck(device):
     gout = torch.randn(f_bc.shape, device=device)
     for mode in MODES:
         torch.library.opcheck(torch.ops.pscfast.compose.default, (f_ab.requires_grad_(), f_bc.requires_grad_(), mode))
-    torch.library.opcheck(torch.ops.pscfast._compose_backward.default, (gout, f_ab.detach(), f_bc.detach(), "bilinear"))
+    torch.library.opcheck(torch.ops.pscfast._compose_backward.default,
+                          (gout, f_ab.detach(), f_bc.detach(), "bilinear", [True, True]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

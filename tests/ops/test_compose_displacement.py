@@ -90,7 +90,7 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.pscfast.compose_displacement.default,
                           tuple(t.requires_grad_() for t in (f_ab, f_bc, m_ab, m_bc)))
     torch.library.opcheck(torch.ops.pscfast._compose_displacement_backward.default,
-                          (gf, gm, *(t.detach() for t in (f_ab, f_bc, m_ab, m_bc))))
+                          (gf, gm, *(t.detach() for t in (f_ab, f_bc, m_ab, m_bc)), [True] * 4))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -73,7 +73,7 @@ def test_opcheck(device):
     fwd, bwd = fwd.detach(), bwd.detach()
     loss, count = torch.ops.pscfast.consistency_loss(fwd, bwd, xs, ys, "bilinear")
     torch.library.opcheck(torch.ops.pscfast._consistency_loss_backward.default,
-                          (torch.ones_like(loss), count, fwd, bwd, xs, ys, "bilinear"))
+                          (torch.ones_like(loss), fwd, bwd, xs, ys, "bilinear", count, [True, True]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

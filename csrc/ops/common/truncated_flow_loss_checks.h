@@ -2,13 +2,13 @@
 // kernels (direct torch.ops.pscfast calls; the Python layer validates first with friendlier messages).
 #pragma once
 
-#include <ATen/ops/empty.h>
 #include <c10/util/Optional.h>
 
 #include <array>
 #include <tuple>
 
 #include "ops/common/flow_checks.h"
+#include "ops/common/output_mask.h"
 
 namespace pscfast {
 
@@ -25,14 +25,15 @@ inline void check_loss(const char* op, const at::Tensor& pred, const at::Tensor&
   }
 }
 
-// The (d pred, d target, d mask) buffers of _truncated_flow_loss_backward: those output_mask skips are empty.
+// The (d pred, d target, d mask) buffers of _truncated_flow_loss_backward: undefined for a gradient that
+// output_mask does not ask for, and d mask for an absent mask too.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_grad_buffers(const at::Tensor& pred,
+                                                                        const c10::optional<at::Tensor>& mask,
                                                                         std::array<bool, 3> output_mask) {
-  const auto make = [&](bool need, at::IntArrayRef shape) {
-    return at::empty(need ? shape : at::IntArrayRef{0}, pred.options());
-  };
-  return {make(output_mask[0], pred.sizes()), make(output_mask[1], pred.sizes()),
-          make(output_mask[2], {pred.size(0), 1, pred.size(2), pred.size(3)})};
+  return {empty_if(output_mask[0], pred.sizes(), pred.options()),
+          empty_if(output_mask[1], pred.sizes(), pred.options()),
+          empty_if(output_mask[2] && mask.has_value(), {pred.size(0), 1, pred.size(2), pred.size(3)},
+                   pred.options())};
 }
 
 }  // namespace pscfast

@@ -5,12 +5,15 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <string>
+#include <tuple>
 
 #include "ops/common/flow_checks.h"
+#include "ops/common/output_mask.h"
 #include "ops/cpu/grid_composition.h"
 
 namespace pscfast {
@@ -42,14 +45,17 @@ at::Tensor compose_cpu(const at::Tensor& f_ab_, const at::Tensor& f_bc_, c10::st
   return out;
 }
 
+// Only the gradients in output_mask are computed (and allocated).
 std::tuple<at::Tensor, at::Tensor> compose_backward_cpu(const at::Tensor& grad_out, const at::Tensor& f_ab_,
-                                                        const at::Tensor& f_bc_, c10::string_view mode) {
+                                                        const at::Tensor& f_bc_, c10::string_view mode,
+                                                        std::array<bool, 2> output_mask) {
   check_grid_pair("_compose_backward", f_ab_, f_bc_);
   TORCH_CHECK(grad_out.sizes() == f_bc_.sizes(), "pscfast::_compose_backward: grad_out must have f_bc's shape");
   const bool nearest = parse_mode(std::string(mode)) == SampleMode::kNearest;
+  auto dfab = zeros_if(output_mask[0], f_ab_.sizes(), f_ab_.options());  // scattered into
+  auto dfbc = empty_if(output_mask[1], f_bc_.sizes(), f_bc_.options());
+  if (!dfab.defined() && !dfbc.defined()) return {dfab, dfbc};
   const auto f_ab = f_ab_.contiguous(), f_bc = f_bc_.contiguous(), gout = grad_out.contiguous();
-  auto dfab = at::zeros_like(f_ab);
-  auto dfbc = at::empty_like(f_bc);
   const Dims D = dims_of(f_ab, f_bc);
   AT_DISPATCH_FLOATING_TYPES(f_ab.scalar_type(), "compose_backward_cpu", [&] {
     const scalar_t* g = gout.const_data_ptr<scalar_t>();
@@ -61,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor> compose_backward_cpu(const at::Tensor& grad_o
                           o[0] = gn[2 * p];
                           o[1] = gn[2 * p + 1];
                         },
-                        dfab.mutable_data_ptr<scalar_t>(), dfbc.mutable_data_ptr<scalar_t>());
+                        data_or_null<scalar_t>(dfab), data_or_null<scalar_t>(dfbc));
       }
     });
   });

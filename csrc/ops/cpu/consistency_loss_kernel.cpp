@@ -6,13 +6,15 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros_like.h>
 #include <torch/library.h>
 
+#include <array>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "ops/common/flow_checks.h"
+#include "ops/common/output_mask.h"
 #include "ops/cpu/grid_composition.h"
 
 namespace pscfast {
@@ -72,19 +74,22 @@ std::tuple<at::Tensor, at::Tensor> consistency_loss_cpu(const at::Tensor& fwd_, 
   return {loss, count};
 }
 
-std::tuple<at::Tensor, at::Tensor> consistency_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& count,
-                                                                 const at::Tensor& fwd_, const at::Tensor& bwd_,
-                                                                 const at::Tensor& xs_, const at::Tensor& ys_,
-                                                                 c10::string_view mode) {
+// Only the gradients in output_mask are computed (and allocated).
+std::tuple<at::Tensor, at::Tensor> consistency_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& fwd_,
+                                                                 const at::Tensor& bwd_, const at::Tensor& xs_,
+                                                                 const at::Tensor& ys_, c10::string_view mode,
+                                                                 const at::Tensor& count,
+                                                                 std::array<bool, 2> output_mask) {
   check_grid_pair("_consistency_loss_backward", fwd_, bwd_);
   check_identity("_consistency_loss_backward", bwd_, xs_, ys_);
   TORCH_CHECK(grad.numel() == 1 && count.numel() == 1, "pscfast::_consistency_loss_backward: grad and count "
               "must be scalars");
   const bool nearest = parse_mode(std::string(mode)) == SampleMode::kNearest;
+  auto dfwd = zeros_if(output_mask[0], fwd_.sizes(), fwd_.options());  // scattered into
+  auto dbwd = empty_if(output_mask[1], bwd_.sizes(), bwd_.options());
+  if (!dfwd.defined() && !dbwd.defined()) return {dfwd, dbwd};
   const auto fwd = fwd_.contiguous(), bwd = bwd_.contiguous(), xs = xs_.contiguous(), ys = ys_.contiguous();
   const Dims D = dims_of(fwd, bwd);
-  auto dfwd = at::zeros_like(fwd);
-  auto dbwd = at::empty_like(bwd);
   AT_DISPATCH_FLOATING_TYPES(fwd.scalar_type(), "consistency_loss_backward_cpu", [&] {
     using T = scalar_t;
     const int64_t c = count.item<int64_t>();
@@ -99,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor> consistency_loss_backward_cpu(const at::Tenso
                           for (int k = 0; k < 2; ++k)
                             o[k] = consistency_term(cyc[k], id[k]) ? scale * (cyc[k] - id[k]) : T(0);
                         },
-                        dfwd.mutable_data_ptr<T>(), dbwd.mutable_data_ptr<T>());
+                        data_or_null<T>(dfwd), data_or_null<T>(dbwd));
     });
   });
   return {dfwd, dbwd};

@@ -98,27 +98,27 @@ void mask_grad_span(const T* __restrict__ a, const T* __restrict__ b, T* __restr
 }
 
 // Pointwise, so any split of the (N, plane) pixels is deterministic: chunks of the flattened range, each cut
-// at sample boundaries into per-sample spans. Only the gradients in output_mask are computed; the others
-// come back empty.
+// at sample boundaries into per-sample spans. Only the gradients in output_mask are computed (and allocated).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> truncated_flow_loss_backward_cpu(
     const at::Tensor& grad, const at::Tensor& pred_, const at::Tensor& target_, const c10::optional<at::Tensor>& mask_,
     double trunc, std::array<bool, 3> output_mask) {
   check_loss("_truncated_flow_loss_backward", pred_, target_, mask_);
   TORCH_CHECK(grad.numel() == 1, "pscfast::_truncated_flow_loss_backward: grad must be a scalar");
+  at::Tensor d_pred, d_target, d_mask;
+  std::tie(d_pred, d_target, d_mask) = loss_grad_buffers(pred_, mask_, output_mask);
+  if (!(d_pred.defined() || d_target.defined() || d_mask.defined())) return {d_pred, d_target, d_mask};
   const auto pred = pred_.contiguous(), target = target_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
   const int64_t N = pred.size(0), plane = pred.size(2) * pred.size(3);
-  at::Tensor d_pred, d_target, d_mask;
-  std::tie(d_pred, d_target, d_mask) = loss_grad_buffers(pred, output_mask);
   AT_DISPATCH_FLOATING_TYPES(pred.scalar_type(), "truncated_flow_loss_backward_cpu", [&] {
     using T = scalar_t;
     const T cap = static_cast<T>(trunc * trunc), g = grad.item<T>();
     const T* a = pred.const_data_ptr<T>();
     const T* b = target.const_data_ptr<T>();
     const T* m = mask.defined() ? mask.const_data_ptr<T>() : nullptr;
-    T* dp = output_mask[0] ? d_pred.mutable_data_ptr<T>() : nullptr;
-    T* dt = output_mask[1] ? d_target.mutable_data_ptr<T>() : nullptr;
-    T* dm = output_mask[2] ? d_mask.mutable_data_ptr<T>() : nullptr;
+    T* dp = data_or_null<T>(d_pred);
+    T* dt = data_or_null<T>(d_target);
+    T* dm = data_or_null<T>(d_mask);
     at::parallel_for(0, N * plane, kLossGrain, [&](int64_t begin, int64_t end) {
       for (int64_t k = begin; k < end;) {
         const int64_t n = k / plane, p0 = k - n * plane, len = std::min(plane - p0, end - k);

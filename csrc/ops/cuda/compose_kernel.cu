@@ -5,12 +5,16 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
+#include <string>
+#include <tuple>
+
 #include "ops/common/field_sample.h"
 #include "ops/common/flow_checks.h"
+#include "ops/common/output_mask.h"
 #include "ops/cuda/grid_composition.cuh"
 #include "ops/cuda/launch.cuh"
 
@@ -54,20 +58,23 @@ at::Tensor compose_cuda(const at::Tensor& f_ab_, const at::Tensor& f_bc_, c10::s
   return out;
 }
 
+// Only the gradients in output_mask are computed (and allocated).
 std::tuple<at::Tensor, at::Tensor> compose_backward_cuda(const at::Tensor& grad_out, const at::Tensor& f_ab_,
-                                                         const at::Tensor& f_bc_, c10::string_view mode) {
+                                                         const at::Tensor& f_bc_, c10::string_view mode,
+                                                         std::array<bool, 2> output_mask) {
   check_grid_pair("_compose_backward", f_ab_, f_bc_);
   TORCH_CHECK(grad_out.sizes() == f_bc_.sizes(), "pscfast::_compose_backward: grad_out must have f_bc's shape");
   const c10::cuda::CUDAGuard guard(f_ab_.device());
+  // every element of a wanted gradient is written (the scatter as a gather)
+  auto dfab = empty_if(output_mask[0], f_ab_.sizes(), f_ab_.options());
+  auto dfbc = empty_if(output_mask[1], f_bc_.sizes(), f_bc_.options());
+  if (!dfab.defined() && !dfbc.defined()) return {dfab, dfbc};
   const auto f_ab = f_ab_.contiguous(), f_bc = f_bc_.contiguous(), gout = grad_out.contiguous();
-  auto dfab = at::zeros_like(f_ab);
-  auto dfbc = at::zeros_like(f_bc);
   const Dims D = dims_of(f_ab, f_bc);
-  if (D.N == 0) return {dfab, dfbc};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_ab.scalar_type(), "compose_backward_cuda", [&] {
     launch_backward(BackwardArgs<scalar_t>{gout.const_data_ptr<scalar_t>(), f_ab.const_data_ptr<scalar_t>(),
                                            f_bc.const_data_ptr<scalar_t>(), nullptr, nullptr, nullptr,
-                                           dfab.mutable_data_ptr<scalar_t>(), dfbc.mutable_data_ptr<scalar_t>(), D,
+                                           data_or_null<scalar_t>(dfab), data_or_null<scalar_t>(dfbc), D,
                                            parse_mode(std::string(mode)) == SampleMode::kNearest, false, 0});
   });
   return {dfab, dfbc};

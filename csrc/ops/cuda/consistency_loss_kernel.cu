@@ -8,12 +8,16 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
+#include <string>
+#include <tuple>
+
 #include "ops/common/field_sample.h"
 #include "ops/common/flow_checks.h"
+#include "ops/common/output_mask.h"
 #include "ops/cuda/grid_composition.cuh"
 #include "ops/cuda/launch.cuh"
 #include "ops/cuda/reduce.cuh"
@@ -98,26 +102,29 @@ std::tuple<at::Tensor, at::Tensor> consistency_loss_cuda(const at::Tensor& fwd_,
   return {loss, count};
 }
 
-std::tuple<at::Tensor, at::Tensor> consistency_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& count,
-                                                                  const at::Tensor& fwd_, const at::Tensor& bwd_,
-                                                                  const at::Tensor& xs_, const at::Tensor& ys_,
-                                                                  c10::string_view mode) {
+// Only the gradients in output_mask are computed (and allocated).
+std::tuple<at::Tensor, at::Tensor> consistency_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& fwd_,
+                                                                  const at::Tensor& bwd_, const at::Tensor& xs_,
+                                                                  const at::Tensor& ys_, c10::string_view mode,
+                                                                  const at::Tensor& count,
+                                                                  std::array<bool, 2> output_mask) {
   check_grid_pair("_consistency_loss_backward", fwd_, bwd_);
   check_identity("_consistency_loss_backward", bwd_, xs_, ys_);
   TORCH_CHECK(grad.numel() == 1 && count.numel() == 1 && count.scalar_type() == at::kLong,
               "pscfast::_consistency_loss_backward: grad must be a scalar and count an int64 scalar");
   const c10::cuda::CUDAGuard guard(fwd_.device());
+  // every element of a wanted gradient is written (the scatter as a gather)
+  auto dfwd = empty_if(output_mask[0], fwd_.sizes(), fwd_.options());
+  auto dbwd = empty_if(output_mask[1], bwd_.sizes(), bwd_.options());
+  if (!dfwd.defined() && !dbwd.defined()) return {dfwd, dbwd};
   const auto fwd = fwd_.contiguous(), bwd = bwd_.contiguous(), xs = xs_.contiguous(), ys = ys_.contiguous();
   const auto g = grad.to(fwd.scalar_type()).contiguous(), c = count.contiguous();
-  auto dfwd = at::zeros_like(fwd);
-  auto dbwd = at::zeros_like(bwd);
   const Dims D = dims_of(fwd, bwd);
-  if (D.N == 0) return {dfwd, dbwd};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, fwd.scalar_type(), "consistency_loss_backward_cuda", [&] {
     launch_backward(BackwardArgs<scalar_t>{g.const_data_ptr<scalar_t>(), fwd.const_data_ptr<scalar_t>(),
                                            bwd.const_data_ptr<scalar_t>(), xs.const_data_ptr<scalar_t>(),
                                            ys.const_data_ptr<scalar_t>(), c.const_data_ptr<int64_t>(),
-                                           dfwd.mutable_data_ptr<scalar_t>(), dbwd.mutable_data_ptr<scalar_t>(), D,
+                                           data_or_null<scalar_t>(dfwd), data_or_null<scalar_t>(dbwd), D,
                                            parse_mode(std::string(mode)) == SampleMode::kNearest, true, 0});
   });
   return {dfwd, dbwd};

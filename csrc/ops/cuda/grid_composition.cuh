@@ -1,9 +1,9 @@
 // The composition of absolute grids on CUDA, shared by compose and consistency_loss: f_ab (N, h, w, 2)
 // sampled at the grid points of f_bc (N, h', w', 2) (align_corners=True, zeros outside), and the backward of
-// both ops in one launch with blocks of two kinds. Pointwise blocks write d f_bc per pixel; scatter blocks own
-// kThreads nodes of f_ab each and gather d f_ab from every pixel of their sample, tile by tile through shared
-// memory, in pixel order (deterministic, no atomics). For the loss the incoming gradient
-// 2 grad (cycle - identity) mask / count is recomputed from the cycle.
+// both ops in one launch with blocks of two kinds, each launched only for a gradient asked for. Pointwise
+// blocks write d f_bc per pixel; scatter blocks own kThreads nodes of f_ab each and gather d f_ab from every
+// pixel of their sample, tile by tile through shared memory, in pixel order (deterministic, no atomics). For
+// the loss the incoming gradient 2 grad (cycle - identity) mask / count is recomputed from the cycle.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -34,7 +34,7 @@ template <typename scalar_t>
 struct BackwardArgs {
   const scalar_t *grad, *fab, *fbc, *xs, *ys;  // grad: (N, h', w', 2) for compose, a scalar for the loss
   const int64_t* count;                         // the loss's count (loss only)
-  scalar_t *dfab, *dfbc;
+  scalar_t *dfab, *dfbc;                        // null: not wanted
   Dims D;
   bool nearest, loss;
   int scatter_blocks;  // per sample
@@ -95,12 +95,15 @@ __global__ void backward_kernel(BackwardArgs<scalar_t> A) {
   }
 }
 
+// Launches the scatter blocks only for a wanted d f_ab and the pointwise blocks only for a wanted d f_bc.
 template <typename scalar_t>
 void launch_backward(BackwardArgs<scalar_t> A) {
   TORCH_CHECK(A.D.N < 65536, "pscfast: the CUDA backward of compose and consistency_loss takes batches of fewer "
               "than 65536 flows, got ", A.D.N);
-  A.scatter_blocks = static_cast<int>(blocks_for<kThreads>(static_cast<int64_t>(A.D.h) * A.D.w));
-  const dim3 grid(A.scatter_blocks + blocks_for<kThreads>(A.D.P), static_cast<unsigned>(A.D.N));
+  A.scatter_blocks = A.dfab ? static_cast<int>(blocks_for<kThreads>(static_cast<int64_t>(A.D.h) * A.D.w)) : 0;
+  const unsigned pointwise_blocks = A.dfbc ? blocks_for<kThreads>(A.D.P) : 0;
+  if (A.D.N == 0 || A.scatter_blocks + pointwise_blocks == 0) return;
+  const dim3 grid(A.scatter_blocks + pointwise_blocks, static_cast<unsigned>(A.D.N));
   backward_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

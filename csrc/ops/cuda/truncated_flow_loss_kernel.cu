@@ -82,7 +82,8 @@ at::Tensor truncated_flow_loss_cuda(const at::Tensor& pred_, const at::Tensor& t
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "truncated_flow_loss_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     auto psum = at::empty({blocks}, pred.options().dtype(c10::CppTypeToScalarType<T>::value));
-    truncated_loss_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    truncated_loss_kernel<scalar_t>
+        <<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         pred.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(),
         mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr, psum.mutable_data_ptr<T>(),
         reinterpret_cast<unsigned*>(ticket.mutable_data_ptr<int32_t>()), loss.mutable_data_ptr<scalar_t>(), N, P,
@@ -98,21 +99,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> truncated_flow_loss_backward_cuda
   check_loss("_truncated_flow_loss_backward", pred_, target_, mask_);
   TORCH_CHECK(grad.numel() == 1, "pscfast::_truncated_flow_loss_backward: grad must be a scalar");
   const c10::cuda::CUDAGuard guard(pred_.device());
+  const int64_t N = pred_.size(0), P = pred_.size(2) * pred_.size(3);
+  at::Tensor d_pred, d_target, d_mask;
+  std::tie(d_pred, d_target, d_mask) = loss_grad_buffers(pred_, mask_, output_mask);
+  if (N * P == 0 || !(d_pred.defined() || d_target.defined() || d_mask.defined())) return {d_pred, d_target, d_mask};
   const auto pred = pred_.contiguous(), target = target_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
   const auto g = grad.to(pred.scalar_type()).contiguous();
-  const int64_t N = pred.size(0), P = pred.size(2) * pred.size(3);
-  at::Tensor d_pred, d_target, d_mask;
-  std::tie(d_pred, d_target, d_mask) = loss_grad_buffers(pred, output_mask);
-  if (N * P == 0 || !(output_mask[0] || output_mask[1] || output_mask[2])) return {d_pred, d_target, d_mask};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "truncated_flow_loss_backward_cuda",
                                   [&] {
-    truncated_loss_backward_kernel<scalar_t><<<blocks_for<kThreads>(N * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    truncated_loss_backward_kernel<scalar_t>
+        <<<blocks_for<kThreads>(N * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         g.const_data_ptr<scalar_t>(), pred.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(),
         mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr,
-        output_mask[0] ? d_pred.mutable_data_ptr<scalar_t>() : nullptr,
-        output_mask[1] ? d_target.mutable_data_ptr<scalar_t>() : nullptr,
-        output_mask[2] ? d_mask.mutable_data_ptr<scalar_t>() : nullptr, N, P, trunc * trunc);
+        data_or_null<scalar_t>(d_pred), data_or_null<scalar_t>(d_target), data_or_null<scalar_t>(d_mask), N, P,
+        trunc * trunc);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {d_pred, d_target, d_mask};
