@@ -36,7 +36,10 @@ def same_device(op: str, **tensors: torch.Tensor) -> None:
 
 def same_batch(op: str, **tensors: torch.Tensor) -> None:
     sizes = {name: t.shape[0] for name, t in tensors.items()}
-    if len(set(sizes.values())) > 1:
+    first = next(iter(sizes.values()))
+    # compared with ==, not hashed into a set: hashing a symbolic size (torch.compile with dynamic shapes)
+    # would specialise the graph to its value
+    if any(s != first for s in sizes.values()):
         listed = ", ".join(f"{n} has {s}" for n, s in sizes.items())
         raise ValueError(f"pscfast.ops.{op}: batch sizes differ: {listed}")
 
