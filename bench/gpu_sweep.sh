@@ -11,7 +11,8 @@
 # runs under what is left of it, less a reserve for the summary; the tests take at most TESTS_BUDGET_S
 # (default 180) and each test case at most 240 s. A phase cut short keeps what it did: the benchmark JSON is
 # rewritten after every case, and the suites run in order of importance (similarity loss, training step,
-# correlation, warp, local correlation, consistency, soft-argmax).
+# correlation, warp, local correlation, consistency loss, displacement composition, truncated flow loss,
+# soft-argmax).
 # State lives in .sweep/ of the working tree, which stays between two commands on the same machine: a second
 # command `bash bench/gpu_sweep.sh "$OUT" bench summary` resumes the benchmarks after the cases already measured.
 # OUT_DIR receives summary.md, the JSON, the similarity-loss plot and logs.tar.gz (build, info, peers, tests and
@@ -112,7 +113,8 @@ if want bench; then
   echo "== benchmarks ($(date -u +%T), ${SECONDS} s)"
   slug=$("$py" -c "from bench.conftest import _slug; print(_slug())")  # the suite's own file name
   suites=()
-  for s in similarity_loss train_step correlation warp local_correlation consistency soft_argmax; do
+  for s in similarity_loss train_step correlation warp local_correlation consistency_loss compose_displacement \
+      truncated_flow_loss soft_argmax; do
     suites+=("bench/bench_$s.py")
   done
   bounded 3600 "$py" -m pytest "${suites[@]}" --benchmark -q -p no:cacheprovider \

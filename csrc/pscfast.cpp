@@ -1,7 +1,10 @@
 // The pscfast operator library. Each op declares its schemas in csrc/ops/<op>.cpp (a TORCH_LIBRARY_FRAGMENT),
 // its kernels per backend in csrc/ops/{cpu,cuda}/<op>_kernel.*, and its autograd and fake (meta)
 // implementations in Python (pscfast/ops/<op>.py). Forward ops carry the public name, backward ops a leading
-// underscore.
+// underscore and ATen's layout: _<op>_backward(the gradients of the outputs, the forward's arguments in its
+// order (less the sizes the gradients imply), the forward outputs it reuses, bool[K] output_mask), where
+// output_mask has one entry per differentiable input and a gradient not asked for comes back undefined
+// (csrc/ops/common/output_mask.h). Sizes are SymInt, so that torch.compile keeps dynamic shapes symbolic.
 #include <Python.h>
 #include <torch/library.h>
 

@@ -106,8 +106,11 @@ def _geometry_args(patch_size, stride, padding, dilation, dilation_patch):
     return (PW, PH * PW, (PH - 1) // 2, (PW - 1) // 2, *stride, *padding, *dilation, *dilation_patch)
 
 
-def local_correlation_fwd(a, b, kernel_size, patch_size, stride, padding, dilation, dilation_patch):
-    """a, b contiguous (N, C, H, W); every size argument an (h, w) pair -> (N, PH * PW, Ho, Wo)."""
+# Launchers, in the argument order of the pscfast::local_correlation schemas: a, b contiguous (N, C, H, W), every
+# size argument an (h, w) pair.
+
+def local_correlation(a, b, kernel_size, patch_size, stride, padding, dilation, dilation_patch):
+    """The cost volume (N, PH * PW, Ho, Wo)."""
     N, C, H, W = a.shape
     P2 = patch_size[0] * patch_size[1]
     Ho, Wo = _out_size(H, W, kernel_size, stride, padding, dilation)
@@ -121,8 +124,18 @@ def local_correlation_fwd(a, b, kernel_size, patch_size, stride, padding, dilati
     return out
 
 
-def local_correlation_bwd(grad_out, other, kernel_size, patch_size, stride, padding, dilation, dilation_patch, sign):
-    """Gradient of a (sign=+1, other = b) or of b (sign=-1, other = a), both contiguous; (N, C, H, W)."""
+def local_correlation_backward(grad_out, a, b, kernel_size, patch_size, stride, padding, dilation, dilation_patch,
+                               output_mask):
+    """(d a, d b) for a contiguous grad_out (N, PH * PW, Ho, Wo), each None unless output_mask asks for it; a and b
+    may have any strides (each is read, contiguous, for the other's gradient only)."""
+    sizes = (kernel_size, patch_size, stride, padding, dilation, dilation_patch)
+    grad_a = _gradient(grad_out, b.contiguous(), *sizes, sign=1) if output_mask[0] else None
+    grad_b = _gradient(grad_out, a.contiguous(), *sizes, sign=-1) if output_mask[1] else None
+    return grad_a, grad_b
+
+
+def _gradient(grad_out, other, kernel_size, patch_size, stride, padding, dilation, dilation_patch, sign):
+    """Gradient of a (sign=+1, other = b) or of b (sign=-1, other = a), other contiguous; (N, C, H, W)."""
     N, C, H, W = other.shape
     P2 = patch_size[0] * patch_size[1]
     Ho, Wo = grad_out.shape[-2:]

@@ -230,7 +230,8 @@ def warp_bwd_x_gather_kernel(gout_ptr, order_ptr, offsets_ptr, weights_ptr, dx_p
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Launchers. Inputs: contiguous x (N, C, H, W) and grid (N, h, w, 2) of one dtype.
+# Launchers, in the argument order of the pscfast::warp schemas. Inputs: contiguous x (N, C, H, W) and grid
+# (N, h, w, 2) of one dtype.
 
 def _tables(h, w, Ho, Wo, dtype, device):
     ry, rly = lerp_table(h, Ho, True, dtype, device)
@@ -238,7 +239,7 @@ def _tables(h, w, Ho, Wo, dtype, device):
     return ry, rly, rx, rlx
 
 
-def warp_fwd(x, grid, out_size, mode, padding_mode, align_corners):
+def warp(x, grid, out_size, mode, padding_mode, align_corners):
     N, C, H, W = x.shape
     h, w = grid.shape[1:3]
     Ho, Wo = out_size
@@ -253,11 +254,21 @@ def warp_fwd(x, grid, out_size, mode, padding_mode, align_corners):
     return out
 
 
-def warp_bwd_grid(gout, x, grid, mode, padding_mode, align_corners):
+def warp_backward(grad_out, x, grid, mode, padding_mode, align_corners, output_mask):
+    """(d x, d grid) for a contiguous grad_out (N, C, Ho, Wo), each None unless output_mask asks for it; x, read
+    only for the grid's, may have any strides."""
+    dx = _image_gradient(grad_out, grid, x.shape, mode, padding_mode, align_corners) if output_mask[0] else None
+    dgrid = None
+    if output_mask[1]:
+        dgrid = _grid_gradient(grad_out, x.contiguous(), grid, mode, padding_mode, align_corners)
+    return dx, dgrid
+
+
+def _grid_gradient(gout, x, grid, mode, padding_mode, align_corners):
     N, C, H, W = x.shape
     h, w = grid.shape[1:3]
     Ho, Wo = gout.shape[2:]
-    if mode == "nearest" or N == 0:
+    if mode == "nearest" or N == 0:  # nearest sampling has no grid gradient
         return torch.zeros_like(grid)
     acc, acc_t = accumulation(x.dtype)
     ry, rly, rx, rlx = _tables(h, w, Ho, Wo, acc_t, x.device)
@@ -279,7 +290,7 @@ def warp_bwd_grid(gout, x, grid, mode, padding_mode, align_corners):
     return dgrid.to(grid.dtype)
 
 
-def warp_bwd_x(gout, grid, x_size, mode, padding_mode, align_corners):
+def _image_gradient(gout, grid, x_size, mode, padding_mode, align_corners):
     N, C, H, W = x_size
     h, w = grid.shape[1:3]
     Ho, Wo = gout.shape[2:]

@@ -14,7 +14,7 @@ from pathlib import Path
 from bench import report
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ["bench/bench_consistency.py", "-k", "truncated_flow_loss and g16"]
+CASES = ["bench/bench_truncated_flow_loss.py", "-k", "truncated_flow_loss and g16"]
 
 
 def _pytest(*args):
@@ -30,7 +30,7 @@ def test_results_are_saved_per_case_and_resumed(tmp_path):
     first = json.loads(out.read_text())
     cases = [r["case"] for r in first["results"]]
     assert len(cases) == 4 and len(set(cases)) == 4, cases  # torch and cpp, fwd and fwd+bwd (triton: skipped)
-    assert all(c.startswith("bench/bench_consistency.py::test_truncated_flow_loss[B64-g16-") for c in cases)
+    assert all(c.startswith("bench/bench_truncated_flow_loss.py::test_truncated_flow_loss[B64-g16-") for c in cases)
     assert first["meta"]["ceilings"]["copy_bytes_per_s"] > 0
 
     rc, log = _pytest(*CASES, "--benchmark", "--bench-out", str(out), "--bench-resume")

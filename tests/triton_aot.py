@@ -96,8 +96,16 @@ def _cases(dtype):
                                                                    **t))),
         ("compose_displacement", lambda: backward(ops.compose_displacement(
             leaf(2, 2, 8, 8), leaf(2, 2, 8, 8), leaf(2, 1, 8, 8), leaf(2, 1, 8, 8), **t))),
+        # output_mask picks constexpr variants of the backward: without maps (the flows' gradients only), and
+        # with the second flow a constant (the pointwise gradients only)
+        ("compose_displacement", lambda: backward(ops.compose_displacement(leaf(2, 2, 8, 8), leaf(2, 2, 8, 8),
+                                                                           **t))),
+        ("compose_displacement", lambda: backward(ops.compose_displacement(
+            leaf(2, 2, 8, 8), leaf(2, 2, 8, 8).detach(), leaf(2, 1, 8, 8), **t))),
         ("truncated_flow_loss", lambda: backward(ops.truncated_flow_loss(leaf(2, 2, 8, 8), leaf(2, 2, 8, 8),
                                                                          leaf(2, 1, 8, 8), **t))),
+        ("truncated_flow_loss", lambda: backward(ops.truncated_flow_loss(  # d pred only, as PSC's training
+            leaf(2, 2, 8, 8), leaf(2, 2, 8, 8).detach(), leaf(2, 1, 8, 8).detach(), **t))),
         ("kernel_soft_argmax", lambda: backward(ops.kernel_soft_argmax(leaf(2, 36, 5, 5), target_size=6, **t))),
         ("kernel_soft_argmax", lambda: backward(ops.kernel_soft_argmax(leaf(2, 12, 5, 5), target_size=(3, 4),
                                                                        normalize="sfnet", **t))),

@@ -5,9 +5,10 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
-  m.def("local_correlation(Tensor a, Tensor b, int[2] kernel_size, int[2] patch_size, int[2] stride, "
-        "int[2] padding, int[2] dilation, int[2] dilation_patch) -> Tensor");
-  m.def("_local_correlation_backward(Tensor grad_out, Tensor a, Tensor b, int[2] kernel_size, int[2] patch_size, "
-        "int[2] stride, int[2] padding, int[2] dilation, int[2] dilation_patch, bool need_a, bool need_b) -> "
-        "(Tensor, Tensor)");
+  m.def("local_correlation(Tensor a, Tensor b, SymInt[2] kernel_size, SymInt[2] patch_size, SymInt[2] stride, "
+        "SymInt[2] padding, SymInt[2] dilation, SymInt[2] dilation_patch) -> Tensor");
+  // output_mask: (a, b)
+  m.def("_local_correlation_backward(Tensor grad_out, Tensor a, Tensor b, SymInt[2] kernel_size, "
+        "SymInt[2] patch_size, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt[2] dilation_patch, "
+        "bool[2] output_mask) -> (Tensor, Tensor)");
 }

@@ -5,8 +5,7 @@
 
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
   m.def("warp(Tensor x, Tensor grid, SymInt[2] out_size, str mode, str padding_mode, bool align_corners) -> Tensor");
-  m.def("_warp_backward_grid(Tensor grad_out, Tensor x, Tensor grid, str mode, str padding_mode, "
-        "bool align_corners) -> Tensor");
-  m.def("_warp_backward_x(Tensor grad_out, Tensor grid, SymInt[4] x_size, str mode, str padding_mode, "
-        "bool align_corners) -> Tensor");
+  // output_mask: (x, grid); out_size is grad_out's spatial size
+  m.def("_warp_backward(Tensor grad_out, Tensor x, Tensor grid, str mode, str padding_mode, bool align_corners, "
+        "bool[2] output_mask) -> (Tensor, Tensor)");
 }

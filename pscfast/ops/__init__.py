@@ -4,22 +4,26 @@ Each op runs on the fastest available backend for its inputs (compiled C++/CUDA,
 PyTorch); `backend=` or the PSCFAST_BACKEND environment variable chooses one (see _dispatch).
 """
 from pscfast.ops._dispatch import OPS, BackendUnavailable
-from pscfast.ops.consistency import Compose, ConsistencyLoss, compose, consistency_loss
+from pscfast.ops.compose import Compose, compose
+from pscfast.ops.compose_displacement import ComposeDisplacement, compose_displacement
+from pscfast.ops.consistency_loss import ConsistencyLoss, consistency_loss
 from pscfast.ops.correlation import Correlation, correlation
-from pscfast.ops.cycle import ComposeDisplacement, TruncatedFlowLoss, compose_displacement, truncated_flow_loss
 from pscfast.ops.local_correlation import (LocalCorrelation, SpatialCorrelationSampler, local_correlation,
                                           spatial_correlation_sample)
 from pscfast.ops.similarity_loss import SimilarityLoss, similarity_loss
 from pscfast.ops.soft_argmax import KernelSoftArgmax, kernel_soft_argmax
+from pscfast.ops.truncated_flow_loss import TruncatedFlowLoss, truncated_flow_loss
 from pscfast.ops.warp import Warp, WarpDisplacement, warp, warp_displacement
 
 __all__ = [
     "OPS", "BackendUnavailable",
-    "Compose", "ConsistencyLoss", "compose", "consistency_loss",
+    "Compose", "compose",
+    "ComposeDisplacement", "compose_displacement",
+    "ConsistencyLoss", "consistency_loss",
     "Correlation", "correlation",
-    "ComposeDisplacement", "TruncatedFlowLoss", "compose_displacement", "truncated_flow_loss",
     "LocalCorrelation", "local_correlation", "SpatialCorrelationSampler", "spatial_correlation_sample",
     "SimilarityLoss", "similarity_loss",
     "KernelSoftArgmax", "kernel_soft_argmax",
+    "TruncatedFlowLoss", "truncated_flow_loss",
     "Warp", "WarpDisplacement", "warp", "warp_displacement",
 ]

@@ -36,7 +36,10 @@ def same_device(op: str, **tensors: torch.Tensor) -> None:
 
 def same_batch(op: str, **tensors: torch.Tensor) -> None:
     sizes = {name: t.shape[0] for name, t in tensors.items()}
-    if len(set(sizes.values())) > 1:
+    first = next(iter(sizes.values()))
+    # compared with ==, not hashed into a set: hashing a symbolic size (torch.compile with dynamic shapes)
+    # would specialise the graph to its value
+    if any(s != first for s in sizes.values()):
         listed = ", ".join(f"{n} has {s}" for n, s in sizes.items())
         raise ValueError(f"pscfast.ops.{op}: batch sizes differ: {listed}")
 
@@ -98,3 +101,30 @@ def positive_number(op: str, name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"pscfast.ops.{op}: {name} must be a positive finite number, got {value!r}")
     return float(value)
+
+
+def absolute_grids(op: str, **grids: torch.Tensor) -> list[torch.Tensor]:
+    """Absolute grids (N, h, w, 2) of one batch and device, each with a non-empty plane of fewer than 2^30
+    points and finite values, in their common dtype."""
+    for name, g in grids.items():
+        tensor(op, name, g, dims=4, last=2)
+        nonempty_spatial(op, name, g[..., 0])
+        plane(op, name, g.shape[1:3], bits=30)
+        finite(op, name, g)
+    same_device(op, **grids)
+    same_batch(op, **grids)
+    return promote(*grids.values())
+
+
+def field(op: str, name: str, t: torch.Tensor, channels: int, like: torch.Tensor | None = None) -> None:
+    """A field (N, channels, H, W) with a non-empty plane of fewer than 2^30 pixels and finite values, of the
+    spatial size of `like` when given."""
+    tensor(op, name, t, dims=4)
+    if t.shape[1] != channels:
+        raise ValueError(f"pscfast.ops.{op}: {name} must be (N, {channels}, H, W), got shape {tuple(t.shape)}")
+    nonempty_spatial(op, name, t)
+    if like is not None and t.shape[2:] != like.shape[2:]:
+        raise ValueError(f"pscfast.ops.{op}: {name} must have the spatial size {tuple(like.shape[2:])}, "
+                         f"got shape {tuple(t.shape)}")
+    plane(op, name, t.shape[2:], bits=30)
+    finite(op, name, t)

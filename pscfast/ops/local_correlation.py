@@ -21,7 +21,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _fake, _higher_order, _reference
+from . import _checks, _fake, _higher_order, _output_mask, _reference
 from ._dispatch import Op, register_op
 
 ARGS = ("kernel_size", "patch_size", "stride", "padding", "dilation", "dilation_patch")
@@ -105,8 +105,8 @@ def _register() -> None:
         return a.new_empty(output_shape(a.shape, *args))
 
     @torch.library.register_fake("pscfast::_local_correlation_backward")
-    def _(grad_out, a, b, *args):
-        return _fake.like(a), _fake.like(b)
+    def _(grad_out, a, b, kernel_size, patch_size, stride, padding, dilation, dilation_patch, output_mask):
+        return _fake.grads(output_mask, a, b)
 
     def setup(ctx, inputs, output):
         ctx.save_for_backward(inputs[0], inputs[1])
@@ -117,11 +117,9 @@ def _register() -> None:
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.local_correlation, (a, b, *ctx.args), grad,
                                                  ctx.needs_input_grad)
-        need_a, need_b = ctx.needs_input_grad[:2]
-        if not (need_a or need_b):
-            return (None,) * 8
-        da, db = torch.ops.pscfast._local_correlation_backward(grad.contiguous(), a, b, *ctx.args, need_a, need_b)
-        return (da if need_a else None, db if need_b else None) + (None,) * 6
+        da, db = torch.ops.pscfast._local_correlation_backward(grad.contiguous(), a, b, *ctx.args,
+                                                               _output_mask.from_autograd(ctx.needs_input_grad, 2))
+        return (da, db) + (None,) * 6
 
     torch.library.register_autograd("pscfast::local_correlation", backward, setup_context=setup)
 
@@ -141,7 +139,7 @@ class _LocalCorrelationTriton(torch.autograd.Function):
 
         ctx.save_for_backward(a, b)  # the inputs: a recorded backward differentiates through them
         ctx.args = args
-        return k.local_correlation_fwd(a.contiguous(), b.contiguous(), *args)
+        return k.local_correlation(a.contiguous(), b.contiguous(), *args)
 
     @staticmethod
     def backward(ctx, grad):
@@ -151,9 +149,8 @@ class _LocalCorrelationTriton(torch.autograd.Function):
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.local_correlation, (a, b, *ctx.args), grad,
                                                  ctx.needs_input_grad)
-        a, b, grad = a.contiguous(), b.contiguous(), grad.contiguous()
-        da = k.local_correlation_bwd(grad, b, *ctx.args, sign=1) if ctx.needs_input_grad[0] else None
-        db = k.local_correlation_bwd(grad, a, *ctx.args, sign=-1) if ctx.needs_input_grad[1] else None
+        da, db = k.local_correlation_backward(grad.contiguous(), a, b, *ctx.args,
+                                              _output_mask.from_autograd(ctx.needs_input_grad, 2))
         return (da, db) + (None,) * len(ctx.args)
 
 

@@ -2,7 +2,7 @@
 
 The warp of PSC's warp estimator (16x16 flow -> 256x256 image, bilinear, border, align_corners=True) and
 of any model that warps by a flow. The resized grid is never written to memory; the backward is
-deterministic and computes the image gradient only when the image requires it.
+deterministic and computes only the gradients autograd asks for (the image's, the grid's or both).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from pscfast import _extension
 
-from . import _checks, _fake, _higher_order, _reference
+from . import _checks, _fake, _higher_order, _output_mask, _reference
 from ._dispatch import Op, register_op
 
 MODES = ("bilinear", "nearest")
@@ -24,33 +24,25 @@ def _register() -> None:
     def _(x, grid, out_size, mode, padding_mode, align_corners):
         return x.new_empty((x.shape[0], x.shape[1], out_size[0], out_size[1]))
 
-    @torch.library.register_fake("pscfast::_warp_backward_grid")
-    def _(grad_out, x, grid, mode, padding_mode, align_corners):
-        return _fake.like(grid)
+    @torch.library.register_fake("pscfast::_warp_backward")
+    def _(grad_out, x, grid, mode, padding_mode, align_corners, output_mask):
+        return _fake.grads(output_mask, x, grid)
 
-    @torch.library.register_fake("pscfast::_warp_backward_x")
-    def _(grad_out, grid, x_size, mode, padding_mode, align_corners):
-        return grad_out.new_empty(x_size)
-
-    def setup_warp(ctx, inputs, output):
+    def setup(ctx, inputs, output):
         x, grid, out_size, mode, padding_mode, align_corners = inputs
         ctx.save_for_backward(x, grid)
         ctx.args, ctx.out_size = (mode, padding_mode, align_corners), tuple(out_size)
 
-    def backward_warp(ctx, grad):
+    def backward(ctx, grad):
         x, grid = ctx.saved_tensors
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.warp, (x, grid, ctx.out_size, *ctx.args), grad,
                                                  ctx.needs_input_grad)
-        grad = grad.contiguous()
-        dx = dgrid = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.ops.pscfast._warp_backward_x(grad, grid, list(x.shape), *ctx.args)
-        if ctx.needs_input_grad[1]:
-            dgrid = torch.ops.pscfast._warp_backward_grid(grad, x, grid, *ctx.args)
+        dx, dgrid = torch.ops.pscfast._warp_backward(grad.contiguous(), x, grid, *ctx.args,
+                                                     _output_mask.from_autograd(ctx.needs_input_grad, 2))
         return dx, dgrid, None, None, None, None
 
-    torch.library.register_autograd("pscfast::warp", backward_warp, setup_context=setup_warp)
+    torch.library.register_autograd("pscfast::warp", backward, setup_context=setup)
 
 
 if _extension.loaded():
@@ -68,7 +60,7 @@ class _WarpTriton(torch.autograd.Function):
 
         ctx.save_for_backward(x, grid)
         ctx.args, ctx.out_size = (mode, padding_mode, align_corners), out_size
-        return k.warp_fwd(x.contiguous(), grid.contiguous(), out_size, mode, padding_mode, align_corners)
+        return k.warp(x.contiguous(), grid.contiguous(), out_size, mode, padding_mode, align_corners)
 
     @staticmethod
     def backward(ctx, grad):
@@ -78,12 +70,8 @@ class _WarpTriton(torch.autograd.Function):
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.warp, (x, grid, ctx.out_size, *ctx.args), grad,
                                                  ctx.needs_input_grad)
-        grad = grad.contiguous()
-        dx = dgrid = None
-        if ctx.needs_input_grad[0]:
-            dx = k.warp_bwd_x(grad, grid.contiguous(), tuple(x.shape), *ctx.args)
-        if ctx.needs_input_grad[1]:
-            dgrid = k.warp_bwd_grid(grad, x.contiguous(), grid.contiguous(), *ctx.args)
+        dx, dgrid = k.warp_backward(grad.contiguous(), x, grid.contiguous(), *ctx.args,
+                                    _output_mask.from_autograd(ctx.needs_input_grad, 2))
         return dx, dgrid, None, None, None, None
 
 

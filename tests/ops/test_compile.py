@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 from torch._subclasses.fake_utils import CrossRefFakeMode
 
 import pscfast.ops as P
@@ -85,6 +86,43 @@ def test_compile_fullgraph(op, backend, device):
     torch._dynamo.reset()
     _assert_matches(_run(torch.compile(fn, backend="aot_eager", fullgraph=True), inputs),
                     _run(_reference(op), inputs))
+
+
+# op name -> (call(backend, *tensors) -> one tensor, inputs(N, H, W)): every call below has new batch and spatial
+# sizes, none equal to another (torch.compile would tie equal sizes into one symbol)
+DYNAMIC = {
+    "warp": (lambda b, x, g: P.warp(x, g, x.shape[-2:], backend=b),  # out_size: symbolic sizes of x
+             lambda n, h, w: (torch.randn(n, 2, h, w), _grid(n, h - 3, w - 4))),
+    "local_correlation": (lambda b, x, y: P.local_correlation(x, y, max_displacement=2, backend=b),
+                          lambda n, h, w: (torch.randn(n, 6, h, w), torch.randn(n, 6, h, w))),
+    "compose": (lambda b, f, g: P.compose(f, g, backend=b), lambda n, h, w: (_grid(n, h, w), _grid(n, h + 1, w + 3))),
+    # the identity's axes are torch.linspace of the grid's sizes (bit for bit the reference's mask), whose
+    # `steps` is an int: the grid sizes are specialised, the batch stays symbolic
+    "consistency_loss": (lambda b, f, g: P.consistency_loss(f, g, "bilinear", backend=b),
+                         lambda n, h, w: (_grid(n, 6, 7), _grid(n, 9, 11))),
+    "compose_displacement": (lambda b, f, g: P.compose_displacement(f, g, backend=b)[0],
+                             lambda n, h, w: (3 * torch.randn(n, 2, h, w), 3 * torch.randn(n, 2, h + 1, w + 3))),
+    "truncated_flow_loss": (lambda b, p, t: P.truncated_flow_loss(p, t, T=2.0, backend=b),
+                            lambda n, h, w: (3 * torch.randn(n, 2, h, w), 3 * torch.randn(n, 2, h, w))),
+}
+
+
+@pytest.mark.parametrize("op", list(DYNAMIC))
+def test_dynamic_shapes_compile_once(op):
+    """Under torch.compile(dynamic=True) the ops' sizes (SymInt in the schemas, symbolic in the fake and argument
+    checks) stay symbolic: new shapes reuse the first graph, forward and backward, and match the reference."""
+    require(op, "cpp", "cpu", torch.float32)
+    call, make = DYNAMIC[op]
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    fn = torch.compile(lambda *xs: call("cpp", *xs), backend=counter, dynamic=True, fullgraph=True)
+    frames = None
+    for n, h, w in ((3, 8, 10), (5, 12, 7), (4, 10, 14)):
+        torch.manual_seed(n)
+        inputs = make(n, h, w)
+        _assert_matches(_run(fn, inputs), _run(lambda *xs: call("torch", *xs), inputs))
+        frames = counter.frame_count if frames is None else frames
+    assert counter.frame_count == frames, f"{op} recompiled for new shapes"
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])

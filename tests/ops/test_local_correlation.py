@@ -155,7 +155,7 @@ def test_opcheck(device):
         torch.library.opcheck(torch.ops.pscfast.local_correlation.default,
                               (a.clone().requires_grad_(), b.clone().requires_grad_(), *args))
         torch.library.opcheck(torch.ops.pscfast._local_correlation_backward.default,
-                              (torch.randn_like(out), a, b, *args, True, True))
+                              (torch.randn_like(out), a, b, *args, [True, True]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -31,4 +31,12 @@ inline void check_warp_inputs(const at::Tensor& x, const at::Tensor& grid, c10::
               "supported");
 }
 
+// grad_out of _warp_backward: (N, C, Ho, Wo) for x (N, C, H, W), in x's dtype and on its device.
+inline void check_warp_grad(const at::Tensor& grad_out, const at::Tensor& x) {
+  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == x.size(0) && grad_out.size(1) == x.size(1) &&
+                  grad_out.scalar_type() == x.scalar_type() && grad_out.device() == x.device(),
+              "pscfast::_warp_backward: grad_out must be (N, C, Ho, Wo) = (", x.size(0), ", ", x.size(1),
+              ", Ho, Wo) in x's dtype and device, got ", grad_out.sizes(), " ", grad_out.scalar_type());
+}
+
 }  // namespace pscfast

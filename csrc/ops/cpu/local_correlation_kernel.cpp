@@ -8,10 +8,10 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <tuple>
 #include <vector>
 
@@ -144,32 +144,28 @@ at::Tensor local_correlation_cpu(const at::Tensor& a, const at::Tensor& b, at::I
   return out;
 }
 
+// Only the gradients in output_mask are computed (and allocated); each needs the other input channels-last.
 std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& a, const at::Tensor& b, at::IntArrayRef kernel_size,
     at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    at::IntArrayRef dilation_patch, bool need_a, bool need_b) {
+    at::IntArrayRef dilation_patch, std::array<bool, 2> output_mask) {
   const auto G = corr_geometry(a, b, kernel_size, patch_size, stride, padding, dilation, dilation_patch);
   check_corr_grad(grad_out, a, G);
-  const auto gout_t = channels_last(grad_out);
   at::Tensor grad_a, grad_b;
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "local_correlation_backward_cpu", [&] {
-    if (need_a) {
-      const auto b_t = channels_last(b);
-      auto ga = at::empty({G.N, G.H, G.W, G.C}, a.options());
-      backward_impl(G, gout_t.const_data_ptr<scalar_t>(), b_t.const_data_ptr<scalar_t>(),
-                    ga.mutable_data_ptr<scalar_t>(), 1);
-      grad_a = ga.permute({0, 3, 1, 2}).contiguous();
-    }
-    if (need_b) {
-      const auto a_t = channels_last(a);
-      auto gb = at::empty({G.N, G.H, G.W, G.C}, a.options());
-      backward_impl(G, gout_t.const_data_ptr<scalar_t>(), a_t.const_data_ptr<scalar_t>(),
-                    gb.mutable_data_ptr<scalar_t>(), -1);
-      grad_b = gb.permute({0, 3, 1, 2}).contiguous();
-    }
-  });
-  if (!need_a) grad_a = at::zeros(a.sizes(), a.options());
-  if (!need_b) grad_b = at::zeros(b.sizes(), b.options());
+  if (!output_mask[0] && !output_mask[1]) return {grad_a, grad_b};
+  const auto gout_t = channels_last(grad_out);
+  // sign +1: the gradient of a, partner b; -1: the gradient of b, partner a
+  const auto gradient = [&](const at::Tensor& partner, int sign) {
+    const auto partner_t = channels_last(partner);
+    auto grad_t = at::empty({G.N, G.H, G.W, G.C}, a.options());
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "local_correlation_backward_cpu", [&] {
+      backward_impl(G, gout_t.const_data_ptr<scalar_t>(), partner_t.const_data_ptr<scalar_t>(),
+                    grad_t.mutable_data_ptr<scalar_t>(), sign);
+    });
+    return grad_t.permute({0, 3, 1, 2}).contiguous();
+  };
+  if (output_mask[0]) grad_a = gradient(b, 1);
+  if (output_mask[1]) grad_b = gradient(a, -1);
   return {grad_a, grad_b};
 }
 

@@ -1,5 +1,5 @@
-// pscfast::warp on the CPU: forward, grid backward, image backward; float and double, OpenMP through
-// at::parallel_for. Each task handles whole output rows: first the taps of every pixel of the row (one
+// pscfast::warp on the CPU: the forward and the backward's image and grid gradients; float and double, OpenMP
+// through at::parallel_for. Each task handles whole output rows: first the taps of every pixel of the row (one
 // coordinate computation per pixel), then branch-free loops over channels and pixels.
 // Every backward writes each output element from exactly one task, in a fixed order: results are bitwise
 // reproducible and independent of the thread count.
@@ -12,8 +12,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <string>
+#include <tuple>
 #include <vector>
 
+#include "ops/common/output_mask.h"
 #include "ops/common/warp_checks.h"
 #include "ops/common/warp_pixel.h"
 #include "ops/cpu/vectorize.h"
@@ -191,42 +195,39 @@ at::Tensor warp_cpu(const at::Tensor& x_, const at::Tensor& grid_, c10::IntArray
   return out;
 }
 
-at::Tensor warp_backward_grid_cpu(const at::Tensor& grad_out, const at::Tensor& x_, const at::Tensor& grid_,
-                                  c10::string_view mode, c10::string_view padding_mode, bool align_corners) {
+// Only the gradients in output_mask are computed; the image is read only for the grid's.
+std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out, const at::Tensor& x_,
+                                                     const at::Tensor& grid_, c10::string_view mode,
+                                                     c10::string_view padding_mode, bool align_corners,
+                                                     std::array<bool, 2> output_mask) {
   check_warp_inputs(x_, grid_, grad_out.sizes().slice(2));
-  const auto x = x_.contiguous();
+  check_warp_grad(grad_out, x_);
   const auto grid = grid_.contiguous();
   const auto gout = grad_out.contiguous();
-  if (parse_mode(std::string(mode)) == SampleMode::kNearest) return at::zeros(grid.sizes(), grid.options());
-  auto dgrid = at::empty_like(grid);
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "warp_backward_grid_cpu", [&] {
-    const Plan<scalar_t> P(x.sizes(), grid, gout.size(2), gout.size(3), mode, padding_mode, align_corners);
-    backward_grid_impl(P, x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(),
-                       gout.const_data_ptr<scalar_t>(), dgrid.mutable_data_ptr<scalar_t>());
+  const bool nearest = parse_mode(std::string(mode)) == SampleMode::kNearest;
+  at::Tensor dx = zeros_if(output_mask[0], x_.sizes(), x_.options());  // backward_x_impl accumulates
+  at::Tensor dgrid;
+  if (output_mask[1]) dgrid = nearest ? at::zeros(grid.sizes(), grid.options()) : at::empty_like(grid);
+  if (!dx.defined() && !(dgrid.defined() && !nearest)) return {dx, dgrid};
+  AT_DISPATCH_FLOATING_TYPES(x_.scalar_type(), "warp_backward_cpu", [&] {
+    const Plan<scalar_t> P(x_.sizes(), grid, gout.size(2), gout.size(3), mode, padding_mode, align_corners);
+    if (dx.defined())
+      backward_x_impl(P, grid.const_data_ptr<scalar_t>(), gout.const_data_ptr<scalar_t>(),
+                      dx.mutable_data_ptr<scalar_t>());
+    if (dgrid.defined() && !nearest) {  // nearest sampling has no grid gradient: dgrid stays 0
+      const auto x = x_.contiguous();
+      backward_grid_impl(P, x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(),
+                         gout.const_data_ptr<scalar_t>(), dgrid.mutable_data_ptr<scalar_t>());
+    }
   });
-  return dgrid;
-}
-
-at::Tensor warp_backward_x_cpu(const at::Tensor& grad_out, const at::Tensor& grid_, c10::IntArrayRef x_size,
-                               c10::string_view mode, c10::string_view padding_mode, bool align_corners) {
-  TORCH_CHECK(x_size.size() == 4, "pscfast::_warp_backward_x: x_size must have 4 entries");
-  const auto grid = grid_.contiguous();
-  const auto gout = grad_out.contiguous();
-  auto dx = at::zeros(x_size, gout.options());
-  check_warp_inputs(dx, grid, gout.sizes().slice(2));
-  AT_DISPATCH_FLOATING_TYPES(gout.scalar_type(), "warp_backward_x_cpu", [&] {
-    const Plan<scalar_t> P(x_size, grid, gout.size(2), gout.size(3), mode, padding_mode, align_corners);
-    backward_x_impl(P, grid.const_data_ptr<scalar_t>(), gout.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>());
-  });
-  return dx;
+  return {dx, dgrid};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pscfast, CPU, m) {
   m.impl("warp", &warp_cpu);
-  m.impl("_warp_backward_grid", &warp_backward_grid_cpu);
-  m.impl("_warp_backward_x", &warp_backward_x_cpu);
+  m.impl("_warp_backward", &warp_backward_cpu);
 }
 
 }  // namespace pscfast

@@ -1,7 +1,7 @@
-// The deterministic image-b (or f_ab) gradient of the CUDA composition backwards (consistency_kernel.cu,
-// cycle_kernel.cu): a scatter written as a gather. Each thread owns one node q of the small field and scans
-// every pixel of its sample, tile by tile through shared memory, adding w_tap g[c] of each (pixel, tap) that
-// reads q in pixel order: no atomics, and the summation order never depends on the schedule.
+// The deterministic image-b (or f_ab) gradient of the CUDA composition backwards (grid_composition.cuh,
+// compose_displacement_kernel.cu): a scatter written as a gather. Each thread owns one node q of the small
+// field and scans every pixel of its sample, tile by tile through shared memory, adding w_tap g[c] of each
+// (pixel, tap) that reads q in pixel order: no atomics, and the summation order never depends on the schedule.
 #pragma once
 
 #include <cstdint>

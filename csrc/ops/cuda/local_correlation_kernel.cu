@@ -8,13 +8,14 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
 #include <tuple>
 
 #include "ops/common/local_correlation_geometry.h"
+#include "ops/common/output_mask.h"
 #include "ops/cuda/launch.cuh"
 
 namespace pscfast {
@@ -106,31 +107,33 @@ at::Tensor local_correlation_cuda(const at::Tensor& a_, const at::Tensor& b_, at
   return out;
 }
 
+// Only the gradients in output_mask are computed (and allocated).
 std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& a_, const at::Tensor& b_, at::IntArrayRef kernel_size,
     at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    at::IntArrayRef dilation_patch, bool need_a, bool need_b) {
+    at::IntArrayRef dilation_patch, std::array<bool, 2> output_mask) {
   const auto G = corr_geometry(a_, b_, kernel_size, patch_size, stride, padding, dilation, dilation_patch);
   check_corr_grad(grad_out, a_, G);
   const c10::cuda::CUDAGuard guard(a_.device());
-  const auto a = a_.contiguous(), b = b_.contiguous(), gout = grad_out.contiguous();
-  auto grad_a = need_a ? at::empty(a.sizes(), a.options()) : at::zeros(a.sizes(), a.options());
-  auto grad_b = need_b ? at::empty(b.sizes(), b.options()) : at::zeros(b.sizes(), b.options());
-  const int64_t total = a.numel();
+  const auto gout = grad_out.contiguous();
+  auto grad_a = empty_if(output_mask[0], a_.sizes(), a_.options());
+  auto grad_b = empty_if(output_mask[1], b_.sizes(), b_.options());
+  const int64_t total = a_.numel();
   if (total == 0) return {grad_a, grad_b};
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "local_correlation_backward_cuda", [&] {
-    if (need_a) {
+  // sign +1: the gradient of a, partner b; -1: the gradient of b, partner a
+  const auto gradient = [&](const at::Tensor& partner_, const at::Tensor& grad, int sign) {
+    const auto partner = partner_.contiguous();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a_.scalar_type(), "local_correlation_backward_cuda",
+                                    [&] {
       backward_kernel<scalar_t><<<blocks_for<kThreads>(total), kThreads, 0, stream>>>(
-          gout.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(), grad_a.mutable_data_ptr<scalar_t>(), G, 1);
+          gout.const_data_ptr<scalar_t>(), partner.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(),
+          G, sign);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-    if (need_b) {
-      backward_kernel<scalar_t><<<blocks_for<kThreads>(total), kThreads, 0, stream>>>(
-          gout.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(), grad_b.mutable_data_ptr<scalar_t>(), G, -1);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
-  });
+    });
+  };
+  if (grad_a.defined()) gradient(b_, grad_a, 1);
+  if (grad_b.defined()) gradient(a_, grad_b, -1);
   return {grad_a, grad_b};
 }
 

@@ -1,5 +1,5 @@
-// pscfast::_warp_backward_grid and _warp_backward_x on CUDA; the forward and the registrations are in
-// warp_kernel.cu. Deterministic, without atomics:
+// pscfast::_warp_backward on CUDA; the forward and the registrations are in warp_kernel.cu. Deterministic,
+// without atomics:
 //  - grid gradient: one thread per pixel when the grid has the output size; otherwise one block per cell
 //    of the low-resolution grid reduces its pixels in a fixed tree (stage 1) and one thread per grid node
 //    adds the corners of the cells around it (stage 2);
@@ -19,9 +19,12 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include <algorithm>
+#include <array>
+#include <string>
 #include <tuple>
 #include <type_traits>
 
+#include "ops/common/output_mask.h"
 #include "ops/common/warp_checks.h"
 #include "ops/common/warp_pixel.h"
 #include "ops/cuda/launch.cuh"
@@ -183,20 +186,9 @@ __global__ void gather_x_grad_kernel(const scalar_t* __restrict__ grid, const sc
   dx[(n0 + nl) * G.C * plane + c * plane + q] = static_cast<scalar_t>(acc);
 }
 
-}  // namespace
-
-at::Tensor warp_backward_grid_cuda(const at::Tensor& grad_out, const at::Tensor& x_, const at::Tensor& grid_,
-                                   c10::string_view mode, c10::string_view padding_mode, bool align_corners) {
-  check_warp_inputs(x_, grid_, grad_out.sizes().slice(2));
-  const c10::cuda::CUDAGuard guard(x_.device());
-  const auto x = x_.contiguous();
-  const auto grid = grid_.contiguous();
-  const auto gout = grad_out.contiguous();
-  const Geometry G = geometry(x.sizes(), grid, gout.size(2), gout.size(3));
-  const auto m = parse_mode(std::string(mode));
-  const auto p = parse_padding(std::string(padding_mode));
-  if (m == SampleMode::kNearest || G.N == 0) return at::zeros_like(grid);
-  auto dgrid = at::empty_like(grid);
+// The grid gradient (bilinear; nearest sampling has none) of contiguous x, grid, gout into dgrid.
+void grid_gradient(const at::Tensor& x, const at::Tensor& grid, const at::Tensor& gout, const Geometry& G,
+                   Padding p, bool align_corners, at::Tensor& dgrid) {
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "warp_backward_grid_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -217,27 +209,18 @@ at::Tensor warp_backward_grid_cuda(const at::Tensor& grad_out, const at::Tensor&
         partial.const_data_ptr<T>(), dgrid.mutable_data_ptr<scalar_t>(), G);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return dgrid;
 }
 
-at::Tensor warp_backward_x_cuda(const at::Tensor& grad_out, const at::Tensor& grid_, c10::IntArrayRef x_size,
-                                c10::string_view mode, c10::string_view padding_mode, bool align_corners) {
-  TORCH_CHECK(x_size.size() == 4, "pscfast::_warp_backward_x: x_size must have 4 entries");
-  const c10::cuda::CUDAGuard guard(grad_out.device());
-  const auto grid = grid_.contiguous();
-  const auto gout = grad_out.contiguous();
-  auto dx = at::zeros(x_size, gout.options());
-  check_warp_inputs(dx, grid, gout.sizes().slice(2));
-  const Geometry G = geometry(x_size, grid, gout.size(2), gout.size(3));
-  const auto m = parse_mode(std::string(mode));
-  const auto p = parse_padding(std::string(padding_mode));
+// The image gradient of contiguous grid, gout into the zero-filled dx.
+void image_gradient(const at::Tensor& grid, const at::Tensor& gout, const Geometry& G, SampleMode m, Padding p,
+                    bool align_corners, at::Tensor& dx) {
   const int taps = m == SampleMode::kNearest ? 1 : 4;
   const int64_t plane = static_cast<int64_t>(G.H) * G.W, pixels = static_cast<int64_t>(G.Ho) * G.Wo;
-  if (G.N == 0 || G.C == 0 || pixels == 0) return dx;
+  if (G.N == 0 || G.C == 0 || pixels == 0) return;
   // Samples per chunk: keys (and the sort's int64 order) stay within int32 range and ~16M entries.
   const int64_t per_sample = std::max(pixels * taps, plane + 1);
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(G.N, (int64_t(1) << 24) / per_sample));
-  TORCH_CHECK(chunk * per_sample < (int64_t(1) << 31), "pscfast::_warp_backward_x: one sample is too large");
+  TORCH_CHECK(chunk * per_sample < (int64_t(1) << 31), "pscfast::_warp_backward: one sample is too large");
   auto stream = at::cuda::getCurrentCUDAStream();
   for (int64_t n0 = 0; n0 < G.N; n0 += chunk) {
     const int64_t ns = std::min(chunk, G.N - n0);
@@ -258,7 +241,32 @@ at::Tensor warp_backward_x_cuda(const at::Tensor& grad_out, const at::Tensor& gr
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  return dx;
+}
+
+}  // namespace
+
+// Only the gradients in output_mask are computed; the image is read only for the grid's.
+std::tuple<at::Tensor, at::Tensor> warp_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+                                                      const at::Tensor& grid_, c10::string_view mode,
+                                                      c10::string_view padding_mode, bool align_corners,
+                                                      std::array<bool, 2> output_mask) {
+  check_warp_inputs(x, grid_, grad_out.sizes().slice(2));
+  check_warp_grad(grad_out, x);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const auto grid = grid_.contiguous();
+  const auto gout = grad_out.contiguous();
+  const Geometry G = geometry(x.sizes(), grid, gout.size(2), gout.size(3));
+  const auto m = parse_mode(std::string(mode));
+  const auto p = parse_padding(std::string(padding_mode));
+  at::Tensor dx = zeros_if(output_mask[0], x.sizes(), x.options());  // left as is when there is no pixel
+  at::Tensor dgrid;
+  if (dx.defined()) image_gradient(grid, gout, G, m, p, align_corners, dx);
+  if (output_mask[1]) {
+    const bool none = m == SampleMode::kNearest || G.N == 0;  // nearest sampling has no grid gradient
+    dgrid = none ? at::zeros_like(grid) : at::empty_like(grid);
+    if (!none) grid_gradient(x.contiguous(), grid, gout, G, p, align_corners, dgrid);
+  }
+  return {dx, dgrid};
 }
 
 }  // namespace pscfast

@@ -1,8 +1,11 @@
 // Shared by the CUDA warp forward (warp_kernel.cu) and backward (warp_backward_kernel.cu): the launch width,
-// the sizes of one call, and the backward's declarations (they are registered next to the forward).
+// the sizes of one call, and the backward's declaration (they are registered next to the forward).
 #pragma once
 
 #include <ATen/core/Tensor.h>
+
+#include <array>
+#include <tuple>
 
 namespace pscfast {
 
@@ -33,10 +36,9 @@ __device__ inline OutPixel out_pixel(int64_t idx, const Geometry& G) {
           static_cast<int>(idx % G.Wo)};
 }
 
-at::Tensor warp_backward_grid_cuda(const at::Tensor& grad_out, const at::Tensor& x_, const at::Tensor& grid_,
-                                   c10::string_view mode, c10::string_view padding_mode, bool align_corners);
-
-at::Tensor warp_backward_x_cuda(const at::Tensor& grad_out, const at::Tensor& grid_, c10::IntArrayRef x_size,
-                                c10::string_view mode, c10::string_view padding_mode, bool align_corners);
+std::tuple<at::Tensor, at::Tensor> warp_backward_cuda(const at::Tensor& grad_out, const at::Tensor& x,
+                                                      const at::Tensor& grid, c10::string_view mode,
+                                                      c10::string_view padding_mode, bool align_corners,
+                                                      std::array<bool, 2> output_mask);
 
 }  // namespace pscfast

@@ -57,8 +57,7 @@ at::Tensor warp_cuda(const at::Tensor& x_, const at::Tensor& grid_, c10::IntArra
 
 TORCH_LIBRARY_IMPL(pscfast, CUDA, m) {
   m.impl("warp", &warp_cuda);
-  m.impl("_warp_backward_grid", &warp_backward_grid_cuda);
-  m.impl("_warp_backward_x", &warp_backward_x_cuda);
+  m.impl("_warp_backward", &warp_backward_cuda);
 }
 
 }  // namespace pscfast

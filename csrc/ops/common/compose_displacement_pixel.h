@@ -1,5 +1,4 @@
-// The per-pixel parts of compose_displacement and truncated_flow_loss (Zhou et al.), shared by the CPU and
-// CUDA kernels.
+// The per-pixel part of compose_displacement (Zhou et al.), shared by the CPU and CUDA kernels.
 //
 // Pixel p = (i, j) of image a with displacement (u, v) = f_ab(p) reads image b at q = (j + u, i + v)
 // (bilinear, zeros outside): s_c = f_bc[c](q), s_m = m_bc(q);  f_ac[c] = f_ab[c] + s_c,  m_ac = m_ab * s_m.
@@ -21,14 +20,6 @@ PSC_HD FieldTaps<T> cycle_taps(const S* f_ab_n, int64_t plane, int i, int j, int
   const T px = clamp_pixel(static_cast<T>(j) + *u, Wb);
   const T py = clamp_pixel(static_cast<T>(i) + *v, Hb);
   return field_taps(px, py, Hb, Wb, false);
-}
-
-// truncated_flow_loss's squared error |pred - target|^2 at pixel p of one sample (channels `plane` apart).
-template <typename T, typename S>
-PSC_HD T squared_error(const S* pred, const S* target, int64_t plane, int64_t p, T* dx, T* dy) {
-  *dx = static_cast<T>(pred[p]) - static_cast<T>(target[p]);
-  *dy = static_cast<T>(pred[plane + p]) - static_cast<T>(target[plane + p]);
-  return *dx * *dx + *dy * *dy;
 }
 
 }  // namespace pscfast

@@ -1,11 +1,11 @@
-"""compose and consistency_loss: goldens of the release, every backend against the PyTorch reference
-(forward and backward), coordinate contract, gradcheck, opcheck, determinism, bad input."""
+"""compose: the release's golden cycle, every backend against the PyTorch reference (forward and backward),
+coordinate contract, gradcheck, opcheck, determinism, bad input."""
 from pathlib import Path
 
 import pytest
 import torch
 
-from pscfast.ops import Compose, ConsistencyLoss, compose, consistency_loss
+from pscfast.ops import Compose, compose
 from pscfast.ops import _reference as ref
 from tests.utils import BACKENDS, assert_close, identity_grid, noncontiguous, require
 
@@ -39,13 +39,11 @@ def _scale(t):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_golden_release_values(backend):
-    require("consistency_loss", backend, "cpu", torch.float32)
+def test_golden_release_cycle(backend):
+    require("compose", backend, "cpu", torch.float32)
     g = torch.load(GOLDEN)
     cycle = compose(g["con_fwd"], g["con_bwd"], "nearest", backend=backend)
     assert torch.equal(cycle, g["con_cycle"])  # nearest copies values: exact
-    loss = consistency_loss(g["con_fwd"], g["con_bwd"], "nearest", backend=backend)
-    torch.testing.assert_close(loss, g["con_loss"].to(loss.dtype), rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
@@ -64,35 +62,6 @@ def test_compose_matches_reference(device, backend, dtype, shape, contiguous):
         assert_close(got[2], exp[2], scale=_scale(exp[2]), msg=f"f_bc gradient {mode}")
 
 
-@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_loss_matches_reference(device, backend, dtype, shape, contiguous):
-    require("consistency_loss", backend, device, dtype)
-    f_ab, f_bc = _flows(shape, dtype, device, contiguous, spread=2.2)
-    for mode in MODES:
-        got = _grads(lambda a, b: consistency_loss(a, b, mode, backend=backend), f_ab, f_bc)
-        exp = _grads(lambda a, b: ref.consistency_loss(a, b, mode), f_ab, f_bc)
-        assert exp[0] > 0
-        assert_close(got[0], exp[0], msg=f"loss {mode}")
-        assert_close(got[1], exp[1], scale=_scale(exp[1]), msg=f"fwd gradient {mode}")
-        assert_close(got[2], exp[2], scale=_scale(exp[2]), msg=f"bwd gradient {mode}")
-        if mode == "nearest":
-            assert got[2].abs().max() == 0  # the sampling position has no gradient
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_empty_mask_gives_zero_loss_and_gradient(device, backend):
-    require("consistency_loss", backend, device, torch.float32)
-    fwd = torch.full((2, 4, 5, 2), 3.0, device=device, requires_grad=True)  # every cycle value is outside
-    bwd = identity_grid(2, 4, 5, device=device).requires_grad_()
-    loss = consistency_loss(fwd, bwd, "bilinear", backend=backend)
-    assert loss.item() == 0
-    d_fwd, d_bwd = torch.autograd.grad(loss, (fwd, bwd))
-    assert d_fwd.abs().max() == 0 and d_bwd.abs().max() == 0
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_identity_and_shift(device, backend):
     require("compose", backend, device, torch.float64)
@@ -108,8 +77,6 @@ def test_identity_and_shift(device, backend):
         out = compose(f, shifted, mode, backend=backend)
         torch.testing.assert_close(out[:, :, :6], f[:, :, 2:], rtol=0, atol=1e-12)
         assert out[:, :, 6:].abs().max() == 0
-    for mode in MODES:
-        assert consistency_loss(ident, ident, mode, backend=backend).item() == 0
 
 
 def _off_boundary_grid(n, h, w, gh, gw, device):
@@ -126,32 +93,23 @@ def test_gradcheck_float64(device, backend):
     f_bc = _off_boundary_grid(1, 4, 5, 3, 4, device).requires_grad_()
     for mode in MODES:
         assert torch.autograd.gradcheck(lambda a, b: compose(a, b, mode, backend=backend), (f_ab, f_bc))
-        assert torch.autograd.gradcheck(lambda a, b: consistency_loss(a, b, mode, backend=backend), (f_ab, f_bc))
 
 
 def test_opcheck(device):
     require("compose", "cpp", device, torch.float32)
     f_ab, f_bc = _flows((2, 5, 4, 3, 6), torch.float32, device)
-    xs, ys = torch.linspace(-1, 1, 6, device=device), torch.linspace(-1, 1, 3, device=device)
     gout = torch.randn(f_bc.shape, device=device)
     for mode in MODES:
         torch.library.opcheck(torch.ops.pscfast.compose.default, (f_ab.requires_grad_(), f_bc.requires_grad_(), mode))
-        torch.library.opcheck(torch.ops.pscfast.consistency_loss.default, (f_ab, f_bc, xs, ys, mode))
-    f_ab, f_bc = f_ab.detach(), f_bc.detach()
-    torch.library.opcheck(torch.ops.pscfast._compose_backward.default, (gout, f_ab, f_bc, "bilinear"))
-    loss, count = torch.ops.pscfast.consistency_loss(f_ab, f_bc, xs, ys, "bilinear")
-    torch.library.opcheck(torch.ops.pscfast._consistency_loss_backward.default,
-                          (torch.ones_like(loss), count, f_ab, f_bc, xs, ys, "bilinear"))
+    torch.library.opcheck(torch.ops.pscfast._compose_backward.default,
+                          (gout, f_ab.detach(), f_bc.detach(), "bilinear", [True, True]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_deterministic(device, backend):
-    require("consistency_loss", backend, device, torch.float32)
+    require("compose", backend, device, torch.float32)
     f_ab, f_bc = _flows((1, 5, 5, 11, 11), torch.float32, device, spread=2.2)  # many pixels per node
     for mode in MODES:
-        first = _grads(lambda a, b: consistency_loss(a, b, mode, backend=backend), f_ab, f_bc)
-        second = _grads(lambda a, b: consistency_loss(a, b, mode, backend=backend), f_ab, f_bc)
-        assert all(torch.equal(x, y) for x, y in zip(first, second))
         gout = torch.randn_like(f_bc)
         first = _grads(lambda a, b: compose(a, b, mode, backend=backend), f_ab, f_bc, gout)
         second = _grads(lambda a, b: compose(a, b, mode, backend=backend), f_ab, f_bc, gout)
@@ -161,8 +119,7 @@ def test_deterministic(device, backend):
 def test_modules_equal_functions():
     f_ab, f_bc = _flows((2, 4, 5, 4, 5), torch.float32, "cpu", spread=2.2)
     assert torch.equal(Compose("nearest")(f_ab, f_bc), compose(f_ab, f_bc, "nearest"))
-    assert torch.equal(ConsistencyLoss("bilinear")(f_ab, f_bc), consistency_loss(f_ab, f_bc, "bilinear"))
-    assert "bilinear" in repr(ConsistencyLoss("bilinear"))
+    assert "nearest" in repr(Compose("nearest"))
 
 
 @pytest.mark.parametrize(
@@ -175,9 +132,9 @@ def test_modules_equal_functions():
         (lambda a, b: compose(a, b, "bicubic"), ValueError, "mode must be one of"),
         (lambda a, b: compose(a, b.to("meta")), ValueError, "one device"),
         (lambda a, b: compose(a[:, :0], b), ValueError, "f_ab has an empty spatial size"),
-        (lambda a, b: consistency_loss(a, b * float("nan")), ValueError, "bwd contains NaN"),
-        (lambda a, b: consistency_loss(a.numpy(), b), TypeError, "fwd must be a torch.Tensor"),
-        (lambda a, b: consistency_loss(a, b, backend="gpu"), ValueError, "unknown backend 'gpu'"),
+        (lambda a, b: compose(a, b * float("nan")), ValueError, "f_bc contains NaN"),
+        (lambda a, b: compose(a.numpy(), b), TypeError, "f_ab must be a torch.Tensor"),
+        (lambda a, b: compose(a, b, backend="gpu"), ValueError, "unknown backend 'gpu'"),
         # a zero-stride grid of 2^30 points (the kernels' limit), refused before its values are read or copied
         (lambda a, b: compose(a, torch.zeros((), dtype=torch.float64).expand(2, 2**15, 2**15, 2)), ValueError,
          "f_bc has a plane of 32768 x 32768"),

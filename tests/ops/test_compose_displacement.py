@@ -1,9 +1,9 @@
-"""compose_displacement and truncated_flow_loss (Zhou et al.): every backend against the PyTorch reference
-(forward and backward), composition contract, gradcheck, opcheck, determinism, bad input."""
+"""compose_displacement (Zhou et al.): every backend against the PyTorch reference (forward and backward),
+composition contract, gradcheck, opcheck, determinism, bad input."""
 import pytest
 import torch
 
-from pscfast.ops import ComposeDisplacement, TruncatedFlowLoss, compose_displacement, truncated_flow_loss
+from pscfast.ops import ComposeDisplacement, compose_displacement
 from pscfast.ops import _reference as ref
 from tests.utils import BACKENDS, assert_close, noncontiguous, require
 
@@ -48,43 +48,6 @@ def test_compose_displacement_matches_reference(device, backend, dtype, shape, c
         assert_close(a, b, scale=float(b.detach().abs().max().clamp_min(1)), msg=name)
 
 
-@pytest.mark.parametrize("masked", [True, False], ids=["mask", "no-mask"])
-@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_truncated_loss_matches_reference(device, backend, dtype, contiguous, masked):
-    require("truncated_flow_loss", backend, device, dtype)
-    pred, target = (torch.randn(3, 2, 9, 7, dtype=dtype, device=device) * 3 for _ in range(2))
-    mask = (torch.rand(3, 1, 9, 7, device=device) > 0.3).to(dtype)
-    if not contiguous:
-        pred, target, mask = noncontiguous(pred), noncontiguous(target), noncontiguous(mask)
-    inputs = (pred, target, mask) if masked else (pred, target)
-    err = ((pred - target) ** 2).sum(1)
-    assert (err > 16).any() and (err < 16).any()  # T = 4 truncates some pixels and not others
-    got = _grads(lambda *t: truncated_flow_loss(*t, T=4.0, backend=backend), inputs, None)
-    exp = _grads(lambda *t: ref.truncated_flow_loss(*t, T=4.0), inputs, None)
-    for name, a, b in zip(["loss", "d pred", "d target", "d mask"], got, exp):
-        assert_close(a, b, scale=float(b.detach().abs().max().clamp_min(1)), msg=name)
-
-
-@pytest.mark.parametrize("need", [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)], ids=["pred", "target", "mask", "all"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_truncated_loss_partial_grads(device, backend, need):
-    """Only the gradients asked for are computed, each right and bitwise reproducible; the cpp shape's pixels
-    split into CPU tasks in mid-sample."""
-    require("truncated_flow_loss", backend, device, torch.float32)
-    n, h, w = (3, 150, 151) if backend == "cpp" else (2, 9, 7)
-    pred, target = (torch.randn(n, 2, h, w, device=device) * 3 for _ in range(2))
-    mask = torch.rand(n, 1, h, w, device=device)
-    inputs = [t.requires_grad_(bool(k)) for t, k in zip((pred, target, mask), need)]
-    wanted = [t for t in inputs if t.requires_grad]
-    got, again = (torch.autograd.grad(truncated_flow_loss(*inputs, T=4.0, backend=backend), wanted) for _ in "12")
-    exp = torch.autograd.grad(ref.truncated_flow_loss(*inputs, T=4.0), wanted)
-    for a, b, c in zip(got, again, exp):
-        assert torch.equal(a, b)
-        assert_close(a, c, scale=float(c.abs().max().clamp_min(1)))
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_composition_contract(device, backend):
     require("compose_displacement", backend, device, torch.float64)
@@ -118,9 +81,6 @@ def test_gradcheck_float64(device, backend):
     m_ab = torch.rand(2, 1, H, W, dtype=torch.float64, device=device, requires_grad=True)
     m_bc = torch.rand(2, 1, H, W, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *t: compose_displacement(*t, backend=backend), (f_ab, f_bc, m_ab, m_bc))
-    pred = (torch.randn(2, 2, H, W, dtype=torch.float64, device=device) * 3).requires_grad_()
-    assert torch.autograd.gradcheck(lambda p, t, m: truncated_flow_loss(p, t, m, T=3.0, backend=backend),
-                                    (pred, f_bc, m_ab))
 
 
 def test_opcheck(device):
@@ -130,13 +90,7 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.pscfast.compose_displacement.default,
                           tuple(t.requires_grad_() for t in (f_ab, f_bc, m_ab, m_bc)))
     torch.library.opcheck(torch.ops.pscfast._compose_displacement_backward.default,
-                          (gf, gm, *(t.detach() for t in (f_ab, f_bc, m_ab, m_bc))))
-    pred, target = gf.clone().requires_grad_(), f_ab.detach().clone()
-    for mask in (m_ab.detach(), None):
-        torch.library.opcheck(torch.ops.pscfast.truncated_flow_loss.default, (pred, target, mask, 1.5))
-        torch.library.opcheck(torch.ops.pscfast._truncated_flow_loss_backward.default,
-                              (torch.tensor(1.0, device=device), pred.detach(), target, mask, 1.5,
-                               [True, mask is not None, mask is not None]))
+                          (gf, gm, *(t.detach() for t in (f_ab, f_bc, m_ab, m_bc)), [True] * 4))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -147,16 +101,12 @@ def test_deterministic(device, backend):
     first = _grads(lambda *t: compose_displacement(*t, backend=backend), inputs, gouts)
     second = _grads(lambda *t: compose_displacement(*t, backend=backend), inputs, gouts)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
-    loss = [truncated_flow_loss(inputs[0], inputs[0].flip(-1), backend=backend) for _ in range(2)]
-    assert torch.equal(loss[0], loss[1])
 
 
-def test_modules_equal_functions():
+def test_module_equals_function():
     f_ab, f_bc, m_ab, m_bc = _inputs((2, 4, 5, 4, 5), torch.float32, "cpu")
     for a, b in zip(ComposeDisplacement()(f_ab, f_bc, m_ab, m_bc), compose_displacement(f_ab, f_bc, m_ab, m_bc)):
         assert torch.equal(a, b)
-    assert torch.equal(TruncatedFlowLoss(2.0)(f_ab, f_ab + 1, m_ab), truncated_flow_loss(f_ab, f_ab + 1, m_ab, 2.0))
-    assert "T=2.0" in repr(TruncatedFlowLoss(2.0))
 
 
 @pytest.mark.parametrize(
@@ -169,10 +119,6 @@ def test_modules_equal_functions():
         (lambda f, m: compose_displacement(f, f[:1]), ValueError, "batch sizes differ"),
         (lambda f, m: compose_displacement(f.long(), f), TypeError, "f_ab must be a floating-point tensor"),
         (lambda f, m: compose_displacement(f, f * float("inf")), ValueError, "f_bc contains NaN"),
-        (lambda f, m: truncated_flow_loss(f, f[..., :3]), ValueError, "target must have the spatial size"),
-        (lambda f, m: truncated_flow_loss(f, f, m, T=0), ValueError, "T must be a positive number"),
-        (lambda f, m: truncated_flow_loss(f, f, m * float("nan")), ValueError, "mask contains NaN"),
-        (lambda f, m: truncated_flow_loss(f, f.to("meta")), ValueError, "one device"),
         # a zero-stride field of 2^30 pixels (the kernels' limit), refused before its values are read or copied
         (lambda f, m: compose_displacement(f, torch.zeros((), dtype=torch.float64).expand(2, 2, 2**15, 2**15)),
          ValueError, "f_bc has a plane of 32768 x 32768"),

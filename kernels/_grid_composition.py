@@ -1,11 +1,7 @@
-"""Triton kernels of compose and consistency_loss (absolute grids (N, h, w, 2), align_corners=True, zeros
-outside; see pscfast.ops._reference.compose / consistency_loss). Accumulation in float32 (float64 for
-float64).
+"""Triton kernels shared by compose and consistency_loss: the composition of absolute grids (N, h, w, 2)
+(align_corners=True, zeros outside; see pscfast.ops._reference.compose) and the backward of both ops.
+Accumulation in float32 (float64 for float64).
 
-Forward of the loss, one launch: each program computes the cycle f_ab(f_bc) of a block of pixels, the
-release's mask (cycle != 0, identity != 0, |cycle| <= 1, |identity| <= 1, per coordinate) and its partial
-(sum of squared errors, count); the last program to finish (an integer ticket) sums the partials in
-program order: deterministic.
 Backward, one launch, two kinds of programs (d L / d cycle = g: the incoming gradient for compose,
 2 grad (cycle - identity) mask / count for the loss, recomputed from the cycle):
   pointwise  d f_bc(p) = sum_c g_c d cycle_c / d p * (size - 1) / 2     (0 for nearest)
@@ -20,13 +16,11 @@ import triton.language as tl
 
 from ._field import accumulation, clamp_pixel, field_taps, gather_scatter, tap_values
 
-BLOCK = 128
 BQ, BP = 32, 64
-RBLOCK = 128
 
 
 @triton.jit
-def _cycle(fab_n, fbc_n, pix, mask, h, w, NEAREST: tl.constexpr, ACC: tl.constexpr):
+def cycle(fab_n, fbc_n, pix, mask, h, w, NEAREST: tl.constexpr, ACC: tl.constexpr):
     """Taps of f_bc[pix] in f_ab's grid, the tap values of both channels and the cycle f_ab(f_bc[pix])."""
     gx = tl.load(fbc_n + 2 * pix, mask=mask, other=0.0).to(ACC)
     gy = tl.load(fbc_n + 2 * pix + 1, mask=mask, other=0.0).to(ACC)
@@ -41,67 +35,26 @@ def _cycle(fab_n, fbc_n, pix, mask, h, w, NEAREST: tl.constexpr, ACC: tl.constex
 
 
 @triton.jit
-def _term(c, i):
+def counted(c, i):
+    """The release's mask of one cycle coordinate c against the identity coordinate i."""
     return (c != 0.0) & (i != 0.0) & (tl.abs(c) <= 1.0) & (tl.abs(i) <= 1.0)
 
 
 @triton.jit
-def _identity(xs_ptr, ys_ptr, pix, mask, wo, ACC: tl.constexpr):
+def identity(xs_ptr, ys_ptr, pix, mask, wo, ACC: tl.constexpr):
+    """The identity grid's (x, y) at pixels pix of a grid wo wide."""
     ix = tl.load(xs_ptr + pix % wo, mask=mask, other=0.0).to(ACC)
     iy = tl.load(ys_ptr + pix // wo, mask=mask, other=0.0).to(ACC)
     return ix, iy
 
 
 @triton.jit
-def compose_fwd_kernel(fab_ptr, fbc_ptr, out_ptr, h, w, P, NEAREST: tl.constexpr, ACC: tl.constexpr,
-                       BLOCK: tl.constexpr):
-    n = tl.program_id(1).to(tl.int64)
-    pix = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = pix < P
-    res = _cycle(fab_ptr + n * h * w * 2, fbc_ptr + n * P * 2, pix, mask, h, w, NEAREST, ACC)
-    out = out_ptr + n * P * 2 + 2 * pix
-    tl.store(out, res[20].to(out_ptr.dtype.element_ty), mask=mask)
-    tl.store(out + 1, res[21].to(out_ptr.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def consistency_fwd_kernel(fab_ptr, fbc_ptr, xs_ptr, ys_ptr, psum_ptr, pcnt_ptr, ticket_ptr, loss_ptr, count_ptr,
-                           h, w, wo, P, NBLK, NPROG, NEAREST: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
-                           RBLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    n = (pid // NBLK).to(tl.int64)
-    pix = (pid % NBLK) * BLOCK + tl.arange(0, BLOCK)
-    mask = pix < P
-    res = _cycle(fab_ptr + n * h * w * 2, fbc_ptr + n * P * 2, pix, mask, h, w, NEAREST, ACC)
-    cx, cy = res[20], res[21]
-    ix, iy = _identity(xs_ptr, ys_ptr, pix, mask, wo, ACC)
-    kx = mask & _term(cx, ix)
-    ky = mask & _term(cy, iy)
-    sq = tl.where(kx, (cx - ix) * (cx - ix), 0.0) + tl.where(ky, (cy - iy) * (cy - iy), 0.0)
-    tl.store(psum_ptr + pid, tl.sum(sq, axis=0))
-    tl.store(pcnt_ptr + pid, tl.sum(kx.to(tl.int32) + ky.to(tl.int32), axis=0))
-    tl.debug_barrier()
-    ticket = tl.atomic_add(ticket_ptr, 1, sem="acq_rel")
-    if ticket == NPROG - 1:  # the last program: every partial is written; sum them in program order
-        acc = tl.zeros([RBLOCK], ACC)
-        cnt = tl.zeros([RBLOCK], tl.int64)
-        for r0 in range(0, NPROG, RBLOCK):
-            idx = r0 + tl.arange(0, RBLOCK)
-            acc += tl.load(psum_ptr + idx, mask=idx < NPROG, other=0.0, volatile=True)
-            cnt += tl.load(pcnt_ptr + idx, mask=idx < NPROG, other=0, volatile=True).to(tl.int64)
-        total = tl.sum(acc, axis=0)
-        count = tl.sum(cnt, axis=0)
-        tl.store(loss_ptr, (total / tl.maximum(count, 1).to(ACC)).to(loss_ptr.dtype.element_ty))
-        tl.store(count_ptr, count)
-
-
-@triton.jit
 def _grad(grad_n, xs_ptr, ys_ptr, pix, mask, wo, cx, cy, scale, LOSS: tl.constexpr, ACC: tl.constexpr):
     """d L / d cycle at pixels pix."""
     if LOSS:
-        ix, iy = _identity(xs_ptr, ys_ptr, pix, mask, wo, ACC)
-        gx = tl.where(mask & _term(cx, ix), scale * (cx - ix), 0.0)
-        gy = tl.where(mask & _term(cy, iy), scale * (cy - iy), 0.0)
+        ix, iy = identity(xs_ptr, ys_ptr, pix, mask, wo, ACC)
+        gx = tl.where(mask & counted(cx, ix), scale * (cx - ix), 0.0)
+        gy = tl.where(mask & counted(cy, iy), scale * (cy - iy), 0.0)
     else:
         gx = tl.load(grad_n + 2 * pix, mask=mask, other=0.0).to(ACC)
         gy = tl.load(grad_n + 2 * pix + 1, mask=mask, other=0.0).to(ACC)
@@ -117,7 +70,7 @@ def _compose_bwd_nodes(q, fab_n, fbc_n, grad_n, xs_ptr, ys_ptr, dfab_n, h, w, wo
     for p0 in range(0, P, BP):
         pix = p0 + tl.arange(0, BP)
         mask = pix < P
-        res = _cycle(fab_n, fbc_n, pix, mask, h, w, NEAREST, ACC)
+        res = cycle(fab_n, fbc_n, pix, mask, h, w, NEAREST, ACC)
         gx, gy = _grad(grad_n, xs_ptr, ys_ptr, pix, mask, wo, res[20], res[21], scale, LOSS, ACC)
         ax += gather_scatter(q, res[0], res[1], res[2], res[3], res[4], res[5], res[6], res[7], gx)
         ay += gather_scatter(q, res[0], res[1], res[2], res[3], res[4], res[5], res[6], res[7], gy)
@@ -131,7 +84,7 @@ def _compose_bwd_pixels(pix, fab_n, fbc_n, grad_n, xs_ptr, ys_ptr, dfbc_n, h, w,
     """Gradient of the sampling positions f_bc at pixels pix (pointwise)."""
     mask = pix < P
     (i0, i1, i2, i3, w0, w1, w2, w3, e, r, s, d, a0, a1, a2, a3, b0, b1, b2, b3, cx, cy) = \
-        _cycle(fab_n, fbc_n, pix, mask, h, w, NEAREST, ACC)
+        cycle(fab_n, fbc_n, pix, mask, h, w, NEAREST, ACC)
     gx, gy = _grad(grad_n, xs_ptr, ys_ptr, pix, mask, wo, cx, cy, scale, LOSS, ACC)
     dpx = gx * ((a1 - a0) * s + (a3 - a2) * d) + gy * ((b1 - b0) * s + (b3 - b2) * d)
     dpy = gx * ((a2 - a0) * e + (a3 - a1) * r) + gy * ((b2 - b0) * e + (b3 - b1) * r)
@@ -162,50 +115,19 @@ def compose_bwd_kernel(grad_ptr, count_ptr, xs_ptr, ys_ptr, fab_ptr, fbc_ptr, df
                             dfbc_ptr + n * P * 2, h, w, wo, P, scale, LOSS, NEAREST, ACC)
 
 
-def compose_fwd(f_ab, f_bc, mode):
+def backward(grad, count, xs, ys, f_ab, f_bc, mode, loss, output_mask):
+    """(d f_ab, d f_bc) of compose (loss False: grad (N, h', w', 2)) or of consistency_loss (loss True: grad and
+    count scalars), each None unless output_mask asks for it; the scatter programs run only for d f_ab and the
+    pointwise ones only for d f_bc."""
     N, h, w, _ = f_ab.shape
     P = f_bc.shape[1] * f_bc.shape[2]
-    out = torch.empty_like(f_bc)
-    if out.numel():
-        compose_fwd_kernel[(triton.cdiv(P, BLOCK), N)](f_ab, f_bc, out, h, w, P, NEAREST=mode == "nearest",
-                                                       ACC=accumulation(f_ab.dtype)[0], BLOCK=BLOCK)
-    return out
-
-
-def _bwd(grad, count, xs, ys, f_ab, f_bc, mode, loss):
-    N, h, w, _ = f_ab.shape
-    P = f_bc.shape[1] * f_bc.shape[2]
-    d_ab, d_bc = torch.empty_like(f_ab), torch.empty_like(f_bc)
-    if N:
-        nqb = triton.cdiv(h * w, BQ)
-        compose_bwd_kernel[(nqb + triton.cdiv(P, BP), N)](
-            grad, count, xs, ys, f_ab, f_bc, d_ab, d_bc, h, w, f_bc.shape[2], P, nqb, LOSS=loss,
-            NEAREST=mode == "nearest", ACC=accumulation(f_ab.dtype)[0], BQ=BQ, BP=BP)
+    d_ab = torch.empty_like(f_ab) if output_mask[0] else None
+    d_bc = torch.empty_like(f_bc) if output_mask[1] else None
+    nqb = triton.cdiv(h * w, BQ) if output_mask[0] else 0
+    npb = triton.cdiv(P, BP) if output_mask[1] else 0
+    if N and nqb + npb:
+        compose_bwd_kernel[(nqb + npb, N)](
+            grad, count, xs, ys, f_ab, f_bc, f_ab if d_ab is None else d_ab, f_bc if d_bc is None else d_bc, h, w,
+            f_bc.shape[2], P, nqb, LOSS=loss, NEAREST=mode == "nearest", ACC=accumulation(f_ab.dtype)[0], BQ=BQ,
+            BP=BP)
     return d_ab, d_bc
-
-
-def compose_bwd(grad, f_ab, f_bc, mode):
-    return _bwd(grad, grad, grad, grad, f_ab, f_bc, mode, False)
-
-
-def consistency_fwd(fwd, bwd, xs, ys, mode):
-    """(loss, count): the masked mean squared error and the int64 number of masked-in coordinates."""
-    N, h, w, _ = fwd.shape
-    wo = bwd.shape[2]
-    P = bwd.shape[1] * wo
-    acc, acc_t = accumulation(fwd.dtype)
-    nblk = triton.cdiv(P, BLOCK)
-    nprog = N * nblk
-    psum = torch.empty(nprog, dtype=acc_t, device=fwd.device)
-    pcnt = torch.empty(nprog, dtype=torch.int32, device=fwd.device)
-    ticket = torch.zeros(1, dtype=torch.int32, device=fwd.device)
-    loss = torch.zeros((), dtype=fwd.dtype, device=fwd.device)
-    count = torch.zeros((), dtype=torch.int64, device=fwd.device)
-    if nprog:
-        consistency_fwd_kernel[(nprog,)](fwd, bwd, xs, ys, psum, pcnt, ticket, loss, count, h, w, wo, P, nblk, nprog,
-                                         NEAREST=mode == "nearest", ACC=acc, BLOCK=BLOCK, RBLOCK=RBLOCK)
-    return loss, count
-
-
-def consistency_bwd(grad, count, fwd, bwd, xs, ys, mode):
-    return _bwd(grad, count, xs, ys, fwd, bwd, mode, True)
