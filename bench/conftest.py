@@ -4,8 +4,8 @@ Without --benchmark the suite is skipped (plain `pytest` runs only tests/). Each
 (a backend: torch = the naive PyTorch reference, cpp, triton) in one mode (fwd, bwd, fwd+bwd) at one shape,
 and records peak memory beyond the resident inputs. Results go to pytest-benchmark's tables and to
 --bench-out (default bench/results/latest-<device>.json) with device, versions, dtype and git revision,
-rewritten after every case, so a run cut short (a device call's time limit) keeps what it measured;
---bench-resume keeps the file's cases and skips them, so a sweep can be split over several calls.
+rewritten after every case, so a run cut short (a time limit on the GPU machine) keeps what it measured;
+--bench-resume keeps the file's cases and skips them, so a sweep can be split over several runs.
 Method: bench/README.md.
 """
 from __future__ import annotations

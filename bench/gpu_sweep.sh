@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The GPU sweep on an H100/H200, sized for minutes of GPU time (at most 10 minutes a command): install pscfast
-# for the visible GPU, run the test cases that use the GPU (CUDA and Triton against the reference), time every
-# op and the training step, and leave a summary table, the JSON and every log in OUT_DIR.
+# The GPU sweep on an H100/H200, sized for a few minutes of GPU time: install pscfast for the visible GPU, run
+# the test cases that use the GPU (CUDA and Triton against the reference), time every op and the training step,
+# and leave a summary table, the JSON and every log in OUT_DIR.
 #
 #   bash bench/gpu_sweep.sh [OUT_DIR] [PHASE ...]   # OUT_DIR default: $OUT when set, else
 #                                                   # bench/results/sweep-<date>
@@ -14,7 +14,7 @@
 # correlation, warp, local correlation, consistency loss, displacement composition, truncated flow loss,
 # soft-argmax).
 # State lives in .sweep/ of the working tree, which stays between two commands on the same machine: a second
-# command `bash bench/gpu_sweep.sh "$OUT" bench summary` resumes the benchmarks after the cases already measured.
+# command `bash bench/gpu_sweep.sh OUT_DIR bench summary` resumes the benchmarks after the cases already measured.
 # OUT_DIR receives summary.md, the JSON, the similarity-loss plot and logs.tar.gz (build, info, peers, tests and
 # bench logs, tests.xml).
 # Build: pscfast is installed editable into the python that runs the sweep (pip, no network: setup.py maps
@@ -88,7 +88,7 @@ why = [w for w in (None if torch.cuda.is_available() else 'torch sees no CUDA de
                    None if kernels.AVAILABLE else 'Triton: ' + str(kernels.UNAVAILABLE_REASON)) if w]
 sys.exit('not ready for the GPU sweep: ' + '; '.join(why) if why else 0)" \
     || { tar -czf "$out/logs.tar.gz" "$work"; exit 1; }
-  if [[ -d .whl ]]; then  # the peers, when their files were carried along (bench/install_peers.sh download);
+  if [[ -d .whl ]]; then  # the peers, when their files were copied in (bench/install_peers.sh download);
     # built in the background while the tests run, waited for before the benchmarks
     PYTHON="$py" bash bench/install_peers.sh install > "$work/peers.log" 2>&1 &
     peers=$!

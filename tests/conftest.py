@@ -1,6 +1,6 @@
 """Test configuration: CPU-only machines run the Triton kernels in the interpreter (TRITON_INTERPRET=1 must
 be set before pscfast.kernels is first imported, hence here); CUDA cases skip with a visible reason.
-`pytest --gpu-only` keeps only the cases that can use a GPU (a short device call; CI runs the rest)."""
+`pytest --gpu-only` keeps only the cases that can use a GPU (a short run on a GPU machine; CI runs the rest)."""
 import os
 
 import torch
@@ -29,7 +29,7 @@ def _seed():
 def pytest_addoption(parser):
     parser.addoption("--gpu-only", action="store_true",
                      help="run only the cases that can use a GPU: a cuda or triton parameter, 'cuda' in the test's "
-                          "name, or the gpu marker (for a device call; the CPU cases are CI's)")
+                          "name, or the gpu marker (for a run on a GPU machine; the CPU cases are CI's)")
 
 
 def _can_use_gpu(item) -> bool:

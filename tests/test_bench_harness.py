@@ -56,7 +56,7 @@ def test_a_run_killed_midway_keeps_the_cases_it_measured(tmp_path):
     deadline = time.monotonic() + 300
     while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.kill()  # as a device call's time limit does
+    proc.kill()  # as a time limit does
     proc.wait()
     results = json.loads(out.read_text())["results"]
     assert 1 <= len(results) < 4, [r["case"] for r in results]  # written per case, not at the end
