@@ -7,7 +7,7 @@
 Adam (the paper's betas) on the adaptation layers only; the backbone is frozen (random, ImageNet via
 ``--imagenet`` or a PSC checkpoint's encoder via ``--init``). The paper trains 40 epochs at lr 3e-5, divided
 by 5 after 30 epochs, batch 16. The defaults (16 epochs of 6 steps at lr 1e-3 on the synthetic benchmark)
-take 1.5 s of CPU time a step on one thread (96 steps; measured 2026-12-05, README).
+take 1.5 s of CPU time a step on one thread (96 steps; measured 2026-12-05, docs/experiments.md).
 """
 from __future__ import annotations
 
