@@ -92,6 +92,26 @@ def test_matches_reference(device, backend, dtype, case, contiguous, warped):
         assert_close(a, b, scale=float(b.detach().abs().max().clamp_min(1)), msg=name)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_maps(device, backend):
+    """Maps in channels-last memory: a map already at its grid's size is multiplied as it lies (a transposed
+    matrix for the BLAS), the others are resampled; values and gradients are the reference's."""
+    require("correlation", backend, device, torch.float64)
+    # layer 0 direct on both sides, layer 1 resized on both, layer 2: src direct, tgt resized to 4 x 4
+    src, tgt, _ = _inputs([(3, 5, 6, 5, 6), (4, 7, 9, 5, 6), (2, 5, 6, 6, 5)], 2, (5, 6), torch.float64, device)
+    last = [t.contiguous(memory_format=torch.channels_last) for t in src + tgt]
+    assert not any(t.is_contiguous() for t in last)
+
+    def both(fn, s, t, grid, size, **kw):  # layers 0-1 on a 5 x 6 target grid, layer 2 on a 4 x 4 one
+        return torch.cat([fn(s[:2], t[:2], grid, size, **kw), fn(s[2:], t[2:], grid, size, (4, 4), **kw)], 1)
+
+    gout = torch.randn(2, 2 * 30 + 16, 5, 6, dtype=torch.float64, device=device)
+    got = _run(lambda *a: both(correlation, *a, backend=backend), last[:3], last[3:], None, (5, 6), gout)
+    exp = _run(lambda *a: both(ref.correlation, *a), src, tgt, None, (5, 6), gout)
+    for a, b in zip(got, exp):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
