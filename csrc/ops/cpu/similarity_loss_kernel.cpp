@@ -36,6 +36,7 @@
 
 #include "ops/common/resize_matrix.h"
 #include "ops/common/similarity_loss_checks.h"
+#include "ops/cpu/exp_poly.h"
 #include "ops/cpu/vectorize.h"
 
 namespace pscfast {
@@ -43,24 +44,13 @@ namespace {
 
 constexpr int64_t kRows = 64;
 
-// x <- exp(x) over a row. float: branch-free Cody-Waite reduction and a degree-6 polynomial (< 2 ulp for
-// x in [-87, 88]; below -87 it gives ~1e-38 instead of 0, negligible next to the running max's term 1)
-// that vectorises, unlike std::exp; double (gradcheck, parity) keeps std::exp.
+// x <- exp(x) over a row (exp_poly.h).
 PSC_MULTIVERSION void exp_row(float* __restrict x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = std::min(std::max(x[i], -87.0f), 88.0f);
-    const float k = std::floor(v * 1.44269504088896341f + 0.5f);
-    const float r = (v - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
-    const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
-    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    x[i] = p * scale;
-  }
+  for (int64_t i = 0; i < n; ++i) x[i] = exp_poly(x[i]);
 }
 
 void exp_row(double* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+  for (int64_t i = 0; i < n; ++i) x[i] = exp_poly(x[i]);
 }
 
 template <typename T>
