@@ -288,8 +288,8 @@ struct Plan {
 Plan plan(at::TensorList src, at::TensorList tgt, const CorrelationGrids& g, bool has_grid) {
   Plan p;
   for (size_t l = 0; l < src.size(); ++l) {
-    p.src_direct.push_back(!has_grid && src[l].size(2) == g.hs && src[l].size(3) == g.ws);
-    p.tgt_direct.push_back(tgt[l].size(2) == g.ht && tgt[l].size(3) == g.wt);
+    p.src_direct.push_back(direct_src(src[l], g, has_grid));
+    p.tgt_direct.push_back(direct_tgt(tgt[l], g));
   }
   return p;
 }
