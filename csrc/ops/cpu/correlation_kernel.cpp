@@ -79,9 +79,9 @@ struct Side {
   int H, W, oh, ow;
   Axis<T> y, x;  // kResize: the taps along each axis
 
-  Side(const at::Tensor& map, int oh_, int ow_, bool sampled)
-      : C(map.size(1)), H(static_cast<int>(map.size(2))), W(static_cast<int>(map.size(3))), oh(oh_), ow(ow_) {
-    route = sampled ? Route::kGrid : (H == oh && W == ow ? Route::kDirect : Route::kResize);
+  Side(const at::Tensor& map, int oh_, int ow_, Route route_)
+      : route(route_), C(map.size(1)), H(static_cast<int>(map.size(2))), W(static_cast<int>(map.size(3))), oh(oh_),
+        ow(ow_) {
     if (route == Route::kResize) y = Axis<T>(H, oh), x = Axis<T>(W, ow);
   }
   int64_t plane() const { return static_cast<int64_t>(H) * W; }
@@ -273,25 +273,26 @@ class SideMatrix {
   int64_t taps_of_ = -1;
 };
 
-// The layers' maps, contiguous where they are resampled (a direct side's matrix is a view of the map in
-// either stride order, which the BLAS takes as it is).
-std::vector<at::Tensor> prepared(at::TensorList maps, const std::vector<bool>& direct) {
-  std::vector<at::Tensor> out;
-  for (size_t l = 0; l < maps.size(); ++l) out.push_back(direct[l] ? maps[l] : maps[l].contiguous());
-  return out;
-}
-
+// Each layer's routes (correlation_taps.h decides which sides are direct).
 struct Plan {
-  std::vector<bool> src_direct, tgt_direct;
+  std::vector<Route> src, tgt;
 };
 
 Plan plan(at::TensorList src, at::TensorList tgt, const CorrelationGrids& g, bool has_grid) {
   Plan p;
   for (size_t l = 0; l < src.size(); ++l) {
-    p.src_direct.push_back(direct_src(src[l], g, has_grid));
-    p.tgt_direct.push_back(direct_tgt(tgt[l], g));
+    p.src.push_back(direct_src(src[l], g, has_grid) ? Route::kDirect : (has_grid ? Route::kGrid : Route::kResize));
+    p.tgt.push_back(direct_tgt(tgt[l], g) ? Route::kDirect : Route::kResize);
   }
   return p;
+}
+
+// The layers' maps, contiguous where they are resampled (a direct side's matrix is a view of the map in
+// either stride order, which the BLAS takes as it is).
+std::vector<at::Tensor> prepared(at::TensorList maps, const std::vector<Route>& routes) {
+  std::vector<at::Tensor> out;
+  for (size_t l = 0; l < maps.size(); ++l) out.push_back(routes[l] == Route::kDirect ? maps[l] : maps[l].contiguous());
+  return out;
 }
 
 at::Tensor correlation_cpu(at::TensorList src_, at::TensorList tgt_, const c10::optional<at::Tensor>& grid_,
@@ -299,7 +300,7 @@ at::Tensor correlation_cpu(at::TensorList src_, at::TensorList tgt_, const c10::
   const CorrelationGrids g = check_correlation_inputs(src_, tgt_, grid_, size, target_size);
   const auto grid = grid_.has_value() ? grid_->contiguous() : at::Tensor();
   const Plan p = plan(src_, tgt_, g, grid.defined());
-  const auto src = prepared(src_, p.src_direct), tgt = prepared(tgt_, p.tgt_direct);
+  const auto src = prepared(src_, p.src), tgt = prepared(tgt_, p.tgt);
   const int64_t N = src[0].size(0), nL = static_cast<int64_t>(src.size());
   const int64_t Ss = g.Ss(), St = g.St();
   auto out = at::empty({N, nL * St, g.hs, g.ws}, src[0].options());
@@ -308,7 +309,7 @@ at::Tensor correlation_cpu(at::TensorList src_, at::TensorList tgt_, const c10::
   AT_DISPATCH_FLOATING_TYPES(src[0].scalar_type(), "correlation_cpu", [&] {
     using T = scalar_t;
     for (int64_t l = 0; l < nL; ++l) {
-      const Side<T> ts(tgt[l], g.ht, g.wt, false), ss(src[l], g.hs, g.ws, grid.defined());
+      const Side<T> ts(tgt[l], g.ht, g.wt, p.tgt[l]), ss(src[l], g.hs, g.ws, p.src[l]);
       for_sample_blocks(N, [&](int64_t n0, int64_t n1) {
         SideMatrix<T> Rt(ts, tgt[l], grid), Rs(ss, src[l], grid);
         for (int64_t n = n0; n < n1; ++n) {
@@ -327,7 +328,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
   const CorrelationGrids g = check_correlation_inputs(src_, tgt_, grid_, size, target_size);
   const auto grid = grid_.has_value() ? grid_->contiguous() : at::Tensor();
   const Plan p = plan(src_, tgt_, g, grid.defined());
-  const auto src = prepared(src_, p.src_direct), tgt = prepared(tgt_, p.tgt_direct);
+  const auto src = prepared(src_, p.src), tgt = prepared(tgt_, p.tgt);
   const int64_t N = src[0].size(0), nL = static_cast<int64_t>(src.size());
   const int64_t Ss = g.Ss(), St = g.St();
   TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == N && grad_out.size(1) == nL * St && grad_out.size(2) == g.hs &&
@@ -341,23 +342,23 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
   };
   std::vector<at::Tensor> dsrc, dtgt;
   for (int64_t l = 0; l < nL; ++l) {
-    if (need_src) dsrc.push_back(grad(src[l], p.src_direct[l]));
-    if (need_tgt) dtgt.push_back(grad(tgt[l], p.tgt_direct[l]));
+    if (need_src) dsrc.push_back(grad(src[l], p.src[l] == Route::kDirect));
+    if (need_tgt) dtgt.push_back(grad(tgt[l], p.tgt[l] == Route::kDirect));
   }
   auto dgrid = need_grid ? at::zeros(grid.sizes(), grid.options()) : at::empty({0}, src[0].options());
   if (N == 0) return {dsrc, dtgt, dgrid};
   AT_DISPATCH_FLOATING_TYPES(src[0].scalar_type(), "correlation_backward_cpu", [&] {
     using T = scalar_t;
     for (int64_t l = 0; l < nL; ++l) {
-      const Side<T> ts(tgt[l], g.ht, g.wt, false), ss(src[l], g.hs, g.ws, grid.defined());
+      const Side<T> ts(tgt[l], g.ht, g.wt, p.tgt[l]), ss(src[l], g.hs, g.ws, p.src[l]);
       for_sample_blocks(N, [&](int64_t n0, int64_t n1) {
         SideMatrix<T> Rt(ts, tgt[l], grid), Rs(ss, src[l], grid);
-        at::Tensor dRt = need_tgt && !p.tgt_direct[l] ? Rt.grad_buffer() : at::Tensor();
-        at::Tensor dRs = (need_src || need_grid) && !p.src_direct[l] ? Rs.grad_buffer() : at::Tensor();
+        at::Tensor dRt = need_tgt && ts.route != Route::kDirect ? Rt.grad_buffer() : at::Tensor();
+        at::Tensor dRs = (need_src || need_grid) && ss.route != Route::kDirect ? Rs.grad_buffer() : at::Tensor();
         for (int64_t n = n0; n < n1; ++n) {
           const auto G = gout.select(0, n).narrow(0, l * St, St);  // (S_t, S_s)
           if (need_tgt) {
-            if (p.tgt_direct[l]) {
+            if (ts.route == Route::kDirect) {
               auto d = dtgt[l].select(0, n).view({ts.C, St});
               at::mm_out(d, Rs.of(n), G.t());
             } else {
@@ -365,7 +366,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
               Rt.adjoint(dRt, n, dtgt[l]);
             }
           }
-          if (need_src && p.src_direct[l]) {
+          if (need_src && ss.route == Route::kDirect) {
             auto d = dsrc[l].select(0, n).view({ss.C, Ss});
             at::mm_out(d, Rt.of(n), G);
           } else if (need_src || need_grid) {
