@@ -99,18 +99,24 @@ def _triton(src, tgt, grid, size, target_size):
 CORRELATION = register_op(Op("correlation", {"cpp": _cpp, "triton": _triton, "torch": _reference.correlation}))
 
 
+def _layer(op: str, name: str, t) -> torch.Tensor:
+    t = _checks.tensor(op, name, t, dims=4)
+    if t.shape[1] == 0:
+        raise ValueError(f"pscfast.ops.{op}: {name} has no channels, shape {tuple(t.shape)}")
+    _checks.nonempty_spatial(op, name, t)
+    return t
+
+
 def _layers(op: str, name: str, value) -> list[torch.Tensor]:
+    # a valid single tensor, then list / tuple, first: the Sequence check and the argument names' f-strings
+    # cost microseconds per call, and a small global correlation's whole op costs a few hundred
     if isinstance(value, torch.Tensor):
-        value = [value]
-    # list and tuple first: the Sequence check alone costs microseconds per call
+        if value.dim() == 4 and value.is_floating_point() and all(value.shape[1:]):
+            return [value]
+        return [_layer(op, f"{name}[0]", value)]
     if not isinstance(value, (list, tuple)) and not isinstance(value, Sequence) or len(value) == 0:
         raise TypeError(f"pscfast.ops.{op}: {name} must be a non-empty sequence of (N, C, H, W) tensors")
-    layers = [_checks.tensor(op, f"{name}[{i}]", t, dims=4) for i, t in enumerate(value)]
-    for i, t in enumerate(layers):
-        if t.shape[1] == 0:
-            raise ValueError(f"pscfast.ops.{op}: {name}[{i}] has no channels, shape {tuple(t.shape)}")
-        _checks.nonempty_spatial(op, f"{name}[{i}]", t)
-    return layers
+    return [_layer(op, f"{name}[{i}]", t) for i, t in enumerate(value)]
 
 
 def correlation(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor], grid: torch.Tensor | None = None,

@@ -6,9 +6,9 @@
 // Otherwise the side is resampled into a scratch buffer, reused across a block of samples (never a copy of
 // the whole batch): resized separably (A_y X A_x^T: a blend of two rows, then two taps along the row), or
 // sampled at the grid (four taps). One GEMM per sample and layer writes
-// out[n, l S_t : (l + 1) S_t] = R_t^T R_s, so a single-layer correlation of maps at their grid sizes
-// (GLU-Net's, SFNet's and RAFT's global correlation) is the batched product of the plain PyTorch version,
-// through the same BLAS, and costs what it costs.
+// out[n, l S_t : (l + 1) S_t] = R_t^T R_s; a layer with both sides direct is one batched product over the
+// samples, so a single-layer correlation of maps at their grid sizes (GLU-Net's, SFNet's and RAFT's global
+// correlation) is the torch.bmm of the plain PyTorch version, through the same BLAS, and costs what it costs.
 // Backward, per sample and layer, with G = grad block (S_t, S_s):
 //   dR_t = R_s G^T and dR_s = R_t G (GEMMs), written straight into the gradient of a direct side; otherwise
 //   into scratch and sent back through the adjoint of the resampling (A_y^T dR A_x; the grid's taps), one
@@ -20,6 +20,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
@@ -287,6 +288,13 @@ Plan plan(at::TensorList src, at::TensorList tgt, const CorrelationGrids& g, boo
   return p;
 }
 
+// Both sides of layer l as they lie: the layer is one batched product (a single call, as torch.bmm is; the
+// BLAS parallelises over the batch), forward and backward.
+inline bool both_direct(const Plan& p, int64_t l) { return p.src[l] == Route::kDirect && p.tgt[l] == Route::kDirect; }
+
+// A direct side's maps as (N, C, S) matrices: a view of contiguous or channels-last maps.
+inline at::Tensor batch_matrix(const at::Tensor& map, int64_t S) { return map.reshape({map.size(0), map.size(1), S}); }
+
 // The layers' maps, contiguous where they are resampled (a direct side's matrix is a view of the map in
 // either stride order, which the BLAS takes as it is).
 std::vector<at::Tensor> prepared(at::TensorList maps, const std::vector<Route>& routes) {
@@ -309,12 +317,17 @@ at::Tensor correlation_cpu(at::TensorList src_, at::TensorList tgt_, const c10::
   AT_DISPATCH_FLOATING_TYPES(src[0].scalar_type(), "correlation_cpu", [&] {
     using T = scalar_t;
     for (int64_t l = 0; l < nL; ++l) {
+      auto block = out3.narrow(1, l * St, St);
+      if (both_direct(p, l)) {
+        at::bmm_out(block, batch_matrix(tgt[l], St).transpose(1, 2), batch_matrix(src[l], Ss));
+        continue;
+      }
       const Side<T> ts(tgt[l], g.ht, g.wt, p.tgt[l]), ss(src[l], g.hs, g.ws, p.src[l]);
       for_sample_blocks(N, [&](int64_t n0, int64_t n1) {
         SideMatrix<T> Rt(ts, tgt[l], grid), Rs(ss, src[l], grid);
         for (int64_t n = n0; n < n1; ++n) {
-          auto block = out3.select(0, n).narrow(0, l * St, St);
-          at::mm_out(block, Rt.of(n).t(), Rs.of(n));
+          auto sample_block = block.select(0, n);
+          at::mm_out(sample_block, Rt.of(n).t(), Rs.of(n));
         }
       });
     }
@@ -350,6 +363,18 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
   AT_DISPATCH_FLOATING_TYPES(src[0].scalar_type(), "correlation_backward_cpu", [&] {
     using T = scalar_t;
     for (int64_t l = 0; l < nL; ++l) {
+      if (both_direct(p, l)) {
+        const auto G = gout.narrow(1, l * St, St);  // (N, S_t, S_s)
+        if (need_tgt) {
+          auto d = dtgt[l].view({N, -1, St});
+          at::bmm_out(d, batch_matrix(src[l], Ss), G.transpose(1, 2));
+        }
+        if (need_src) {
+          auto d = dsrc[l].view({N, -1, Ss});
+          at::bmm_out(d, batch_matrix(tgt[l], St), G);
+        }
+        continue;
+      }
       const Side<T> ts(tgt[l], g.ht, g.wt, p.tgt[l]), ss(src[l], g.hs, g.ws, p.src[l]);
       for_sample_blocks(N, [&](int64_t n0, int64_t n1) {
         SideMatrix<T> Rt(ts, tgt[l], grid), Rs(ss, src[l], grid);
