@@ -170,7 +170,7 @@ def _params(corr, beta, sigma, target_size):
     return torch.tensor(values, dtype=accumulation(corr.dtype)[1]).to(corr.device)
 
 
-def soft_argmax_fwd(corr, beta, sigma, target_size, normalize):
+def kernel_soft_argmax(corr, beta, sigma, target_size, normalize):
     """corr contiguous (N, Ht * Wt, Hs, Ws) -> (N, Hs, Ws, 2)."""
     N, T, Hs, Ws = corr.shape
     S = Hs * Ws
@@ -181,8 +181,11 @@ def soft_argmax_fwd(corr, beta, sigma, target_size, normalize):
     return out
 
 
-def soft_argmax_bwd(grad_out, corr, beta, sigma, target_size, normalize):
-    """d L / d corr (N, Ht * Wt, Hs, Ws) from grad_out (N, Hs, Ws, 2), both contiguous."""
+def kernel_soft_argmax_backward(grad_out, corr, beta, sigma, target_size, normalize, output_mask):
+    """d L / d corr (N, Ht * Wt, Hs, Ws) from grad_out (N, Hs, Ws, 2), both contiguous; None when
+    output_mask[0] is false."""
+    if not output_mask[0]:
+        return None
     N, T, Hs, Ws = corr.shape
     S = Hs * Ws
     grad = torch.empty_like(corr)

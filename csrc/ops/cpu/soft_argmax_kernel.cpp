@@ -21,6 +21,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -247,8 +248,10 @@ at::Tensor soft_argmax_cpu(const at::Tensor& corr_, double beta, double sigma, c
 }
 
 at::Tensor soft_argmax_backward_cpu(const at::Tensor& grad_out, const at::Tensor& corr_, double beta, double sigma,
-                                    c10::IntArrayRef target_size, c10::string_view normalize) {
+                                    c10::IntArrayRef target_size, c10::string_view normalize,
+                                    std::array<bool, 1> output_mask) {
   const SoftArgmaxShape sh = check_soft_argmax(corr_, beta, sigma, target_size, normalize);
+  if (!output_mask[0]) return at::Tensor();
   check_soft_argmax_grad(grad_out, corr_, sh);
   const auto corr = corr_.contiguous();
   const auto gout = grad_out.contiguous();

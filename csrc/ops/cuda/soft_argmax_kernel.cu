@@ -12,6 +12,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <array>
+
 #include "ops/common/soft_argmax_checks.h"
 #include "ops/common/soft_argmax_math.h"
 #include "ops/cuda/launch.cuh"
@@ -157,8 +159,10 @@ at::Tensor soft_argmax_cuda(const at::Tensor& corr_, double beta, double sigma, 
 }
 
 at::Tensor soft_argmax_backward_cuda(const at::Tensor& grad_out, const at::Tensor& corr_, double beta, double sigma,
-                                     c10::IntArrayRef target_size, c10::string_view normalize) {
+                                     c10::IntArrayRef target_size, c10::string_view normalize,
+                                     std::array<bool, 1> output_mask) {
   const SoftArgmaxShape sh = check_soft_argmax(corr_, beta, sigma, target_size, normalize);
+  if (!output_mask[0]) return at::Tensor();
   check_soft_argmax_grad(grad_out, corr_, sh);
   const c10::cuda::CUDAGuard guard(corr_.device());
   const auto corr = corr_.contiguous();
