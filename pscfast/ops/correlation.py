@@ -32,7 +32,7 @@ def _register() -> None:
     def _(grad_out, src, tgt, grid, size, target_size, output_mask):
         dsrc = [_fake.like(s) for s in src] if output_mask[0] else []
         dtgt = [_fake.like(t) for t in tgt] if output_mask[1] else []
-        dgrid = _fake.like(grid) if output_mask[2] and grid is not None else src[0].new_empty((0,))
+        dgrid = _fake.like(grid) if output_mask[2] and grid is not None else None
         return dsrc, dtgt, dgrid
 
     torch.library.define("pscfast::_correlation_reference_backward",
@@ -48,7 +48,7 @@ def _register() -> None:
             _reference.correlation, (src, tgt, grid, tuple(size), tuple(target_size)), grad_out, (*need, False, False))
         fill = lambda grads, maps: [torch.zeros_like(m) if d is None else d for d, m in zip(grads, maps)]  # noqa: E731
         return (fill(dsrc, src) if output_mask[0] else [], fill(dtgt, tgt) if output_mask[1] else [],
-                dgrid if output_mask[2] and dgrid is not None else src[0].new_empty((0,)))
+                dgrid if output_mask[2] else None)
 
 
 if _extension.loaded():
@@ -70,7 +70,7 @@ class _CorrelationTriton(torch.autograd.Function):
         ctx.save_for_backward(grid, *maps)  # the inputs themselves: second derivatives differentiate through them
         maps = [m.contiguous() for m in maps]
         grid = grid.contiguous() if grid is not None else None
-        return k.correlation_fwd(maps[:layers], maps[layers:], grid, size, target_size)
+        return k.correlation(maps[:layers], maps[layers:], grid, size, target_size)
 
     @staticmethod
     def backward(ctx, grad):
@@ -84,11 +84,11 @@ class _CorrelationTriton(torch.autograd.Function):
                 lambda g, s, t: _reference.correlation(s, t, g, ctx.size, ctx.target_size),
                 (grid, maps[:L], maps[L:]), grad, (need[3], list(need[4:4 + L]), list(need[4 + L:])))
             return (None, None, None, dgrid, *dsrc, *dtgt)
-        dsrc, dtgt, dgrid = k.correlation_bwd(grad.contiguous(), [m.contiguous() for m in maps[:L]],
-                                              [m.contiguous() for m in maps[L:]],
-                                              grid.contiguous() if grid is not None else None, ctx.size,
-                                              ctx.target_size, any(need[4:4 + L]), any(need[4 + L:]),
-                                              ctx.has_grid and need[3])
+        mask = [any(need[4:4 + L]), any(need[4 + L:]), ctx.has_grid and need[3]]
+        dsrc, dtgt, dgrid = k.correlation_backward(grad.contiguous(), [m.contiguous() for m in maps[:L]],
+                                                   [m.contiguous() for m in maps[L:]],
+                                                   grid.contiguous() if grid is not None else None, ctx.size,
+                                                   ctx.target_size, mask)
         return (None, None, None, dgrid, *(dsrc or [None] * L), *(dtgt or [None] * L))
 
 

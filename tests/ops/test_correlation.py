@@ -2,6 +2,7 @@
 rectangular grids, RAFT's all-pairs volume, half precision, gradcheck, gradgradcheck, opcheck, the grid's
 gradient alone. The coordinate contract, determinism, the Module and bad input are in
 test_correlation_contract.py."""
+import itertools
 from pathlib import Path
 
 import pytest
@@ -211,3 +212,33 @@ def test_only_required_gradients():
     gout = torch.randn_like(out)
     assert_close(torch.autograd.grad(out, grid, gout)[0], torch.autograd.grad(exp, grid, gout)[0], scale=10.0)
 
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_backward_output_mask(backend):
+    """ATen's output_mask (src, tgt, grid): the backward op and the Triton launcher return an empty list for a
+    masked map gradient and None for a masked grid gradient, and every other gradient unchanged."""
+    dtype = torch.float64 if backend == "cpp" else torch.float32  # the Triton kernels take no float64
+    require("correlation", backend, "cpu", dtype)
+    if backend == "cpp":
+        backward = torch.ops.pscfast._correlation_backward
+    else:
+        from pscfast.kernels import correlation_backward as k
+
+        backward = k.correlation_backward
+    src, tgt, grid = _inputs([(2, 5, 6, 3, 4), (3, 4, 4, 3, 3)], 2, (3, 2), dtype, "cpu")
+    gout = torch.randn(2, 2 * 12, 3, 2, dtype=dtype)
+    # both layers on a 3 x 4 target grid; layer 1's target (3 x 3) is resized, layer 0's (3 x 4) is direct
+    for g in (None, grid):
+        full = backward(gout, src, tgt, g, [3, 2], [3, 4], [True, True, True])
+        assert len(full[0]) == 2 and len(full[1]) == 2 and (full[2] is None) == (g is None)
+        for mask in itertools.product((False, True), repeat=3):
+            got = backward(gout, src, tgt, g, [3, 2], [3, 4], list(mask))
+            for want, grads, expected in zip(mask[:2], got[:2], full[:2]):
+                assert len(grads) == (2 if want else 0)
+                for a, b in zip(grads, expected):
+                    assert torch.equal(a, b)
+            if mask[2] and g is not None:
+                assert torch.equal(got[2], full[2])
+            else:
+                assert got[2] is None

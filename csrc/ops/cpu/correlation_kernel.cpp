@@ -358,7 +358,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
     if (need_src) dsrc.push_back(grad(src[l], p.src[l] == Route::kDirect));
     if (need_tgt) dtgt.push_back(grad(tgt[l], p.tgt[l] == Route::kDirect));
   }
-  auto dgrid = need_grid ? at::zeros(grid.sizes(), grid.options()) : at::empty({0}, src[0].options());
+  auto dgrid = need_grid ? at::zeros(grid.sizes(), grid.options()) : at::Tensor();  // masked: undefined (None)
   if (N == 0) return {dsrc, dtgt, dgrid};
   AT_DISPATCH_FLOATING_TYPES(src[0].scalar_type(), "correlation_backward_cpu", [&] {
     using T = scalar_t;

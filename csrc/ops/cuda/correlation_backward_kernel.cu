@@ -204,7 +204,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
   const bool need_src = mask[0], need_tgt = mask[1], need_grid = mask[2] && grid.defined();
   const auto gout = grad_out.to(src[0].scalar_type()).contiguous();
   std::vector<at::Tensor> dsrc, dtgt;
-  at::Tensor dgrid = at::empty({0}, src[0].options());
+  at::Tensor dgrid;  // masked or without a grid: undefined (None)
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src[0].scalar_type(), "correlation_backward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
