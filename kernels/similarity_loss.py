@@ -227,7 +227,7 @@ def _fwd_chunk(w, t, tau, nonneg, ce, wmax, stats):
     wmax.copy_(rowmax.amax(1))
 
 
-def similarity_loss_fwd(fw, ft, tau: float, size: int):
+def similarity_loss(fw, ft, tau: float, size: int):
     """Layer lists fw, ft (N, C_l, H_l, W_l) -> ce (N, P), weight (N, P) (min-max scaled), stats (N, 5, P)
     float32: 1/max(a, eps), 1/max(b, eps), lse, [a >= eps], [b >= eps]."""
     n, p, dev = fw[0].shape[0], size * size, fw[0].device
@@ -244,14 +244,18 @@ def similarity_loss_fwd(fw, ft, tau: float, size: int):
     return ce.to(fw[0].dtype), weight.to(fw[0].dtype), stats
 
 
-def similarity_loss_bwd(grad_ce: torch.Tensor, fw, ft, stats: torch.Tensor, tau: float, size: int, need_ft: bool):
-    """Gradients (dfw, dft or None: lists shaped like the layers) of sum(grad_ce * ce)."""
+def similarity_loss_backward(grad_ce: torch.Tensor, fw, ft, stats: torch.Tensor, tau: float, size: int,
+                             output_mask):
+    """Gradients (dfw, dft: lists shaped like the layers, empty when masked) of sum(grad_ce * ce)."""
+    need_fw, need_ft = output_mask
     n, p = fw[0].shape[0], size * size
     rw, rt, ranges = _plans(fw, ft, size)
     itau = 1.0 / tau
     g = grad_ce.contiguous()
-    dfw = [torch.empty(f.shape, dtype=f.dtype, device=f.device) for f in fw]
-    dft = [torch.empty(f.shape, dtype=f.dtype, device=f.device) for f in ft] if need_ft else None
+    dfw = [torch.empty(f.shape, dtype=f.dtype, device=f.device) for f in fw] if need_fw else []
+    dft = [torch.empty(f.shape, dtype=f.dtype, device=f.device) for f in ft] if need_ft else []
+    if not (need_fw or need_ft):
+        return dfw, dft
     for n0, n1 in ranges:
         w, t = rw.resize(fw, n0, n1), rt.resize(ft, n0, n1)
         gc, st, c = g[n0:n1], stats[n0:n1], rw.channels
@@ -262,9 +266,10 @@ def similarity_loss_bwd(grad_ce: torch.Tensor, fw, ft, stats: torch.Tensor, tau:
         _bwd_u_kernel[(n1 - n0, nb)](w, t, gc, st, u, c, p, itau, BLOCK, BLOCK, BK, prec)
         _bwd_v_kernel[(n1 - n0, nb)](w, t, gc, st, u, v, c, p, itau, BLOCK, BLOCK, BK, prec)
         grid = (n1 - n0, nb, triton.cdiv(c, BK))
-        dw = torch.empty_like(w)
-        _bwd_df_kernel[grid](w, t, gc, st, u, v, dw, c, p, itau, True, BLOCK, BLOCK, BK, BK, prec)
-        rw.adjoint(dw, n0, dfw)
+        if need_fw:
+            dw = torch.empty_like(w)
+            _bwd_df_kernel[grid](w, t, gc, st, u, v, dw, c, p, itau, True, BLOCK, BLOCK, BK, BK, prec)
+            rw.adjoint(dw, n0, dfw)
         if need_ft:
             dt = torch.empty_like(t)
             _bwd_df_kernel[grid](t, w, gc, st, u, v, dt, c, p, itau, False, BLOCK, BLOCK, BK, BK, prec)
