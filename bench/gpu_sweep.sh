@@ -111,7 +111,7 @@ if want bench; then
   echo "== benchmarks ($(date -u +%T), ${SECONDS} s)"
   slug=$("$py" -c "from bench.conftest import _slug; print(_slug())")  # the suite's own file name
   suites=()
-  for s in similarity_loss train_step correlation warp local_correlation consistency soft_argmax; do
+  for s in similarity_loss train_step correlation warp local_correlation consistency kernel_soft_argmax; do
     suites+=("bench/bench_$s.py")
   done
   bounded 3600 "$py" -m pytest "${suites[@]}" --benchmark -q -p no:cacheprovider \

@@ -10,7 +10,7 @@ from pscfast.ops.cycle import ComposeDisplacement, TruncatedFlowLoss, compose_di
 from pscfast.ops.local_correlation import (LocalCorrelation, SpatialCorrelationSampler, local_correlation,
                                           spatial_correlation_sample)
 from pscfast.ops.similarity_loss import SimilarityLoss, similarity_loss
-from pscfast.ops.soft_argmax import KernelSoftArgmax, kernel_soft_argmax
+from pscfast.ops.kernel_soft_argmax import KernelSoftArgmax, kernel_soft_argmax
 from pscfast.ops.warp import Warp, WarpDisplacement, warp, warp_displacement
 
 __all__ = [

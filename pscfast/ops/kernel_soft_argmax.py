@@ -61,7 +61,7 @@ def _cpp(corr, beta, sigma, target_size, normalize):
 class _KernelSoftArgmaxTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, corr, beta, sigma, target_size, normalize):
-        from pscfast.kernels import soft_argmax as k
+        from pscfast.kernels import kernel_soft_argmax as k
 
         ctx.save_for_backward(corr)  # the input itself: second derivatives differentiate through it
         ctx.args = (beta, sigma, target_size, normalize)
@@ -69,7 +69,7 @@ class _KernelSoftArgmaxTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from pscfast.kernels import soft_argmax as k
+        from pscfast.kernels import kernel_soft_argmax as k
 
         (corr,) = ctx.saved_tensors
         if _higher_order.recording():

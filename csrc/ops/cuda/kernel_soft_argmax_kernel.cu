@@ -1,6 +1,6 @@
 // pscfast::kernel_soft_argmax on CUDA: float, double, half and bfloat16 (accumulation in float for the half
 // types). One thread per source position streams its correlation row (stride S between target positions, so
-// a warp reads consecutive addresses). Math and conventions: ops/common/soft_argmax_math.h.
+// a warp reads consecutive addresses). Math and conventions: ops/common/kernel_soft_argmax_math.h.
 // Forward: pass 1 norm and first argmax, pass 2 maximum of k n, pass 3 sum and expected position.
 // Backward: the same, then pass 4 <n, nb> and pass 5 writes each gradient element once: deterministic.
 #include <ATen/Dispatch.h>
@@ -14,8 +14,8 @@
 
 #include <array>
 
-#include "ops/common/soft_argmax_checks.h"
-#include "ops/common/soft_argmax_math.h"
+#include "ops/common/kernel_soft_argmax_checks.h"
+#include "ops/common/kernel_soft_argmax_math.h"
 #include "ops/cuda/launch.cuh"
 
 namespace pscfast {

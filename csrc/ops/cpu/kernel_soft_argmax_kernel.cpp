@@ -1,5 +1,5 @@
 // pscfast::kernel_soft_argmax on the CPU: forward and backward, float and double. Math and conventions:
-// ops/common/soft_argmax_math.h.
+// ops/common/kernel_soft_argmax_math.h.
 // corr (N, T, S) is read target row by target row, so every loop runs over a tile of contiguous source
 // positions: free functions over __restrict arrays without branches, which vectorise (PSC_MULTIVERSION adds
 // an AVX2 build); tiles of (sample, source positions) run in parallel (at::parallel_for).
@@ -25,8 +25,8 @@
 #include <cmath>
 #include <vector>
 
-#include "ops/common/soft_argmax_checks.h"
-#include "ops/common/soft_argmax_math.h"
+#include "ops/common/kernel_soft_argmax_checks.h"
+#include "ops/common/kernel_soft_argmax_math.h"
 #include "ops/cpu/exp_poly.h"
 #include "ops/cpu/vectorize.h"
 
@@ -63,7 +63,7 @@ PSC_MULTIVERSION void gaussian_factors(const double* __restrict g, int n, int ns
 // Pass 2 over row q = (qx, qy): z = k c / r in double (z_out), k = wx[qx] wy[qy] (also in T into k_out when
 // given), and the running first argmax of z. z is formed in double because its rounding error reaches the
 // softmax multiplied by beta: a float z (k and n rounded, 1.5 ulp) moves the exponent beta (z - z_p) by
-// 1e-4 at beta = 1000, and gave 2.2-2.7x SFNet's float32 gradient error (test_soft_argmax_sfnet).
+// 1e-4 at beta = 1000, and gave 2.2-2.7x SFNet's float32 gradient error (test_kernel_soft_argmax_sfnet).
 template <typename T>
 PSC_MULTIVERSION void kernel_row(const T* __restrict c, int ns, int32_t q, const double* __restrict wx,
                                  const double* __restrict wy, const double* __restrict inv_r, T* __restrict k_out,

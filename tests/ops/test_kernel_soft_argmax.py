@@ -5,7 +5,7 @@ import torch
 
 from pscfast.ops import KernelSoftArgmax, kernel_soft_argmax
 from pscfast.ops import _reference as ref
-from pscfast.ops.soft_argmax import NORMALIZE
+from pscfast.ops.kernel_soft_argmax import NORMALIZE
 from tests.utils import BACKENDS, assert_close, noncontiguous, require
 
 # (N, Ht, Wt, Hs, Ws)
@@ -127,7 +127,7 @@ def test_backward_output_mask(backend):
     if backend == "cpp":
         backward = torch.ops.pscfast._kernel_soft_argmax_backward
     else:
-        from pscfast.kernels import soft_argmax as k
+        from pscfast.kernels import kernel_soft_argmax as k
 
         backward = k.kernel_soft_argmax_backward
     corr = torch.randn(2, 12, 3, 2, dtype=dtype, requires_grad=True)
@@ -143,7 +143,7 @@ def test_argument_order_is_one_everywhere():
     backward adds grad_out first and output_mask last, and sizes are symbolic."""
     import inspect
 
-    from pscfast.kernels import soft_argmax as k
+    from pscfast.kernels import kernel_soft_argmax as k
 
     names = ["corr", "beta", "sigma", "target_size", "normalize"]
     assert list(inspect.signature(kernel_soft_argmax).parameters)[:5] == names
