@@ -281,3 +281,20 @@ def test_module_equals_function():
         assert torch.equal(x, y)
     for x, y in zip(SimilarityLoss(0.01, (6, 6))(fw, ft), similarity_loss(fw, ft, 0.01, 6)):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["nonneg", "signed"])
+def test_saved_stats_are_one_layout(signed):
+    """The C++ op and the Triton launcher save the same stats (N, 3, P): raw column L1 sums, raw row L1 sums
+    and the columns' log-sum-exp, so one backward could read the other's."""
+    require("similarity_loss", "cpp", "cpu", torch.float32)
+    require("similarity_loss", "triton", "cpu", torch.float32)
+    from pscfast.kernels import similarity_loss as k
+
+    g = torch.Generator().manual_seed(0)
+    fw = [torch.rand(2, 5, 4, 3, generator=g) - 0.5 * signed, torch.rand(2, 2, 2, 2, generator=g)]
+    ft = [torch.rand(2, 5, 3, 3, generator=g), torch.rand(2, 2, 5, 4, generator=g)]
+    _, _, cpp = torch.ops.pscfast.similarity_loss(fw, ft, 0.1, 3)
+    _, _, triton = k.similarity_loss(fw, ft, 0.1, 3)
+    assert cpp.shape == triton.shape == (2, 3, 9)
+    assert_close(triton, cpp)
