@@ -9,7 +9,8 @@
 // out[n, l S_t : (l + 1) S_t] = R_t^T R_s; a layer with both sides direct is one batched product over the
 // samples, so a single-layer correlation of maps at their grid sizes (GLU-Net's, SFNet's and RAFT's global
 // correlation) is the torch.bmm of the plain PyTorch version, through the same BLAS, and costs what it costs.
-// Backward, per sample and layer, with G = grad block (S_t, S_s):
+// Backward, per sample and layer (batched over the samples where both sides are direct), with G = grad block
+// (S_t, S_s):
 //   dR_t = R_s G^T and dR_s = R_t G (GEMMs), written straight into the gradient of a direct side; otherwise
 //   into scratch and sent back through the adjoint of the resampling (A_y^T dR A_x; the grid's taps), one
 //   task per channel block visiting the positions in order, so every element of the input gradient is
@@ -19,8 +20,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/bmm.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
