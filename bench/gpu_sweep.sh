@@ -114,7 +114,7 @@ if want bench; then
   slug=$("$py" -c "from bench.conftest import _slug; print(_slug())")  # the suite's own file name
   suites=()
   for s in similarity_loss train_step correlation warp local_correlation consistency_loss compose_displacement \
-      truncated_flow_loss soft_argmax; do
+      truncated_flow_loss kernel_soft_argmax; do
     suites+=("bench/bench_$s.py")
   done
   bounded 3600 "$py" -m pytest "${suites[@]}" --benchmark -q -p no:cacheprovider \

@@ -143,7 +143,7 @@ def _dummy_tables(acc_t, device):
     return i, f, i, f
 
 
-def correlation_fwd(src, tgt, grid, size, target_size):
+def correlation(src, tgt, grid, size, target_size):
     N, L = src[0].shape[0], len(src)
     (hs, ws), (ht, wt) = size, target_size
     out = torch.empty((N, L * ht * wt, hs, ws), device=src[0].device, dtype=src[0].dtype)

@@ -140,8 +140,11 @@ def _adjoint(dr, grid, tables, shape, out_size, acc, acc_t, dtype):
     return dx
 
 
-def correlation_bwd(gout, src, tgt, grid, size, target_size, need_src, need_tgt, need_grid):
-    """(dsrc list or None, dtgt list or None, dgrid or None); gout (N, L * ht * wt, hs, ws) contiguous."""
+def correlation_backward(grad_out, src, tgt, grid, size, target_size, output_mask):
+    """(dsrc, dtgt, dgrid) as pscfast::_correlation_backward returns them: a list of per-layer gradients for
+    src and for tgt, empty when masked, and dgrid, None when masked or without a grid; grad_out
+    (N, L * ht * wt, hs, ws) contiguous."""
+    need_src, need_tgt, need_grid = output_mask
     N, L = src[0].shape[0], len(src)
     (hs, ws), (ht, wt) = size, target_size
     Ss, St = hs * ws, ht * wt
@@ -160,7 +163,7 @@ def correlation_bwd(gout, src, tgt, grid, size, target_size, need_src, need_tgt,
         if need_tgt:  # x = src (resized or sampled), y = tgt
             dr = torch.empty((N, C, St), device=device, dtype=acc_t)
             correlation_bwd_resampled_kernel[(triton.cdiv(C, BC), triton.cdiv(St, BS), N)](
-                s, t, g, gout, dr, dr, *st, C, Hs, Ws, Ht, Wt, Ss, ws, St, Ss, l, L, X_GRID=grid is not None,
+                s, t, g, grad_out, dr, dr, *st, C, Hs, Ws, Ht, Wt, Ss, ws, St, Ss, l, L, X_GRID=grid is not None,
                 WRT_SRC=False, NEED_GRID=False, **flags)
             dtgt.append(_adjoint(dr, None, tt, t.shape, target_size, acc, acc_t, dtype))
         if need_src or need_grid:  # x = tgt (resized), y = src
@@ -168,7 +171,7 @@ def correlation_bwd(gout, src, tgt, grid, size, target_size, need_src, need_tgt,
             launch = (triton.cdiv(C, BC), triton.cdiv(Ss, BS), N)
             part = torch.empty((N, launch[0], Ss, 2), device=device, dtype=acc_t) if need_grid else dr
             correlation_bwd_resampled_kernel[launch](
-                t, s, g, gout, dr, part, *tt, C, Ht, Wt, Hs, Ws, St, wt, Ss, Ss, l, L, X_GRID=False, WRT_SRC=True,
+                t, s, g, grad_out, dr, part, *tt, C, Ht, Wt, Hs, Ws, St, wt, Ss, Ss, l, L, X_GRID=False, WRT_SRC=True,
                 NEED_GRID=need_grid, **flags)
             if need_src:
                 dsrc.append(_adjoint(dr, grid, st, s.shape, size, acc, acc_t, dtype))
@@ -180,4 +183,4 @@ def correlation_bwd(gout, src, tgt, grid, size, target_size, need_src, need_tgt,
         for p in parts[1:]:
             dgrid = dgrid + p
         dgrid = dgrid.view(N, hs, ws, 2).to(dtype)
-    return (dsrc if need_src else None), (dtgt if need_tgt else None), dgrid
+    return dsrc, dtgt, dgrid

@@ -206,8 +206,15 @@ def _plans(fw, ft, size):
     return rw, rt, chunks(fw[0].shape[0], rw.channels, size * size, fw[0].element_size())
 
 
+def _working(a, b, lse):
+    """The kernels' table (B, 5, P) float32 from the saved stats' rows: 1/max(a, eps), 1/max(b, eps), lse,
+    [a >= eps], [b >= eps] (lse left to the forward kernel to fill when None)."""
+    return torch.stack([1 / a.clamp_min(EPS), 1 / b.clamp_min(EPS), torch.empty_like(a) if lse is None else lse,
+                        (a >= EPS).float(), (b >= EPS).float()], dim=1)
+
+
 def _fwd_chunk(w, t, tau, nonneg, ce, wmax, stats):
-    """One chunk of resized features w, t (B, C, P): ce, raw row maxima wmax (B, P), stats (B, 5, P)."""
+    """One chunk of resized features w, t (B, C, P): ce, raw row maxima wmax (B, P), stats (B, 3, P)."""
     n, c, p = w.shape
     grid = (n, triton.cdiv(p, BLOCK))
     prec = _prec(w)
@@ -220,22 +227,22 @@ def _fwd_chunk(w, t, tau, nonneg, ce, wmax, stats):
         b = torch.empty_like(a)
         _colsum_abs_kernel[grid](w, t, a, c, p, BLOCK, BLOCK, BK, prec)
         _rowsum_abs_kernel[grid](w, t, 1 / a.clamp_min(EPS), b, c, p, BLOCK, BLOCK, BK, prec)
-    stats.copy_(torch.stack([1 / a.clamp_min(EPS), 1 / b.clamp_min(EPS), torch.empty_like(a), (a >= EPS).float(),
-                             (b >= EPS).float()], dim=1))
+    work = _working(a, b, None)
     rowmax = torch.empty(n, grid[1], p, dtype=torch.float32, device=w.device)
-    _fwd_kernel[grid](w, t, stats, ce, rowmax, c, p, 1.0 / tau, BLOCK, BLOCK, BK, prec)
+    _fwd_kernel[grid](w, t, work, ce, rowmax, c, p, 1.0 / tau, BLOCK, BLOCK, BK, prec)
     wmax.copy_(rowmax.amax(1))
+    stats.copy_(torch.stack([a, b, work[:, 2]], dim=1))
 
 
-def similarity_loss_fwd(fw, ft, tau: float, size: int):
-    """Layer lists fw, ft (N, C_l, H_l, W_l) -> ce (N, P), weight (N, P) (min-max scaled), stats (N, 5, P)
-    float32: 1/max(a, eps), 1/max(b, eps), lse, [a >= eps], [b >= eps]."""
+def similarity_loss(fw, ft, tau: float, size: int):
+    """Layer lists fw, ft (N, C_l, H_l, W_l) -> ce (N, P), weight (N, P) (min-max scaled), stats (N, 3, P)
+    float32 as the C++ op saves them: raw column L1 sums a, raw row L1 sums b and each column's log-sum-exp."""
     n, p, dev = fw[0].shape[0], size * size, fw[0].device
     rw, rt, ranges = _plans(fw, ft, size)
     # a bilinear resize of non-negative maps is non-negative
     nonneg = all(bool(f.min() >= 0) for f in (*fw, *ft))
     ce, wmax = (torch.empty(n, p, dtype=torch.float32, device=dev) for _ in range(2))
-    stats = torch.empty(n, 5, p, dtype=torch.float32, device=dev)
+    stats = torch.empty(n, 3, p, dtype=torch.float32, device=dev)
     for n0, n1 in ranges:
         _fwd_chunk(rw.resize(fw, n0, n1), rt.resize(ft, n0, n1), tau, nonneg, ce[n0:n1], wmax[n0:n1],
                    stats[n0:n1])
@@ -244,17 +251,21 @@ def similarity_loss_fwd(fw, ft, tau: float, size: int):
     return ce.to(fw[0].dtype), weight.to(fw[0].dtype), stats
 
 
-def similarity_loss_bwd(grad_ce: torch.Tensor, fw, ft, stats: torch.Tensor, tau: float, size: int, need_ft: bool):
-    """Gradients (dfw, dft or None: lists shaped like the layers) of sum(grad_ce * ce)."""
+def similarity_loss_backward(grad_ce: torch.Tensor, fw, ft, stats: torch.Tensor, tau: float, size: int,
+                             output_mask):
+    """Gradients (dfw, dft: lists shaped like the layers, empty when masked) of sum(grad_ce * ce)."""
+    need_fw, need_ft = output_mask
     n, p = fw[0].shape[0], size * size
     rw, rt, ranges = _plans(fw, ft, size)
     itau = 1.0 / tau
     g = grad_ce.contiguous()
-    dfw = [torch.empty(f.shape, dtype=f.dtype, device=f.device) for f in fw]
-    dft = [torch.empty(f.shape, dtype=f.dtype, device=f.device) for f in ft] if need_ft else None
+    dfw = [torch.empty(f.shape, dtype=f.dtype, device=f.device) for f in fw] if need_fw else []
+    dft = [torch.empty(f.shape, dtype=f.dtype, device=f.device) for f in ft] if need_ft else []
+    if not (need_fw or need_ft):
+        return dfw, dft
     for n0, n1 in ranges:
         w, t = rw.resize(fw, n0, n1), rt.resize(ft, n0, n1)
-        gc, st, c = g[n0:n1], stats[n0:n1], rw.channels
+        gc, st, c = g[n0:n1], _working(*stats[n0:n1].unbind(1)), rw.channels
         u = torch.empty(n1 - n0, p, dtype=torch.float32, device=w.device)
         v = torch.empty_like(u)
         nb = triton.cdiv(p, BLOCK)
@@ -262,9 +273,10 @@ def similarity_loss_bwd(grad_ce: torch.Tensor, fw, ft, stats: torch.Tensor, tau:
         _bwd_u_kernel[(n1 - n0, nb)](w, t, gc, st, u, c, p, itau, BLOCK, BLOCK, BK, prec)
         _bwd_v_kernel[(n1 - n0, nb)](w, t, gc, st, u, v, c, p, itau, BLOCK, BLOCK, BK, prec)
         grid = (n1 - n0, nb, triton.cdiv(c, BK))
-        dw = torch.empty_like(w)
-        _bwd_df_kernel[grid](w, t, gc, st, u, v, dw, c, p, itau, True, BLOCK, BLOCK, BK, BK, prec)
-        rw.adjoint(dw, n0, dfw)
+        if need_fw:
+            dw = torch.empty_like(w)
+            _bwd_df_kernel[grid](w, t, gc, st, u, v, dw, c, p, itau, True, BLOCK, BLOCK, BK, BK, prec)
+            rw.adjoint(dw, n0, dfw)
         if need_ft:
             dt = torch.empty_like(t)
             _bwd_df_kernel[grid](t, w, gc, st, u, v, dt, c, p, itau, False, BLOCK, BLOCK, BK, BK, prec)

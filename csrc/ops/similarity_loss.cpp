@@ -11,10 +11,14 @@
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
   m.def("similarity_loss(Tensor[] fw, Tensor[] ft, float tau, SymInt size) -> (Tensor ce, Tensor weight, "
         "Tensor stats)");
-  // grad_ft comes back as an empty list when need_ft is false
+  // output_mask: (fw, ft); a masked gradient comes back as an empty list
   m.def("_similarity_loss_backward(Tensor grad_ce, Tensor[] fw, Tensor[] ft, Tensor stats, float tau, "
-        "SymInt size, bool need_ft) -> (Tensor[] grad_fw, Tensor[] grad_ft)");
-  // The ops' resize on its own (layers -> (N, sum C_l, size^2)) and its adjoint: internal, for tests
-  m.def("_similarity_resize(Tensor[] layers, SymInt size) -> Tensor");
-  m.def("_similarity_resize_adjoint(Tensor grad, Tensor[] layers, SymInt size) -> Tensor[]");
+        "SymInt size, bool[2] output_mask) -> (Tensor[] grad_fw, Tensor[] grad_ft)");
+}
+
+// The ops' resize on its own (layers -> (N, sum C_l, size^2)) and its adjoint, for the tests: a library of its
+// own, so that the public pscfast:: namespace holds the ops alone.
+TORCH_LIBRARY(pscfast_testing, m) {
+  m.def("similarity_resize(Tensor[] layers, SymInt size) -> Tensor");
+  m.def("similarity_resize_adjoint(Tensor grad, Tensor[] layers, SymInt size) -> Tensor[]");
 }

@@ -8,10 +8,10 @@ from pscfast.ops.compose import Compose, compose
 from pscfast.ops.compose_displacement import ComposeDisplacement, compose_displacement
 from pscfast.ops.consistency_loss import ConsistencyLoss, consistency_loss
 from pscfast.ops.correlation import Correlation, correlation
+from pscfast.ops.kernel_soft_argmax import KernelSoftArgmax, kernel_soft_argmax
 from pscfast.ops.local_correlation import (LocalCorrelation, SpatialCorrelationSampler, local_correlation,
                                           spatial_correlation_sample)
 from pscfast.ops.similarity_loss import SimilarityLoss, similarity_loss
-from pscfast.ops.soft_argmax import KernelSoftArgmax, kernel_soft_argmax
 from pscfast.ops.truncated_flow_loss import TruncatedFlowLoss, truncated_flow_loss
 from pscfast.ops.warp import Warp, WarpDisplacement, warp, warp_displacement
 

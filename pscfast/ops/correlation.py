@@ -1,10 +1,13 @@
 """correlation: PSC's global multi-layer correlation, the STN's input (Lu, Wang, Fan, ICML 2023; the
 release), on square or rectangular grids.
 
-Backends: cpp (CPU: per-sample scratch buffers + GEMM; CUDA: fused tiles), triton, torch (reference). The
-fused GPU kernels resize or sample the maps while they load them, so no resized copy of the maps is
-written to memory; the CPU kernel keeps one sample's resized maps in a scratch buffer. Backward passes are
-hand-written and deterministic; second derivatives come from the reference.
+Backends: cpp (CPU: per-sample scratch buffers + GEMM; CUDA: fused tiles), triton, torch (reference). A map
+already at its grid's size is multiplied as it lies, with the BLAS (cuBLAS on CUDA), so a single-layer
+correlation without resampling is a batched matrix product. Otherwise the fused GPU kernels resize or
+sample the maps while they load them, so no resized copy of the maps is written to memory; the CPU kernel
+keeps one sample's resized maps in a scratch buffer. Backward passes are hand-written and deterministic,
+the cpp backend's autograd is C++ (csrc/ops/correlation_autograd.cpp); second derivatives come from the
+reference.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from ._dispatch import Op, register_op
 
 
 def _register() -> None:
-    """Fake (meta) and autograd implementations of the compiled pscfast::correlation ops."""
+    """Fake (meta) implementations of the compiled pscfast::correlation ops, and the reference backward that
+    their C++ autograd (csrc/ops/correlation_autograd.cpp) calls when autograd records the backward."""
     @torch.library.register_fake("pscfast::correlation")
     def _(src, tgt, grid, size, target_size):
         return src[0].new_empty((src[0].shape[0], len(src) * target_size[0] * target_size[1], size[0], size[1]))
@@ -29,30 +33,23 @@ def _register() -> None:
     def _(grad_out, src, tgt, grid, size, target_size, output_mask):
         dsrc = [_fake.like(s) for s in src] if output_mask[0] else []
         dtgt = [_fake.like(t) for t in tgt] if output_mask[1] else []
-        dgrid = _fake.like(grid) if output_mask[2] and grid is not None else src[0].new_empty((0,))
+        dgrid = _fake.like(grid) if output_mask[2] and grid is not None else None
         return dsrc, dtgt, dgrid
 
-    def setup(ctx, inputs, output):
-        src, tgt, grid, size, target_size = inputs
-        ctx.layers, ctx.has_grid = len(src), grid is not None
-        ctx.size, ctx.target_size = tuple(size), tuple(target_size)
-        ctx.save_for_backward(*src, *tgt, *([grid] if grid is not None else []))
+    torch.library.define("pscfast::_correlation_reference_backward",
+                         "(Tensor grad_out, Tensor[] src, Tensor[] tgt, Tensor? grid, SymInt[2] size, "
+                         "SymInt[2] target_size, bool[3] output_mask) -> (Tensor[], Tensor[], Tensor)")
 
-    def backward(ctx, grad):
-        saved, L = ctx.saved_tensors, ctx.layers
-        src, tgt = list(saved[:L]), list(saved[L:2 * L])
-        grid = saved[2 * L] if ctx.has_grid else None
-        if _higher_order.recording():
-            return _higher_order.reference_grads(_reference.correlation, (src, tgt, grid, ctx.size, ctx.target_size),
-                                                 grad, ctx.needs_input_grad)
-        need = [any(n) if isinstance(n, (list, tuple)) else bool(n) for n in ctx.needs_input_grad[:3]]
-        mask = [need[0], need[1], ctx.has_grid and need[2]]
-        dsrc, dtgt, dgrid = torch.ops.pscfast._correlation_backward(grad.contiguous(), src, tgt, grid, list(ctx.size),
-                                                                    list(ctx.target_size), mask)
-        none = [None] * L  # a list input takes a list of gradients
-        return (dsrc if mask[0] else none, dtgt if mask[1] else none, dgrid if mask[2] else None, None, None)
-
-    torch.library.register_autograd("pscfast::correlation", backward, setup_context=setup)
+    @torch.library.impl("pscfast::_correlation_reference_backward", "CompositeImplicitAutograd")
+    def _(grad_out, src, tgt, grid, size, target_size, output_mask):
+        """_correlation_backward's gradients, differentiable: those of the reference (_higher_order)."""
+        need = ([output_mask[0] and s.requires_grad for s in src], [output_mask[1] and t.requires_grad for t in tgt],
+                output_mask[2] and grid is not None and grid.requires_grad)
+        dsrc, dtgt, dgrid, _, _ = _higher_order.reference_grads(
+            _reference.correlation, (src, tgt, grid, tuple(size), tuple(target_size)), grad_out, (*need, False, False))
+        fill = lambda grads, maps: [torch.zeros_like(m) if d is None else d for d, m in zip(grads, maps)]  # noqa: E731
+        return (fill(dsrc, src) if output_mask[0] else [], fill(dtgt, tgt) if output_mask[1] else [],
+                dgrid if output_mask[2] else None)
 
 
 if _extension.loaded():
@@ -74,7 +71,7 @@ class _CorrelationTriton(torch.autograd.Function):
         ctx.save_for_backward(grid, *maps)  # the inputs themselves: second derivatives differentiate through them
         maps = [m.contiguous() for m in maps]
         grid = grid.contiguous() if grid is not None else None
-        return k.correlation_fwd(maps[:layers], maps[layers:], grid, size, target_size)
+        return k.correlation(maps[:layers], maps[layers:], grid, size, target_size)
 
     @staticmethod
     def backward(ctx, grad):
@@ -88,11 +85,11 @@ class _CorrelationTriton(torch.autograd.Function):
                 lambda g, s, t: _reference.correlation(s, t, g, ctx.size, ctx.target_size),
                 (grid, maps[:L], maps[L:]), grad, (need[3], list(need[4:4 + L]), list(need[4 + L:])))
             return (None, None, None, dgrid, *dsrc, *dtgt)
-        dsrc, dtgt, dgrid = k.correlation_bwd(grad.contiguous(), [m.contiguous() for m in maps[:L]],
-                                              [m.contiguous() for m in maps[L:]],
-                                              grid.contiguous() if grid is not None else None, ctx.size,
-                                              ctx.target_size, any(need[4:4 + L]), any(need[4 + L:]),
-                                              ctx.has_grid and need[3])
+        mask = [any(need[4:4 + L]), any(need[4 + L:]), ctx.has_grid and need[3]]
+        dsrc, dtgt, dgrid = k.correlation_backward(grad.contiguous(), [m.contiguous() for m in maps[:L]],
+                                                   [m.contiguous() for m in maps[L:]],
+                                                   grid.contiguous() if grid is not None else None, ctx.size,
+                                                   ctx.target_size, mask)
         return (None, None, None, dgrid, *(dsrc or [None] * L), *(dtgt or [None] * L))
 
 
@@ -103,17 +100,24 @@ def _triton(src, tgt, grid, size, target_size):
 CORRELATION = register_op(Op("correlation", {"cpp": _cpp, "triton": _triton, "torch": _reference.correlation}))
 
 
+def _layer(op: str, name: str, t) -> torch.Tensor:
+    t = _checks.tensor(op, name, t, dims=4)
+    if t.shape[1] == 0:
+        raise ValueError(f"pscfast.ops.{op}: {name} has no channels, shape {tuple(t.shape)}")
+    _checks.nonempty_spatial(op, name, t)
+    return t
+
+
 def _layers(op: str, name: str, value) -> list[torch.Tensor]:
+    # a valid single tensor, then list / tuple, first: the Sequence check and the argument names' f-strings
+    # cost microseconds per call, and a small global correlation's whole op costs a few hundred
     if isinstance(value, torch.Tensor):
-        value = [value]
-    if not isinstance(value, Sequence) or len(value) == 0:
+        if value.dim() == 4 and value.is_floating_point() and all(value.shape[1:]):
+            return [value]
+        return [_layer(op, f"{name}[0]", value)]
+    if not isinstance(value, (list, tuple)) and not isinstance(value, Sequence) or len(value) == 0:
         raise TypeError(f"pscfast.ops.{op}: {name} must be a non-empty sequence of (N, C, H, W) tensors")
-    layers = [_checks.tensor(op, f"{name}[{i}]", t, dims=4) for i, t in enumerate(value)]
-    for i, t in enumerate(layers):
-        if t.shape[1] == 0:
-            raise ValueError(f"pscfast.ops.{op}: {name}[{i}] has no channels, shape {tuple(t.shape)}")
-        _checks.nonempty_spatial(op, f"{name}[{i}]", t)
-    return layers
+    return [_layer(op, f"{name}[{i}]", t) for i, t in enumerate(value)]
 
 
 def correlation(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor], grid: torch.Tensor | None = None,
@@ -153,7 +157,9 @@ def correlation(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor], grid: 
     for name, (h, w) in (("size", size), ("target_size", target_size)):
         if h * w >= 1 << 31:
             raise ValueError(f"pscfast.ops.{op}: {name} {(h, w)} has {h * w} positions; at most 2^31 - 1")
-    _checks.same_device(op, **{f"src[{i}]": s for i, s in enumerate(src)}, **{f"tgt[{i}]": t for i, t in enumerate(tgt)})
+    if len({t.device for t in (*src, *tgt)}) > 1:  # the named message only when it fails
+        _checks.same_device(op, **{f"src[{i}]": s for i, s in enumerate(src)},
+                            **{f"tgt[{i}]": t for i, t in enumerate(tgt)})
     if grid is not None:
         _checks.tensor(op, "grid", grid, dims=4, last=2)
         if tuple(grid.shape[:3]) != (src[0].shape[0], *size):
@@ -161,9 +167,11 @@ def correlation(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor], grid: 
                              f"{size[1]}, 2), got {tuple(grid.shape)}")
         _checks.same_device(op, src=src[0], grid=grid)
         _checks.finite(op, "grid", grid)
-    *tensors, = _checks.promote(*src, *tgt, *([grid] if grid is not None else []))
-    src, tgt = tensors[: len(src)], tensors[len(src): 2 * len(src)]
-    grid = tensors[-1] if grid is not None else None
+    tensors = [*src, *tgt, *([grid] if grid is not None else [])]
+    if any(t.dtype != tensors[0].dtype for t in tensors):
+        tensors = _checks.promote(*tensors)
+        src, tgt = tensors[: len(src)], tensors[len(src): 2 * len(src)]
+        grid = tensors[-1] if grid is not None else None
     _, impl = CORRELATION.select(backend, src[0])
     return impl(src, tgt, grid, size, target_size)
 

@@ -31,14 +31,15 @@ def _register() -> None:
         return x.new_empty((n, p)), x.new_empty((n, p)), x.new_empty((n, 3, p), dtype=stats_dtype)
 
     @torch.library.register_fake("pscfast::_similarity_loss_backward")
-    def _(grad_ce, fw, ft, stats, tau, size, need_ft):
-        return [_fake.like(x) for x in fw], ([_fake.like(x) for x in ft] if need_ft else [])
+    def _(grad_ce, fw, ft, stats, tau, size, output_mask):
+        return ([_fake.like(x) for x in fw] if output_mask[0] else []), ([_fake.like(x) for x in ft]
+                                                                         if output_mask[1] else [])
 
-    @torch.library.register_fake("pscfast::_similarity_resize")
+    @torch.library.register_fake("pscfast_testing::similarity_resize")
     def _(layers, size):
         return layers[0].new_empty((layers[0].shape[0], sum(x.shape[1] for x in layers), size * size))
 
-    @torch.library.register_fake("pscfast::_similarity_resize_adjoint")
+    @torch.library.register_fake("pscfast_testing::similarity_resize_adjoint")
     def _(grad, layers, size):
         return [_fake.like(x) for x in layers]
 
@@ -58,7 +59,7 @@ def _register() -> None:
             return dfw, dft, None, None
         need = [any(n) if isinstance(n, (list, tuple)) else bool(n) for n in ctx.needs_input_grad[:2]]
         dfw, dft = torch.ops.pscfast._similarity_loss_backward(grad_ce.contiguous(), layers[:L], layers[L:], stats,
-                                                                ctx.tau, ctx.size, need[1])
+                                                                ctx.tau, ctx.size, need)
         none = [None] * L  # a list input takes a list of gradients
         return (dfw if need[0] else none), (dft if need[1] else none), None, None
 
@@ -81,7 +82,7 @@ class _SimilarityLossTriton(torch.autograd.Function):
     def forward(ctx, tau, size, layers, *maps):
         from pscfast.kernels import similarity_loss as k
 
-        ce, weight, stats = k.similarity_loss_fwd(maps[:layers], maps[layers:], tau, size)
+        ce, weight, stats = k.similarity_loss(maps[:layers], maps[layers:], tau, size)
         ctx.save_for_backward(stats, *maps)
         ctx.tau, ctx.size, ctx.layers = tau, size, layers
         ctx.mark_non_differentiable(weight)
@@ -98,8 +99,9 @@ class _SimilarityLossTriton(torch.autograd.Function):
                 lambda *m: _reference.similarity_loss(m[:L], m[L:], ctx.tau, ctx.size), maps, (grad_ce, None),
                 need[3:])
             return (None, None, None, *dmaps)
-        dfw, dft = k.similarity_loss_bwd(grad_ce, maps[:L], maps[L:], stats, ctx.tau, ctx.size, any(need[3 + L:]))
-        return (None, None, None, *dfw, *(dft or [None] * L))
+        dfw, dft = k.similarity_loss_backward(grad_ce, maps[:L], maps[L:], stats, ctx.tau, ctx.size,
+                                              [any(need[3:3 + L]), any(need[3 + L:])])
+        return (None, None, None, *(dfw or [None] * L), *(dft or [None] * L))
 
 
 def _triton(fw, ft, tau, size):

@@ -2,6 +2,7 @@
 rectangular grids, RAFT's all-pairs volume, half precision, gradcheck, gradgradcheck, opcheck, the grid's
 gradient alone. The coordinate contract, determinism, the Module and bad input are in
 test_correlation_contract.py."""
+import itertools
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,26 @@ def test_matches_reference(device, backend, dtype, case, contiguous, warped):
     for name, a, b in zip(names, got, exp):
         # outputs and gradients are sums over channels and positions: atol scales with their magnitude
         assert_close(a, b, scale=float(b.detach().abs().max().clamp_min(1)), msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_channels_last_maps(device, backend):
+    """Maps in channels-last memory: a map already at its grid's size is multiplied as it lies (a transposed
+    matrix for the BLAS), the others are resampled; values and gradients are the reference's."""
+    require("correlation", backend, device, torch.float64)
+    # layer 0 direct on both sides, layer 1 resized on both, layer 2: src direct, tgt resized to 4 x 4
+    src, tgt, _ = _inputs([(3, 5, 6, 5, 6), (4, 7, 9, 5, 6), (2, 5, 6, 6, 5)], 2, (5, 6), torch.float64, device)
+    last = [t.contiguous(memory_format=torch.channels_last) for t in src + tgt]
+    assert not any(t.is_contiguous() for t in last)
+
+    def both(fn, s, t, grid, size, **kw):  # layers 0-1 on a 5 x 6 target grid, layer 2 on a 4 x 4 one
+        return torch.cat([fn(s[:2], t[:2], grid, size, **kw), fn(s[2:], t[2:], grid, size, (4, 4), **kw)], 1)
+
+    gout = torch.randn(2, 2 * 30 + 16, 5, 6, dtype=torch.float64, device=device)
+    got = _run(lambda *a: both(correlation, *a, backend=backend), last[:3], last[3:], None, (5, 6), gout)
+    exp = _run(lambda *a: both(ref.correlation, *a), src, tgt, None, (5, 6), gout)
+    for a, b in zip(got, exp):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 @pytest.mark.gpu
@@ -191,3 +212,33 @@ def test_only_required_gradients():
     gout = torch.randn_like(out)
     assert_close(torch.autograd.grad(out, grid, gout)[0], torch.autograd.grad(exp, grid, gout)[0], scale=10.0)
 
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_backward_output_mask(backend):
+    """ATen's output_mask (src, tgt, grid): the backward op and the Triton launcher return an empty list for a
+    masked map gradient and None for a masked grid gradient, and every other gradient unchanged."""
+    dtype = torch.float64 if backend == "cpp" else torch.float32  # the Triton kernels take no float64
+    require("correlation", backend, "cpu", dtype)
+    if backend == "cpp":
+        backward = torch.ops.pscfast._correlation_backward
+    else:
+        from pscfast.kernels import correlation_backward as k
+
+        backward = k.correlation_backward
+    src, tgt, grid = _inputs([(2, 5, 6, 3, 4), (3, 4, 4, 3, 3)], 2, (3, 2), dtype, "cpu")
+    gout = torch.randn(2, 2 * 12, 3, 2, dtype=dtype)
+    # both layers on a 3 x 4 target grid; layer 1's target (3 x 3) is resized, layer 0's (3 x 4) is direct
+    for g in (None, grid):
+        full = backward(gout, src, tgt, g, [3, 2], [3, 4], [True, True, True])
+        assert len(full[0]) == 2 and len(full[1]) == 2 and (full[2] is None) == (g is None)
+        for mask in itertools.product((False, True), repeat=3):
+            got = backward(gout, src, tgt, g, [3, 2], [3, 4], list(mask))
+            for want, grads, expected in zip(mask[:2], got[:2], full[:2]):
+                assert len(grads) == (2 if want else 0)
+                for a, b in zip(grads, expected):
+                    assert torch.equal(a, b)
+            if mask[2] and g is not None:
+                assert torch.equal(got[2], full[2])
+            else:
+                assert got[2] is None

@@ -3,8 +3,10 @@ Triton launcher `pscfast.kernels.<op>.<op>_backward` take one bool per different
 gradient masked out (nothing allocated, nothing computed) and the very same values for the others; opcheck accepts
 each mask; autograd asks for exactly the gradients of the inputs that require one.
 
-CASES is a table, one entry per op: the backward op's arguments before output_mask and where its differentiable
-inputs sit among them, and the public function that reaches it through autograd.
+CASES is a table, one entry per op with tensor inputs: the backward op's arguments before output_mask and where its
+differentiable inputs sit among them, and the public function that reaches it through autograd. The two ops whose
+differentiable inputs are lists of layers, correlation and similarity_loss, return an empty list for a masked
+gradient; their own test files check each mask (test_backward_output_mask).
 """
 from __future__ import annotations
 
@@ -72,13 +74,23 @@ CASES = {
         lambda d: (_randn(d), _randn(d, 2, 2, 5, 4, scale=3.0), _randn(d, 2, 2, 5, 4, scale=3.0),
                    torch.rand(2, 1, 5, 4, dtype=DTYPE, device=d), 4.0),
         (1, 2, 3), lambda b, p, t, m: ops.truncated_flow_loss(p, t, m, 4.0, backend=b)),
+    "kernel_soft_argmax": Case(
+        lambda d: (_randn(d, 2, 5, 3, 2), _randn(d, 2, 20, 5, 3), 30.0, 2.0, [4, 5], "sfnet"),
+        (1,), lambda b, c: ops.kernel_soft_argmax(c, 30.0, 2.0, (4, 5), "sfnet", backend=b)),
 }
 
 
 def _backward(op: str, backend: str) -> Callable:
     if backend == "cpp":
-        return getattr(torch.ops.pscfast, f"_{op}_backward")
-    return getattr(importlib.import_module(f"pscfast.kernels.{op}"), f"{op}_backward")
+        call = getattr(torch.ops.pscfast, f"_{op}_backward")
+    else:
+        call = getattr(importlib.import_module(f"pscfast.kernels.{op}"), f"{op}_backward")
+    return lambda *args: _gradients(call(*args))
+
+
+def _gradients(out) -> tuple:
+    """A backward op's result as a tuple of gradients (an op with one differentiable input returns it bare)."""
+    return (out,) if out is None or isinstance(out, torch.Tensor) else tuple(out)
 
 
 def _masks(k: int):

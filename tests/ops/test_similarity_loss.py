@@ -179,9 +179,36 @@ def test_opcheck():
         fw = [f.detach() for f in fw]
         _, _, stats = torch.ops.pscfast.similarity_loss(fw, ft, 0.1, 3)
         g = torch.rand(2, 9, dtype=torch.float64)
-        for need_ft in (True, False)[: 2 - signed]:
+        for mask in ([True, True], [True, False], [False, True], [False, False])[: 4 - 3 * signed]:
             torch.library.opcheck(torch.ops.pscfast._similarity_loss_backward.default,
-                                  (g, fw, ft, stats, 0.1, 3, need_ft))
+                                  (g, fw, ft, stats, 0.1, 3, mask))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_backward_output_mask(backend):
+    """ATen's output_mask (fw, ft): the backward op and the Triton launcher return an empty list for a masked
+    gradient and the others unchanged."""
+    dtype = torch.float64 if backend == "cpp" else torch.float32  # the Triton kernels take no float64
+    require("similarity_loss", backend, "cpu", dtype)
+    fw = [torch.rand(2, 5, 4, 3, dtype=dtype), torch.rand(2, 2, 2, 2, dtype=dtype)]
+    ft = [torch.rand(2, 5, 3, 3, dtype=dtype), torch.rand(2, 2, 5, 4, dtype=dtype)]
+    if backend == "cpp":
+        _, _, stats = torch.ops.pscfast.similarity_loss(fw, ft, 0.1, 3)
+        backward = torch.ops.pscfast._similarity_loss_backward
+    else:
+        from pscfast.kernels import similarity_loss as k
+
+        _, _, stats = k.similarity_loss(fw, ft, 0.1, 3)
+        backward = k.similarity_loss_backward
+    g = torch.rand(2, 9, dtype=dtype)
+    full = backward(g, fw, ft, stats, 0.1, 3, [True, True])
+    assert len(full[0]) == 2 and len(full[1]) == 2
+    for mask in ([True, False], [False, True], [False, False]):
+        got = backward(g, fw, ft, stats, 0.1, 3, mask)
+        for want, grads, expected in zip(mask, got, full):
+            assert len(grads) == (2 if want else 0)
+            for a, b in zip(grads, expected):
+                assert torch.equal(a, b)
 
 
 def test_chunks_give_the_same_result_as_one_chunk(device, monkeypatch):
@@ -254,3 +281,20 @@ def test_module_equals_function():
         assert torch.equal(x, y)
     for x, y in zip(SimilarityLoss(0.01, (6, 6))(fw, ft), similarity_loss(fw, ft, 0.01, 6)):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("signed", [False, True], ids=["nonneg", "signed"])
+def test_saved_stats_are_one_layout(signed):
+    """The C++ op and the Triton launcher save the same stats (N, 3, P): raw column L1 sums, raw row L1 sums
+    and the columns' log-sum-exp, so one backward could read the other's."""
+    require("similarity_loss", "cpp", "cpu", torch.float32)
+    require("similarity_loss", "triton", "cpu", torch.float32)
+    from pscfast.kernels import similarity_loss as k
+
+    g = torch.Generator().manual_seed(0)
+    fw = [torch.rand(2, 5, 4, 3, generator=g) - 0.5 * signed, torch.rand(2, 2, 2, 2, generator=g)]
+    ft = [torch.rand(2, 5, 3, 3, generator=g), torch.rand(2, 2, 5, 4, generator=g)]
+    _, _, cpp = torch.ops.pscfast.similarity_loss(fw, ft, 0.1, 3)
+    _, _, triton = k.similarity_loss(fw, ft, 0.1, 3)
+    assert cpp.shape == triton.shape == (2, 3, 9)
+    assert_close(triton, cpp)

@@ -24,8 +24,8 @@ def test_resize_and_adjoint_match_interpolate(impl, dtype):
     size, n, c = 7, 3, sum(x.shape[1] for x in layers)
     grad = torch.randn(n, c, size * size, generator=gen, dtype=dtype)
     if impl == "cpp":
-        got = torch.ops.pscfast._similarity_resize(layers, size)
-        got_adj = torch.ops.pscfast._similarity_resize_adjoint(grad, layers, size)
+        got = torch.ops.pscfast_testing.similarity_resize(layers, size)
+        got_adj = torch.ops.pscfast_testing.similarity_resize_adjoint(grad, layers, size)
     else:
         r = _resize.ConcatResize(layers, size, dtype)
         got, got_adj = r.resize(layers, 0, n), [torch.empty_like(x) for x in layers]
@@ -42,6 +42,14 @@ def test_resize_and_adjoint_match_interpolate(impl, dtype):
 def test_opcheck():
     require("similarity_loss", "cpp", "cpu", torch.float64)
     layers = [torch.rand(2, 5, 4, 3, dtype=torch.float64), torch.rand(2, 2, 3, 3, dtype=torch.float64)]
-    torch.library.opcheck(torch.ops.pscfast._similarity_resize.default, (layers, 3))
-    torch.library.opcheck(torch.ops.pscfast._similarity_resize_adjoint.default,
+    torch.library.opcheck(torch.ops.pscfast_testing.similarity_resize.default, (layers, 3))
+    torch.library.opcheck(torch.ops.pscfast_testing.similarity_resize_adjoint.default,
                           (torch.rand(2, 7, 9, dtype=torch.float64), layers, 3))
+
+
+def test_test_only_ops_are_outside_the_public_namespace():
+    """The resize ops exist for these tests alone: pscfast_testing::, not the public pscfast::."""
+    require("similarity_loss", "cpp", "cpu", torch.float64)
+    for name in ("similarity_resize", "similarity_resize_adjoint"):
+        assert hasattr(torch.ops.pscfast_testing, name)
+        assert not hasattr(torch.ops.pscfast, f"_{name}")

@@ -66,6 +66,17 @@ struct CorrelationGrids {
   int64_t St() const { return static_cast<int64_t>(ht) * wt; }
 };
 
+// A side of a layer is direct when its map is already at its grid's size (src: and is not sampled at a grid):
+// the resize is the identity there (the reference skips interpolate), so the kernels multiply the map as
+// it lies, with the BLAS, and its gradient is the product itself.
+inline bool direct_tgt(const at::Tensor& tgt, const CorrelationGrids& g) {
+  return tgt.size(2) == g.ht && tgt.size(3) == g.wt;
+}
+
+inline bool direct_src(const at::Tensor& src, const CorrelationGrids& g, bool has_grid) {
+  return !has_grid && src.size(2) == g.hs && src.size(3) == g.ws;
+}
+
 // Argument checks for direct torch.ops.pscfast calls (pscfast.ops.correlation checks first, in words).
 inline CorrelationGrids check_correlation_inputs(at::TensorList src, at::TensorList tgt,
                                                  const c10::optional<at::Tensor>& grid, c10::IntArrayRef size,

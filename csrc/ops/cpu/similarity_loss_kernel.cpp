@@ -28,6 +28,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -36,6 +37,7 @@
 
 #include "ops/common/resize_matrix.h"
 #include "ops/common/similarity_loss_checks.h"
+#include "ops/cpu/exp_poly.h"
 #include "ops/cpu/vectorize.h"
 
 namespace pscfast {
@@ -43,24 +45,13 @@ namespace {
 
 constexpr int64_t kRows = 64;
 
-// x <- exp(x) over a row. float: branch-free Cody-Waite reduction and a degree-6 polynomial (< 2 ulp for
-// x in [-87, 88]; below -87 it gives ~1e-38 instead of 0, negligible next to the running max's term 1)
-// that vectorises, unlike std::exp; double (gradcheck, parity) keeps std::exp.
+// x <- exp(x) over a row (exp_poly.h).
 PSC_MULTIVERSION void exp_row(float* __restrict x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = std::min(std::max(x[i], -87.0f), 88.0f);
-    const float k = std::floor(v * 1.44269504088896341f + 0.5f);
-    const float r = (v - k * 0.693145751953125f) - k * 1.428606765330187e-06f;
-    const float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
-    const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof(scale));
-    x[i] = p * scale;
-  }
+  for (int64_t i = 0; i < n; ++i) x[i] = exp_poly(x[i]);
 }
 
 void exp_row(double* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+  for (int64_t i = 0; i < n; ++i) x[i] = exp_poly(x[i]);
 }
 
 template <typename T>
@@ -252,7 +243,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cpu(at::TensorLis
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_backward_cpu(
     const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau,
-    int64_t size, bool need_ft) {
+    int64_t size, std::array<bool, 2> output_mask) {
+  const bool need_fw = output_mask[0], need_ft = output_mask[1];
   check_similarity_inputs(fw_, ft_, tau, size);
   check_similarity_backward(grad_, fw_, stats_, size);
   const std::vector<at::Tensor> fw = detached(fw_), ft = detached(ft_);
@@ -261,8 +253,9 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_bac
   const int64_t N = fw[0].size(0), C = rw.channels(), P = size * size, rows = grid_row_block(size);
   const at::Tensor grad = grad_.detach().to(opts.dtype()).contiguous();
   const at::Tensor stats = stats_.detach().to(opts.dtype()).contiguous();
-  std::vector<at::Tensor> dfw = empty_like_layers(fw);
+  std::vector<at::Tensor> dfw = need_fw ? empty_like_layers(fw) : std::vector<at::Tensor>();
   std::vector<at::Tensor> dft = need_ft ? empty_like_layers(ft) : std::vector<at::Tensor>();
+  if (!need_fw && !need_ft) return {dfw, dft};
   AT_DISPATCH_FLOATING_TYPES(opts.dtype().toScalarType(), "similarity_loss_backward_cpu", [&] {
     at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
       at::Tensor tile = at::empty({rows, P}, opts), dw = at::empty({C * rows}, opts);
@@ -276,7 +269,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_bac
         backward_sample<scalar_t>(grad.data_ptr<scalar_t>() + n * P, wn[0], tn[0],
                                   stats.data_ptr<scalar_t>() + n * 3 * P, static_cast<scalar_t>(tau), rows, tile, dw,
                                   need_ft ? dtn[0] : at::Tensor(), [&](int64_t i0, int64_t k, const at::Tensor& d) {
-                                    rw.adjoint_rows_add(d, n, i0 / size, k / size, dfw);
+                                    if (need_fw) rw.adjoint_rows_add(d, n, i0 / size, k / size, dfw);
                                   });
         if (need_ft) rt.adjoint(dtn, n, dft);
       }
@@ -298,7 +291,7 @@ std::vector<at::Tensor> similarity_resize_adjoint_cpu(const at::Tensor& grad, at
   const ConcatResize r(layers, size, layers[0].scalar_type());
   TORCH_CHECK(grad.dim() == 3 && grad.size(0) == layers[0].size(0) && grad.size(1) == r.channels() &&
                   grad.size(2) == size * size,
-              "pscfast::_similarity_resize_adjoint: grad must be (N, sum C_l, size^2), got ", grad.sizes());
+              "pscfast_testing::similarity_resize_adjoint: grad must be (N, sum C_l, size^2), got ", grad.sizes());
   std::vector<at::Tensor> out = empty_like_layers(layers);
   r.adjoint(grad.detach().to(layers[0].scalar_type()), 0, out);
   return out;
@@ -309,8 +302,11 @@ std::vector<at::Tensor> similarity_resize_adjoint_cpu(const at::Tensor& grad, at
 TORCH_LIBRARY_IMPL(pscfast, CPU, m) {
   m.impl("similarity_loss", &similarity_loss_cpu);
   m.impl("_similarity_loss_backward", &similarity_loss_backward_cpu);
-  m.impl("_similarity_resize", &similarity_resize_cpu);
-  m.impl("_similarity_resize_adjoint", &similarity_resize_adjoint_cpu);
+}
+
+TORCH_LIBRARY_IMPL(pscfast_testing, CPU, m) {
+  m.impl("similarity_resize", &similarity_resize_cpu);
+  m.impl("similarity_resize_adjoint", &similarity_resize_adjoint_cpu);
 }
 
 }  // namespace pscfast

@@ -6,11 +6,14 @@
 //    table for the resize, one per sample for the grid), and one thread per element sums its segment in
 //    that order (gather form);
 //  - dgrid: one thread per grid point sums over channels in order, layers added in order.
+// A direct side (correlation_taps.h) needs no adjoint: dR is its gradient. A layer direct on both sides is
+// two batched products (cuBLAS), dsrc = tgt G and dtgt = src G^T.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
@@ -201,7 +204,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
   const bool need_src = mask[0], need_tgt = mask[1], need_grid = mask[2] && grid.defined();
   const auto gout = grad_out.to(src[0].scalar_type()).contiguous();
   std::vector<at::Tensor> dsrc, dtgt;
-  at::Tensor dgrid = at::empty({0}, src[0].options());
+  at::Tensor dgrid;  // masked or without a grid: undefined (None)
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src[0].scalar_type(), "correlation_backward_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
@@ -217,13 +220,31 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
         if (need_tgt) dtgt.push_back(at::zeros(tgt[l].sizes(), tgt[l].options()));
         continue;
       }
+      const bool dt = direct_tgt(tgt[l], grids), ds = direct_src(src[l], grids, grid.defined());
+      if (dt && ds) {
+        const auto G = gout.view({N, L * St, Ss}).narrow(1, l * St, St);
+        if (need_tgt) {
+          auto d = at::empty(tgt[l].sizes(), tgt[l].options());
+          auto d3 = d.view({N, C, St});
+          at::bmm_out(d3, src[l].view({N, C, Ss}), G.transpose(1, 2));
+          dtgt.push_back(d);
+        }
+        if (need_src) {
+          auto d = at::empty(src[l].sizes(), src[l].options());
+          auto d3 = d.view({N, C, Ss});
+          at::bmm_out(d3, tgt[l].view({N, C, St}), G);
+          dsrc.push_back(d);
+        }
+        continue;
+      }
       if (need_tgt) {  // dR_t = R_s G^T
         auto dr = at::empty({N, C, St}, acc_options);
         resampled_grad_kernel<scalar_t><<<tiles(C, St, N), kThreads, 0, stream>>>(
             src[l].const_data_ptr<scalar_t>(), g, gout.const_data_ptr<scalar_t>(), dr.mutable_data_ptr<T>(), C, Hs,
             Ws, grids, static_cast<int>(l), static_cast<int>(L), false);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        dtgt.push_back(adjoint<scalar_t>(dr, nullptr, tgt[l].sizes(), grids.ht, grids.wt, tgt[l].options(), stream));
+        dtgt.push_back(dt ? dr.view(tgt[l].sizes()).to(tgt[l].scalar_type())
+                          : adjoint<scalar_t>(dr, nullptr, tgt[l].sizes(), grids.ht, grids.wt, tgt[l].options(), stream));
       }
       if (need_src || need_grid) {  // dR_s = R_t G
         auto dr = at::empty({N, C, Ss}, acc_options);
@@ -232,7 +253,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
             Ht, Wt, grids, static_cast<int>(l), static_cast<int>(L), true);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (need_src)
-          dsrc.push_back(adjoint<scalar_t>(dr, g, src[l].sizes(), grids.hs, grids.ws, src[l].options(), stream));
+          dsrc.push_back(ds ? dr.view(src[l].sizes()).to(src[l].scalar_type())
+                            : adjoint<scalar_t>(dr, g, src[l].sizes(), grids.hs, grids.ws, src[l].options(), stream));
         if (need_grid) {
           grid_grad_kernel<scalar_t><<<blocks_for<kThreads>(N * Ss), kThreads, 0, stream>>>(
               src[l].const_data_ptr<scalar_t>(), g, dr.const_data_ptr<T>(), dgrid_acc.mutable_data_ptr<T>(), N, C,

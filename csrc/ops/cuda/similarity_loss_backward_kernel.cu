@@ -113,7 +113,7 @@ __global__ void backward_df_kernel(const scalar_t* fw, const scalar_t* ft, const
   }
 }
 
-// One chunk: resized w, t (B, C, P), its rows of g and stats -> dw and (when defined) dt (B, C, P).
+// One chunk: resized w, t (B, C, P), its rows of g and stats -> dw and dt (B, C, P), each when defined.
 void backward_chunk(const at::Tensor& w, const at::Tensor& t, const at::Tensor& g, const at::Tensor& stats,
                     double tau, at::Tensor& dw, at::Tensor& dt) {
   const int64_t B = w.size(0), C = w.size(1), P = w.size(2);
@@ -131,9 +131,11 @@ void backward_chunk(const at::Tensor& w, const at::Tensor& t, const at::Tensor& 
     backward_v_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(wp, tp, gp, st, u.data_ptr<acc_t>(),
                                                                       v.data_ptr<acc_t>(), C, P, itau);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    backward_df_kernel<scalar_t, acc_t, true><<<grid_c, kThreads, 0, stream>>>(
-        wp, tp, gp, st, u.data_ptr<acc_t>(), v.data_ptr<acc_t>(), dw.data_ptr<scalar_t>(), C, P, itau);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (dw.defined()) {
+      backward_df_kernel<scalar_t, acc_t, true><<<grid_c, kThreads, 0, stream>>>(
+          wp, tp, gp, st, u.data_ptr<acc_t>(), v.data_ptr<acc_t>(), dw.data_ptr<scalar_t>(), C, P, itau);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
     if (dt.defined()) {
       backward_df_kernel<scalar_t, acc_t, false><<<grid_c, kThreads, 0, stream>>>(
           wp, tp, gp, st, u.data_ptr<acc_t>(), v.data_ptr<acc_t>(), dt.data_ptr<scalar_t>(), C, P, itau);
@@ -146,7 +148,8 @@ void backward_chunk(const at::Tensor& w, const at::Tensor& t, const at::Tensor& 
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_backward_cuda(
     const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau,
-    int64_t size, bool need_ft) {
+    int64_t size, std::array<bool, 2> output_mask) {
+  const bool need_fw = output_mask[0], need_ft = output_mask[1];
   check_similarity_inputs(fw_, ft_, tau, size);
   check_similarity_backward(grad_, fw_, stats_, size);
   const c10::cuda::CUDAGuard guard(fw_[0].device());
@@ -155,21 +158,23 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_bac
   const ConcatResize rw(fw, size, acc_type), rt(ft, size, acc_type);
   const int64_t N = fw[0].size(0), C = rw.channels(), P = size * size;
   const at::Tensor g = grad_.detach().to(acc_type).contiguous(), stats = stats_.detach().to(acc_type).contiguous();
-  std::vector<at::Tensor> dfw = empty_like_layers(fw);
+  std::vector<at::Tensor> dfw = need_fw ? empty_like_layers(fw) : std::vector<at::Tensor>();
   std::vector<at::Tensor> dft = need_ft ? empty_like_layers(ft) : std::vector<at::Tensor>();
+  if (!need_fw && !need_ft) return {dfw, dft};
   const int64_t chunk = chunk_samples(N, C, P, fw[0].element_size());
   const auto opts = fw[0].options();
   const at::Tensor wbuf = at::empty({chunk, C, P}, opts), tbuf = at::empty({chunk, C, P}, opts);
-  const at::Tensor dwbuf = at::empty({chunk, C, P}, opts);
+  const at::Tensor dwbuf = need_fw ? at::empty({chunk, C, P}, opts) : at::Tensor();
   const at::Tensor dtbuf = need_ft ? at::empty({chunk, C, P}, opts) : at::Tensor();
   for (int64_t n0 = 0; n0 < N; n0 += chunk) {
     const int64_t B = std::min(chunk, N - n0);
     const at::Tensor w = wbuf.narrow(0, 0, B), t = tbuf.narrow(0, 0, B);
     rw.resize(fw, n0, w);
     rt.resize(ft, n0, t);
-    at::Tensor dw = dwbuf.narrow(0, 0, B), dt = need_ft ? dtbuf.narrow(0, 0, B) : at::Tensor();
+    at::Tensor dw = need_fw ? dwbuf.narrow(0, 0, B) : at::Tensor();
+    at::Tensor dt = need_ft ? dtbuf.narrow(0, 0, B) : at::Tensor();
     backward_chunk(w, t, g.narrow(0, n0, B), stats.narrow(0, n0, B), tau, dw, dt);
-    rw.adjoint(dw, n0, dfw);
+    if (need_fw) rw.adjoint(dw, n0, dfw);
     if (need_ft) rt.adjoint(dt, n0, dft);
   }
   return {dfw, dft};

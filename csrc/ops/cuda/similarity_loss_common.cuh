@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <tuple>
 #include <vector>
@@ -67,6 +68,6 @@ inline int64_t chunk_samples(int64_t N, int64_t C, int64_t P, int64_t itemsize) 
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_backward_cuda(
     const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau,
-    int64_t size, bool need_ft);
+    int64_t size, std::array<bool, 2> output_mask);
 
 }  // namespace pscfast

@@ -1,12 +1,12 @@
 """Triton kernels of the kernel_soft_argmax op (SFNet eq. 2-3; conventions:
-pscfast.ops._reference.kernel_soft_argmax and csrc/ops/common/soft_argmax_math.h).
+pscfast.ops._reference.kernel_soft_argmax and csrc/ops/common/kernel_soft_argmax_math.h).
 
 One program per (n, block of source positions) streams the correlation in blocks of target rows:
 pass 1 sums of squares and the first argmax, pass 2 the maximum of k n and its position p, pass 3 the
 softmax sum (exp(beta (k n - max)), the difference formed before the scaling by beta, as SFNet) and the
 expected offset from p (the backward's q - x is formed as (q - p) - offset: exact where m is close to 1;
-csrc/ops/common/soft_argmax_math.h). The backward recomputes these, then pass 4 the dot product <n, nb> and pass 5 writes
-d L / d corr once per element (no atomics: deterministic). Accumulation in float32 (float64 for float64).
+csrc/ops/common/kernel_soft_argmax_math.h). The backward recomputes these, then pass 4 the dot product
+<n, nb> and pass 5 writes d L / d corr once per element (no atomics: deterministic). Accumulation in float32 (float64 for float64).
 """
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def _params(corr, beta, sigma, target_size):
     return torch.tensor(values, dtype=accumulation(corr.dtype)[1]).to(corr.device)
 
 
-def soft_argmax_fwd(corr, beta, sigma, target_size, normalize):
+def kernel_soft_argmax(corr, beta, sigma, target_size, normalize):
     """corr contiguous (N, Ht * Wt, Hs, Ws) -> (N, Hs, Ws, 2)."""
     N, T, Hs, Ws = corr.shape
     S = Hs * Ws
@@ -181,8 +181,11 @@ def soft_argmax_fwd(corr, beta, sigma, target_size, normalize):
     return out
 
 
-def soft_argmax_bwd(grad_out, corr, beta, sigma, target_size, normalize):
-    """d L / d corr (N, Ht * Wt, Hs, Ws) from grad_out (N, Hs, Ws, 2), both contiguous."""
+def kernel_soft_argmax_backward(grad_out, corr, beta, sigma, target_size, normalize, output_mask):
+    """d L / d corr (N, Ht * Wt, Hs, Ws) from grad_out (N, Hs, Ws, 2), both contiguous; None when
+    output_mask[0] is false."""
+    if not output_mask[0]:
+        return None
     N, T, Hs, Ws = corr.shape
     S = Hs * Ws
     grad = torch.empty_like(corr)

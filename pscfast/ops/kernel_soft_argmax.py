@@ -28,8 +28,8 @@ def _register() -> None:
         return corr.new_empty((corr.shape[0], corr.shape[2], corr.shape[3], 2))
 
     @torch.library.register_fake("pscfast::_kernel_soft_argmax_backward")
-    def _(grad_out, corr, beta, sigma, target_size, normalize):
-        return _fake.like(corr)
+    def _(grad_out, corr, beta, sigma, target_size, normalize, output_mask):
+        return _fake.like(corr) if output_mask[0] else None
 
     def setup(ctx, inputs, output):
         corr, beta, sigma, target_size, normalize = inputs
@@ -43,7 +43,8 @@ def _register() -> None:
                                                  ctx.needs_input_grad)
         beta, sigma, target_size, normalize = ctx.args
         dcorr = torch.ops.pscfast._kernel_soft_argmax_backward(grad.contiguous(), corr, beta, sigma,
-                                                               list(target_size), normalize)
+                                                               list(target_size), normalize,
+                                                               [ctx.needs_input_grad[0]])
         return (dcorr,) + (None,) * 4
 
     torch.library.register_autograd("pscfast::kernel_soft_argmax", backward, setup_context=setup)
@@ -60,21 +61,22 @@ def _cpp(corr, beta, sigma, target_size, normalize):
 class _KernelSoftArgmaxTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, corr, beta, sigma, target_size, normalize):
-        from pscfast.kernels import soft_argmax as k
+        from pscfast.kernels import kernel_soft_argmax as k
 
         ctx.save_for_backward(corr)  # the input itself: second derivatives differentiate through it
         ctx.args = (beta, sigma, target_size, normalize)
-        return k.soft_argmax_fwd(corr.contiguous(), *ctx.args)
+        return k.kernel_soft_argmax(corr.contiguous(), *ctx.args)
 
     @staticmethod
     def backward(ctx, grad):
-        from pscfast.kernels import soft_argmax as k
+        from pscfast.kernels import kernel_soft_argmax as k
 
         (corr,) = ctx.saved_tensors
         if _higher_order.recording():
             return _higher_order.reference_grads(_reference.kernel_soft_argmax, (corr, *ctx.args), grad,
                                                  ctx.needs_input_grad)
-        return (k.soft_argmax_bwd(grad.contiguous(), corr.contiguous(), *ctx.args),) + (None,) * 4
+        return (k.kernel_soft_argmax_backward(grad.contiguous(), corr.contiguous(), *ctx.args,
+                                              [ctx.needs_input_grad[0]]),) + (None,) * 4
 
 
 def _triton(corr, beta, sigma, target_size, normalize):

@@ -1,6 +1,6 @@
 // pscfast::kernel_soft_argmax on CUDA: float, double, half and bfloat16 (accumulation in float for the half
 // types). One thread per source position streams its correlation row (stride S between target positions, so
-// a warp reads consecutive addresses). Math and conventions: ops/common/soft_argmax_math.h.
+// a warp reads consecutive addresses). Math and conventions: ops/common/kernel_soft_argmax_math.h.
 // Forward: pass 1 norm and first argmax, pass 2 maximum of k n, pass 3 sum and expected position.
 // Backward: the same, then pass 4 <n, nb> and pass 5 writes each gradient element once: deterministic.
 #include <ATen/Dispatch.h>
@@ -12,8 +12,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
-#include "ops/common/soft_argmax_checks.h"
-#include "ops/common/soft_argmax_math.h"
+#include <array>
+
+#include "ops/common/kernel_soft_argmax_checks.h"
+#include "ops/common/kernel_soft_argmax_math.h"
 #include "ops/cuda/launch.cuh"
 
 namespace pscfast {
@@ -157,8 +159,10 @@ at::Tensor soft_argmax_cuda(const at::Tensor& corr_, double beta, double sigma, 
 }
 
 at::Tensor soft_argmax_backward_cuda(const at::Tensor& grad_out, const at::Tensor& corr_, double beta, double sigma,
-                                     c10::IntArrayRef target_size, c10::string_view normalize) {
+                                     c10::IntArrayRef target_size, c10::string_view normalize,
+                                     std::array<bool, 1> output_mask) {
   const SoftArgmaxShape sh = check_soft_argmax(corr_, beta, sigma, target_size, normalize);
+  if (!output_mask[0]) return at::Tensor();
   check_soft_argmax_grad(grad_out, corr_, sh);
   const c10::cuda::CUDAGuard guard(corr_.device());
   const auto corr = corr_.contiguous();

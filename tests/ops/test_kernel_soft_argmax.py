@@ -5,7 +5,7 @@ import torch
 
 from pscfast.ops import KernelSoftArgmax, kernel_soft_argmax
 from pscfast.ops import _reference as ref
-from pscfast.ops.soft_argmax import NORMALIZE
+from pscfast.ops.kernel_soft_argmax import NORMALIZE
 from tests.utils import BACKENDS, assert_close, noncontiguous, require
 
 # (N, Ht, Wt, Hs, Ws)
@@ -113,25 +113,50 @@ def test_opcheck(device, normalize):
     corr = torch.randn(2, 20, 3, 5, device=device)
     args = (50.0, 5.0, [4, 5], normalize)
     torch.library.opcheck(torch.ops.pscfast.kernel_soft_argmax.default, (corr.clone().requires_grad_(), *args))
-    torch.library.opcheck(torch.ops.pscfast._kernel_soft_argmax_backward.default,
-                          (torch.randn(2, 3, 5, 2, device=device), corr, *args))
+    for mask in ([True], [False]):
+        torch.library.opcheck(torch.ops.pscfast._kernel_soft_argmax_backward.default,
+                              (torch.randn(2, 3, 5, 2, device=device), corr, *args, mask))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "triton"])
+def test_backward_output_mask(backend):
+    """ATen's output_mask: the backward op (and the Triton launcher) return None for a masked gradient and the
+    autograd gradient otherwise."""
+    dtype = torch.float64 if backend == "cpp" else torch.float32  # the Triton kernel takes no float64
+    require("kernel_soft_argmax", backend, "cpu", dtype)
+    if backend == "cpp":
+        backward = torch.ops.pscfast._kernel_soft_argmax_backward
+    else:
+        from pscfast.kernels import kernel_soft_argmax as k
+
+        backward = k.kernel_soft_argmax_backward
+    corr = torch.randn(2, 12, 3, 2, dtype=dtype, requires_grad=True)
+    gout = torch.randn(2, 3, 2, 2, dtype=dtype)
+    expected = torch.autograd.grad(kernel_soft_argmax(corr, 5.0, 1.0, (3, 4), backend="torch"), corr, gout)[0]
+    args = (gout, corr.detach(), 5.0, 1.0, [3, 4], "l2")
+    assert backward(*args, [False]) is None
+    assert_close(backward(*args, [True]), expected)
 
 
 def test_argument_order_is_one_everywhere():
-    """Python, the C++ schema and the Triton launchers take (corr, beta, sigma, target_size, normalize)."""
+    """Python, the C++ schema and the Triton launchers take (corr, beta, sigma, target_size, normalize); the
+    backward adds grad_out first and output_mask last, and sizes are symbolic."""
     import inspect
 
-    from pscfast.kernels import soft_argmax as k
+    from pscfast.kernels import kernel_soft_argmax as k
 
     names = ["corr", "beta", "sigma", "target_size", "normalize"]
     assert list(inspect.signature(kernel_soft_argmax).parameters)[:5] == names
     assert list(inspect.signature(ref.kernel_soft_argmax).parameters) == names
-    assert list(inspect.signature(k.soft_argmax_fwd).parameters) == names
-    assert list(inspect.signature(k.soft_argmax_bwd).parameters) == ["grad_out"] + names
+    assert list(inspect.signature(k.kernel_soft_argmax).parameters) == names
+    assert list(inspect.signature(k.kernel_soft_argmax_backward).parameters) == ["grad_out", *names, "output_mask"]
     require("kernel_soft_argmax", "cpp", "cpu", torch.float32)
-    assert [a.name for a in torch.ops.pscfast.kernel_soft_argmax.default._schema.arguments] == names
-    assert [a.name for a in torch.ops.pscfast._kernel_soft_argmax_backward.default._schema.arguments] == [
-        "grad_out"] + names
+    schema = torch.ops.pscfast.kernel_soft_argmax.default._schema
+    assert [a.name for a in schema.arguments] == names
+    assert "SymInt[2] target_size" in str(schema)
+    backward = torch.ops.pscfast._kernel_soft_argmax_backward.default._schema
+    assert [a.name for a in backward.arguments] == ["grad_out", *names, "output_mask"]
+    assert "SymInt[2] target_size" in str(backward)
 
 
 @pytest.mark.parametrize("normalize", NORMALIZE)

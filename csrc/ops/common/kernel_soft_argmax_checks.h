@@ -8,7 +8,7 @@
 
 #include <cmath>
 
-#include "ops/common/soft_argmax_math.h"
+#include "ops/common/kernel_soft_argmax_math.h"
 
 namespace pscfast {
 
