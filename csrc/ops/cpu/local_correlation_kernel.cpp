@@ -1,11 +1,11 @@
 // pscfast::local_correlation on the CPU: forward and backward, float, double, float16 and bfloat16 (half precision
-// accumulated in float32), OpenMP through at::parallel_for. Kernel size 1, stride 1 and no padding (the
-// correlation layers of PWC-Net, GLU-Net and FlowNetC) take the row kernels of local_correlation_rows.h, which
-// read the inputs in their own layout. Any other geometry takes the general path below, which reads the inputs
-// channels-last (N, H, W, C) so that every term is a dot product (forward) or an axpy (backward) over contiguous
-// channels; it copies both in that layout (and half precision to float32).
-// Backward in gather form: each element of grad_a / grad_b sums, in a fixed order (displacement, then the
-// window taps), every output it contributed to; one task writes it. No atomics: results are bitwise
+// accumulated in float32), OpenMP through at::parallel_for. The forward, and the backward of any geometry but the
+// one below, read the inputs channels-last (N, H, W, C), copied so, so that every term is a dot product (forward)
+// or an axpy (backward) over contiguous channels (half precision copied to float32). The backward for kernel size
+// 1, stride 1 and no padding (the correlation layers of PWC-Net, GLU-Net and FlowNetC) takes the row kernels of
+// local_correlation_rows.h, which read the inputs in their own layout: no copies.
+// The general backward is in gather form: each element of grad_a / grad_b sums, in a fixed order (displacement,
+// then the window taps), every output it contributed to; one task writes it. No atomics: results are bitwise
 // reproducible and independent of the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -167,15 +167,8 @@ at::Tensor general_gradient(const CorrGeometry& G, const at::Tensor& grad_out, c
 at::Tensor local_correlation_cpu(const at::Tensor& a_, const at::Tensor& b_, at::IntArrayRef kernel_size,
                                  at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                  at::IntArrayRef dilation, at::IntArrayRef dilation_patch) {
-  const auto G = corr_geometry(a_, b_, kernel_size, patch_size, stride, padding, dilation, dilation_patch);
-  if (!cpu_local_correlation::applies(G)) return general_forward(G, a_, b_);
-  const auto a = a_.contiguous(), b = b_.contiguous();
-  auto out = at::empty({G.N, G.P2, G.Ho, G.Wo}, a.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "local_correlation_cpu", [&] {
-    cpu_local_correlation::forward(G, a.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
-                                   out.mutable_data_ptr<scalar_t>());
-  });
-  return out;
+  return general_forward(corr_geometry(a_, b_, kernel_size, patch_size, stride, padding, dilation, dilation_patch),
+                         a_, b_);
 }
 
 // Only the gradients in output_mask are computed (and allocated).
