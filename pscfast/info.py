@@ -19,6 +19,10 @@ def _serving(op, device: str, dtype: torch.dtype) -> str:
     raise BackendUnavailable(op.name)
 
 
+def _dtypes(dtypes) -> str:
+    return ", ".join(str(d).replace("torch.", "") for d in dtypes) or "-"
+
+
 def report() -> str:
     info = _extension.build_info()
     cuda_built = info.get("cuda") == "yes"
@@ -39,6 +43,12 @@ def report() -> str:
     lines += ["", f"{'op':<24}{'CPU float32':<14}CUDA float32" + ("" if torch.cuda.is_available() else " (no device here)")]
     for name, op in sorted(OPS.items()):
         lines.append(f"{name:<24}{_serving(op, 'cpu', torch.float32):<14}{_serving(op, 'cuda', torch.float32)}")
+    # torch, the reference, takes every floating dtype; it runs, with a warning, where no compiled kernel does
+    lines += ["", "dtypes each compiled backend takes (others run the reference)",
+              f"{'op':<24}{'cpp CPU':<38}{'cpp CUDA':<38}triton"]
+    for name, op in sorted(OPS.items()):
+        cpp_cpu, cpp_cuda = (_dtypes(op.cpp_dtypes.get(d, ())) for d in ("cpu", "cuda"))
+        lines.append(f"{name:<24}{cpp_cpu:<38}{cpp_cuda:<38}{_dtypes(op.triton_dtypes)}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
 // Schemas of the warp op: sample x (N, C, H, W) at an absolute grid (N, h, w, 2) resized on the fly to
-// out_size. Kernels: csrc/ops/cpu/warp_kernel.cpp, csrc/ops/cuda/warp{,_backward}_kernel.cu; autograd and
-// fake: pscfast/ops/warp.py.
+// out_size. Kernels: csrc/ops/cpu/warp_kernel.cpp, csrc/ops/cuda/warp{,_backward}_kernel.cu; autograd:
+// csrc/ops/warp_autograd.cpp; fake: pscfast/ops/warp.py.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
@@ -8,4 +8,9 @@ TORCH_LIBRARY_FRAGMENT(pscfast, m) {
   // output_mask: (x, grid); out_size is grad_out's spatial size
   m.def("_warp_backward(Tensor grad_out, Tensor x, Tensor grid, str mode, str padding_mode, bool align_corners, "
         "bool[2] output_mask) -> (Tensor, Tensor)");
+  // The gradients of the plain PyTorch reference, recorded (for a backward with create_graph=True): one per set
+  // output_mask entry. Implemented in Python (pscfast/ops/warp.py); called by the autograd kernel,
+  // csrc/ops/warp_autograd.cpp.
+  m.def("_warp_backward_reference(Tensor grad_out, Tensor x, Tensor grid, str mode, str padding_mode, "
+        "bool align_corners, bool[2] output_mask) -> Tensor[]");
 }

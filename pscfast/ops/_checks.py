@@ -28,27 +28,29 @@ def tensor(op: str, name: str, value, dims: int | None = None, last: int | None 
 
 
 def same_device(op: str, **tensors: torch.Tensor) -> None:
-    devices = {name: t.device for name, t in tensors.items()}
-    if len(set(devices.values())) > 1:
-        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
+    devices = [t.device for t in tensors.values()]
+    if devices.count(devices[0]) != len(devices):
+        listed = ", ".join(f"{n} on {d}" for n, d in zip(tensors, devices))
         raise ValueError(f"pscfast.ops.{op}: all tensors must be on one device, got {listed}")
 
 
 def same_batch(op: str, **tensors: torch.Tensor) -> None:
-    sizes = {name: t.shape[0] for name, t in tensors.items()}
-    first = next(iter(sizes.values()))
+    sizes = [t.shape[0] for t in tensors.values()]
     # compared with ==, not hashed into a set: hashing a symbolic size (torch.compile with dynamic shapes)
     # would specialise the graph to its value
-    if any(s != first for s in sizes.values()):
-        listed = ", ".join(f"{n} has {s}" for n, s in sizes.items())
+    if sizes.count(sizes[0]) != len(sizes):
+        listed = ", ".join(f"{n} has {s}" for n, s in zip(tensors, sizes))
         raise ValueError(f"pscfast.ops.{op}: batch sizes differ: {listed}")
 
 
 def promote(*tensors: torch.Tensor) -> list[torch.Tensor]:
     """All tensors in their common floating dtype (e.g. an fp16 image with an fp32 grid: both fp32)."""
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtypes = [t.dtype for t in tensors]
+    if dtypes.count(dtypes[0]) == len(dtypes):
+        return list(tensors)
+    dtype = dtypes[0]
+    for d in dtypes[1:]:
+        dtype = torch.promote_types(dtype, d)
     return [t.to(dtype) for t in tensors]
 
 
@@ -92,8 +94,13 @@ def plane(op: str, name: str, size, bits: int = 31) -> None:
 
 
 def nonempty_spatial(op: str, name: str, value: torch.Tensor) -> None:
-    if value.shape[-2] == 0 or value.shape[-1] == 0:
-        raise ValueError(f"pscfast.ops.{op}: {name} has an empty spatial size {tuple(value.shape[-2:])}")
+    nonempty_plane(op, name, value.shape[-2:])
+
+
+def nonempty_plane(op: str, name: str, size) -> None:
+    """A spatial size (h, w) with no zero (a grid's is shape[1:3], read without indexing the tensor)."""
+    if size[0] == 0 or size[1] == 0:
+        raise ValueError(f"pscfast.ops.{op}: {name} has an empty spatial size {tuple(size)}")
 
 
 def positive_number(op: str, name: str, value) -> float:
@@ -108,7 +115,7 @@ def absolute_grids(op: str, **grids: torch.Tensor) -> list[torch.Tensor]:
     points and finite values, in their common dtype."""
     for name, g in grids.items():
         tensor(op, name, g, dims=4, last=2)
-        nonempty_spatial(op, name, g[..., 0])
+        nonempty_plane(op, name, g.shape[1:3])
         plane(op, name, g.shape[1:3], bits=30)
         finite(op, name, g)
     same_device(op, **grids)

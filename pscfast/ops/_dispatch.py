@@ -8,7 +8,9 @@ Every op has up to three implementations:
 Choice, first match wins: the `backend=` argument of the call, else the environment variable
 PSCFAST_BACKEND (a backend name or a comma-separated list in order of preference), else the default order
 for the tensor's device (CUDA: cpp, triton, torch; CPU: cpp, torch; other devices: torch). A backend named
-explicitly that cannot serve the call raises BackendUnavailable with each candidate's reason in words.
+explicitly that cannot serve the call raises BackendUnavailable with each candidate's reason in words. When a
+compiled backend ahead of torch in the order refuses (e.g. a dtype it has no kernel for), the reference runs and
+a warning, once per op, device and dtype, gives the reasons.
 Under torch.compile the choice is made while tracing and is part of the graph: a later change of
 PSCFAST_BACKEND takes effect after torch._dynamo.reset() (a new `backend=` value or dtype recompiles).
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -30,6 +33,8 @@ _CPP_DTYPES = {
     "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
 }
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# the dtypes of an op whose CPU kernels also take half precision (accumulating in float32)
+ALL_FLOAT_DTYPES = {"cpu": _CPP_DTYPES["cuda"], "cuda": _CPP_DTYPES["cuda"]}
 
 
 class BackendUnavailable(RuntimeError):
@@ -44,6 +49,7 @@ class Op:
     impls: dict[str, Callable]
     cpp_dtypes: dict[str, tuple] = field(default_factory=lambda: dict(_CPP_DTYPES))
     triton_dtypes: tuple = _TRITON_DTYPES
+    _chosen: dict = field(default_factory=dict, repr=False)  # select()'s eager cache
 
     def reason(self, backend: str, device: torch.device, dtype: torch.dtype) -> str | None:
         """None when `backend` can run this op on (device, dtype), else why not."""
@@ -56,9 +62,18 @@ class Op:
         return _triton_reason(self, device.type, dtype)
 
     def select(self, backend: str | None, tensor: torch.Tensor) -> tuple[str, Callable]:
-        name = _choose_constant(self.name, backend, os.environ.get("PSCFAST_BACKEND", ""), tensor.device.type,
-                                tensor.dtype)
-        return name, self.impls[name]
+        env = os.environ.get("PSCFAST_BACKEND", "")
+        if torch.compiler.is_compiling():
+            name = _choose_constant(self.name, backend, env, tensor.device.type, tensor.dtype)
+            return name, self.impls[name]
+        # eager calls: one dict lookup on what the tensor gives without building objects (a small op's whole
+        # budget is a few microseconds)
+        key = (backend, env, tensor.is_cuda, tensor.is_cpu, tensor.dtype)
+        chosen = self._chosen.get(key)
+        if chosen is None:
+            name = _choose(self, backend, env, tensor.device.type, tensor.dtype)
+            chosen = self._chosen[key] = (name, self.impls[name])
+        return chosen
 
 
 def _cpp_reason(op: Op, device_type: str, dtype: torch.dtype) -> str | None:
@@ -126,12 +141,28 @@ def _choose(op: Op, backend: str | None, env: str, device_type: str, dtype: torc
     for name in order:
         why = op.reason(name, torch.device(device_type), dtype)
         if why is None:
+            if name == "torch" and reasons:
+                _warn_fallback(op.name, device_type, dtype, reasons)
             return name
         reasons.append(f"  {name}: {why}")
     raise BackendUnavailable(
         f"pscfast.ops.{op.name}: no backend of {source or 'the default order'} can run on "
         f"{device_type} {_names([dtype])} tensors:\n" + "\n".join(reasons)
     )
+
+
+_WARNED: set = set()
+
+
+def _warn_fallback(op: str, device_type: str, dtype: torch.dtype, reasons: list[str]) -> None:
+    """Once per (op, device, dtype): a compiled backend was wanted but refused, and the reference (often 10-100x
+    slower) runs instead."""
+    key = (op, device_type, dtype)
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(f"pscfast.ops.{op}: running the plain PyTorch reference on {device_type} {_names([dtype])} "
+                  f"tensors (slow), because\n" + "\n".join(reasons), stacklevel=4)
 
 
 OPS: dict[str, Op] = {}

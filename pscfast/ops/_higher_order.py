@@ -60,3 +60,18 @@ def reference_grads(reference: Callable, args: Sequence, grads, needs_input_grad
         else:
             result[i][j] = g
     return tuple(result)
+
+
+def register_reference_backward(op: str, reference: Callable, reference_args: Callable) -> None:
+    """Implements ``pscfast::_<op>_backward_reference(grad_out, <the forward's arguments>, output_mask) -> Tensor[]``,
+    which the op's C++ autograd kernel (csrc/ops/common/autograd.h) calls inside a recorded backward: the
+    gradients of ``reference`` at those arguments, weighted by grad_out and carrying their own graph, one per set
+    output_mask entry. ``reference_args(grad_out, *forward_args)`` gives the reference's arguments (e.g. the output
+    size that grad_out implies); the first ``len(output_mask)`` of them are the differentiable inputs."""
+    @torch.library.impl(f"pscfast::_{op}_backward_reference", "CompositeImplicitAutograd")
+    def _(grad_out, *args):
+        *forward_args, output_mask = args
+        ref_args = reference_args(grad_out, *forward_args)
+        needs = list(output_mask) + [False] * (len(ref_args) - len(output_mask))
+        grads = reference_grads(reference, ref_args, grad_out, needs)
+        return [g for g, need in zip(grads, output_mask) if need]

@@ -22,7 +22,7 @@ from torch import nn
 from pscfast import _extension
 
 from . import _checks, _fake, _higher_order, _output_mask, _reference
-from ._dispatch import Op, register_op
+from ._dispatch import ALL_FLOAT_DTYPES, Op, register_op
 
 ARGS = ("kernel_size", "patch_size", "stride", "padding", "dilation", "dilation_patch")
 _MINIMUM = dict(kernel_size=1, patch_size=1, stride=1, padding=0, dilation=1, dilation_patch=1)
@@ -99,7 +99,8 @@ def output_shape(a_shape, kernel_size, patch_size, stride, padding, dilation, di
 
 
 def _register() -> None:
-    """Fake (meta) and autograd implementations of the compiled pscfast::local_correlation ops."""
+    """Fake (meta) implementations of the compiled pscfast::local_correlation ops, and the reference backward that
+    their C++ autograd kernel (csrc/ops/local_correlation_autograd.cpp) calls inside a recorded backward."""
     @torch.library.register_fake("pscfast::local_correlation")
     def _(a, b, *args):
         return a.new_empty(output_shape(a.shape, *args))
@@ -108,20 +109,8 @@ def _register() -> None:
     def _(grad_out, a, b, kernel_size, patch_size, stride, padding, dilation, dilation_patch, output_mask):
         return _fake.grads(output_mask, a, b)
 
-    def setup(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], inputs[1])
-        ctx.args = inputs[2:]
-
-    def backward(ctx, grad):
-        a, b = ctx.saved_tensors
-        if _higher_order.recording():
-            return _higher_order.reference_grads(_reference.local_correlation, (a, b, *ctx.args), grad,
-                                                 ctx.needs_input_grad)
-        da, db = torch.ops.pscfast._local_correlation_backward(grad.contiguous(), a, b, *ctx.args,
-                                                               _output_mask.from_autograd(ctx.needs_input_grad, 2))
-        return (da, db) + (None,) * 6
-
-    torch.library.register_autograd("pscfast::local_correlation", backward, setup_context=setup)
+    _higher_order.register_reference_backward("local_correlation", _reference.local_correlation,
+                                              lambda grad, a, b, *args: (a, b, *args))
 
 
 if _extension.loaded():
@@ -129,7 +118,7 @@ if _extension.loaded():
 
 
 def _cpp(a, b, *args):
-    return torch.ops.pscfast.local_correlation(a, b, *args)
+    return torch.ops.pscfast.local_correlation.default(a, b, *args)
 
 
 class _LocalCorrelationTriton(torch.autograd.Function):
@@ -159,7 +148,8 @@ def _triton(a, b, *args):
 
 
 LOCAL_CORRELATION = register_op(Op("local_correlation",
-                                   {"cpp": _cpp, "triton": _triton, "torch": _reference.local_correlation}))
+                                   {"cpp": _cpp, "triton": _triton, "torch": _reference.local_correlation},
+                                   cpp_dtypes=dict(ALL_FLOAT_DTYPES)))
 
 
 def _run(op: str, a, b, names: tuple[str, str], sizes: dict, backend: str | None,

@@ -12,14 +12,16 @@ from torch import nn
 from pscfast import _extension
 
 from . import _checks, _fake, _higher_order, _output_mask, _reference
-from ._dispatch import Op, register_op
+from ._dispatch import ALL_FLOAT_DTYPES, Op, register_op
 
 MODES = ("bilinear", "nearest")
+NONFINITE_GRID = "grid contains NaN or infinite values"  # the end of the CPU kernel's refusal
 PADDINGS = ("zeros", "border")
 
 
 def _register() -> None:
-    """Fake (meta) and autograd implementations of the compiled pscfast::warp ops."""
+    """Fake (meta) implementations of the compiled pscfast::warp ops, and the reference backward that their C++
+    autograd kernel (csrc/ops/warp_autograd.cpp) calls inside a recorded backward."""
     @torch.library.register_fake("pscfast::warp")
     def _(x, grid, out_size, mode, padding_mode, align_corners):
         return x.new_empty((x.shape[0], x.shape[1], out_size[0], out_size[1]))
@@ -28,21 +30,8 @@ def _register() -> None:
     def _(grad_out, x, grid, mode, padding_mode, align_corners, output_mask):
         return _fake.grads(output_mask, x, grid)
 
-    def setup(ctx, inputs, output):
-        x, grid, out_size, mode, padding_mode, align_corners = inputs
-        ctx.save_for_backward(x, grid)
-        ctx.args, ctx.out_size = (mode, padding_mode, align_corners), tuple(out_size)
-
-    def backward(ctx, grad):
-        x, grid = ctx.saved_tensors
-        if _higher_order.recording():
-            return _higher_order.reference_grads(_reference.warp, (x, grid, ctx.out_size, *ctx.args), grad,
-                                                 ctx.needs_input_grad)
-        dx, dgrid = torch.ops.pscfast._warp_backward(grad.contiguous(), x, grid, *ctx.args,
-                                                     _output_mask.from_autograd(ctx.needs_input_grad, 2))
-        return dx, dgrid, None, None, None, None
-
-    torch.library.register_autograd("pscfast::warp", backward, setup_context=setup)
+    _higher_order.register_reference_backward(
+        "warp", _reference.warp, lambda grad, x, grid, *args: (x, grid, tuple(grad.shape[-2:]), *args))
 
 
 if _extension.loaded():
@@ -50,7 +39,7 @@ if _extension.loaded():
 
 
 def _cpp(x, grid, out_size, mode, padding_mode, align_corners):
-    return torch.ops.pscfast.warp(x, grid, list(out_size), mode, padding_mode, align_corners)
+    return torch.ops.pscfast.warp.default(x, grid, out_size, mode, padding_mode, align_corners)
 
 
 class _WarpTriton(torch.autograd.Function):
@@ -79,7 +68,8 @@ def _triton(x, grid, out_size, mode, padding_mode, align_corners):
     return _WarpTriton.apply(x, grid, tuple(out_size), mode, padding_mode, align_corners)
 
 
-WARP = register_op(Op("warp", {"cpp": _cpp, "triton": _triton, "torch": _reference.warp}))
+WARP = register_op(Op("warp", {"cpp": _cpp, "triton": _triton, "torch": _reference.warp},
+                      cpp_dtypes=dict(ALL_FLOAT_DTYPES)))
 
 
 def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "bilinear", padding_mode: str = "zeros",
@@ -112,6 +102,16 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
         True
     """
     op = "warp"
+    out_size = _check_arguments(op, x, grid, out_size, mode, padding_mode)
+    x, grid = _checks.promote(x, grid)
+    name, impl = WARP.select(backend, x)
+    if name != "cpp" or not x.is_cpu:  # the CPU kernel checks the grid as it reads it
+        _checks.finite(op, "grid", grid)
+    return impl(x, grid, out_size, mode, padding_mode, bool(align_corners))
+
+
+def _check_arguments(op, x, grid, out_size, mode, padding_mode) -> tuple[int, int]:
+    """Everything but the grid's finiteness, sizes before anything is copied; returns out_size as (Ho, Wo)."""
     _checks.tensor(op, "x", x, dims=4)
     _checks.tensor(op, "grid", grid, dims=4, last=2)
     _checks.same_device(op, x=x, grid=grid)
@@ -119,15 +119,13 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
     _checks.choice(op, "mode", mode, MODES)
     _checks.choice(op, "padding_mode", padding_mode, PADDINGS)
     _checks.nonempty_spatial(op, "x", x)
-    _checks.nonempty_spatial(op, "grid", grid[..., 0])
-    out_size = tuple(grid.shape[1:3]) if out_size is None else _checks.size_pair(op, "out_size", out_size)
+    grid_plane = grid.shape[1:3]
+    _checks.nonempty_plane(op, "grid", grid_plane)
+    out_size = tuple(grid_plane) if out_size is None else _checks.size_pair(op, "out_size", out_size)
     _checks.plane(op, "x", x.shape[2:])
-    _checks.plane(op, "grid", grid.shape[1:3], bits=30)  # 2 coordinates per point: 2^31 values
+    _checks.plane(op, "grid", grid_plane, bits=30)  # 2 coordinates per point: 2^31 values
     _checks.plane(op, "out_size", out_size)
-    _checks.finite(op, "grid", grid)
-    x, grid = _checks.promote(x, grid)
-    _, impl = WARP.select(backend, x)
-    return impl(x, grid, out_size, mode, padding_mode, bool(align_corners))
+    return out_size
 
 
 def warp_displacement(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear", padding_mode: str = "zeros",
@@ -141,13 +139,26 @@ def warp_displacement(x: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear
     if flow.shape[1] != 2:
         raise ValueError(f"pscfast.ops.{op}: flow must be (N, 2, h, w), got shape {tuple(flow.shape)}")
     _checks.same_device(op, x=x, flow=flow)
+    _checks.same_batch(op, x=x, flow=flow)
+    _checks.choice(op, "mode", mode, MODES)
+    _checks.choice(op, "padding_mode", padding_mode, PADDINGS)
     _checks.nonempty_spatial(op, "x", x)
+    _checks.nonempty_spatial(op, "flow", flow)
     _checks.plane(op, "x", x.shape[2:])
     _checks.plane(op, "flow", flow.shape[2:], bits=30)  # the grid it becomes holds 2 coordinates per point
-    _checks.finite(op, "flow", flow)
     x, flow = _checks.promote(x, flow)
+    name, impl = WARP.select(backend, x)
+    kernel_checks = name == "cpp" and x.is_cpu
+    if not kernel_checks:
+        _checks.finite(op, "flow", flow)
     grid = _reference.displacement_to_grid(flow, tuple(x.shape[-2:]))
-    return warp(x, grid, mode=mode, padding_mode=padding_mode, align_corners=False, backend=backend)
+    try:
+        return impl(x, grid, tuple(grid.shape[1:3]), mode, padding_mode, False)
+    except ValueError as error:  # the kernel's refusal of a non-finite grid, which only a non-finite flow makes
+        if kernel_checks and str(error).endswith(NONFINITE_GRID):
+            raise ValueError(f"pscfast.ops.{op}: flow contains NaN or infinite values (or displacements beyond "
+                             f"{x.dtype}'s range)") from None
+        raise
 
 
 class Warp(nn.Module):

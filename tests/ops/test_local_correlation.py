@@ -20,6 +20,12 @@ CASES = [
     pytest.param((1, 3, 6, 7), dict(patch_size=4, dilation_patch=2), id="even-patch4-dp2"),
     pytest.param((2, 2, 7, 8), dict(kernel_size=(2, 3), patch_size=(3, 4), stride=(2, 1), padding=(0, 2),
                                     dilation=(2, 1), dilation_patch=(1, 2)), id="rectangular-pairs"),
+    # kernel size 1, stride 1, no padding and rows of 8 or more: the CPU row kernels (widths not a multiple of
+    # their 8-column step, channel counts not a multiple of their 4-channel block, displacements beyond the image)
+    pytest.param((2, 5, 6, 13), dict(patch_size=7, dilation_patch=2), id="rows-w13-p7-dp2"),
+    pytest.param((1, 37, 4, 9), dict(patch_size=(4, 3), dilation_patch=(1, 3)), id="rows-c37-even-patch"),
+    pytest.param((1, 2, 3, 10), dict(patch_size=9), id="rows-displacements-beyond-h"),
+    pytest.param((2, 3, 5, 24), dict(patch_size=(3, 21), dilation_patch=(1, 2)), id="rows-w24-p21"),
 ]
 
 
@@ -168,18 +174,22 @@ def test_backward_is_deterministic(device, backend):
     assert all(torch.equal(x, y) for x, y in zip(first, second))
 
 
+@pytest.mark.parametrize("size", [(3, 4), (5, 11)], ids=["narrow", "rows"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("backend", ["cpp", "triton"])
-def test_half_precision_accumulates_in_float32(device, backend, dtype):
-    """With C = 256 channels the error against float64 is that of rounding the output once (fp32 accumulation),
-    not of a sum in half precision."""
-    require("local_correlation", backend, device, dtype)
-    a, b = (torch.randn(1, 256, 3, 4, device=device).to(dtype) for _ in range(2))
-    ours = local_correlation(a, b, max_displacement=1, backend=backend)
-    assert ours.dtype == dtype and torch.isfinite(ours).all()
-    exact = ref.local_correlation(a.double(), b.double(), patch_size=3)
+def test_half_precision_accumulates_in_float32(device, backend, dtype, size):
+    """With C = 256 channels the error against float64, forward and backward, is that of rounding each result
+    once (fp32 accumulation), not of a sum in half precision. Rows of 8 or more take the CPU row kernels."""
+    # the CPU kernel must serve half precision: skipped without the extension, never for the dtype
+    require("local_correlation", backend, device, torch.float32 if (backend, device) == ("cpp", "cpu") else dtype)
+    a, b = (torch.randn(1, 256, *size, device=device).to(dtype) for _ in range(2))
+    gout = torch.randn(1, 9, *size, device=device).to(dtype)
+    ours = _run(local_correlation, a, b, gout, max_displacement=1, backend=backend)
+    exact = _run(ref.local_correlation, a.double(), b.double(), gout.double(), patch_size=3)
     eps = torch.finfo(dtype).eps
-    assert ((ours.double() - exact).abs() <= eps * exact.abs() + 1e-3).all()
+    for name, got, want in zip(("output", "grad a", "grad b"), ours, exact):
+        assert got.dtype == dtype and torch.isfinite(got).all(), name
+        assert ((got.double() - want).abs() <= eps * want.abs() + 1e-3).all(), name
 
 
 def test_modules_equal_functions():

@@ -68,6 +68,27 @@ def test_half_precision_error_within_twice_naive(backend, dtype):
     assert (ours - exact).abs().max() <= 2 * (naive - exact).abs().max() + ulp
 
 
+# (N, C, H, W, h, w, out_size): many one-channel samples (blocks across samples), channels, a resized grid
+HALF_SHAPES = [(37, 1, 9, 9, 3, 3, None), (2, 3, 9, 7, 17, 13, None), (2, 2, 8, 10, 3, 4, (11, 13))]
+
+
+@pytest.mark.parametrize("shape", HALF_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_on_cpu(dtype, shape):
+    """The CPU kernel computes half precision in float32: output and gradients are the float32 results of the
+    same (half-precision) inputs, rounded once."""
+    require("warp", "cpp", "cpu", torch.float32)  # skipped without the extension, never for the dtype
+    x, grid = (t.to(dtype) for t in _inputs(shape, torch.float32, "cpu"))
+    out_size = shape[-1] or shape[4:6]
+    gout = torch.randn(x.shape[0], x.shape[1], *out_size).to(dtype)
+    for mode, pad, align in CASES:
+        got = _run(warp, x, grid, gout, shape[-1], mode, pad, align, backend="cpp")
+        exp = _run(ref.warp, x.float(), grid.float(), gout.float(), shape[-1], mode, pad, align)
+        for name, g, e in zip(("output", "image gradient", "grid gradient"), got, exp):
+            assert g.dtype == dtype, name
+            assert_close(g, e, dtype, scale=float(e.detach().abs().max().clamp_min(1)), msg=f"{name} {mode}/{pad}/{align}")
+
+
 @pytest.mark.parametrize("align", [True, False])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_identity_grid_reproduces_input(device, backend, align):
@@ -205,3 +226,29 @@ def test_plane_sizes_checked_before_anything_is_copied(backend):
         warp_displacement(_expanded(1, 1, 2**31, 2**31), flow, backend=backend)
     with pytest.raises(ValueError, match="warp_displacement: flow has a plane"):
         warp_displacement(small, _expanded(1, 2, 2**15, 2**15, dtype=torch.float64), backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nonfinite_positions_refused_unless_disabled(backend, monkeypatch):
+    """A NaN or infinite grid value is an error naming the argument on every path that reads it (the CPU kernel
+    checks as it reads the grid: direct, one-channel blocks across samples, resized). With PSCFAST_CHECK_FINITE=0
+    the CPU kernel samples a NaN as a point outside the image (zeros padding), never forming an index from it;
+    grid_sample (the reference) gives NaN."""
+    require("warp", backend, "cpu", torch.float32)
+    for c, out_size in ((3, None), (1, None), (2, (9, 11))):
+        x, grid = torch.randn(5, c, 6, 7), torch.rand(5, 4, 4, 2) * 2 - 1
+        for bad in (float("nan"), float("inf")):
+            poisoned = grid.clone()
+            poisoned[3, 2, 1, 1] = bad
+            monkeypatch.delenv("PSCFAST_CHECK_FINITE", raising=False)
+            with pytest.raises(ValueError, match="pscfast.ops.warp: grid contains NaN or infinite values"):
+                warp(x, poisoned, out_size, backend=backend)
+            flow = torch.zeros(5, 2, 6, 7)
+            flow[1, 0, 2, 3] = bad
+            with pytest.raises(ValueError, match="pscfast.ops.warp_displacement: flow contains NaN or infinite"):
+                warp_displacement(x, flow, backend=backend)
+            monkeypatch.setenv("PSCFAST_CHECK_FINITE", "0")
+            out = warp(x, poisoned, out_size, backend=backend)
+            if backend == "cpp" and out_size is None and bad != bad:
+                assert torch.equal(out[3, :, 2, 1], torch.zeros(c))
+                assert torch.equal(out, warp(x, poisoned.nan_to_num(nan=-9.0), backend=backend))

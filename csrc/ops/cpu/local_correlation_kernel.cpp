@@ -1,8 +1,11 @@
-// pscfast::local_correlation on the CPU: forward and backward, float and double, OpenMP through
-// at::parallel_for. The inputs are read channels-last (N, H, W, C) so that every term is a dot product
-// (forward) or an axpy (backward) over contiguous channels.
-// Backward in gather form: each element of grad_a / grad_b sums, in a fixed order (displacement, then the
-// window taps), every output it contributed to; one task writes it. No atomics: results are bitwise
+// pscfast::local_correlation on the CPU: forward and backward, float, double, float16 and bfloat16 (half precision
+// accumulated in float32), OpenMP through at::parallel_for. The forward, and the backward of any geometry but the
+// one below, read the inputs channels-last (N, H, W, C), copied so, so that every term is a dot product (forward)
+// or an axpy (backward) over contiguous channels (half precision copied to float32). The backward for kernel size
+// 1, stride 1 and no padding (the correlation layers of PWC-Net, GLU-Net and FlowNetC) takes the row kernels of
+// local_correlation_rows.h, which read the inputs in their own layout: no copies.
+// The general backward is in gather form: each element of grad_a / grad_b sums, in a fixed order (displacement,
+// then the window taps), every output it contributed to; one task writes it. No atomics: results are bitwise
 // reproducible and independent of the thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -16,6 +19,7 @@
 #include <vector>
 
 #include "ops/common/local_correlation_geometry.h"
+#include "ops/cpu/local_correlation_rows.h"
 #include "ops/cpu/vectorize.h"
 
 namespace pscfast {
@@ -132,40 +136,69 @@ void backward_impl(const CorrGeometry& G, const T* gout_t, const T* other, T* gr
 
 at::Tensor channels_last(const at::Tensor& t) { return t.permute({0, 2, 3, 1}).contiguous(); }
 
-at::Tensor local_correlation_cpu(const at::Tensor& a, const at::Tensor& b, at::IntArrayRef kernel_size,
-                                 at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding,
-                                 at::IntArrayRef dilation, at::IntArrayRef dilation_patch) {
-  const auto G = corr_geometry(a, b, kernel_size, patch_size, stride, padding, dilation, dilation_patch);
-  const auto a_t = channels_last(a), b_t = channels_last(b);
-  auto out = at::empty({G.N, G.P2, G.Ho, G.Wo}, a.options());
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "local_correlation_cpu", [&] {
-    forward_impl(G, a_t.const_data_ptr<scalar_t>(), b_t.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
-  });
-  return out;
+// float16 and bfloat16 take the general path in float32 (the row kernels read them as they are).
+at::ScalarType general_type(const at::Tensor& t) {
+  const auto s = t.scalar_type();
+  return s == at::kHalf || s == at::kBFloat16 ? at::kFloat : s;
 }
 
-// Only the gradients in output_mask are computed (and allocated); each needs the other input channels-last.
+at::Tensor general_forward(const CorrGeometry& G, const at::Tensor& a_, const at::Tensor& b_) {
+  const auto dtype = general_type(a_);
+  const auto a_t = channels_last(a_.to(dtype)), b_t = channels_last(b_.to(dtype));
+  auto out = at::empty({G.N, G.P2, G.Ho, G.Wo}, a_.options().dtype(dtype));
+  AT_DISPATCH_FLOATING_TYPES(dtype, "local_correlation_cpu", [&] {
+    forward_impl(G, a_t.const_data_ptr<scalar_t>(), b_t.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
+  });
+  return out.to(a_.scalar_type());
+}
+
+// The gradient of a (sign +1, partner b) or of b (sign -1, partner a) on the general path.
+at::Tensor general_gradient(const CorrGeometry& G, const at::Tensor& grad_out, const at::Tensor& partner, int sign) {
+  const auto dtype = general_type(partner);
+  const auto gout_t = channels_last(grad_out.to(dtype)), partner_t = channels_last(partner.to(dtype));
+  auto grad_t = at::empty({G.N, G.H, G.W, G.C}, partner.options().dtype(dtype));
+  AT_DISPATCH_FLOATING_TYPES(dtype, "local_correlation_backward_cpu", [&] {
+    backward_impl(G, gout_t.const_data_ptr<scalar_t>(), partner_t.const_data_ptr<scalar_t>(),
+                  grad_t.mutable_data_ptr<scalar_t>(), sign);
+  });
+  return grad_t.permute({0, 3, 1, 2}).contiguous().to(partner.scalar_type());
+}
+
+at::Tensor local_correlation_cpu(const at::Tensor& a_, const at::Tensor& b_, at::IntArrayRef kernel_size,
+                                 at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                 at::IntArrayRef dilation, at::IntArrayRef dilation_patch) {
+  return general_forward(corr_geometry(a_, b_, kernel_size, patch_size, stride, padding, dilation, dilation_patch),
+                         a_, b_);
+}
+
+// Only the gradients in output_mask are computed (and allocated).
 std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& a, const at::Tensor& b, at::IntArrayRef kernel_size,
+    const at::Tensor& grad_out_, const at::Tensor& a_, const at::Tensor& b_, at::IntArrayRef kernel_size,
     at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
     at::IntArrayRef dilation_patch, std::array<bool, 2> output_mask) {
-  const auto G = corr_geometry(a, b, kernel_size, patch_size, stride, padding, dilation, dilation_patch);
-  check_corr_grad(grad_out, a, G);
+  const auto G = corr_geometry(a_, b_, kernel_size, patch_size, stride, padding, dilation, dilation_patch);
+  check_corr_grad(grad_out_, a_, G);
   at::Tensor grad_a, grad_b;
-  if (!output_mask[0] && !output_mask[1]) return {grad_a, grad_b};
-  const auto gout_t = channels_last(grad_out);
-  // sign +1: the gradient of a, partner b; -1: the gradient of b, partner a
-  const auto gradient = [&](const at::Tensor& partner, int sign) {
-    const auto partner_t = channels_last(partner);
-    auto grad_t = at::empty({G.N, G.H, G.W, G.C}, a.options());
-    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "local_correlation_backward_cpu", [&] {
-      backward_impl(G, gout_t.const_data_ptr<scalar_t>(), partner_t.const_data_ptr<scalar_t>(),
-                    grad_t.mutable_data_ptr<scalar_t>(), sign);
-    });
-    return grad_t.permute({0, 3, 1, 2}).contiguous();
-  };
-  if (output_mask[0]) grad_a = gradient(b, 1);
-  if (output_mask[1]) grad_b = gradient(a, -1);
+  if (!cpu_local_correlation::applies(G)) {
+    if (output_mask[0]) grad_a = general_gradient(G, grad_out_, b_, 1);
+    if (output_mask[1]) grad_b = general_gradient(G, grad_out_, a_, -1);
+    return {grad_a, grad_b};
+  }
+  const auto gout = grad_out_.contiguous();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a_.scalar_type(), "local_correlation_backward_cpu", [&] {
+    if (output_mask[0]) {
+      const auto b = b_.contiguous();
+      grad_a = at::empty(a_.sizes(), a_.options());
+      cpu_local_correlation::grad_a(G, gout.const_data_ptr<scalar_t>(), b.const_data_ptr<scalar_t>(),
+                                    grad_a.mutable_data_ptr<scalar_t>());
+    }
+    if (output_mask[1]) {
+      const auto a = a_.contiguous();
+      grad_b = at::empty(b_.sizes(), b_.options());
+      cpu_local_correlation::grad_b(G, gout.const_data_ptr<scalar_t>(), a.const_data_ptr<scalar_t>(),
+                                    grad_b.mutable_data_ptr<scalar_t>());
+    }
+  });
   return {grad_a, grad_b};
 }
 

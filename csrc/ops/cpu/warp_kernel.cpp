@@ -1,6 +1,9 @@
 // pscfast::warp on the CPU: the forward and the backward's image and grid gradients; float and double, OpenMP
-// through at::parallel_for. Each task handles whole output rows: first the taps of every pixel of the row (one
-// coordinate computation per pixel), then branch-free loops over channels and pixels.
+// through at::parallel_for; float16 and bfloat16 through float32 (the inputs widened once, the results rounded
+// once). Each task handles blocks of output points (warp_taps.h): first the taps of every point of the block
+// (one coordinate computation per point), then branch-free loops over channels and points.
+// The forward refuses a grid holding NaN or infinity (the flag the coordinate loops raise as they read it) unless
+// PSCFAST_CHECK_FINITE=0.
 // Every backward writes each output element from exactly one task, in a fixed order: results are bitwise
 // reproducible and independent of the thread count.
 #include <ATen/Dispatch.h>
@@ -13,10 +16,12 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <string>
 #include <tuple>
 #include <vector>
 
+#include "ops/common/finite_check.h"
 #include "ops/common/output_mask.h"
 #include "ops/common/warp_checks.h"
 #include "ops/common/warp_pixel.h"
@@ -26,37 +31,51 @@
 namespace pscfast {
 namespace {
 
+using cpu_warp::BlockTaps;
 using cpu_warp::Plan;
-using cpu_warp::RowTaps;
+using cpu_warp::Run;
 
-// out[i] = sum_k cw_k[i] x[off_k[i]] for one channel of one row.
+// The output row u = n * Ho + oy as a run (the resized-grid path works row by row).
 template <typename T>
-PSC_MULTIVERSION void sample_row(int n, const T* __restrict x, const int32_t* __restrict o0,
+Run row_run(const Plan<T>& P, int64_t u) {
+  return {u * P.Wo, u / P.Ho, P.Wo};
+}
+
+// out[i] = sum_k cw_k[i] x[off_k[i]] for one channel of a run.
+template <typename T>
+PSC_MULTIVERSION void sample_run(int n, const T* __restrict x, const int32_t* __restrict o0,
                                  const int32_t* __restrict o1, const int32_t* __restrict o2,
                                  const int32_t* __restrict o3, const T* __restrict c0, const T* __restrict c1,
                                  const T* __restrict c2, const T* __restrict c3, T* __restrict out) {
   for (int i = 0; i < n; ++i) out[i] = c0[i] * x[o0[i]] + c1[i] * x[o1[i]] + c2[i] * x[o2[i]] + c3[i] * x[o3[i]];
 }
 
+// Returns 1 when the grid holds NaN or infinity.
 template <typename T>
-void forward_impl(const Plan<T>& P, const T* x, const T* grid, T* out) {
-  at::parallel_for(0, P.N * P.Ho, 1, [&](int64_t begin, int64_t end) {
-    RowTaps<T> t(P);
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t n = row / P.Ho;
-      const int oy = static_cast<int>(row % P.Ho);
-      t.compute_forward(P, grid, n, oy);
+int forward_impl(const Plan<T>& P, const T* x, const T* grid, T* out) {
+  std::atomic<int> bad{0};
+  if (!P.direct) bad = cpu_warp::any_nonfinite(grid, P.N * P.h * P.w * 2);
+  const int64_t units = P.direct ? P.blocks() : P.N * P.Ho;
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    BlockTaps<T> t(P);
+    int seen = 0;
+    for (int64_t u = begin; u < end; ++u) {
+      const Run run = P.direct ? cpu_warp::block(P, u) : row_run(P, u);
+      seen |= t.compute_forward(P, grid, run);
+      const int64_t local = run.first - run.n0 * P.oplane();  // the run's first point within its sample
       for (int64_t c = 0; c < P.C; ++c)
-        sample_row(P.Wo, x + (n * P.C + c) * P.plane(), t.off[0].data(), t.off[1].data(), t.off[2].data(),
-                   t.off[3].data(), t.w[0].data(), t.w[1].data(), t.w[2].data(), t.w[3].data(),
-                   out + (n * P.C + c) * P.oplane() + static_cast<int64_t>(oy) * P.Wo);
+        sample_run(run.count, x + (run.n0 * P.C + c) * P.plane(), t.off[0].data(), t.off[1].data(),
+                   t.off[2].data(), t.off[3].data(), t.w[0].data(), t.w[1].data(), t.w[2].data(), t.w[3].data(),
+                   out + (run.n0 * P.C + c) * P.oplane() + local);
     }
+    if (seen) bad = 1;
   });
+  return bad;
 }
 
-// Adds one channel's gout * d(sample)/d(grid) to gx, gy (coefficients from bilinear_row_grad).
+// Adds one channel's gout * d(sample)/d(grid) to gx, gy (coefficients from bilinear_taps_grad).
 template <typename T>
-PSC_MULTIVERSION void grid_grad_row(int n, const T* __restrict x, const T* __restrict g,
+PSC_MULTIVERSION void grid_grad_run(int n, const T* __restrict x, const T* __restrict g,
                                     const int32_t* __restrict o0, const int32_t* __restrict o1,
                                     const int32_t* __restrict o2, const int32_t* __restrict o3,
                                     const T* __restrict ax0, const T* __restrict ax1, const T* __restrict ax2,
@@ -79,32 +98,34 @@ PSC_MULTIVERSION void interleave(int n, const T* __restrict a, const T* __restri
   }
 }
 
-// d L / d (grid point) of every pixel of row (n, oy), summed over channels, into gx, gy.
+// d L / d (grid point) of every point of a run, summed over channels, into gx, gy.
 template <typename T>
-void row_grid_grad(const Plan<T>& P, const T* x, const T* grid, const T* gout, int64_t n, int oy, RowTaps<T>& t,
+void run_grid_grad(const Plan<T>& P, const T* x, const T* grid, const T* gout, const Run& run, BlockTaps<T>& t,
                    T* gx, T* gy) {
-  t.compute_grad(P, grid, n, oy);
-  std::fill(gx, gx + P.Wo, T(0));
-  std::fill(gy, gy + P.Wo, T(0));
+  t.compute_grad(P, grid, run);
+  std::fill(gx, gx + run.count, T(0));
+  std::fill(gy, gy + run.count, T(0));
+  const int64_t local = run.first - run.n0 * P.oplane();
   for (int64_t c = 0; c < P.C; ++c)
-    grid_grad_row(P.Wo, x + (n * P.C + c) * P.plane(),
-                  gout + (n * P.C + c) * P.oplane() + static_cast<int64_t>(oy) * P.Wo, t.off[0].data(),
-                  t.off[1].data(), t.off[2].data(), t.off[3].data(), t.ax[0].data(), t.ax[1].data(), t.ax[2].data(),
-                  t.ax[3].data(), t.ay[0].data(), t.ay[1].data(), t.ay[2].data(), t.ay[3].data(), gx, gy);
+    grid_grad_run(run.count, x + (run.n0 * P.C + c) * P.plane(), gout + (run.n0 * P.C + c) * P.oplane() + local,
+                  t.off[0].data(), t.off[1].data(), t.off[2].data(), t.off[3].data(), t.ax[0].data(),
+                  t.ax[1].data(), t.ax[2].data(), t.ax[3].data(), t.ay[0].data(), t.ay[1].data(), t.ay[2].data(),
+                  t.ay[3].data(), gx, gy);
 }
 
-// Grid gradient. Without resize each pixel owns its grid point. With resize, stage 1 gives each cell of
+// Grid gradient. Without resize each point owns its grid point. With resize, stage 1 gives each cell of
 // the low-resolution grid the weighted sums for its four corners (one task per cell row), and stage 2 adds,
 // for each node, the corners of the (up to) four cells that touch it, in a fixed order.
 template <typename T>
 void backward_grid_impl(const Plan<T>& P, const T* x, const T* grid, const T* gout, T* dgrid) {
   if (P.direct) {
-    at::parallel_for(0, P.N * P.Ho, 1, [&](int64_t begin, int64_t end) {
-      RowTaps<T> taps(P);
-      std::vector<T> gx(P.Wo), gy(P.Wo);
-      for (int64_t r = begin; r < end; ++r) {
-        row_grid_grad(P, x, grid, gout, r / P.Ho, static_cast<int>(r % P.Ho), taps, gx.data(), gy.data());
-        interleave(P.Wo, gx.data(), gy.data(), dgrid + r * P.Wo * 2);
+    at::parallel_for(0, P.blocks(), 1, [&](int64_t begin, int64_t end) {
+      BlockTaps<T> taps(P);
+      std::vector<T> gx(taps.size), gy(taps.size);
+      for (int64_t b = begin; b < end; ++b) {
+        const Run run = cpu_warp::block(P, b);
+        run_grid_grad(P, x, grid, gout, run, taps, gx.data(), gy.data());
+        interleave(run.count, gx.data(), gy.data(), dgrid + run.first * 2);
       }
     });
     return;
@@ -116,14 +137,14 @@ void backward_grid_impl(const Plan<T>& P, const T* x, const T* grid, const T* go
 
   std::vector<T> partial(static_cast<size_t>(P.N) * P.h * P.w * 8, T(0));  // [n][a][b][corner][xy]
   at::parallel_for(0, P.N * P.h, 1, [&](int64_t begin, int64_t end) {
-    RowTaps<T> taps(P);
+    BlockTaps<T> taps(P);
     std::vector<T> gx(P.Wo), gy(P.Wo);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / P.h;
       const int a = static_cast<int>(t % P.h);
       T* cells = partial.data() + static_cast<size_t>(t) * P.w * 8;
       for (int oy = row_start[a]; oy < row_start[a + 1]; ++oy) {
-        row_grid_grad(P, x, grid, gout, n, oy, taps, gx.data(), gy.data());
+        run_grid_grad(P, x, grid, gout, row_run(P, n * P.Ho + oy), taps, gx.data(), gy.data());
         for (int ox = 0; ox < P.Wo; ++ox) {
           T wc[4];
           cell_corner_weights(P.ly[oy], P.lx[ox], wc);
@@ -157,42 +178,76 @@ void backward_grid_impl(const Plan<T>& P, const T* x, const T* grid, const T* go
   });
 }
 
-// Image gradient: each task owns a block of channels of one sample, so no two tasks write the same
-// element; pixels are visited in raster order.
+// dx[off_k] += w_k * g for the taps inside the image, point by point.
+template <typename T>
+void scatter_run(const BlockTaps<T>& t, int n, const T* __restrict g, T* __restrict dx) {
+  for (int i = 0; i < n; ++i)
+    for (int k = 0; k < 4; ++k)
+      if (t.m[k][i] != T(0)) dx[t.off[k][i]] += t.w[k][i] * g[i];
+}
+
+// Image gradient: each task owns the image planes it writes (a block of channels of one sample; with one channel
+// and blocks across samples, a range of samples), so no two tasks write the same element; points are visited in
+// raster order.
 template <typename T>
 void backward_x_impl(const Plan<T>& P, const T* grid, const T* gout, T* dx) {
+  if (P.across) {
+    const int64_t S = P.oplane();
+    at::parallel_for(0, P.N, 1, [&](int64_t begin, int64_t end) {
+      BlockTaps<T> taps(P);
+      for (int64_t first = begin * S; first < end * S; first += cpu_warp::kBlock) {
+        const Run run{first, first / S, static_cast<int>(std::min<int64_t>(cpu_warp::kBlock, end * S - first))};
+        taps.compute(P, grid, run);
+        scatter_run(taps, run.count, gout + first, dx + run.n0 * P.plane());
+      }
+    });
+    return;
+  }
   constexpr int64_t kChannelBlock = 16;
   const int64_t blocks = (P.C + kChannelBlock - 1) / kChannelBlock;
+  const int64_t runs = P.direct ? P.blocks_per_sample() : P.Ho;
   at::parallel_for(0, P.N * blocks, 1, [&](int64_t begin, int64_t end) {
-    RowTaps<T> taps(P);
+    BlockTaps<T> taps(P);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t n = t / blocks, c0 = (t % blocks) * kChannelBlock;
       const int64_t c1 = std::min(P.C, c0 + kChannelBlock);
-      for (int oy = 0; oy < P.Ho; ++oy) {
-        taps.compute(P, grid, n, oy);
-        for (int64_t c = c0; c < c1; ++c) {
-          const T* gc = gout + (n * P.C + c) * P.oplane() + static_cast<int64_t>(oy) * P.Wo;
-          T* dc = dx + (n * P.C + c) * P.plane();
-          for (int i = 0; i < P.Wo; ++i)
-            for (int k = 0; k < 4; ++k)
-              if (taps.m[k][i] != T(0)) dc[taps.off[k][i]] += taps.w[k][i] * gc[i];
-        }
+      for (int64_t r = 0; r < runs; ++r) {
+        const Run run = P.direct ? cpu_warp::block(P, n * runs + r) : row_run(P, n * P.Ho + r);
+        taps.compute(P, grid, run);
+        const int64_t local = run.first - n * P.oplane();
+        for (int64_t c = c0; c < c1; ++c)
+          scatter_run(taps, run.count, gout + (n * P.C + c) * P.oplane() + local, dx + (n * P.C + c) * P.plane());
       }
     }
   });
 }
 
+// float16 and bfloat16 are computed in float32; float and double in their own type.
+at::ScalarType compute_type(const at::Tensor& t) {
+  const auto s = t.scalar_type();
+  return s == at::kHalf || s == at::kBFloat16 ? at::kFloat : s;
+}
+
+// `t` in the compute type (a copy only for half precision) and contiguous.
+at::Tensor widened(const at::Tensor& t, at::ScalarType compute) { return t.to(compute).contiguous(); }
+
+// A result in the compute type back in the inputs' dtype (undefined stays undefined).
+at::Tensor narrowed(const at::Tensor& t, at::ScalarType dtype) { return t.defined() ? t.to(dtype) : t; }
+
 at::Tensor warp_cpu(const at::Tensor& x_, const at::Tensor& grid_, c10::IntArrayRef out_size, c10::string_view mode,
                     c10::string_view padding_mode, bool align_corners) {
   check_warp_inputs(x_, grid_, out_size);
-  const auto x = x_.contiguous();
-  const auto grid = grid_.contiguous();
+  const auto compute = compute_type(x_);
+  const auto x = widened(x_, compute), grid = widened(grid_, compute);
   auto out = at::empty({x.size(0), x.size(1), out_size[0], out_size[1]}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "warp_cpu", [&] {
+  int bad = 0;
+  AT_DISPATCH_FLOATING_TYPES(compute, "warp_cpu", [&] {
     const Plan<scalar_t> P(x.sizes(), grid, out_size[0], out_size[1], mode, padding_mode, align_corners);
-    forward_impl(P, x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
+    bad = forward_impl(P, x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(),
+                       out.mutable_data_ptr<scalar_t>());
   });
-  return out;
+  TORCH_CHECK_VALUE(!bad || !check_finite_enabled(), "pscfast.ops.warp: grid contains NaN or infinite values");
+  return narrowed(out, x_.scalar_type());
 }
 
 // Only the gradients in output_mask are computed; the image is read only for the grid's.
@@ -202,25 +257,28 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out,
                                                      std::array<bool, 2> output_mask) {
   check_warp_inputs(x_, grid_, grad_out.sizes().slice(2));
   check_warp_grad(grad_out, x_);
-  const auto grid = grid_.contiguous();
-  const auto gout = grad_out.contiguous();
   const bool nearest = parse_mode(std::string(mode)) == SampleMode::kNearest;
-  at::Tensor dx = zeros_if(output_mask[0], x_.sizes(), x_.options());  // backward_x_impl accumulates
+  const auto compute = compute_type(x_);
+  const auto options = x_.options().dtype(compute);
+  at::Tensor dx = zeros_if(output_mask[0], x_.sizes(), options);  // backward_x_impl accumulates
   at::Tensor dgrid;
-  if (output_mask[1]) dgrid = nearest ? at::zeros(grid.sizes(), grid.options()) : at::empty_like(grid);
-  if (!dx.defined() && !(dgrid.defined() && !nearest)) return {dx, dgrid};
-  AT_DISPATCH_FLOATING_TYPES(x_.scalar_type(), "warp_backward_cpu", [&] {
-    const Plan<scalar_t> P(x_.sizes(), grid, gout.size(2), gout.size(3), mode, padding_mode, align_corners);
-    if (dx.defined())
-      backward_x_impl(P, grid.const_data_ptr<scalar_t>(), gout.const_data_ptr<scalar_t>(),
-                      dx.mutable_data_ptr<scalar_t>());
-    if (dgrid.defined() && !nearest) {  // nearest sampling has no grid gradient: dgrid stays 0
-      const auto x = x_.contiguous();
-      backward_grid_impl(P, x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(),
-                         gout.const_data_ptr<scalar_t>(), dgrid.mutable_data_ptr<scalar_t>());
-    }
-  });
-  return {dx, dgrid};
+  if (output_mask[1]) dgrid = nearest ? at::zeros(grid_.sizes(), options) : at::empty(grid_.sizes(), options);
+  const bool grid_grad = dgrid.defined() && !nearest;  // nearest sampling has no grid gradient: dgrid stays 0
+  if (dx.defined() || grid_grad) {
+    const auto grid = widened(grid_, compute), gout = widened(grad_out, compute);
+    AT_DISPATCH_FLOATING_TYPES(compute, "warp_backward_cpu", [&] {
+      const Plan<scalar_t> P(x_.sizes(), grid, gout.size(2), gout.size(3), mode, padding_mode, align_corners);
+      if (dx.defined())
+        backward_x_impl(P, grid.const_data_ptr<scalar_t>(), gout.const_data_ptr<scalar_t>(),
+                        dx.mutable_data_ptr<scalar_t>());
+      if (grid_grad) {
+        const auto x = widened(x_, compute);
+        backward_grid_impl(P, x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(),
+                           gout.const_data_ptr<scalar_t>(), dgrid.mutable_data_ptr<scalar_t>());
+      }
+    });
+  }
+  return {narrowed(dx, x_.scalar_type()), narrowed(dgrid, x_.scalar_type())};
 }
 
 }  // namespace
