@@ -4,8 +4,8 @@ Release format: a state dict (optionally under ``"state_dict"``, keys optionally
 keys as in tests/data/release-state-dict-*.tsv: ``encoder_q.*`` and ``stn.*`` are used; the MoCo state
 (``encoder_k.*``, ``framework.*``, where ``framework.encoder_q`` repeats ``encoder_q``) and the ``pos_map``
 buffer are deliberately ignored; any other key, or a missing model key, is an error.
-pscfast format: ``{"format": "pscfast", "arch", "shared_bn", "match_start", "model": PSCNet.state_dict(), ...}``
-(``match_start``: the STN's warm-start settings, None or absent for none); the encoder's
+pscfast format: ``{"format": "pscfast", "arch", "shared_bn", "model": PSCNet.state_dict(), ...}``, with
+``match_start`` (the STN's warm-start settings) when the STN has one; the encoder's
 keys tell the arch too (``encoder._conv_stem.*`` EfficientNet-Lite0, ``encoder.layer*`` a ResNet), for files that
 record none; a file whose recorded arch disagrees with its keys is refused.
 """
@@ -137,9 +137,10 @@ def save_checkpoint(path: str | os.PathLike, model: PSCNet, **extra) -> None:
     if bad:
         raise FloatingPointError(f"save_checkpoint: {path} not written: {len(bad)} model tensor(s) hold non-finite "
                                  f"values ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
-    start = model.match_start
-    ckpt = {"format": FORMAT, "arch": model.arch, "shared_bn": model.shared_bn,
-            "match_start": None if start is None else start.to_dict(), "model": state, **extra}
+    ckpt = {"format": FORMAT, "arch": model.arch, "shared_bn": model.shared_bn, "model": state, **extra}
+    start = getattr(model, "match_start", None)  # PSCNet's; other models (SFNet) have none
+    if start is not None:
+        ckpt["match_start"] = start.to_dict()
     atomic_write(path, lambda f: torch.save(ckpt, f), "save_checkpoint")
 
 
