@@ -6,6 +6,8 @@ from pscfast.models.moco import MoCo
 from pscfast.models.psc import ARCHS, PSCNet, build_encoder, imagenet_file, load_imagenet
 from pscfast.models.resnet import PHOTO, SKETCH, ResNet
 from pscfast.models.stn import STN, upsample_flow
+from pscfast.models.warm_start import MatchStart, MatchStartConfig
 
-__all__ = ["ARCHS", "PHOTO", "SKETCH", "EfficientNetLite0", "MoCo", "PSCNet", "ResNet", "STN", "build_encoder",
-           "imagenet_file", "load_checkpoint", "load_imagenet", "save_checkpoint", "upsample_flow"]
+__all__ = ["ARCHS", "PHOTO", "SKETCH", "EfficientNetLite0", "MatchStart", "MatchStartConfig", "MoCo", "PSCNet",
+           "ResNet", "STN", "build_encoder", "imagenet_file", "load_checkpoint", "load_imagenet", "save_checkpoint",
+           "upsample_flow"]

@@ -4,7 +4,8 @@ Release format: a state dict (optionally under ``"state_dict"``, keys optionally
 keys as in tests/data/release-state-dict-*.tsv: ``encoder_q.*`` and ``stn.*`` are used; the MoCo state
 (``encoder_k.*``, ``framework.*``, where ``framework.encoder_q`` repeats ``encoder_q``) and the ``pos_map``
 buffer are deliberately ignored; any other key, or a missing model key, is an error.
-pscfast format: ``{"format": "pscfast", "arch", "shared_bn", "model": PSCNet.state_dict(), ...}``; the encoder's
+pscfast format: ``{"format": "pscfast", "arch", "shared_bn", "model": PSCNet.state_dict(), ...}``, with
+``match_start`` (the STN's warm-start settings) when the STN has one; the encoder's
 keys tell the arch too (``encoder._conv_stem.*`` EfficientNet-Lite0, ``encoder.layer*`` a ResNet), for files that
 record none; a file whose recorded arch disagrees with its keys is refused.
 """
@@ -17,6 +18,7 @@ import torch
 from pscfast.models import efficientnet
 from pscfast.models._load import atomic_write, load_file
 from pscfast.models.psc import PSCNet
+from pscfast.models.warm_start import MatchStartConfig
 
 FORMAT = "pscfast"
 _IGNORED_PREFIXES = ("encoder_k.", "framework.encoder_q.", "framework.encoder_k.", "framework.fc_q.",
@@ -108,7 +110,9 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, shared_bn:
                              f"keys are {found}'s")
         if arch is not None and arch != file_arch:
             raise ValueError(f"pscfast.models.load_checkpoint: {path} holds {file_arch}, not {arch}")
-        model = PSCNet(file_arch, ckpt["shared_bn"] if shared_bn is None else shared_bn)
+        start = ckpt.get("match_start")
+        model = PSCNet(file_arch, ckpt["shared_bn"] if shared_bn is None else shared_bn,
+                       match_start=None if start is None else MatchStartConfig(**start))
         _load_strict(model, ckpt["model"], str(path))
         return (model.eval(), dict(ckpt.get("config") or {})) if with_config else model.eval()
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
@@ -134,6 +138,9 @@ def save_checkpoint(path: str | os.PathLike, model: PSCNet, **extra) -> None:
         raise FloatingPointError(f"save_checkpoint: {path} not written: {len(bad)} model tensor(s) hold non-finite "
                                  f"values ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
     ckpt = {"format": FORMAT, "arch": model.arch, "shared_bn": model.shared_bn, "model": state, **extra}
+    start = getattr(model, "match_start", None)  # PSCNet's; other models (SFNet) have none
+    if start is not None:
+        ckpt["match_start"] = start.to_dict()
     atomic_write(path, lambda f: torch.save(ckpt, f), "save_checkpoint")
 
 

@@ -7,6 +7,7 @@ from torch import nn
 from pscfast.models import efficientnet, resnet
 from pscfast.models.resnet import PHOTO, SKETCH
 from pscfast.models.stn import STN, upsample_flow
+from pscfast.models.warm_start import MatchStart, MatchStartConfig
 
 ARCHS = (*resnet.ARCHS, efficientnet.ARCH)  # the encoders PSCNet builds (the choices of TrainConfig.arch)
 
@@ -43,14 +44,18 @@ def load_imagenet(encoder: nn.Module, path: str | None = None) -> nn.Module:
 
 
 class PSCNet(nn.Module):
-    """``PSCNet(arch="resnet18", shared_bn=False, backend=None)``: ``encoder`` (:func:`build_encoder`: ResNet or
-    EfficientNet-Lite0, with conditional BN) and ``stn`` (warp estimator, one correlation per dense feature
-    layer of the encoder). ``backend`` picks the pscfast.ops backend of the correlation."""
+    """``PSCNet(arch="resnet18", shared_bn=False, backend=None, match_start=None)``: ``encoder``
+    (:func:`build_encoder`: ResNet or EfficientNet-Lite0, with conditional BN) and ``stn`` (warp estimator, one
+    correlation per dense feature layer of the encoder). ``backend`` picks the pscfast.ops backend of the
+    correlation; ``match_start`` (a :class:`MatchStartConfig`) starts the STN's flow from the features' own
+    matching instead of the identity (pscfast.models.warm_start)."""
 
-    def __init__(self, arch: str = "resnet18", shared_bn: bool = False, backend: str | None = None):
+    def __init__(self, arch: str = "resnet18", shared_bn: bool = False, backend: str | None = None,
+                 match_start: MatchStartConfig | None = None):
         super().__init__()
         self.encoder = build_encoder(arch, shared_bn)
-        self.stn = STN(layers=len(self.encoder.feature_dims), backend=backend)
+        start = None if match_start is None else MatchStart(16, match_start)
+        self.stn = STN(layers=len(self.encoder.feature_dims), backend=backend, start=start)
 
     @property
     def arch(self) -> str:
@@ -59,6 +64,10 @@ class PSCNet(nn.Module):
     @property
     def shared_bn(self) -> bool:
         return self.encoder.shared_bn
+
+    @property
+    def match_start(self) -> MatchStartConfig | None:
+        return None if self.stn.start is None else self.stn.start.config
 
     def set_backend(self, backend: str | None) -> None:
         self.stn.backend = backend

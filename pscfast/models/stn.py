@@ -6,7 +6,8 @@ flow8  = flow4 + g8(corr(tgt, src sampled at flow4))
 flow16 = flow8 + g16(corr(tgt, src sampled at flow8))
 Flows are absolute sampling grids (N, 16, 16, 2), (x, y), align_corners=True, living on the tgt grid and
 pointing into src. Residuals add (they are not composed). Key names match the release
-(``net_4x.{0..19}``, ``base_map``); 10.23 M parameters.
+(``net_4x.{0..19}``, ``base_map``); 10.23 M parameters. ``start`` (not in the release) replaces the identity
+of flow4 by a flow computed from src and tgt (pscfast.models.warm_start.MatchStart); it holds no weights.
 """
 from __future__ import annotations
 
@@ -32,11 +33,12 @@ def _block(ds: int, size: int, cin: int = 512) -> nn.Sequential:
 
 class STN(nn.Module):
     """``STN(size=16, layers=2)(src, tgt) -> flow (N, size, size, 2)``; src/tgt are sequences of per-layer
-    feature maps (layer2, layer3). ``backend`` chooses the pscfast.ops backend of the correlation."""
+    feature maps (layer2, layer3). ``backend`` chooses the pscfast.ops backend of the correlation; ``start``
+    a module ``(src, tgt) -> flow`` that the residuals add to (None: the identity, as in the release)."""
 
-    def __init__(self, size: int = 16, layers: int = 2, backend: str | None = None):
+    def __init__(self, size: int = 16, layers: int = 2, backend: str | None = None, start: nn.Module | None = None):
         super().__init__()
-        self.size, self.backend = size, backend
+        self.size, self.backend, self.start = size, backend, start
         cin = layers * size * size
         self.net_4x, self.net_8x, self.net_16x = (_block(ds, size, cin) for ds in (4, 2, 1))
         self.register_buffer("base_map", identity_grid(1, size, size).clone())
@@ -51,7 +53,8 @@ class STN(nn.Module):
 
     def forward(self, src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor]) -> torch.Tensor:
         corr = lambda grid: ops.correlation(src, tgt, grid, self.size, backend=self.backend)  # noqa: E731
-        flow = self.base_map + self._residual(self.net_4x, corr(None))
+        base = self.base_map if self.start is None else self.start(src, tgt)
+        flow = base + self._residual(self.net_4x, corr(None))
         flow = flow + self._residual(self.net_8x, corr(flow))
         return flow + self._residual(self.net_16x, corr(flow))
 

@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from pscfast._config import check_types, load_json
-from pscfast.models import ARCHS
+from pscfast.models import ARCHS, MatchStartConfig
 from pscfast.ops._dispatch import parse_backends
 
 STAGES = {"encoder": (1,), "estimator": (2,), "both": (1, 2), "1": (1,), "2": (2,)}
@@ -17,11 +17,12 @@ AMP = ("auto", "bf16", "fp16", "none")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Defaults: the small CPU run of ``python train/run.py`` on the synthetic benchmark (about 5 minutes on 2
-    cores): the ImageNet-pretrained EfficientNet-Lite0, frozen, and stage 2 only, the STN trained on known warps
-    of the training images (warp_weight; docs/experiments.md: on these features PSC's similarity and consistency
-    losses drive the STN below the identity flow, and 150 MoCo steps lower the features' matching). The
-    paper's settings are in train/configs/paper_r18.json and paper_r101.json; a config file that omits a
+    """Defaults: the small CPU run of ``python train/run.py`` on the synthetic benchmark (a few minutes on 2
+    cores): the ImageNet-pretrained EfficientNet-Lite0, frozen, at 192x192, and stage 2 only: the STN starts
+    from the soft match of the encoder's stride-16 features (match_start) and its residual blocks train on known
+    warps of the training images (warp_weight). docs/experiments.md: on these features PSC's similarity and
+    consistency losses drive the STN below the identity flow, and 150 MoCo steps lower the features' matching.
+    The paper's settings are in train/configs/paper_r18.json and paper_r101.json; a config file that omits a
     field takes the value here.
 
     The comment on each field is its ``--help`` text (pscfast._flags)."""
@@ -33,10 +34,10 @@ class TrainConfig:
     data_root: str = "runs/synthetic"    # Sketchy root (generated there when it is the synthetic default)
     csv_dir: str | None = None           # where train_pairs_ps.csv / test_pairs_ps.csv are (none: data_root)
     out: str = "runs/default"            # output folder: checkpoints, TensorBoard, the correspondence picture
-    image_size: int = 128                # training/inference resolution (the paper: 256)
+    image_size: int = 192                # training/inference resolution (the paper: 256)
     batch_size: int = 8                  # pairs per step and process
     epochs_encoder: int = 25             # stage 1 epochs
-    epochs_estimator: int = 50           # stage 2 epochs
+    epochs_estimator: int = 10           # stage 2 epochs
     max_steps_per_epoch: int | None = 12  # at most this many steps per epoch (none: the whole training set)
     lr_encoder: float = 0.03             # stage 1 SGD learning rate (with --resume it replaces the checkpoint's)
     lr_estimator: float = 0.003          # stage 2 SGD learning rate (with --resume it replaces the checkpoint's)
@@ -51,6 +52,11 @@ class TrainConfig:
     con_weight: float = 0.0              # stage 2 weight of the forward-backward consistency loss (the paper: 1.0)
     tau: float = 0.001                   # temperature of the similarity loss's softmax
     warp_weight: float = 1.0             # stage 2 weight of the known-warp supervision of the STN (the paper: 0)
+    match_start: bool = True             # start the STN's flow from the features' own soft match, not the identity
+    match_temperature: float = 0.02      # its softmax temperature (on cosine similarities)
+    match_window: float = 2.0            # its Gaussian window around the best match (cells of the 16x16 grid)
+    match_layer: int | None = 1          # the feature layer it matches (0: stride 8, 1: stride 16; none: both)
+    match_median: bool = True            # a 3x3 median filter on its flow
     augment: bool = False                # the paper: True; False = no appearance, flip or warps
     augment_loop: bool = False           # True: the release's per-sample augmentation loop (benchmarks)
     encoder_train_mode: bool = False     # True: the release's stage 2 (encoder BN in train mode)
@@ -75,7 +81,7 @@ class TrainConfig:
     def __post_init__(self):
         check_types(self)  # the CHOICES too
         positive = ("batch_size", "moco_dim", "moco_k", "lr_encoder", "lr_estimator", "moco_t", "tau",
-                    "save_every", "eval_batch_size")
+                    "save_every", "eval_batch_size", "match_temperature", "match_window")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig: {name} must be positive, got {getattr(self, name)!r}")
@@ -112,6 +118,13 @@ class TrainConfig:
     def from_json(cls, path: str, **overrides) -> "TrainConfig":
         """The config a JSON file of fields sets, with ``overrides`` (None values are ignored) on top."""
         return cls(**load_json(cls, path)).replace(**overrides)
+
+    def match_start_config(self) -> MatchStartConfig | None:
+        """The STN's warm start (pscfast.models.warm_start) that ``match_start`` asks for, or None."""
+        if not self.match_start:
+            return None
+        layers = None if self.match_layer is None else (self.match_layer,)
+        return MatchStartConfig(self.match_temperature, self.match_window, layers, self.match_median)
 
     def stages(self) -> tuple[int, ...]:
         """The stages the run trains, in order."""

@@ -34,7 +34,7 @@ def starts_from_imagenet(cfg: TrainConfig) -> bool:
 def build_model(cfg: TrainConfig, device) -> PSCNet:
     """The PSCNet a run starts from: random, with ImageNet weights in its encoder (``cfg.imagenet``, else the
     file that ships for the arch), or ``cfg.init``'s weights."""
-    model = PSCNet(cfg.arch, cfg.shared_bn, backend=cfg.backend)
+    model = PSCNet(cfg.arch, cfg.shared_bn, backend=cfg.backend, match_start=cfg.match_start_config())
     if starts_from_imagenet(cfg):
         load_imagenet(model.encoder, cfg.imagenet)
     if cfg.init:

@@ -162,6 +162,7 @@ def test_the_default_training_config_starts_from_the_pretrained_lite0(file_state
     cfg = TrainConfig()
     assert cfg.arch == "efficientnet_lite0" and cfg.pretrained
     model = build_model(cfg, torch.device("cpu"))
+    assert model.match_start.layers == (1,)  # the STN starts from the stride-16 features' match
     assert torch.equal(model.encoder._blocks[7]._project_conv.weight, file_state["_blocks.7._project_conv.weight"])
     assert torch.equal(model.encoder._bn1.norms[1].running_var, file_state["_bn1.running_var"])
 

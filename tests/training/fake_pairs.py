@@ -23,6 +23,7 @@ class FakePairs(Dataset):
 
 def tiny_config(**kw) -> TrainConfig:
     base = dict(arch="resnet18", pretrained=False, stage="both", sim_weight=0.1, con_weight=1.0, warp_weight=0.0,
-                image_size=32, batch_size=2, epochs_encoder=2, epochs_estimator=2, max_steps_per_epoch=None,
-                moco_k=2, warmup_epochs=0.5, augment=True, progress=False, tensorboard=False, device="cpu")
+                match_start=False, image_size=32, batch_size=2, epochs_encoder=2, epochs_estimator=2,
+                max_steps_per_epoch=None, moco_k=2, warmup_epochs=0.5, augment=True, progress=False,
+                tensorboard=False, device="cpu")
     return TrainConfig(**{**base, **kw})

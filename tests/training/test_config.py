@@ -25,6 +25,7 @@ def test_paper_configs_hold_the_papers_settings(name, arch):
     assert (cfg.moco_dim, cfg.moco_k, cfg.moco_m, cfg.moco_t) == (128, 8192, 0.999, 0.07)
     assert cfg.augment and not cfg.augment_loop
     assert cfg.pretrained and cfg.imagenet is None and cfg.warp_weight == 0  # ImageNet weights: --imagenet FILE
+    assert cfg.match_start_config() is None  # the STN starts at the identity, as in the paper
 
 
 def test_flags_override_the_config_file(tmp_path):
