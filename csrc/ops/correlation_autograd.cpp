@@ -3,8 +3,8 @@
 // correlation (2 x 256 x 16 x 16 on one CPU thread), where torch.bmm's autograd costs microseconds.
 // First derivatives: pscfast::_correlation_backward. A backward that autograd records (create_graph=True:
 // gradient penalties, gradgradcheck) differentiates the plain PyTorch reference instead, through
-// pscfast::_correlation_reference_backward, which pscfast/ops/correlation.py defines in Python
-// (pscfast.ops._higher_order), so every higher derivative is the reference's.
+// pscfast::_correlation_backward_reference, which pscfast/ops/correlation.py implements in Python
+// (pscfast.ops._higher_order), so every higher derivative is the reference's (csrc/ops/common/autograd.h).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -12,18 +12,14 @@
 #include <tuple>
 #include <vector>
 
+#include "ops/common/autograd.h"
+
 namespace pscfast {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 using Grads = std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor>;
-
-// The schema's operator, looked up once.
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
 
 class CorrelationFunction : public torch::autograd::Function<CorrelationFunction> {
  public:
@@ -41,7 +37,7 @@ class CorrelationFunction : public torch::autograd::Function<CorrelationFunction
     ctx->saved_data["target_size"] = target_size.vec();
     at::AutoDispatchBelowADInplaceOrView below;
     static const auto forward_op =
-        op<at::Tensor(at::TensorList, at::TensorList, const c10::optional<at::Tensor>&, c10::SymIntArrayRef,
+        pscfast_op<at::Tensor(at::TensorList, at::TensorList, const c10::optional<at::Tensor>&, c10::SymIntArrayRef,
                       c10::SymIntArrayRef)>("pscfast::correlation");
     return forward_op.call(src, tgt, grid, size, target_size);
   }
@@ -63,14 +59,11 @@ class CorrelationFunction : public torch::autograd::Function<CorrelationFunction
     const std::array<bool, 3> mask = {any(0, L), any(L, L), has_grid && ctx->needs_input_grad(2 * L)};
     using Backward = Grads(const at::Tensor&, at::TensorList, at::TensorList, const c10::optional<at::Tensor>&,
                            c10::SymIntArrayRef, c10::SymIntArrayRef, std::array<bool, 3>);
-    static const auto backward_op = op<Backward>("pscfast::_correlation_backward");
+    static const auto backward_op = pscfast_op<Backward>("pscfast::_correlation_backward");
     Grads g;
     if (at::GradMode::is_enabled()) {
-      // the reference op is registered from Python: looked up per call, with a clear error without it
-      const auto handle = c10::Dispatcher::singleton().findSchema({"pscfast::_correlation_reference_backward", ""});
-      TORCH_CHECK(handle.has_value(), "pscfast::correlation: second derivatives need the reference backward that "
-                                      "`import pscfast.ops` registers");
-      g = handle->typed<Backward>().call(grads[0], src, tgt, grid, size, target_size, mask);
+      static const auto reference = pscfast_op<Backward>("pscfast::_correlation_backward_reference");
+      g = reference.call(grads[0], src, tgt, grid, size, target_size, mask);
     } else {
       g = backward_op.call(grads[0].contiguous(), src, tgt, grid, size, target_size, mask);
     }

@@ -36,11 +36,7 @@ def _register() -> None:
         dgrid = _fake.like(grid) if output_mask[2] and grid is not None else None
         return dsrc, dtgt, dgrid
 
-    torch.library.define("pscfast::_correlation_reference_backward",
-                         "(Tensor grad_out, Tensor[] src, Tensor[] tgt, Tensor? grid, SymInt[2] size, "
-                         "SymInt[2] target_size, bool[3] output_mask) -> (Tensor[], Tensor[], Tensor)")
-
-    @torch.library.impl("pscfast::_correlation_reference_backward", "CompositeImplicitAutograd")
+    @torch.library.impl("pscfast::_correlation_backward_reference", "CompositeImplicitAutograd")
     def _(grad_out, src, tgt, grid, size, target_size, output_mask):
         """_correlation_backward's gradients, differentiable: those of the reference (_higher_order)."""
         need = ([output_mask[0] and s.requires_grad for s in src], [output_mask[1] and t.requires_grad for t in tgt],

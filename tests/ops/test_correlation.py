@@ -242,3 +242,29 @@ def test_backward_output_mask(backend):
                 assert torch.equal(got[2], full[2])
             else:
                 assert got[2] is None
+
+
+@pytest.mark.parametrize("grad_mode", [True, False], ids=["grad", "no_grad"])
+def test_sample_blocks_on_worker_threads(grad_mode):
+    """Batches of at least as many samples as threads run their per-sample GEMMs on worker threads, which do not
+    inherit the caller's dispatch state: inputs that require grad (here the target, multiplied where it lies)
+    must not reach autograd from there."""
+    require("correlation", "cpp", "cpu", torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(11)
+        src = [torch.randn(4, 8, 12, 12, generator=g, requires_grad=True)]
+        tgt = [torch.randn(4, 8, 5, 5, generator=g, requires_grad=True)]  # at its grid's size: read in place
+        grid = (torch.rand(4, 6, 6, 2, generator=g) * 2 - 1).requires_grad_()
+        with torch.set_grad_enabled(grad_mode):
+            out = correlation(src, tgt, grid, 6, target_size=5, backend="cpp")
+            want = ref.correlation(src, tgt, grid, (6, 6), (5, 5))
+        assert_close(out, want, torch.float32)
+        if grad_mode:
+            got = torch.autograd.grad(out.square().sum(), [*src, *tgt, grid])
+            expected = torch.autograd.grad(want.square().sum(), [*src, *tgt, grid])
+            for a, b in zip(got, expected):
+                assert_close(a, b, torch.float32, scale=10.0)
+    finally:
+        torch.set_num_threads(threads)

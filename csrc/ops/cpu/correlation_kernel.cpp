@@ -19,6 +19,7 @@
 // Samples run in parallel (see for_sample_blocks). Results are bitwise reproducible for a fixed thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
@@ -219,10 +220,15 @@ void grid_grad(const T* x, const Side<T>& sd, const T* grid_n, const T* dR, T* d
 // parallel and each sample's resampling and GEMMs run on one thread (one parallel region per layer, and
 // scratch buffers per block); otherwise one block, with the parallelism inside the resampling and GEMMs.
 // Either way every sample is computed by the same code in the same order: results do not depend on timing.
+// The worker threads do not inherit the caller's dispatch state, so each block leaves autograd out itself:
+// the GEMMs write into outputs (mm_out), which autograd refuses for inputs that require grad.
 template <typename F>
 void for_sample_blocks(int64_t N, const F& fn) {
   if (N >= at::get_num_threads() && N > 1)
-    at::parallel_for(0, N, 1, fn);
+    at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      fn(n0, n1);
+    });
   else
     fn(0, N);
 }
