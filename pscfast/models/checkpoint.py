@@ -4,7 +4,9 @@ Release format: a state dict (optionally under ``"state_dict"``, keys optionally
 keys as in tests/data/release-state-dict-*.tsv: ``encoder_q.*`` and ``stn.*`` are used; the MoCo state
 (``encoder_k.*``, ``framework.*``, where ``framework.encoder_q`` repeats ``encoder_q``) and the ``pos_map``
 buffer are deliberately ignored; any other key, or a missing model key, is an error.
-pscfast format: ``{"format": "pscfast", "arch", "shared_bn", "model": PSCNet.state_dict(), ...}``; the encoder's
+pscfast format: ``{"format": "pscfast", "arch", "shared_bn", "refine", "model": PSCNet.state_dict(), ...}``
+(``refine``: the refinement levels' arguments, :attr:`pscfast.models.refine.Refinement.config`; files without
+it hold none); the encoder's
 keys tell the arch too (``encoder._conv_stem.*`` EfficientNet-Lite0, ``encoder.layer*`` a ResNet), for files that
 record none; a file whose recorded arch disagrees with its keys is refused.
 """
@@ -17,6 +19,7 @@ import torch
 from pscfast.models import efficientnet
 from pscfast.models._load import atomic_write, load_file
 from pscfast.models.psc import PSCNet
+from pscfast.models.refine import Refinement
 
 FORMAT = "pscfast"
 _IGNORED_PREFIXES = ("encoder_k.", "framework.encoder_q.", "framework.encoder_k.", "framework.fc_q.",
@@ -108,7 +111,8 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, shared_bn:
                              f"keys are {found}'s")
         if arch is not None and arch != file_arch:
             raise ValueError(f"pscfast.models.load_checkpoint: {path} holds {file_arch}, not {arch}")
-        model = PSCNet(file_arch, ckpt["shared_bn"] if shared_bn is None else shared_bn)
+        model = PSCNet(file_arch, ckpt["shared_bn"] if shared_bn is None else shared_bn,
+                       refine=_refine_levels(ckpt, path))
         _load_strict(model, ckpt["model"], str(path))
         return (model.eval(), dict(ckpt.get("config") or {})) if with_config else model.eval()
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
@@ -123,6 +127,16 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, shared_bn:
     return (model, {}) if with_config else model
 
 
+def _refine_levels(ckpt: dict, path) -> list[dict]:
+    """The refinement levels a pscfast file records (a list of RefineLevel keyword arguments; none before they
+    existed), checked enough to name the file when they are unreadable."""
+    levels = ckpt.get("refine") or []
+    if not (isinstance(levels, list) and all(isinstance(level, dict) for level in levels)):
+        raise ValueError(f"pscfast.models.load_checkpoint: {path}: 'refine' must be a list of dicts (the "
+                         f"refinement levels' arguments), got {type(levels).__name__}")
+    return levels
+
+
 def save_checkpoint(path: str | os.PathLike, model: PSCNet, **extra) -> None:
     """Write a pscfast checkpoint atomically (pscfast.models._load.atomic_write: a temporary file of a unique
     name renamed into place; a failed write leaves the previous file and no temporary file); ``extra`` holds
@@ -134,6 +148,8 @@ def save_checkpoint(path: str | os.PathLike, model: PSCNet, **extra) -> None:
         raise FloatingPointError(f"save_checkpoint: {path} not written: {len(bad)} model tensor(s) hold non-finite "
                                  f"values ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''})")
     ckpt = {"format": FORMAT, "arch": model.arch, "shared_bn": model.shared_bn, "model": state, **extra}
+    if isinstance(getattr(model, "refine", None), Refinement):  # a PSCNet (SFNet files record no levels)
+        ckpt["refine"] = model.refine.config
     atomic_write(path, lambda f: torch.save(ckpt, f), "save_checkpoint")
 
 
