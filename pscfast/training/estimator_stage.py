@@ -45,8 +45,8 @@ def known_warps(encoder, images: torch.Tensor, modality: int, geometry: AugmentC
     n, _, h, w = images.shape
     grid = geometry_grid(sample_geometry(n, geometry, generator, images.device), h, w, images.dtype)
     with torch.no_grad():
-        return (encoder.features(images, modality, strides), encoder.features(apply_geometry(images, grid), modality,
-                                                                              strides), grid)
+        warped = apply_geometry(images, grid)
+        return encoder.features(images, modality, strides), encoder.features(warped, modality, strides), grid
 
 
 class EstimatorStage(PSCStage):
