@@ -1,4 +1,5 @@
-"""`python train/run.py`: train PSC (stage 1 MoCo encoder, stage 2 STN warp estimator), then evaluate PCK.
+"""`python train/run.py`: train PSC (stage 1 MoCo encoder, stage 2 STN warp estimator, stage 3 the refinement
+levels beyond the paper's 16x16 flow), then evaluate PCK.
 
     python train/run.py                                  # small CPU run on the synthetic benchmark (minutes)
     python train/run.py --config train/configs/paper_r18.json --data-root /data/sketchy
@@ -6,7 +7,7 @@
     python train/run.py --model sfnet --help             # SFNet, with its own flags
 
 Every field of pscfast.training.TrainConfig is a flag (--help lists them with their defaults); flags override
-the config file. --epochs and --lr set both stages'. Errors are one line on stderr: exit 2 for bad input
+the config file. --epochs and --lr set every stage's. Errors are one line on stderr: exit 2 for bad input
 (flags, config, data, checkpoints), 1 for a failed run (divergence, a full disk, an output folder in use by
 another run).
 """
@@ -21,7 +22,8 @@ from pscfast._flags import ConfigParser
 from pscfast.training import TrainConfig, pipeline, sfnet
 
 PROG = "train/run.py"
-ALIASES = {"epochs": ("epochs_encoder", "epochs_estimator"), "lr": ("lr_encoder", "lr_estimator")}
+ALIASES = {"epochs": ("epochs_encoder", "epochs_estimator", "epochs_refine"),
+           "lr": ("lr_encoder", "lr_estimator", "lr_refine")}
 
 
 def parse(argv=None) -> TrainConfig:

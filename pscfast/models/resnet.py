@@ -9,6 +9,8 @@ torchvision/MoCo ImageNet weights load with :func:`load_imagenet`.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -111,10 +113,18 @@ def _shortcut(downsample: nn.Sequential | None, x: torch.Tensor, m: int) -> torc
     return x if downsample is None else downsample[1](downsample[0](x), m)
 
 
+def check_strides(encoder: str, available: Sequence[int], strides: Sequence[int]) -> None:
+    """Refuse a request for feature maps at strides the encoder does not have (or at none)."""
+    if not strides or any(s not in available for s in strides):
+        raise ValueError(f"pscfast.models.{encoder}.features: strides must be a non-empty sequence of "
+                         f"{', '.join(map(str, available))}, got {tuple(strides)!r}")
+
+
 class ResNet(nn.Module):
     """``ResNet(arch, shared_bn)``; ``features(x, modality) -> (layer2, layer3)`` post-ReLU maps at stride 8
-    and 16 ((N,128,32,32) and (N,256,16,16) for R18 at 256x256); ``forward(x, modality) -> (N, out_dim)``
-    the global-pooled layer4 feature (MoCo's input)."""
+    and 16 ((N,128,32,32) and (N,256,16,16) for R18 at 256x256); ``features(x, modality, strides)`` any of the
+    stem (stride 2, before the max-pool), layer1 (4), layer2 (8), layer3 (16), layer4 (32);
+    ``forward(x, modality) -> (N, out_dim)`` the global-pooled layer4 feature (MoCo's input)."""
 
     def __init__(self, arch: str = "resnet18", shared_bn: bool = False):
         super().__init__()
@@ -136,7 +146,9 @@ class ResNet(nn.Module):
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.out_dim = cin
-        self.feature_dims = (128 * block.expansion, 256 * block.expansion)
+        self.strides = (2, 4, 8, 16, 32)
+        self.stride_dims = {2: 64, **{4 * 2 ** i: width * block.expansion for i, width in enumerate((64, 128, 256, 512))}}
+        self.feature_dims = (self.stride_dims[8], self.stride_dims[16])
         for mod in self.modules():
             if isinstance(mod, nn.Conv2d):
                 nn.init.kaiming_normal_(mod.weight, mode="fan_out", nonlinearity="relu")
@@ -156,15 +168,21 @@ class ResNet(nn.Module):
             raise TypeError(f"pscfast.models.ResNet: expected floating-point images normalised with ImageNet's mean "
                             f"and std (pscfast.data.normalize of [0, 1] images), got {x.dtype}")
 
-    def features(self, x: torch.Tensor, modality: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def features(self, x: torch.Tensor, modality: int, strides: Sequence[int] = (8, 16)) -> tuple[torch.Tensor, ...]:
+        """The maps at ``strides`` (each one of ``self.strides``), in that order; the layers run only as deep as
+        the largest stride asks."""
         self._check(x, modality)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x), modality)))
-        l2 = self._run(self.layer2, self._run(self.layer1, x, modality), modality)
-        return l2, self._run(self.layer3, l2, modality)
+        check_strides("ResNet", self.strides, strides)
+        out = {2: self.relu(self.bn1(self.conv1(x), modality))}
+        x = self.maxpool(out[2])
+        for stride, layer in zip(self.strides[1:], (self.layer1, self.layer2, self.layer3, self.layer4)):
+            if stride > max(strides):
+                break
+            x = out[stride] = self._run(layer, x, modality)
+        return tuple(out[s] for s in strides)
 
     def forward(self, x: torch.Tensor, modality: int) -> torch.Tensor:
-        l3 = self.features(x, modality)[1]
-        return self._run(self.layer4, l3, modality).mean(dim=(2, 3))
+        return self.features(x, modality, (32,))[0].mean(dim=(2, 3))
 
 
 def imagenet_to_cbn(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

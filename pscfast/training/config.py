@@ -11,7 +11,8 @@ from pscfast._config import check_types, load_json
 from pscfast.models import ARCHS, MatchStartConfig
 from pscfast.ops._dispatch import parse_backends
 
-STAGES = {"encoder": (1,), "estimator": (2,), "both": (1, 2), "1": (1,), "2": (2,)}
+STAGES = {"encoder": (1,), "estimator": (2,), "both": (1, 2), "refine": (3,), "estimator+refine": (2, 3),
+          "all": (1, 2, 3), "1": (1,), "2": (2,), "3": (3,)}
 AMP = ("auto", "bf16", "fp16", "none")
 
 
@@ -28,7 +29,7 @@ class TrainConfig:
     The comment on each field is its ``--help`` text (pscfast._flags)."""
     CHOICES: ClassVar[dict[str, tuple]] = {"stage": tuple(STAGES), "arch": ARCHS, "amp": AMP}
 
-    stage: str = "estimator"             # encoder | estimator | both (1 | 2 accepted)
+    stage: str = "estimator"             # encoder | estimator | both | refine | estimator+refine | all (1 | 2 | 3)
     arch: str = "efficientnet_lite0"     # the encoder
     shared_bn: bool = False              # True reproduces the release's single BN per pair
     data_root: str = "runs/synthetic"    # Sketchy root (generated there when it is the synthetic default)
@@ -38,9 +39,13 @@ class TrainConfig:
     batch_size: int = 8                  # pairs per step and process
     epochs_encoder: int = 25             # stage 1 epochs
     epochs_estimator: int = 10           # stage 2 epochs
+    epochs_refine: int = 10              # stage 3 epochs (the refinement levels)
     max_steps_per_epoch: int | None = 12  # at most this many steps per epoch (none: the whole training set)
     lr_encoder: float = 0.03             # stage 1 SGD learning rate (with --resume it replaces the checkpoint's)
     lr_estimator: float = 0.003          # stage 2 SGD learning rate (with --resume it replaces the checkpoint's)
+    # stage 3 SGD learning rate (with --resume it replaces the checkpoint's); measured on the default run's
+    # 60 steps: 0.03-1 barely move the zero-initialised residual, 10 (or 3 over 120 steps) diverges
+    lr_refine: float = 3.0
     momentum: float = 0.9                # SGD momentum
     weight_decay: float = 1e-4           # SGD weight decay
     warmup_epochs: float = 0.25          # linear warm-up before the cosine schedule
@@ -57,6 +62,13 @@ class TrainConfig:
     match_window: float = 2.0            # its Gaussian window around the best match (cells of the 16x16 grid)
     match_layer: int | None = 1          # the feature layer it matches (0: stride 8, 1: stride 16; none: both)
     match_median: bool = True            # a 3x3 median filter on its flow
+    refine_sizes: tuple[int, ...] = (32,)  # stage 3's refinement levels: the side of each one's flow, increasing
+    refine_strides: tuple[int, ...] = (4,)  # the encoder strides each refinement level correlates
+    refine_displacement: int = 4         # the largest displacement of a level's local cost volume (its grid's cells)
+    refine_stn: bool = False             # True: stage 3 also trains the STN (on known warps, warp_weight)
+    refine_sim_weight: float = 0.0       # stage 3 weight of the perceptual similarity at the finest size
+    refine_con_weight: float = 0.0       # stage 3 weight of the forward-backward consistency at the finest size
+    refine_warp_weight: float = 1.0      # stage 3 weight of the known-warp loss at the finest size
     augment: bool = False                # the paper: True; False = no appearance, flip or warps
     augment_loop: bool = False           # True: the release's per-sample augmentation loop (benchmarks)
     encoder_train_mode: bool = False     # True: the release's stage 2 (encoder BN in train mode)
@@ -80,13 +92,14 @@ class TrainConfig:
 
     def __post_init__(self):
         check_types(self)  # the CHOICES too
-        positive = ("batch_size", "moco_dim", "moco_k", "lr_encoder", "lr_estimator", "moco_t", "tau",
-                    "save_every", "eval_batch_size", "match_temperature", "match_window")
+        positive = ("batch_size", "moco_dim", "moco_k", "lr_encoder", "lr_estimator", "lr_refine", "moco_t", "tau",
+                    "save_every", "eval_batch_size", "match_temperature", "match_window", "refine_displacement")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig: {name} must be positive, got {getattr(self, name)!r}")
-        for name in ("epochs_encoder", "epochs_estimator", "warmup_epochs", "momentum", "weight_decay", "sim_weight",
-                     "con_weight", "warp_weight", "eval_every", "workers"):
+        for name in ("epochs_encoder", "epochs_estimator", "epochs_refine", "warmup_epochs", "momentum", "weight_decay",
+                     "sim_weight", "con_weight", "warp_weight", "refine_sim_weight", "refine_con_weight",
+                     "refine_warp_weight", "eval_every", "workers"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"TrainConfig: {name} must be non-negative, got {getattr(self, name)!r}")
         if not 0 <= self.moco_m < 1:
@@ -94,6 +107,11 @@ class TrainConfig:
         if self.image_size < 32:
             raise ValueError(f"TrainConfig: image_size must be at least 32 (layer3 has stride 16), "
                              f"got {self.image_size}")
+        sizes = self.refine_sizes
+        if not sizes or sizes[0] < 2 or list(sizes) != sorted(set(sizes)):
+            raise ValueError(f"TrainConfig: refine_sizes must be increasing flow sides of at least 2, got {sizes!r}")
+        if not self.refine_strides:
+            raise ValueError("TrainConfig: refine_strides must name at least one encoder stride")
         for name in ("max_steps_per_epoch", "eval_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be at least 1 or None, got {getattr(self, name)!r}")

@@ -37,14 +37,16 @@ class FlowPair(nn.Module):
         return flows if known is None else (flows, self.stn(*known))
 
 
-def known_warps(encoder, images: torch.Tensor, modality: int, geometry: AugmentConfig, generator=None):
+def known_warps(encoder, images: torch.Tensor, modality: int, geometry: AugmentConfig, generator=None,
+                strides=(8, 16)):
     """Each image (normalised, (N, 3, H, W)) and the same image under a random warp drawn from ``geometry``,
-    both encoded without gradient in ``modality``. Returns (features of the images, features of the warped
-    images, the warps' sampling grids (N, H, W, 2)): ``stn(src, tgt)`` should return the grid."""
+    both encoded at ``strides`` without gradient in ``modality``. Returns (features of the images, features of
+    the warped images, the warps' sampling grids (N, H, W, 2)): ``stn(src, tgt)`` should return the grid."""
     n, _, h, w = images.shape
     grid = geometry_grid(sample_geometry(n, geometry, generator, images.device), h, w, images.dtype)
     with torch.no_grad():
-        return encoder.features(images, modality), encoder.features(apply_geometry(images, grid), modality), grid
+        warped = apply_geometry(images, grid)
+        return encoder.features(images, modality, strides), encoder.features(warped, modality, strides), grid
 
 
 class EstimatorStage(PSCStage):
@@ -78,21 +80,28 @@ class EstimatorStage(PSCStage):
             losses = {**losses, "loss": losses.get("loss", 0) + cfg.warp_weight * warp, "warp": warp.detach()}
         return losses
 
-    def _pair_losses(self, photo, sketch, f_photo, f_sketch, fwd, bwd) -> dict[str, torch.Tensor]:
-        """PSC's stage-2 losses of the predicted flows (weighted similarity and consistency)."""
+    def _pair_losses(self, photo, sketch, f_photo, f_sketch, fwd, bwd, weights=None, strides=(8, 16),
+                     size: int = 16) -> dict[str, torch.Tensor]:
+        """PSC's stage-2 losses of the predicted flows (weighted similarity and consistency); f_photo and
+        f_sketch are the maps at ``strides``, the similarity is taken at size x size. ``weights``: (similarity,
+        consistency), by default the configuration's stage-2 weights."""
         cfg, enc = self.cfg, self.encoder
-        size = tuple(photo.shape[-2:])
+        sim_weight, con_weight = weights or (cfg.sim_weight, cfg.con_weight)
+        image_size = tuple(photo.shape[-2:])
         # re-encode the warped images: gradients reach the flows through the frozen encoder
-        w_photo = ops.warp(photo, fwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
-        w_sketch = ops.warp(sketch, bwd.to(photo.dtype), out_size=size, padding_mode="border", backend=cfg.backend)
-        fw_photo, fw_sketch = enc.features(w_photo, PHOTO), enc.features(w_sketch, SKETCH)
+        w_photo = ops.warp(photo, fwd.to(photo.dtype), out_size=image_size, padding_mode="border",
+                           backend=cfg.backend)
+        w_sketch = ops.warp(sketch, bwd.to(photo.dtype), out_size=image_size, padding_mode="border",
+                            backend=cfg.backend)
+        fw_photo, fw_sketch = enc.features(w_photo, PHOTO, strides), enc.features(w_sketch, SKETCH, strides)
         f = lambda fs: [t.float() for t in fs]  # noqa: E731  (losses in fp32)
         return stage2_loss(f(fw_photo), f(f_sketch), f(fw_sketch), f(f_photo), fwd.float(), bwd.float(),
-                           cfg.sim_weight, cfg.con_weight, cfg.tau, cfg.backend)
+                           sim_weight, con_weight, cfg.tau, cfg.backend, size)
 
-    def _known_warps(self, photo: torch.Tensor, sketch: torch.Tensor):
+    def _known_warps(self, photo: torch.Tensor, sketch: torch.Tensor, strides=(8, 16)):
         """known_warps of the photos (photo BN) and the sketches (sketch BN), one batch: (src, tgt, grids)."""
-        (src_p, tgt_p, grid_p), (src_s, tgt_s, grid_s) = (known_warps(self.encoder, x, m, AugmentConfig(), self.gen)
-                                                          for x, m in ((photo, PHOTO), (sketch, SKETCH)))
+        (src_p, tgt_p, grid_p), (src_s, tgt_s, grid_s) = (
+            known_warps(self.encoder, x, m, AugmentConfig(), self.gen, strides)
+            for x, m in ((photo, PHOTO), (sketch, SKETCH)))
         return ([torch.cat(t) for t in zip(src_p, src_s)], [torch.cat(t) for t in zip(tgt_p, tgt_s)],
                 torch.cat([grid_p, grid_s]))

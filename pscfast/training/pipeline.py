@@ -1,4 +1,5 @@
-"""``train(cfg)``: both PSC stages end to end (data, stages, checkpoints, TensorBoard, PCK evaluation).
+"""``train(cfg)``: PSC's stages end to end (data, stages, checkpoints, TensorBoard, PCK evaluation): the encoder
+(1), the STN (2) and the refinement levels (3, not in the paper).
 
 One run at a time per output folder (pscfast.training.outdir). ``--resume`` reads a checkpoint that this
 module wrote during training (``stage{s}_last.pt``, ``stage{s}_epoch{e}.pt``) with ``weights_only=True``, and
@@ -15,15 +16,17 @@ from pscfast.data import PSCTrainPairs
 from pscfast.models import PSCNet, imagenet_file, load_checkpoint, load_imagenet, save_checkpoint
 from pscfast.models._load import load_file
 from pscfast.models.checkpoint import FORMAT
+from pscfast.models.refine import Refinement
 from pscfast.training import distributed as dist_utils
 from pscfast.training.benchmark import evaluate_pck, prepare_data
 from pscfast.training.config import TrainConfig
 from pscfast.training.encoder_stage import EncoderStage
 from pscfast.training.estimator_stage import EstimatorStage
 from pscfast.training.outdir import OutputLock
+from pscfast.training.refine_stage import RefineStage
 from pscfast.training.stage import PSCStage
 
-STAGES = {1: EncoderStage, 2: EstimatorStage}
+STAGES = {1: EncoderStage, 2: EstimatorStage, 3: RefineStage}
 
 
 def starts_from_imagenet(cfg: TrainConfig) -> bool:
@@ -31,15 +34,40 @@ def starts_from_imagenet(cfg: TrainConfig) -> bool:
     return bool(cfg.pretrained or cfg.imagenet) and not (cfg.init or cfg.resume)
 
 
+def refine_levels(cfg: TrainConfig) -> list[dict]:
+    """The refinement levels stage 3 trains: one per ``refine_sizes``, each on ``refine_strides``."""
+    return [{"size": size, "strides": list(cfg.refine_strides), "max_displacement": cfg.refine_displacement}
+            for size in cfg.refine_sizes]
+
+
 def build_model(cfg: TrainConfig, device) -> PSCNet:
     """The PSCNet a run starts from: random, with ImageNet weights in its encoder (``cfg.imagenet``, else the
-    file that ships for the arch), or ``cfg.init``'s weights."""
-    model = PSCNet(cfg.arch, cfg.shared_bn, backend=cfg.backend, match_start=cfg.match_start_config())
+    file that ships for the arch), or ``cfg.init``'s weights. Its refinement levels: the configured ones when
+    the run trains stage 3 (new, unless ``cfg.init`` holds the same), else ``cfg.init``'s (none by default)."""
+    init = load_checkpoint(cfg.init, cfg.arch, cfg.shared_bn) if cfg.init else None
+    levels = init.refine.config if init is not None else []
+    if 3 in cfg.stages():
+        wanted = Refinement(refine_levels(cfg)).config  # with the levels' defaults filled in
+        if levels and levels != wanted:
+            raise ValueError(f"init: {cfg.init} holds the refinement levels {levels}, not the configured {wanted} "
+                             "(--refine-sizes, --refine-strides, --refine-displacement)")
+        levels = wanted
+    model = PSCNet(cfg.arch, cfg.shared_bn, backend=cfg.backend, match_start=cfg.match_start_config(),
+                   refine=levels)
     if starts_from_imagenet(cfg):
         load_imagenet(model.encoder, cfg.imagenet)
-    if cfg.init:
-        model.load_state_dict(load_checkpoint(cfg.init, cfg.arch, cfg.shared_bn).state_dict())
+    if init is not None:
+        load_weights(model, init.state_dict(), f"init: {cfg.init}")
     return model.to(device)
+
+
+def load_weights(model: PSCNet, state: dict, who: str) -> None:
+    """``state`` into ``model``, strictly, except that a state without refinement levels leaves the model's new
+    ones as they are (stage 3 on a model trained without them)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("refine.") for k in missing) or (missing and any(
+            k.startswith("refine.") for k in state)):
+        raise KeyError(f"{who}: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
 
 
 def checkpoint_path(cfg: TrainConfig, stage: int, epoch: int | None = None) -> str:
@@ -123,7 +151,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
         if rank != 0:
             return
         save_stage(cfg, stage, epoch)
-        if stage.number == 2 and cfg.eval_every and epoch % cfg.eval_every == 0 and epoch != stage.epochs:
+        if stage.number > 1 and cfg.eval_every and epoch % cfg.eval_every == 0 and epoch != stage.epochs:
             evaluate_pck(cfg, model, root, csv_dir, device, writer, stage.step)
 
     history = {}
@@ -131,7 +159,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
         if resume is not None and resume["training"]["stage"] > s:
             continue  # this stage finished before the checkpoint was written
         if resume is not None:
-            model.load_state_dict(resume["model"])
+            load_weights(model, resume["model"], f"resume: {cfg.resume}")
         stage = STAGES[s](cfg, model, train_data, device, rank, world)
         if resume is not None and resume["training"]["stage"] == s:
             note = stage.load_state_dict(resume["training"])
@@ -140,7 +168,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device) -> dict:
         resume = None
         history[s] = stage.run(_logger(writer, s), on_epoch)
     pck = None
-    if 2 in cfg.stages() and rank == 0:
+    if {2, 3} & set(cfg.stages()) and rank == 0:
         pck = evaluate_pck(cfg, model, root, csv_dir, device, writer, sum(len(h) for h in history.values()))
     if rank == 0:
         save_checkpoint(os.path.join(cfg.out, "final.pt"), model, config=cfg.__dict__)

@@ -60,7 +60,7 @@ class PSCStage(TrainingLoop):
         if steps == 0:
             raise ValueError(f"stage {self.number}: batch_size {cfg.batch_size} x {world} processes exceeds the "
                              f"{len(data)} training pairs")
-        epochs = (cfg.epochs_encoder, cfg.epochs_estimator)[self.number - 1]
+        epochs = (cfg.epochs_encoder, cfg.epochs_estimator, cfg.epochs_refine)[self.number - 1]
         self.aug = AugmentConfig() if cfg.augment else AugmentConfig(flip_p=0.0, appearance=False, geometric=False)
         self.gen = torch.Generator(device=device)
         self.amp_dtype = amp_dtype(cfg.amp, device)

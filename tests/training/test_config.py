@@ -114,6 +114,9 @@ def _other_value(field):
         return not default, ["--no-" + flag[2:] if default else flag]
     elif isinstance(default, (int, float)):
         value = default + 1
+    elif isinstance(default, tuple):
+        value = tuple(2 * v for v in default)
+        return value, [flag, *map(str, value)]
     else:  # a path or an optional number
         value = 2 if "int" in str(field.type) else "elsewhere"
     return value, [flag, str(value)]
@@ -143,7 +146,8 @@ def test_help_lists_every_field_with_its_default():
     text = " ".join(proc.stdout.split())
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
-        default = "none" if field.default is None else str(field.default)
+        default = ("none" if field.default is None else " ".join(map(str, field.default))
+                   if isinstance(field.default, tuple) else str(field.default))  # a tuple: its values, as typed
         assert re.search(rf"{flag}[ ,].*?\(default: {re.escape(default)}\)", text), flag
     assert "--epochs EPOCHS sets epochs_encoder and epochs_estimator" in text
 

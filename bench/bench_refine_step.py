@@ -1,0 +1,58 @@
+"""One stage-3 training step of PSCNet's refinement level (frozen encoder at strides 4, 8 and 16, the frozen
+STN, both refined directions, the known warps, re-encoding of the warped images, PSC's weighted perceptual
+similarity and the consistency at the refined flow's size, backward, SGD) at 32x32 and 64x64: the fused ops
+("pscfast") against the same step on the plain PyTorch reference ops ("naive"), whose similarity builds the
+(size^2 x size^2) matrix per sample and layer. Lite0 at 256x256 (its stride-4 map is 64x64); CPU batch 4,
+CUDA batch 64 with bf16 AMP."""
+import pytest
+import torch
+
+from bench.conftest import bench_device, peak_bytes, record_result
+from pscfast.training.config import TrainConfig
+from pscfast.training.pipeline import build_model
+from pscfast.training.refine_stage import RefineStage
+
+DEVICE = bench_device()
+BATCH = 64 if DEVICE == "cuda" else 4
+
+
+class _Pairs(torch.utils.data.Dataset):
+    def __len__(self):
+        return BATCH
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"photo": torch.rand(3, 256, 256, generator=g), "sketch": torch.rand(3, 256, 256, generator=g),
+                "class_id": 1}
+
+
+PROVIDERS = {"pscfast": None, "naive": "torch"}
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_refine_step(benchmark, provider, size):
+    cfg = TrainConfig(stage="refine", pretrained=False, image_size=256, batch_size=BATCH, epochs_refine=1,
+                      refine_sizes=(size,), refine_strides=(4,), refine_displacement=4, refine_sim_weight=0.1,
+                      refine_con_weight=1.0, refine_warp_weight=1.0, augment=False, progress=False,
+                      tensorboard=False, device=DEVICE, backend=PROVIDERS[provider],
+                      amp="bf16" if DEVICE == "cuda" else "none")
+    device = torch.device(DEVICE)
+    torch.manual_seed(0)
+    stage = RefineStage(cfg, build_model(cfg, device), _Pairs(), device, 0, 1)
+    batch = next(iter(stage.loader))
+    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
+
+    def step():
+        stage.train_step(batch)
+        sync()
+
+    step()  # warm-up
+    peak = peak_bytes(step, DEVICE)  # beyond the resident model, optimizer state and batch
+    benchmark.group = f"refine_step-B{BATCH}-{size}"
+    benchmark.pedantic(step, rounds=3 if DEVICE == "cuda" else 2, iterations=1)
+    stats = benchmark.stats.stats
+    record = {"op": "refine_step", "provider": provider, "mode": "fwd+bwd", "shape": f"B{BATCH}-Lite0-256-flow{size}",
+              "device": DEVICE, "dtype": "bf16-amp" if DEVICE == "cuda" else "float32", "median_s": stats.median,
+              "iqr_s": stats.iqr, "min_s": stats.min, "rounds": stats.rounds, "peak_bytes": peak}
+    record_result(benchmark, record)
