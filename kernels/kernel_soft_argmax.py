@@ -6,7 +6,8 @@ pass 1 sums of squares and the first argmax, pass 2 the maximum of k n and its p
 softmax sum (exp(beta (k n - max)), the difference formed before the scaling by beta, as SFNet) and the
 expected offset from p (the backward's q - x is formed as (q - p) - offset: exact where m is close to 1;
 csrc/ops/common/kernel_soft_argmax_math.h). The backward recomputes these, then pass 4 the dot product
-<n, nb> and pass 5 writes d L / d corr once per element (no atomics: deterministic). Accumulation in float32 (float64 for float64).
+<n, nb> and pass 5 writes d L / d corr once per element (no atomics: deterministic). Accumulation in float32
+(float64 for float64).
 """
 from __future__ import annotations
 

@@ -255,7 +255,7 @@ def similarity_loss_backward(grad_ce: torch.Tensor, fw, ft, stats: torch.Tensor,
                              output_mask):
     """Gradients (dfw, dft: lists shaped like the layers, empty when masked) of sum(grad_ce * ce)."""
     need_fw, need_ft = output_mask
-    n, p = fw[0].shape[0], size * size
+    p = size * size
     rw, rt, ranges = _plans(fw, ft, size)
     itau = 1.0 / tau
     g = grad_ce.contiguous()

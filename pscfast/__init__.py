@@ -7,7 +7,7 @@
 """
 import warnings
 
-from pscfast import _extension, ops
+from pscfast import _extension, ops  # noqa: F401 (registers the ops: `import pscfast` is enough to use them)
 
 __version__ = "0.1.0"
 

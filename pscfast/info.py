@@ -40,7 +40,8 @@ def report() -> str:
     ]
     if _extension.version_mismatch():
         lines.append(f"WARNING: {_extension.version_mismatch()}")
-    lines += ["", f"{'op':<24}{'CPU float32':<14}CUDA float32" + ("" if torch.cuda.is_available() else " (no device here)")]
+    here = "" if torch.cuda.is_available() else " (no device here)"
+    lines += ["", f"{'op':<24}{'CPU float32':<14}CUDA float32{here}"]
     for name, op in sorted(OPS.items()):
         lines.append(f"{name:<24}{_serving(op, 'cpu', torch.float32):<14}{_serving(op, 'cuda', torch.float32)}")
     # torch, the reference, takes every floating dtype; it runs, with a warning, where no compiled kernel does

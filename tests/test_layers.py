@@ -27,8 +27,8 @@ LEVELS = [
     ("models", ("pscfast.models", "pscfast.losses")),
     ("evaluation", ("pscfast.evaluation", "pscfast.viz")),
     ("training", ("pscfast.training",)),
-    ("command lines", ("pscfast._cli", "pscfast._eval_cli", "pscfast._flags", "pscfast.diagnose", "pscfast.evaluate", "pscfast.info",
-                       "pscfast.predict", "pscfast.train")),
+    ("command lines", ("pscfast._cli", "pscfast._eval_cli", "pscfast._flags", "pscfast.diagnose", "pscfast.evaluate",
+                       "pscfast.info", "pscfast.predict", "pscfast.train")),
 ]
 RANK = {name: rank for rank, (_, names) in enumerate(LEVELS) for name in names}
 

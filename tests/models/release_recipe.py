@@ -64,7 +64,8 @@ def recipe_state(arch: str, bn_statistics: dict[str, torch.Tensor]) -> dict[str,
         if is_bn_statistic(key) and canonical(key).startswith(("encoder_q.", "stn.")):
             state[key] = bn_statistics[canonical(key)].clone()
         elif is_bn_statistic(key):  # the key encoder's, which a checkpoint loader ignores
-            state[key] = torch.ones(shape, dtype=dtype) if key.endswith("running_var") else torch.zeros(shape, dtype=dtype)
+            fill = torch.ones if key.endswith("running_var") else torch.zeros
+            state[key] = fill(shape, dtype=dtype)
         else:
             state[key] = draw(key, shape, dtype)
     return state

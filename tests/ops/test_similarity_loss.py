@@ -1,6 +1,8 @@
 """similarity_loss: goldens, every backend against the PyTorch reference forward and backward (sizes,
 channels, batch 1, odd sizes, signed features, layers larger, smaller and equal to the grid), the in-op
 chunks of samples, gradcheck, opcheck, determinism, bad input (the in-op resize: test_similarity_resize.py)."""
+import functools
+
 import pytest
 import torch
 
@@ -127,7 +129,7 @@ def test_layers_larger_than_and_equal_to_the_grid(device, backend, case):
 @pytest.mark.parametrize("backend", ["cpp", "torch"])
 def test_gradcheck_float64(backend, signed):
     require("similarity_loss", backend, "cpu", torch.float64)
-    draw = (lambda *s: torch.randn(*s, dtype=torch.float64)) if signed else (lambda *s: torch.rand(*s, dtype=torch.float64))
+    draw = functools.partial(torch.randn if signed else torch.rand, dtype=torch.float64)
     fw = [draw(2, 2, 4, 4).requires_grad_(), draw(2, 1, 3, 2).requires_grad_()]
     ft = [draw(2, 2, 4, 4).requires_grad_(), draw(2, 1, 3, 2).requires_grad_()]
     # tau = 0.5 keeps the softmax well-conditioned for finite differences (tau = 0.001 is checked above)
@@ -141,7 +143,7 @@ def test_gradgradcheck_float64(backend, signed):
     """Second derivatives (create_graph=True): before, the cpp backward was a constant to autograd, so
     they were silently zero."""
     require("similarity_loss", backend, "cpu", torch.float64)
-    draw = (lambda *s: torch.randn(*s, dtype=torch.float64)) if signed else (lambda *s: torch.rand(*s, dtype=torch.float64))
+    draw = functools.partial(torch.randn if signed else torch.rand, dtype=torch.float64)
     fw = [draw(1, 2, 3, 3).requires_grad_(), draw(1, 1, 2, 3).requires_grad_()]
     ft = [draw(1, 2, 3, 3).requires_grad_(), draw(1, 1, 2, 3).requires_grad_()]
     fn = lambda *x: similarity_loss(list(x[:2]), list(x[2:]), 0.5, 2, backend=backend)[0]  # noqa: E731

@@ -86,7 +86,8 @@ def test_half_precision_on_cpu(dtype, shape):
         exp = _run(ref.warp, x.float(), grid.float(), gout.float(), shape[-1], mode, pad, align)
         for name, g, e in zip(("output", "image gradient", "grid gradient"), got, exp):
             assert g.dtype == dtype, name
-            assert_close(g, e, dtype, scale=float(e.detach().abs().max().clamp_min(1)), msg=f"{name} {mode}/{pad}/{align}")
+            assert_close(g, e, dtype, scale=float(e.detach().abs().max().clamp_min(1)),
+                         msg=f"{name} {mode}/{pad}/{align}")
 
 
 @pytest.mark.parametrize("align", [True, False])

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pscfast.models import PHOTO, SKETCH, PSCNet
+from pscfast.models import SKETCH, PSCNet
 from pscfast.ops._reference import identity_grid, resize_grid
 from pscfast.training.augment import AugmentConfig, apply_geometry
 from pscfast.losses import known_warp_loss

@@ -113,8 +113,9 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_finite_checkpoints(benc
     output folder is finite (the epoch in which the STN's BN buffers overflowed is never saved)."""
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as info:
-        run_cli.main(["--data-root", bench_root, "--out", str(out), "--stage", "estimator", "--lr", "1e8", "--epochs", "3",
-                  "--batch-size", "2", "--image-size", "32", "--max-steps-per-epoch", "2", "--eval-limit", "2"])
+        run_cli.main(["--data-root", bench_root, "--out", str(out), "--stage", "estimator", "--lr", "1e8",
+                      "--epochs", "3", "--batch-size", "2", "--image-size", "32", "--max-steps-per-epoch", "2",
+                      "--eval-limit", "2"])
     err = capsys.readouterr().err.split("\n")[-2]  # the progress bar ends its line before the message
     assert info.value.code == 1 and re.match(r"train/run\.py: stage 2, step \d+: .*non-finite", err), err
     saved = [f for f in os.listdir(out) if f.endswith(".pt")]
