@@ -32,9 +32,7 @@ std::string build_info() {
   return s;
 }
 
-TORCH_LIBRARY(pscfast, m) {
-  m.def("_build_info() -> str", &build_info);
-}
+TORCH_LIBRARY(pscfast, m) { m.def("_build_info() -> str", &build_info); }
 
 }  // namespace pscfast
 

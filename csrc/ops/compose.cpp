@@ -6,6 +6,7 @@
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
   m.def("compose(Tensor f_ab, Tensor f_bc, str mode) -> Tensor");
   // output_mask: (f_ab, f_bc)
-  m.def("_compose_backward(Tensor grad_out, Tensor f_ab, Tensor f_bc, str mode, bool[2] output_mask) -> "
-        "(Tensor, Tensor)");
+  m.def(
+      "_compose_backward(Tensor grad_out, Tensor f_ab, Tensor f_bc, str mode, bool[2] output_mask) -> "
+      "(Tensor, Tensor)");
 }

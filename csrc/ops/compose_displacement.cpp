@@ -7,6 +7,7 @@
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
   m.def("compose_displacement(Tensor f_ab, Tensor f_bc, Tensor m_ab, Tensor m_bc) -> (Tensor, Tensor)");
   // output_mask: (f_ab, f_bc, m_ab, m_bc)
-  m.def("_compose_displacement_backward(Tensor grad_f, Tensor grad_m, Tensor f_ab, Tensor f_bc, Tensor m_ab, "
-        "Tensor m_bc, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_compose_displacement_backward(Tensor grad_f, Tensor grad_m, Tensor f_ab, Tensor f_bc, Tensor m_ab, "
+      "Tensor m_bc, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -8,6 +8,7 @@
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
   m.def("consistency_loss(Tensor fwd, Tensor bwd, Tensor xs, Tensor ys, str mode) -> (Tensor, Tensor)");
   // count: the forward's; output_mask: (fwd, bwd)
-  m.def("_consistency_loss_backward(Tensor grad, Tensor fwd, Tensor bwd, Tensor xs, Tensor ys, str mode, "
-        "Tensor count, bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "_consistency_loss_backward(Tensor grad, Tensor fwd, Tensor bwd, Tensor xs, Tensor ys, str mode, "
+      "Tensor count, bool[2] output_mask) -> (Tensor, Tensor)");
 }

@@ -38,7 +38,7 @@ class CorrelationFunction : public torch::autograd::Function<CorrelationFunction
     at::AutoDispatchBelowADInplaceOrView below;
     static const auto forward_op =
         pscfast_op<at::Tensor(at::TensorList, at::TensorList, const c10::optional<at::Tensor>&, c10::SymIntArrayRef,
-                      c10::SymIntArrayRef)>("pscfast::correlation");
+                              c10::SymIntArrayRef)>("pscfast::correlation");
     return forward_op.call(src, tgt, grid, size, target_size);
   }
 
@@ -85,8 +85,6 @@ at::Tensor correlation_autograd(at::TensorList src, at::TensorList tgt, const c1
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(pscfast, Autograd, m) {
-  m.impl("correlation", &correlation_autograd);
-}
+TORCH_LIBRARY_IMPL(pscfast, Autograd, m) { m.impl("correlation", &correlation_autograd); }
 
 }  // namespace pscfast

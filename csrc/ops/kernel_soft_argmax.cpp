@@ -7,6 +7,7 @@
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
   m.def("kernel_soft_argmax(Tensor corr, float beta, float sigma, SymInt[2] target_size, str normalize) -> Tensor");
   // output_mask: (corr); a masked gradient comes back undefined (None)
-  m.def("_kernel_soft_argmax_backward(Tensor grad_out, Tensor corr, float beta, float sigma, SymInt[2] target_size, "
-        "str normalize, bool[1] output_mask) -> Tensor");
+  m.def(
+      "_kernel_soft_argmax_backward(Tensor grad_out, Tensor corr, float beta, float sigma, SymInt[2] target_size, "
+      "str normalize, bool[1] output_mask) -> Tensor");
 }

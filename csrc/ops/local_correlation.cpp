@@ -5,16 +5,19 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
-  m.def("local_correlation(Tensor a, Tensor b, SymInt[2] kernel_size, SymInt[2] patch_size, SymInt[2] stride, "
-        "SymInt[2] padding, SymInt[2] dilation, SymInt[2] dilation_patch) -> Tensor");
+  m.def(
+      "local_correlation(Tensor a, Tensor b, SymInt[2] kernel_size, SymInt[2] patch_size, SymInt[2] stride, "
+      "SymInt[2] padding, SymInt[2] dilation, SymInt[2] dilation_patch) -> Tensor");
   // output_mask: (a, b)
-  m.def("_local_correlation_backward(Tensor grad_out, Tensor a, Tensor b, SymInt[2] kernel_size, "
-        "SymInt[2] patch_size, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt[2] dilation_patch, "
-        "bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "_local_correlation_backward(Tensor grad_out, Tensor a, Tensor b, SymInt[2] kernel_size, "
+      "SymInt[2] patch_size, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt[2] dilation_patch, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
   // The gradients of the plain PyTorch reference, recorded (for a backward with create_graph=True): one per set
   // output_mask entry. Implemented in Python (pscfast/ops/local_correlation.py); called by the autograd kernel,
   // csrc/ops/local_correlation_autograd.cpp.
-  m.def("_local_correlation_backward_reference(Tensor grad_out, Tensor a, Tensor b, SymInt[2] kernel_size, "
-        "SymInt[2] patch_size, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt[2] dilation_patch, "
-        "bool[2] output_mask) -> Tensor[]");
+  m.def(
+      "_local_correlation_backward_reference(Tensor grad_out, Tensor a, Tensor b, SymInt[2] kernel_size, "
+      "SymInt[2] patch_size, SymInt[2] stride, SymInt[2] padding, SymInt[2] dilation, SymInt[2] dilation_patch, "
+      "bool[2] output_mask) -> Tensor[]");
 }

@@ -58,8 +58,8 @@ class LocalCorrelationFunction : public torch::autograd::Function<LocalCorrelati
                                                       Sizes, Sizes, Sizes, Sizes, Sizes, std::array<bool, 2>)>(
             "pscfast::_local_correlation_backward");
     at::AutoDispatchBelowADInplaceOrView below;
-    std::tie(out[0], out[1]) = backward_op.call(grads[0].contiguous(), saved[0], saved[1], args[0], args[1],
-                                                args[2], args[3], args[4], args[5], mask);
+    std::tie(out[0], out[1]) = backward_op.call(grads[0].contiguous(), saved[0], saved[1], args[0], args[1], args[2],
+                                                args[3], args[4], args[5], mask);
     return out;
   }
 };

@@ -9,11 +9,13 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
-  m.def("similarity_loss(Tensor[] fw, Tensor[] ft, float tau, SymInt size) -> (Tensor ce, Tensor weight, "
-        "Tensor stats)");
+  m.def(
+      "similarity_loss(Tensor[] fw, Tensor[] ft, float tau, SymInt size) -> (Tensor ce, Tensor weight, "
+      "Tensor stats)");
   // output_mask: (fw, ft); a masked gradient comes back as an empty list
-  m.def("_similarity_loss_backward(Tensor grad_ce, Tensor[] fw, Tensor[] ft, Tensor stats, float tau, "
-        "SymInt size, bool[2] output_mask) -> (Tensor[] grad_fw, Tensor[] grad_ft)");
+  m.def(
+      "_similarity_loss_backward(Tensor grad_ce, Tensor[] fw, Tensor[] ft, Tensor stats, float tau, "
+      "SymInt size, bool[2] output_mask) -> (Tensor[] grad_fw, Tensor[] grad_ft)");
 }
 
 // The ops' resize on its own (layers -> (N, sum C_l, size^2)) and its adjoint, for the tests: a library of its

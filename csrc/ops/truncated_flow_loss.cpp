@@ -6,6 +6,7 @@
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
   m.def("truncated_flow_loss(Tensor pred, Tensor target, Tensor? mask, float T) -> Tensor");
   // output_mask: (pred, target, mask); the gradient of an absent mask is undefined
-  m.def("_truncated_flow_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? mask, float T, "
-        "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_truncated_flow_loss_backward(Tensor grad, Tensor pred, Tensor target, Tensor? mask, float T, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 }

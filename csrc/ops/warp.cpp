@@ -6,11 +6,13 @@
 TORCH_LIBRARY_FRAGMENT(pscfast, m) {
   m.def("warp(Tensor x, Tensor grid, SymInt[2] out_size, str mode, str padding_mode, bool align_corners) -> Tensor");
   // output_mask: (x, grid); out_size is grad_out's spatial size
-  m.def("_warp_backward(Tensor grad_out, Tensor x, Tensor grid, str mode, str padding_mode, bool align_corners, "
-        "bool[2] output_mask) -> (Tensor, Tensor)");
+  m.def(
+      "_warp_backward(Tensor grad_out, Tensor x, Tensor grid, str mode, str padding_mode, bool align_corners, "
+      "bool[2] output_mask) -> (Tensor, Tensor)");
   // The gradients of the plain PyTorch reference, recorded (for a backward with create_graph=True): one per set
   // output_mask entry. Implemented in Python (pscfast/ops/warp.py); called by the autograd kernel,
   // csrc/ops/warp_autograd.cpp.
-  m.def("_warp_backward_reference(Tensor grad_out, Tensor x, Tensor grid, str mode, str padding_mode, "
-        "bool align_corners, bool[2] output_mask) -> Tensor[]");
+  m.def(
+      "_warp_backward_reference(Tensor grad_out, Tensor x, Tensor grid, str mode, str padding_mode, "
+      "bool align_corners, bool[2] output_mask) -> Tensor[]");
 }

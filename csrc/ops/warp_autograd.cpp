@@ -22,9 +22,8 @@ class WarpFunction : public torch::autograd::Function<WarpFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& grid,
                             c10::SymIntArrayRef out_size, c10::string_view mode, c10::string_view padding_mode,
                             bool align_corners) {
-    static const auto op =
-        pscfast_op<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef, c10::string_view,
-                              c10::string_view, bool)>("pscfast::warp");
+    static const auto op = pscfast_op<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
+                                                 c10::string_view, c10::string_view, bool)>("pscfast::warp");
     ctx->save_for_backward({x, grid});
     ctx->saved_data["mode"] = std::string(mode);
     ctx->saved_data["padding_mode"] = std::string(padding_mode);
@@ -43,19 +42,19 @@ class WarpFunction : public torch::autograd::Function<WarpFunction> {
     if (!grads[0].defined() || !(mask[0] || mask[1])) return out;
     if (at::GradMode::is_enabled()) {
       static const auto reference =
-          pscfast_op<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                             c10::string_view, c10::string_view, bool, std::array<bool, 2>)>(
+          pscfast_op<std::vector<at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view,
+                                             c10::string_view, bool, std::array<bool, 2>)>(
               "pscfast::_warp_backward_reference");
-      const auto found = spread_masked(
-          reference.call(grads[0], saved[0], saved[1], mode, padding_mode, align_corners, mask), mask);
+      const auto found =
+          spread_masked(reference.call(grads[0], saved[0], saved[1], mode, padding_mode, align_corners, mask), mask);
       out[0] = found[0];
       out[1] = found[1];
       return out;
     }
     static const auto backward_op =
         pscfast_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                      c10::string_view, c10::string_view, bool,
-                                                      std::array<bool, 2>)>("pscfast::_warp_backward");
+                                                      c10::string_view, c10::string_view, bool, std::array<bool, 2>)>(
+            "pscfast::_warp_backward");
     at::AutoDispatchBelowADInplaceOrView below;
     std::tie(out[0], out[1]) =
         backward_op.call(grads[0].contiguous(), saved[0], saved[1], mode, padding_mode, align_corners, mask);

@@ -147,7 +147,8 @@ class ResNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = layers
         self.out_dim = cin
         self.strides = (2, 4, 8, 16, 32)
-        self.stride_dims = {2: 64, **{4 * 2 ** i: width * block.expansion for i, width in enumerate((64, 128, 256, 512))}}
+        widths = (64, 128, 256, 512)  # layer1-4, at strides 4-32
+        self.stride_dims = {2: 64, **{4 * 2 ** i: width * block.expansion for i, width in enumerate(widths)}}
         self.feature_dims = (self.stride_dims[8], self.stride_dims[16])
         for mod in self.modules():
             if isinstance(mod, nn.Conv2d):

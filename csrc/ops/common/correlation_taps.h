@@ -102,15 +102,15 @@ inline CorrelationGrids check_correlation_inputs(at::TensorList src, at::TensorL
       TORCH_CHECK(t->size(2) > 0 && t->size(3) > 0 && t->size(2) * t->size(3) < (int64_t(1) << 31),
                   "pscfast::correlation: layer ", l, " has a bad spatial size ", t->sizes());
     }
-    TORCH_CHECK(src[l].size(1) == tgt[l].size(1), "pscfast::correlation: layer ", l, ": src has ",
-                src[l].size(1), " channels, tgt ", tgt[l].size(1));
+    TORCH_CHECK(src[l].size(1) == tgt[l].size(1), "pscfast::correlation: layer ", l, ": src has ", src[l].size(1),
+                " channels, tgt ", tgt[l].size(1));
   }
   if (grid.has_value()) {
     const auto& g = *grid;
-    TORCH_CHECK(g.dim() == 4 && g.size(0) == ref.size(0) && g.size(1) == grids.hs && g.size(2) == grids.ws &&
-                    g.size(3) == 2,
-                "pscfast::correlation: grid must be (N, hs, ws, 2) = (", ref.size(0), ", ", grids.hs, ", ", grids.ws,
-                ", 2), got ", g.sizes());
+    TORCH_CHECK(
+        g.dim() == 4 && g.size(0) == ref.size(0) && g.size(1) == grids.hs && g.size(2) == grids.ws && g.size(3) == 2,
+        "pscfast::correlation: grid must be (N, hs, ws, 2) = (", ref.size(0), ", ", grids.hs, ", ", grids.ws,
+        ", 2), got ", g.sizes());
     TORCH_CHECK(g.scalar_type() == ref.scalar_type() && g.device() == ref.device(),
                 "pscfast::correlation: grid must share the maps' dtype and device");
   }

@@ -70,8 +70,7 @@ PSC_HD T field_value(const FieldTaps<T>& t, const S* field, int64_t pstride, int
 
 // Adds g * d(value)/d(px, py) of one channel to *ax, *ay (bilinear only).
 template <typename T, typename S>
-PSC_HD void field_coord_grad(const FieldTaps<T>& t, const S* field, int64_t pstride, int64_t coff, T g, T* ax,
-                             T* ay) {
+PSC_HD void field_coord_grad(const FieldTaps<T>& t, const S* field, int64_t pstride, int64_t coff, T g, T* ax, T* ay) {
   T v[4];
   for (int k = 0; k < 4; ++k) v[k] = t.idx[k] >= 0 ? static_cast<T>(field[t.idx[k] * pstride + coff]) : T(0);
   *ax += g * ((v[1] - v[0]) * t.s + (v[3] - v[2]) * t.d);

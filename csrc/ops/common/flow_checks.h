@@ -27,8 +27,8 @@ inline void check_grid_pair(const char* op, const at::Tensor& a, const at::Tenso
 
 // A (N, c, H, W) tensor like `like` (dtype, device, batch), with c channels.
 inline void check_field(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like, int64_t c) {
-  TORCH_CHECK(t.dim() == 4 && t.size(0) == like.size(0) && t.size(1) == c, "pscfast::", op, ": ", name,
-              " must be (N, ", c, ", H, W) with N = ", like.size(0), ", got ", t.sizes());
+  TORCH_CHECK(t.dim() == 4 && t.size(0) == like.size(0) && t.size(1) == c, "pscfast::", op, ": ", name, " must be (N, ",
+              c, ", H, W) with N = ", like.size(0), ", got ", t.sizes());
   TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(), "pscfast::", op, ": ", name,
               " must share dtype and device with the other inputs");
   TORCH_CHECK(plane_below_2_30(t.size(2), t.size(3)), "pscfast::", op, ": ", name, " plane too large");
@@ -36,8 +36,8 @@ inline void check_field(const char* op, const char* name, const at::Tensor& t, c
 
 // The identity's coordinates xs (w',) and ys (h',) of consistency_loss for bwd (N, h', w', 2).
 inline void check_identity(const char* op, const at::Tensor& bwd, const at::Tensor& xs, const at::Tensor& ys) {
-  TORCH_CHECK(xs.dim() == 1 && xs.size(0) == bwd.size(2) && ys.dim() == 1 && ys.size(0) == bwd.size(1), "pscfast::",
-              op, ": xs must be (w',) and ys (h',) for bwd (N, h', w', 2)");
+  TORCH_CHECK(xs.dim() == 1 && xs.size(0) == bwd.size(2) && ys.dim() == 1 && ys.size(0) == bwd.size(1), "pscfast::", op,
+              ": xs must be (w',) and ys (h',) for bwd (N, h', w', 2)");
   TORCH_CHECK(xs.scalar_type() == bwd.scalar_type() && ys.scalar_type() == bwd.scalar_type() &&
                   xs.device() == bwd.device() && ys.device() == bwd.device(),
               "pscfast::", op, ": xs and ys must have the flows' dtype and device");

@@ -38,16 +38,15 @@ inline SoftArgmaxShape check_soft_argmax(const at::Tensor& corr, double beta, do
   TORCH_CHECK(corr.size(1) < (int64_t(1) << 31), "pscfast::kernel_soft_argmax: too many target positions");
   TORCH_CHECK(std::isfinite(beta) && beta > 0, "pscfast::kernel_soft_argmax: beta must be positive and finite");
   TORCH_CHECK(std::isfinite(sigma) && sigma > 0, "pscfast::kernel_soft_argmax: sigma must be positive and finite");
-  return {corr.size(0), corr.size(1), corr.size(2) * corr.size(3), static_cast<int>(Ht), static_cast<int>(Wt),
-          parse_row_norm(normalize)};
+  return {corr.size(0),         corr.size(1),         corr.size(2) * corr.size(3),
+          static_cast<int>(Ht), static_cast<int>(Wt), parse_row_norm(normalize)};
 }
 
 inline void check_soft_argmax_grad(const at::Tensor& grad_out, const at::Tensor& corr, const SoftArgmaxShape& sh) {
-  TORCH_CHECK(grad_out.dim() == 4 && grad_out.size(0) == sh.N && grad_out.size(1) == corr.size(2) &&
-                  grad_out.size(2) == corr.size(3) &&
-                  grad_out.size(3) == 2 && grad_out.scalar_type() == corr.scalar_type(),
-              "pscfast::_kernel_soft_argmax_backward: grad_out must be (N, Hs, Ws, 2) in corr's dtype, got ",
-              grad_out.sizes());
+  TORCH_CHECK(
+      grad_out.dim() == 4 && grad_out.size(0) == sh.N && grad_out.size(1) == corr.size(2) &&
+          grad_out.size(2) == corr.size(3) && grad_out.size(3) == 2 && grad_out.scalar_type() == corr.scalar_type(),
+      "pscfast::_kernel_soft_argmax_backward: grad_out must be (N, Hs, Ws, 2) in corr's dtype, got ", grad_out.sizes());
 }
 
 }  // namespace pscfast

@@ -114,8 +114,8 @@ PSC_HD T grid_to_pixel(T g, int size, bool align_corners, Padding padding, T* dp
 // The grid point of output pixel (oy, ox) from a (h, w, 2) grid, resized on the fly when the output is
 // larger (ly, lx from resize_index); `direct` when the grid already has the output's size.
 template <typename T, typename S>
-PSC_HD void grid_point(const S* g, int w, bool direct, int oy, int ox, const Lerp<T>& ly, const Lerp<T>& lx,
-                       T* gx, T* gy) {
+PSC_HD void grid_point(const S* g, int w, bool direct, int oy, int ox, const Lerp<T>& ly, const Lerp<T>& lx, T* gx,
+                       T* gy) {
   if (direct) {
     const S* p = g + (static_cast<int64_t>(oy) * w + ox) * 2;
     *gx = static_cast<T>(p[0]);

@@ -23,15 +23,15 @@ inline void check_similarity_inputs(at::TensorList fw, at::TensorList ft, double
       const char* name = t == &fw[l] ? "fw" : "ft";
       TORCH_CHECK(t->dim() == 4, "pscfast::similarity_loss: ", name, "[", l, "] must be (N, C, H, W), got ",
                   t->sizes());
-      TORCH_CHECK(t->size(0) == ref.size(0), "pscfast::similarity_loss: ", name, "[", l, "] has batch ",
-                  t->size(0), ", fw[0] has ", ref.size(0));
+      TORCH_CHECK(t->size(0) == ref.size(0), "pscfast::similarity_loss: ", name, "[", l, "] has batch ", t->size(0),
+                  ", fw[0] has ", ref.size(0));
       TORCH_CHECK(t->scalar_type() == ref.scalar_type() && t->device() == ref.device(),
                   "pscfast::similarity_loss: every map of fw and ft must share one dtype and device");
-      TORCH_CHECK(t->size(2) > 0 && t->size(3) > 0, "pscfast::similarity_loss: ", name, "[", l,
-                  "] has an empty grid ", t->sizes());
+      TORCH_CHECK(t->size(2) > 0 && t->size(3) > 0, "pscfast::similarity_loss: ", name, "[", l, "] has an empty grid ",
+                  t->sizes());
     }
-    TORCH_CHECK(ft[l].size(1) == fw[l].size(1), "pscfast::similarity_loss: layer ", l, ": fw has ",
-                fw[l].size(1), " channels, ft ", ft[l].size(1));
+    TORCH_CHECK(ft[l].size(1) == fw[l].size(1), "pscfast::similarity_loss: layer ", l, ": fw has ", fw[l].size(1),
+                " channels, ft ", ft[l].size(1));
     channels += fw[l].size(1);
   }
   TORCH_CHECK(ref.size(0) > 0 && channels > 0, "pscfast::similarity_loss: fw and ft must not be empty");

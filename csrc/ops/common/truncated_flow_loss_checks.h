@@ -32,8 +32,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> loss_grad_buffers(const at
                                                                         std::array<bool, 3> output_mask) {
   return {empty_if(output_mask[0], pred.sizes(), pred.options()),
           empty_if(output_mask[1], pred.sizes(), pred.options()),
-          empty_if(output_mask[2] && mask.has_value(), {pred.size(0), 1, pred.size(2), pred.size(3)},
-                   pred.options())};
+          empty_if(output_mask[2] && mask.has_value(), {pred.size(0), 1, pred.size(2), pred.size(3)}, pred.options())};
 }
 
 }  // namespace pscfast

@@ -9,11 +9,10 @@ namespace pscfast {
 
 inline void check_warp_inputs(const at::Tensor& x, const at::Tensor& grid, c10::IntArrayRef out_size) {
   TORCH_CHECK(x.dim() == 4, "pscfast::warp: x must be (N, C, H, W), got ", x.sizes());
-  TORCH_CHECK(grid.dim() == 4 && grid.size(3) == 2, "pscfast::warp: grid must be (N, h, w, 2), got ",
-              grid.sizes());
+  TORCH_CHECK(grid.dim() == 4 && grid.size(3) == 2, "pscfast::warp: grid must be (N, h, w, 2), got ", grid.sizes());
   TORCH_CHECK(grid.size(0) == x.size(0), "pscfast::warp: grid batch ", grid.size(0), " != x batch ", x.size(0));
-  TORCH_CHECK(grid.scalar_type() == x.scalar_type(), "pscfast::warp: grid dtype ", grid.scalar_type(),
-              " != x dtype ", x.scalar_type());
+  TORCH_CHECK(grid.scalar_type() == x.scalar_type(), "pscfast::warp: grid dtype ", grid.scalar_type(), " != x dtype ",
+              x.scalar_type());
   TORCH_CHECK(grid.device() == x.device(), "pscfast::warp: grid and x are on different devices");
   TORCH_CHECK(out_size.size() == 2 && out_size[0] > 0 && out_size[1] > 0,
               "pscfast::warp: out_size must be two positive sizes, got ", out_size);
@@ -25,10 +24,10 @@ inline void check_warp_inputs(const at::Tensor& x, const at::Tensor& grid, c10::
     const int64_t limit = int64_t(1) << bits;
     return h < limit && w < limit && h * w < limit;
   };
-  TORCH_CHECK(below(x.size(2), x.size(3), 31) && below(out_size[0], out_size[1], 31) &&
-                  below(grid.size(1), grid.size(2), 30),
-              "pscfast::warp: x and output planes of 2^31 pixels or more, or grids of 2^30 points or more, are not "
-              "supported");
+  TORCH_CHECK(
+      below(x.size(2), x.size(3), 31) && below(out_size[0], out_size[1], 31) && below(grid.size(1), grid.size(2), 30),
+      "pscfast::warp: x and output planes of 2^31 pixels or more, or grids of 2^30 points or more, are not "
+      "supported");
 }
 
 // grad_out of _warp_backward: (N, C, Ho, Wo) for x (N, C, H, W), in x's dtype and on its device.

@@ -14,9 +14,9 @@ namespace pscfast {
 
 template <typename T>
 struct WarpPixel {
-  Taps<T> taps;     // bilinear taps (weights of outside taps kept for the coordinate gradient)
-  int nearest;      // nearest mode: flat index of the pixel read, -1 when outside
-  T dpx, dpy;       // d(pixel coordinate)/d(grid coordinate)
+  Taps<T> taps;  // bilinear taps (weights of outside taps kept for the coordinate gradient)
+  int nearest;   // nearest mode: flat index of the pixel read, -1 when outside
+  T dpx, dpy;    // d(pixel coordinate)/d(grid coordinate)
 };
 
 template <typename T, typename S>

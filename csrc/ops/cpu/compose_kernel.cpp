@@ -62,12 +62,13 @@ std::tuple<at::Tensor, at::Tensor> compose_backward_cpu(const at::Tensor& grad_o
     at::parallel_for(0, D.N, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* gn = g + n * D.pixels * 2;
-        backward_sample(D, f_ab.const_data_ptr<scalar_t>(), f_bc.const_data_ptr<scalar_t>(), nearest, n,
-                        [&](int64_t p, const scalar_t*, scalar_t* o) {
-                          o[0] = gn[2 * p];
-                          o[1] = gn[2 * p + 1];
-                        },
-                        data_or_null<scalar_t>(dfab), data_or_null<scalar_t>(dfbc));
+        backward_sample(
+            D, f_ab.const_data_ptr<scalar_t>(), f_bc.const_data_ptr<scalar_t>(), nearest, n,
+            [&](int64_t p, const scalar_t*, scalar_t* o) {
+              o[0] = gn[2 * p];
+              o[1] = gn[2 * p + 1];
+            },
+            data_or_null<scalar_t>(dfab), data_or_null<scalar_t>(dfbc));
       }
     });
   });

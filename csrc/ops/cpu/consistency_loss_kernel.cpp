@@ -82,7 +82,8 @@ std::tuple<at::Tensor, at::Tensor> consistency_loss_backward_cpu(const at::Tenso
                                                                  std::array<bool, 2> output_mask) {
   check_grid_pair("_consistency_loss_backward", fwd_, bwd_);
   check_identity("_consistency_loss_backward", bwd_, xs_, ys_);
-  TORCH_CHECK(grad.numel() == 1 && count.numel() == 1, "pscfast::_consistency_loss_backward: grad and count "
+  TORCH_CHECK(grad.numel() == 1 && count.numel() == 1,
+              "pscfast::_consistency_loss_backward: grad and count "
               "must be scalars");
   const bool nearest = parse_mode(std::string(mode)) == SampleMode::kNearest;
   auto dfwd = zeros_if(output_mask[0], fwd_.sizes(), fwd_.options());  // scattered into
@@ -98,13 +99,13 @@ std::tuple<at::Tensor, at::Tensor> consistency_loss_backward_cpu(const at::Tenso
     const T* y = ys.const_data_ptr<T>();
     at::parallel_for(0, D.N, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n)
-        backward_sample(D, fwd.const_data_ptr<T>(), bwd.const_data_ptr<T>(), nearest, n,
-                        [&](int64_t p, const T* cyc, T* o) {
-                          const T id[2] = {x[p % D.wo], y[p / D.wo]};
-                          for (int k = 0; k < 2; ++k)
-                            o[k] = consistency_term(cyc[k], id[k]) ? scale * (cyc[k] - id[k]) : T(0);
-                        },
-                        data_or_null<T>(dfwd), data_or_null<T>(dbwd));
+        backward_sample(
+            D, fwd.const_data_ptr<T>(), bwd.const_data_ptr<T>(), nearest, n,
+            [&](int64_t p, const T* cyc, T* o) {
+              const T id[2] = {x[p % D.wo], y[p / D.wo]};
+              for (int k = 0; k < 2; ++k) o[k] = consistency_term(cyc[k], id[k]) ? scale * (cyc[k] - id[k]) : T(0);
+            },
+            data_or_null<T>(dfwd), data_or_null<T>(dbwd));
     });
   });
   return {dfwd, dbwd};

@@ -83,7 +83,11 @@ struct Side {
   Axis<T> y, x;  // kResize: the taps along each axis
 
   Side(const at::Tensor& map, int oh_, int ow_, Route route_)
-      : route(route_), C(map.size(1)), H(static_cast<int>(map.size(2))), W(static_cast<int>(map.size(3))), oh(oh_),
+      : route(route_),
+        C(map.size(1)),
+        H(static_cast<int>(map.size(2))),
+        W(static_cast<int>(map.size(3))),
+        oh(oh_),
         ow(ow_) {
     if (route == Route::kResize) y = Axis<T>(H, oh), x = Axis<T>(W, ow);
   }
@@ -105,7 +109,8 @@ void resize(const T* x, const Side<T>& sd, T* R) {
         T* blended = sd.W == sd.ow ? r : row.data();  // no resize along x: the blend is the output row
         blend(xc + static_cast<int64_t>(sd.y.i0[i]) * sd.W, xc + static_cast<int64_t>(sd.y.i1[i]) * sd.W, sd.y.l0[i],
               sd.y.l1[i], sd.W, blended);
-        if (sd.W != sd.ow) gather2(row.data(), sd.x.i0.data(), sd.x.i1.data(), sd.x.l0.data(), sd.x.l1.data(), sd.ow, r);
+        if (sd.W != sd.ow)
+          gather2(row.data(), sd.x.i0.data(), sd.x.i1.data(), sd.x.l0.data(), sd.x.l1.data(), sd.ow, r);
       }
     }
   });
@@ -204,8 +209,7 @@ void grid_grad(const T* x, const Side<T>& sd, const T* grid_n, const T* dR, T* d
       T ax = T(0), ay = T(0);
       for (int64_t c = 0; c < sd.C; ++c) {
         const T* xc = x + c * sd.plane();
-        const T v0 = m[0] * xc[q.off[0]], v1 = m[1] * xc[q.off[1]], v2 = m[2] * xc[q.off[2]],
-                v3 = m[3] * xc[q.off[3]];
+        const T v0 = m[0] * xc[q.off[0]], v1 = m[1] * xc[q.off[1]], v2 = m[2] * xc[q.off[2]], v3 = m[3] * xc[q.off[3]];
         const T g = dR[c * S + s];
         ax += g * ((v1 - v0) * sy + (v3 - v2) * dy);
         ay += g * ((v2 - v0) * e + (v3 - v1) * r);

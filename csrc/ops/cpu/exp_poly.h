@@ -27,8 +27,9 @@ inline float exp_poly(float x) {
   const float k = shifted - kShift;
   const float r = (v - k * 0.693359375f) + k * 2.12194440e-4f;  // ln 2 in two parts: k * 0.693359375 is exact
   // Cephes' expf polynomial: exp(r) = 1 + r + r^2 P(r) on [-ln 2 / 2, ln 2 / 2]
-  const float P = 5.0000001201e-1f + r * (1.6666665459e-1f + r * (4.1665795894e-2f + r * (8.3334519073e-3f +
-                  r * (1.3981999507e-3f + r * 1.9875691500e-4f))));
+  const float P = 5.0000001201e-1f +
+                  r * (1.6666665459e-1f +
+                       r * (4.1665795894e-2f + r * (8.3334519073e-3f + r * (1.3981999507e-3f + r * 1.9875691500e-4f))));
   const float p = 1.0f + (r + r * r * P);
   const int32_t scale = (std::bit_cast<int32_t>(shifted) - 0x4B400000 + 127) << 23;  // 2^k
   return p * std::bit_cast<float>(scale);

@@ -18,14 +18,17 @@ struct Dims {
 };
 
 inline Dims dims_of(const at::Tensor& f_ab, const at::Tensor& f_bc) {
-  return {f_ab.size(0), f_bc.size(1) * f_bc.size(2), static_cast<int>(f_ab.size(1)), static_cast<int>(f_ab.size(2)),
-          static_cast<int>(f_bc.size(1)), static_cast<int>(f_bc.size(2))};
+  return {f_ab.size(0),
+          f_bc.size(1) * f_bc.size(2),
+          static_cast<int>(f_ab.size(1)),
+          static_cast<int>(f_ab.size(2)),
+          static_cast<int>(f_bc.size(1)),
+          static_cast<int>(f_bc.size(2))};
 }
 
 // cycle = f_ab sampled at f_bc[pix] for the pixels [begin, end) of one sample (pointers at the sample).
 template <typename T>
-void compose_range(const Dims& D, const T* fab_n, const T* fbc_n, bool nearest, int64_t begin, int64_t end,
-                   T* out_n) {
+void compose_range(const Dims& D, const T* fab_n, const T* fbc_n, bool nearest, int64_t begin, int64_t end, T* out_n) {
   for (int64_t p = begin; p < end; ++p) {
     T dpx, dpy;
     const auto t = compose_taps(fbc_n, p, D.h, D.w, nearest, &dpx, &dpy);

@@ -98,11 +98,10 @@ PSC_MULTIVERSION void softmax_row(const double* __restrict z, int ns, double bet
 // Pass 4 over row (qx, qy): nb = beta k m (xb ((qx - px) - dx) + yb ((qy - py) - dy)) with m = e / sum (into
 // out), and dn += n nb.
 template <typename T>
-PSC_MULTIVERSION void nb_row(const T* __restrict c, const T* __restrict k, const T* __restrict e, int ns, T beta,
-                             T qx, T qy, const T* __restrict r, const T* __restrict sum, const T* __restrict px,
+PSC_MULTIVERSION void nb_row(const T* __restrict c, const T* __restrict k, const T* __restrict e, int ns, T beta, T qx,
+                             T qy, const T* __restrict r, const T* __restrict sum, const T* __restrict px,
                              const T* __restrict py, const T* __restrict dx, const T* __restrict dy,
-                             const T* __restrict xb, const T* __restrict yb, T* __restrict out,
-                             double* __restrict dn) {
+                             const T* __restrict xb, const T* __restrict yb, T* __restrict out, double* __restrict dn) {
   for (int s = 0; s < ns; ++s) {
     const T m = e[s] / sum[s];
     const T nb = beta * k[s] * m * (xb[s] * ((qx - px[s]) - dx[s]) + yb[s] * ((qy - py[s]) - dy[s]));
@@ -128,8 +127,8 @@ struct Tile {
   bool project[kTile];  // r varies with the row: the backward removes the radial part
 };
 
-// Buffers of a tile, reused across a chunk of tiles: the Gaussian's factors (Wt x ns, Ht x ns); z, e and, for the backward, k
-// of every row (T x ns).
+// Buffers of a tile, reused across a chunk of tiles: the Gaussian's factors (Wt x ns, Ht x ns); z, e and, for the
+// backward, k of every row (T x ns).
 template <typename T>
 struct Buffers {
   std::vector<double> wx, wy, z;
@@ -174,8 +173,9 @@ class Rows {
     std::fill(zmax, zmax + ns, -INFINITY);
     std::fill(zarg, zarg + ns, 0);
     for (int64_t q = 0; q < sh_.T; ++q)
-      kernel_row(row(q), ns, static_cast<int32_t>(q), buf.wx.data() + (q % sh_.Wt) * ns, buf.wy.data() + (q / sh_.Wt) * ns,
-                 inv_r, keep_k ? buf.k.data() + q * ns : nullptr, buf.z.data() + q * ns, zmax, zarg);
+      kernel_row(row(q), ns, static_cast<int32_t>(q), buf.wx.data() + (q % sh_.Wt) * ns,
+                 buf.wy.data() + (q / sh_.Wt) * ns, inv_r, keep_k ? buf.k.data() + q * ns : nullptr,
+                 buf.z.data() + q * ns, zmax, zarg);
     for (int s = 0; s < ns; ++s) {
       t.px[s] = static_cast<T>(zarg[s] % sh_.Wt);
       t.py[s] = static_cast<T>(zarg[s] / sh_.Wt);
@@ -184,8 +184,8 @@ class Rows {
     std::fill(sx, sx + ns, 0.0);
     std::fill(sy, sy + ns, 0.0);
     for (int64_t q = 0; q < sh_.T; ++q)
-      softmax_row(buf.z.data() + q * ns, ns, beta_, static_cast<T>(q % sh_.Wt), static_cast<T>(q / sh_.Wt), zmax,
-                  t.px, t.py, buf.e.data() + q * ns, sum, sx, sy);
+      softmax_row(buf.z.data() + q * ns, ns, beta_, static_cast<T>(q % sh_.Wt), static_cast<T>(q / sh_.Wt), zmax, t.px,
+                  t.py, buf.e.data() + q * ns, sum, sx, sy);
     for (int s = 0; s < ns; ++s) {
       t.sum[s] = static_cast<T>(sum[s]);
       t.dx[s] = static_cast<T>(sx[s] / sum[s]);

@@ -84,8 +84,8 @@ void forward_impl(const CorrGeometry& G, const T* a, const T* b, T* out) {
 // (column x), or -1; tables so that the inner loops do no integer division.
 template <typename T>
 PSC_MULTIVERSION void backward_row(const CorrGeometry& G, const T* __restrict gout_t, const T* __restrict other,
-                                   T* __restrict grad, const int* __restrict rows, const int* __restrict cols,
-                                   int sign, int64_t n, int y) {
+                                   T* __restrict grad, const int* __restrict rows, const int* __restrict cols, int sign,
+                                   int64_t n, int y) {
   const int P2 = G.P2;
   const T* on = other + n * G.H * G.W * G.C;
   const T* gn = gout_t + n * G.Ho * G.Wo * P2;
@@ -167,15 +167,17 @@ at::Tensor general_gradient(const CorrGeometry& G, const at::Tensor& grad_out, c
 at::Tensor local_correlation_cpu(const at::Tensor& a_, const at::Tensor& b_, at::IntArrayRef kernel_size,
                                  at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                  at::IntArrayRef dilation, at::IntArrayRef dilation_patch) {
-  return general_forward(corr_geometry(a_, b_, kernel_size, patch_size, stride, padding, dilation, dilation_patch),
-                         a_, b_);
+  return general_forward(corr_geometry(a_, b_, kernel_size, patch_size, stride, padding, dilation, dilation_patch), a_,
+                         b_);
 }
 
 // Only the gradients in output_mask are computed (and allocated).
-std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cpu(
-    const at::Tensor& grad_out_, const at::Tensor& a_, const at::Tensor& b_, at::IntArrayRef kernel_size,
-    at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    at::IntArrayRef dilation_patch, std::array<bool, 2> output_mask) {
+std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cpu(const at::Tensor& grad_out_, const at::Tensor& a_,
+                                                                  const at::Tensor& b_, at::IntArrayRef kernel_size,
+                                                                  at::IntArrayRef patch_size, at::IntArrayRef stride,
+                                                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                                  at::IntArrayRef dilation_patch,
+                                                                  std::array<bool, 2> output_mask) {
   const auto G = corr_geometry(a_, b_, kernel_size, patch_size, stride, padding, dilation, dilation_patch);
   check_corr_grad(grad_out_, a_, G);
   at::Tensor grad_a, grad_b;

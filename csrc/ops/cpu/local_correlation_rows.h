@@ -124,8 +124,8 @@ void grad_a(const CorrGeometry& G, const T* gout, const T* b, T* da) {
 
 // acc_px[l] += gout_(py, px)[l] * av[l] for every displacement px along x of one displacement row.
 template <typename T, typename A>
-PSC_MULTIVERSION void grad_b_accumulate(int W, int PW, const T* __restrict gout, int64_t g_step,
-                                        const A* __restrict av, A* __restrict acc, int64_t acc_step) {
+PSC_MULTIVERSION void grad_b_accumulate(int W, int PW, const T* __restrict gout, int64_t g_step, const A* __restrict av,
+                                        A* __restrict acc, int64_t acc_step) {
   for (int px = 0; px < PW; ++px) {
     const T* g = gout + px * g_step;
     A* d = acc + px * acc_step;

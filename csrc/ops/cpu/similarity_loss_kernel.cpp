@@ -106,8 +106,8 @@ std::vector<T> inverse_clamped(const T* x, int64_t P) {
 }
 
 template <typename T>
-void forward_sample(const at::Tensor& Wn, const at::Tensor& Tn, T tau, bool nonneg, at::Tensor& tile, T* ce,
-                    T* wmax, T* stats) {
+void forward_sample(const at::Tensor& Wn, const at::Tensor& Tn, T tau, bool nonneg, at::Tensor& tile, T* ce, T* wmax,
+                    T* stats) {
   const int64_t P = Wn.size(1);
   T *a = stats, *b = stats + P, *lse = stats + 2 * P;
   l1_sums<T>(Wn, Tn, nonneg, tile, a, b);
@@ -210,8 +210,8 @@ void backward_sample(const T* g, const at::Tensor& Wn, const at::Tensor& Tn, con
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cpu(at::TensorList fw_, at::TensorList ft_,
-                                                                   double tau, int64_t size) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cpu(at::TensorList fw_, at::TensorList ft_, double tau,
+                                                                   int64_t size) {
   check_similarity_inputs(fw_, ft_, tau, size);
   const std::vector<at::Tensor> fw = detached(fw_), ft = detached(ft_);
   const auto opts = fw[0].options();
@@ -235,15 +235,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cpu(at::TensorLis
   });
   // the batch-wide min-max of the reference, on the row maxima (max and min are order-independent)
   weight = weight.sub(weight.min());
-  const double tiny = ce.scalar_type() == at::kFloat ? std::numeric_limits<float>::min()
-                                                      : std::numeric_limits<double>::min();
+  const double tiny =
+      ce.scalar_type() == at::kFloat ? std::numeric_limits<float>::min() : std::numeric_limits<double>::min();
   weight = weight.div(weight.max().clamp_min(tiny));
   return {ce, weight, stats};
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_backward_cpu(
-    const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau,
-    int64_t size, std::array<bool, 2> output_mask) {
+    const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau, int64_t size,
+    std::array<bool, 2> output_mask) {
   const bool need_fw = output_mask[0], need_ft = output_mask[1];
   check_similarity_inputs(fw_, ft_, tau, size);
   check_similarity_backward(grad_, fw_, stats_, size);

@@ -23,8 +23,7 @@ constexpr int64_t kLossGrain = 32768;
 // One sample's sum of mask min(err, T^2) in double. Pixel p adds to accumulator p % kLanes and the lanes are
 // summed in order at the end: a fixed order (deterministic) without one serial chain of dependent adds.
 template <typename T>
-double truncated_sum(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ m, int64_t plane,
-                     T cap) {
+double truncated_sum(const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ m, int64_t plane, T cap) {
   constexpr int kLanes = 8;
   const auto term = [&](int64_t p) {
     T dx, dy;

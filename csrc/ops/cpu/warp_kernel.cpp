@@ -64,8 +64,8 @@ int forward_impl(const Plan<T>& P, const T* x, const T* grid, T* out) {
       seen |= t.compute_forward(P, grid, run);
       const int64_t local = run.first - run.n0 * P.oplane();  // the run's first point within its sample
       for (int64_t c = 0; c < P.C; ++c)
-        sample_run(run.count, x + (run.n0 * P.C + c) * P.plane(), t.off[0].data(), t.off[1].data(),
-                   t.off[2].data(), t.off[3].data(), t.w[0].data(), t.w[1].data(), t.w[2].data(), t.w[3].data(),
+        sample_run(run.count, x + (run.n0 * P.C + c) * P.plane(), t.off[0].data(), t.off[1].data(), t.off[2].data(),
+                   t.off[3].data(), t.w[0].data(), t.w[1].data(), t.w[2].data(), t.w[3].data(),
                    out + (run.n0 * P.C + c) * P.oplane() + local);
     }
     if (seen) bad = 1;
@@ -75,13 +75,12 @@ int forward_impl(const Plan<T>& P, const T* x, const T* grid, T* out) {
 
 // Adds one channel's gout * d(sample)/d(grid) to gx, gy (coefficients from bilinear_taps_grad).
 template <typename T>
-PSC_MULTIVERSION void grid_grad_run(int n, const T* __restrict x, const T* __restrict g,
-                                    const int32_t* __restrict o0, const int32_t* __restrict o1,
-                                    const int32_t* __restrict o2, const int32_t* __restrict o3,
-                                    const T* __restrict ax0, const T* __restrict ax1, const T* __restrict ax2,
-                                    const T* __restrict ax3, const T* __restrict ay0, const T* __restrict ay1,
-                                    const T* __restrict ay2, const T* __restrict ay3, T* __restrict gx,
-                                    T* __restrict gy) {
+PSC_MULTIVERSION void grid_grad_run(int n, const T* __restrict x, const T* __restrict g, const int32_t* __restrict o0,
+                                    const int32_t* __restrict o1, const int32_t* __restrict o2,
+                                    const int32_t* __restrict o3, const T* __restrict ax0, const T* __restrict ax1,
+                                    const T* __restrict ax2, const T* __restrict ax3, const T* __restrict ay0,
+                                    const T* __restrict ay1, const T* __restrict ay2, const T* __restrict ay3,
+                                    T* __restrict gx, T* __restrict gy) {
   for (int i = 0; i < n; ++i) {
     const T v0 = x[o0[i]], v1 = x[o1[i]], v2 = x[o2[i]], v3 = x[o3[i]];
     gx[i] += g[i] * (ax0[i] * v0 + ax1[i] * v1 + ax2[i] * v2 + ax3[i] * v3);
@@ -100,17 +99,17 @@ PSC_MULTIVERSION void interleave(int n, const T* __restrict a, const T* __restri
 
 // d L / d (grid point) of every point of a run, summed over channels, into gx, gy.
 template <typename T>
-void run_grid_grad(const Plan<T>& P, const T* x, const T* grid, const T* gout, const Run& run, BlockTaps<T>& t,
-                   T* gx, T* gy) {
+void run_grid_grad(const Plan<T>& P, const T* x, const T* grid, const T* gout, const Run& run, BlockTaps<T>& t, T* gx,
+                   T* gy) {
   t.compute_grad(P, grid, run);
   std::fill(gx, gx + run.count, T(0));
   std::fill(gy, gy + run.count, T(0));
   const int64_t local = run.first - run.n0 * P.oplane();
   for (int64_t c = 0; c < P.C; ++c)
     grid_grad_run(run.count, x + (run.n0 * P.C + c) * P.plane(), gout + (run.n0 * P.C + c) * P.oplane() + local,
-                  t.off[0].data(), t.off[1].data(), t.off[2].data(), t.off[3].data(), t.ax[0].data(),
-                  t.ax[1].data(), t.ax[2].data(), t.ax[3].data(), t.ay[0].data(), t.ay[1].data(), t.ay[2].data(),
-                  t.ay[3].data(), gx, gy);
+                  t.off[0].data(), t.off[1].data(), t.off[2].data(), t.off[3].data(), t.ax[0].data(), t.ax[1].data(),
+                  t.ax[2].data(), t.ax[3].data(), t.ay[0].data(), t.ay[1].data(), t.ay[2].data(), t.ay[3].data(), gx,
+                  gy);
 }
 
 // Grid gradient. Without resize each point owns its grid point. With resize, stage 1 gives each cell of

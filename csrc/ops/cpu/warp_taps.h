@@ -43,10 +43,18 @@ struct Plan {
 
   Plan(c10::IntArrayRef x_size, const at::Tensor& grid, int64_t Ho_, int64_t Wo_, c10::string_view mode_,
        c10::string_view pad_, bool align_)
-      : N(x_size[0]), C(x_size[1]), H(static_cast<int>(x_size[2])), W(static_cast<int>(x_size[3])),
-        h(static_cast<int>(grid.size(1))), w(static_cast<int>(grid.size(2))), Ho(static_cast<int>(Ho_)),
-        Wo(static_cast<int>(Wo_)), direct(h == Ho && w == Wo), mode(parse_mode(std::string(mode_))),
-        pad(parse_padding(std::string(pad_))), align(align_) {
+      : N(x_size[0]),
+        C(x_size[1]),
+        H(static_cast<int>(x_size[2])),
+        W(static_cast<int>(x_size[3])),
+        h(static_cast<int>(grid.size(1))),
+        w(static_cast<int>(grid.size(2))),
+        Ho(static_cast<int>(Ho_)),
+        Wo(static_cast<int>(Wo_)),
+        direct(h == Ho && w == Wo),
+        mode(parse_mode(std::string(mode_))),
+        pad(parse_padding(std::string(pad_))),
+        align(align_) {
     // a block spans at most kBlock points, so at most kBlock + 1 samples: its offsets stay below that many planes
     across = direct && C == 1 && (static_cast<int64_t>(kBlock) + 1) * plane() < (int64_t(1) << 31);
     if (direct) return;
@@ -169,8 +177,8 @@ PSC_MULTIVERSION void bilinear_taps_masked(int n, int W, int H, const T* __restr
 template <typename T>
 PSC_MULTIVERSION void bilinear_taps(int n, int W, int H, const T* __restrict px, const T* __restrict py,
                                     const int32_t* __restrict base, T* __restrict c0, T* __restrict c1,
-                                    T* __restrict c2, T* __restrict c3, int32_t* __restrict o0,
-                                    int32_t* __restrict o1, int32_t* __restrict o2, int32_t* __restrict o3) {
+                                    T* __restrict c2, T* __restrict c3, int32_t* __restrict o0, int32_t* __restrict o1,
+                                    int32_t* __restrict o2, int32_t* __restrict o3) {
   for (int i = 0; i < n; ++i) {
     const Bilinear<T> b(px[i], py[i], W, H);
     b.offsets(W, base[i], o0[i], o1[i], o2[i], o3[i]);
@@ -191,8 +199,7 @@ PSC_MULTIVERSION void bilinear_taps_grad(int n, int W, int H, const T* __restric
   for (int i = 0; i < n; ++i) {
     const Bilinear<T> b(px[i], py[i], W, H);
     b.offsets(W, base[i], o0[i], o1[i], o2[i], o3[i]);
-    const T n0 = static_cast<T>(b.m0), n1 = static_cast<T>(b.m1), n2 = static_cast<T>(b.m2),
-            n3 = static_cast<T>(b.m3);
+    const T n0 = static_cast<T>(b.m0), n1 = static_cast<T>(b.m1), n2 = static_cast<T>(b.m2), n3 = static_cast<T>(b.m3);
     const T sx = b.s * dpx[i], dx = b.d * dpx[i], ey = b.e * dpy[i], ry = b.r * dpy[i];
     ax0[i] = -n0 * sx, ax1[i] = n1 * sx, ax2[i] = -n2 * dx, ax3[i] = n3 * dx;
     ay0[i] = -n0 * ey, ay1[i] = -n1 * ry, ay2[i] = n2 * ey, ay3[i] = n3 * ry;
@@ -264,9 +271,9 @@ struct BlockTaps {
       nearest(P, n);
       return;
     }
-    bilinear_taps_masked(n, W, H, px.data(), py.data(), base.data(), w[0].data(), w[1].data(), w[2].data(),
-                         w[3].data(), m[0].data(), m[1].data(), m[2].data(), m[3].data(), off[0].data(),
-                         off[1].data(), off[2].data(), off[3].data());
+    bilinear_taps_masked(n, W, H, px.data(), py.data(), base.data(), w[0].data(), w[1].data(), w[2].data(), w[3].data(),
+                         m[0].data(), m[1].data(), m[2].data(), m[3].data(), off[0].data(), off[1].data(),
+                         off[2].data(), off[3].data());
   }
 
   // Offsets and masked weights (into w) of the run (the forward); returns 1 when a grid value is not finite.
@@ -278,17 +285,17 @@ struct BlockTaps {
       for (int i = 0; i < n; ++i) w[0][i] *= m[0][i];
       return bad;
     }
-    bilinear_taps(n, P.W, P.H, px.data(), py.data(), base.data(), w[0].data(), w[1].data(), w[2].data(),
-                  w[3].data(), off[0].data(), off[1].data(), off[2].data(), off[3].data());
+    bilinear_taps(n, P.W, P.H, px.data(), py.data(), base.data(), w[0].data(), w[1].data(), w[2].data(), w[3].data(),
+                  off[0].data(), off[1].data(), off[2].data(), off[3].data());
     return bad;
   }
 
   // Offsets and grid-gradient coefficients of the run; bilinear only (nearest has no grid gradient).
   void compute_grad(const Plan<T>& P, const T* grid, const Run& run) {
     coords(P, grid, run);
-    bilinear_taps_grad(run.count, P.W, P.H, px.data(), py.data(), dpx.data(), dpy.data(), base.data(),
-                       ax[0].data(), ax[1].data(), ax[2].data(), ax[3].data(), ay[0].data(), ay[1].data(),
-                       ay[2].data(), ay[3].data(), off[0].data(), off[1].data(), off[2].data(), off[3].data());
+    bilinear_taps_grad(run.count, P.W, P.H, px.data(), py.data(), dpx.data(), dpy.data(), base.data(), ax[0].data(),
+                       ax[1].data(), ax[2].data(), ax[3].data(), ay[0].data(), ay[1].data(), ay[2].data(), ay[3].data(),
+                       off[0].data(), off[1].data(), off[2].data(), off[3].data());
   }
 
  private:

@@ -61,8 +61,8 @@ __global__ void compose_displacement_backward_kernel(CycleArgs<scalar_t> A) {
     if (p >= D.P) return;
     const int64_t k = n * D.P + p;
     T u, v;
-    const auto t = cycle_taps<T>(fab, D.P, static_cast<int>(p / D.W), static_cast<int>(p % D.W), D.W, D.Hb, D.Wb,
-                                 &u, &v);
+    const auto t =
+        cycle_taps<T>(fab, D.P, static_cast<int>(p / D.W), static_cast<int>(p % D.W), D.W, D.Hb, D.Wb, &u, &v);
     const T g0 = static_cast<T>(A.gf[n * 2 * D.P + p]), g1 = static_cast<T>(A.gf[n * 2 * D.P + D.P + p]);
     const T gm = static_cast<T>(A.gm[k]);
     if (A.dfab) {
@@ -79,15 +79,18 @@ __global__ void compose_displacement_backward_kernel(CycleArgs<scalar_t> A) {
   // scatter: image-b node q gathers w_tap g from every (pixel, tap) of image a that reads it, in pixel order
   const int q = blockIdx.x * kThreads + threadIdx.x;
   T acc[3] = {T(0), T(0), T(0)};
-  gather_scan<3, kThreads>(D.P, q, [&](int64_t p, T* g) {
-    T u, v;
-    const auto t = cycle_taps<T>(fab, D.P, static_cast<int>(p / D.W), static_cast<int>(p % D.W), D.W, D.Hb, D.Wb,
-                                 &u, &v);
-    g[0] = static_cast<T>(A.gf[n * 2 * D.P + p]);
-    g[1] = static_cast<T>(A.gf[n * 2 * D.P + D.P + p]);
-    g[2] = static_cast<T>(A.gm[n * D.P + p]) * static_cast<T>(A.mab[n * D.P + p]);
-    return t;
-  }, acc);
+  gather_scan<3, kThreads>(
+      D.P, q,
+      [&](int64_t p, T* g) {
+        T u, v;
+        const auto t =
+            cycle_taps<T>(fab, D.P, static_cast<int>(p / D.W), static_cast<int>(p % D.W), D.W, D.Hb, D.Wb, &u, &v);
+        g[0] = static_cast<T>(A.gf[n * 2 * D.P + p]);
+        g[1] = static_cast<T>(A.gf[n * 2 * D.P + D.P + p]);
+        g[2] = static_cast<T>(A.gm[n * D.P + p]) * static_cast<T>(A.mab[n * D.P + p]);
+        return t;
+      },
+      acc);
   if (q >= D.Pb) return;
   if (A.dfbc) {
     A.dfbc[n * 2 * D.Pb + q] = static_cast<scalar_t>(acc[0]);
@@ -105,10 +108,20 @@ std::tuple<at::Tensor, at::Tensor> compose_displacement_cuda(const at::Tensor& f
   auto m_ac = at::empty_like(m_ab);
   if (D.N * D.P == 0) return {f_ac, m_ac};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_ab.scalar_type(), "compose_displacement_cuda", [&] {
-    CycleArgs<scalar_t> A{f_ab.const_data_ptr<scalar_t>(), f_bc.const_data_ptr<scalar_t>(),
-                          m_ab.const_data_ptr<scalar_t>(), m_bc.const_data_ptr<scalar_t>(), nullptr, nullptr,
-                          f_ac.mutable_data_ptr<scalar_t>(), m_ac.mutable_data_ptr<scalar_t>(), nullptr, nullptr,
-                          nullptr, nullptr, D, 0};
+    CycleArgs<scalar_t> A{f_ab.const_data_ptr<scalar_t>(),
+                          f_bc.const_data_ptr<scalar_t>(),
+                          m_ab.const_data_ptr<scalar_t>(),
+                          m_bc.const_data_ptr<scalar_t>(),
+                          nullptr,
+                          nullptr,
+                          f_ac.mutable_data_ptr<scalar_t>(),
+                          m_ac.mutable_data_ptr<scalar_t>(),
+                          nullptr,
+                          nullptr,
+                          nullptr,
+                          nullptr,
+                          D,
+                          0};
     compose_displacement_kernel<scalar_t>
         <<<blocks_for<kThreads>(D.N * D.P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -133,21 +146,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> compose_displacement_
   const int scatter_blocks = output_mask[1] || output_mask[3] ? static_cast<int>(blocks_for<kThreads>(D.Pb)) : 0;
   const unsigned pointwise_blocks = output_mask[0] || output_mask[2] ? blocks_for<kThreads>(D.P) : 0;
   if (D.N == 0 || scatter_blocks + pointwise_blocks == 0) return {d_fab, d_fbc, d_mab, d_mbc};
-  TORCH_CHECK(D.N < 65536, "pscfast: the CUDA backward of compose_displacement takes batches of fewer than "
-              "65536 flows, got ", D.N);
+  TORCH_CHECK(D.N < 65536,
+              "pscfast: the CUDA backward of compose_displacement takes batches of fewer than "
+              "65536 flows, got ",
+              D.N);
   const auto f_ab = f_ab_.contiguous(), f_bc = f_bc_.contiguous(), m_ab = m_ab_.contiguous(), m_bc = m_bc_.contiguous();
   const auto gf = grad_f.contiguous(), gm = grad_m.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_ab.scalar_type(), "compose_displacement_backward_cuda",
-                                  [&] {
-    CycleArgs<scalar_t> A{f_ab.const_data_ptr<scalar_t>(), f_bc.const_data_ptr<scalar_t>(),
-                          m_ab.const_data_ptr<scalar_t>(), m_bc.const_data_ptr<scalar_t>(),
-                          gf.const_data_ptr<scalar_t>(), gm.const_data_ptr<scalar_t>(), nullptr, nullptr,
-                          data_or_null<scalar_t>(d_fab), data_or_null<scalar_t>(d_fbc),
-                          data_or_null<scalar_t>(d_mab), data_or_null<scalar_t>(d_mbc), D, scatter_blocks};
-    const dim3 grid(scatter_blocks + pointwise_blocks, static_cast<unsigned>(D.N));
-    compose_displacement_backward_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, f_ab.scalar_type(), "compose_displacement_backward_cuda", [&] {
+        CycleArgs<scalar_t> A{f_ab.const_data_ptr<scalar_t>(),
+                              f_bc.const_data_ptr<scalar_t>(),
+                              m_ab.const_data_ptr<scalar_t>(),
+                              m_bc.const_data_ptr<scalar_t>(),
+                              gf.const_data_ptr<scalar_t>(),
+                              gm.const_data_ptr<scalar_t>(),
+                              nullptr,
+                              nullptr,
+                              data_or_null<scalar_t>(d_fab),
+                              data_or_null<scalar_t>(d_fbc),
+                              data_or_null<scalar_t>(d_mab),
+                              data_or_null<scalar_t>(d_mbc),
+                              D,
+                              scatter_blocks};
+        const dim3 grid(scatter_blocks + pointwise_blocks, static_cast<unsigned>(D.N));
+        compose_displacement_backward_kernel<scalar_t><<<grid, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(A);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return {d_fab, d_fbc, d_mab, d_mbc};
 }
 

@@ -51,8 +51,7 @@ at::Tensor compose_cuda(const at::Tensor& f_ab_, const at::Tensor& f_bc_, c10::s
   if (D.N * D.P == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f_ab.scalar_type(), "compose_cuda", [&] {
     compose_kernel<scalar_t><<<blocks_for<kThreads>(D.N * D.P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        f_ab.const_data_ptr<scalar_t>(), f_bc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), D,
-        nearest);
+        f_ab.const_data_ptr<scalar_t>(), f_bc.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), D, nearest);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

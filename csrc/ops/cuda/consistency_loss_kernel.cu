@@ -34,9 +34,8 @@ using cuda_compose::launch_backward;
 template <typename scalar_t>
 __global__ void loss_forward_kernel(const scalar_t* __restrict__ fwd, const scalar_t* __restrict__ bwd,
                                     const scalar_t* __restrict__ xs, const scalar_t* __restrict__ ys,
-                                    at::opmath_type<scalar_t>* psum, int64_t* pcnt, unsigned* ticket,
-                                    scalar_t* loss, int64_t* count, Dims D, int64_t blocks_per_sample,
-                                    bool nearest) {
+                                    at::opmath_type<scalar_t>* psum, int64_t* pcnt, unsigned* ticket, scalar_t* loss,
+                                    int64_t* count, Dims D, int64_t blocks_per_sample, bool nearest) {
   using T = at::opmath_type<scalar_t>;
   __shared__ T ssum[kThreads];
   __shared__ int64_t scnt[kThreads];

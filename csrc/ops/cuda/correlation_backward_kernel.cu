@@ -33,12 +33,10 @@ namespace {
 // to its grid, or sampled at the grid when grid is given), G' = G (wrt_src: k = t, p = s) or G^T (k = s,
 // p = t); G is (S_t, S_s), row-major.
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) resampled_grad_kernel(const scalar_t* __restrict__ x,
-                                                                  const scalar_t* __restrict__ grid,
-                                                                  const scalar_t* __restrict__ gout,
-                                                                  at::opmath_type<scalar_t>* __restrict__ dr, int C,
-                                                                  int Hx, int Wx, CorrelationGrids g, int layer,
-                                                                  int layers, bool wrt_src) {
+__global__ void __launch_bounds__(kThreads)
+    resampled_grad_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grid,
+                          const scalar_t* __restrict__ gout, at::opmath_type<scalar_t>* __restrict__ dr, int C, int Hx,
+                          int Wx, CorrelationGrids g, int layer, int layers, bool wrt_src) {
   using T = at::opmath_type<scalar_t>;
   __shared__ int xoff[kChunk][4];
   __shared__ T xw[kChunk][4];
@@ -94,8 +92,7 @@ __global__ void __launch_bounds__(kThreads) resampled_grad_kernel(const scalar_t
 template <typename scalar_t>
 __global__ void grid_grad_kernel(const scalar_t* __restrict__ src, const scalar_t* __restrict__ grid,
                                  const at::opmath_type<scalar_t>* __restrict__ dr,
-                                 at::opmath_type<scalar_t>* __restrict__ dgrid, int64_t N, int C, int H, int W,
-                                 int S) {
+                                 at::opmath_type<scalar_t>* __restrict__ dgrid, int64_t N, int C, int H, int W, int S) {
   using T = at::opmath_type<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= N * S) return;
@@ -143,8 +140,9 @@ __global__ void tap_keys_kernel(const scalar_t* __restrict__ grid, int32_t* __re
 // One thread per map element (n, c, q): the sum of weight * dR[n, c, s] over q's sorted taps.
 template <typename scalar_t>
 __global__ void gather_kernel(const at::opmath_type<scalar_t>* __restrict__ dr, const int64_t* __restrict__ order,
-                              const int64_t* __restrict__ offsets, const at::opmath_type<scalar_t>* __restrict__ weights,
-                              scalar_t* __restrict__ dx, int64_t N, int C, int64_t plane, int S, bool per_sample) {
+                              const int64_t* __restrict__ offsets,
+                              const at::opmath_type<scalar_t>* __restrict__ weights, scalar_t* __restrict__ dx,
+                              int64_t N, int C, int64_t plane, int S, bool per_sample) {
   using T = at::opmath_type<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= N * C * plane) return;
@@ -181,8 +179,8 @@ at::Tensor adjoint(const at::Tensor& dr, const scalar_t* grid, c10::IntArrayRef 
   if (dx.numel() == 0) return dx;
   gather_kernel<scalar_t><<<blocks_for<kThreads>(N * C * plane), kThreads, 0, stream>>>(
       dr.const_data_ptr<T>(), order.const_data_ptr<int64_t>(), offsets.const_data_ptr<int64_t>(),
-      weights.const_data_ptr<T>(), dx.mutable_data_ptr<scalar_t>(), N, static_cast<int>(C), plane,
-      static_cast<int>(S), grid != nullptr);
+      weights.const_data_ptr<T>(), dx.mutable_data_ptr<scalar_t>(), N, static_cast<int>(C), plane, static_cast<int>(S),
+      grid != nullptr);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return dx;
 }
@@ -240,11 +238,12 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
       if (need_tgt) {  // dR_t = R_s G^T
         auto dr = at::empty({N, C, St}, acc_options);
         resampled_grad_kernel<scalar_t><<<tiles(C, St, N), kThreads, 0, stream>>>(
-            src[l].const_data_ptr<scalar_t>(), g, gout.const_data_ptr<scalar_t>(), dr.mutable_data_ptr<T>(), C, Hs,
-            Ws, grids, static_cast<int>(l), static_cast<int>(L), false);
+            src[l].const_data_ptr<scalar_t>(), g, gout.const_data_ptr<scalar_t>(), dr.mutable_data_ptr<T>(), C, Hs, Ws,
+            grids, static_cast<int>(l), static_cast<int>(L), false);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
-        dtgt.push_back(dt ? dr.view(tgt[l].sizes()).to(tgt[l].scalar_type())
-                          : adjoint<scalar_t>(dr, nullptr, tgt[l].sizes(), grids.ht, grids.wt, tgt[l].options(), stream));
+        dtgt.push_back(
+            dt ? dr.view(tgt[l].sizes()).to(tgt[l].scalar_type())
+               : adjoint<scalar_t>(dr, nullptr, tgt[l].sizes(), grids.ht, grids.wt, tgt[l].options(), stream));
       }
       if (need_src || need_grid) {  // dR_s = R_t G
         auto dr = at::empty({N, C, Ss}, acc_options);
@@ -257,8 +256,8 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
                             : adjoint<scalar_t>(dr, g, src[l].sizes(), grids.hs, grids.ws, src[l].options(), stream));
         if (need_grid) {
           grid_grad_kernel<scalar_t><<<blocks_for<kThreads>(N * Ss), kThreads, 0, stream>>>(
-              src[l].const_data_ptr<scalar_t>(), g, dr.const_data_ptr<T>(), dgrid_acc.mutable_data_ptr<T>(), N, C,
-              Hs, Ws, static_cast<int>(Ss));
+              src[l].const_data_ptr<scalar_t>(), g, dr.const_data_ptr<T>(), dgrid_acc.mutable_data_ptr<T>(), N, C, Hs,
+              Ws, static_cast<int>(Ss));
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
       }

@@ -13,8 +13,8 @@
 
 namespace pscfast {
 
-constexpr int kTile = 64;    // positions (or channels) per tile side
-constexpr int kChunk = 16;   // reduction step
+constexpr int kTile = 64;      // positions (or channels) per tile side
+constexpr int kChunk = 16;     // reduction step
 constexpr int kThreads = 256;  // 16 x 16 threads, 4 x 4 outputs each
 
 // Taps of position p of an oh x ow grid in an H x W plane: the resize, or the grid sample when grid_n (the

@@ -25,10 +25,10 @@ namespace {
 
 // Block (t tile, s tile, n): out[n, layer S_t + t, s] for 64 x 64 (t, s).
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) forward_kernel(const scalar_t* __restrict__ src, const scalar_t* __restrict__ tgt,
-                                                           const scalar_t* __restrict__ grid, scalar_t* __restrict__ out,
-                                                           int C, int Hs, int Ws, int Ht, int Wt, CorrelationGrids g,
-                                                           int layer, int layers) {
+__global__ void __launch_bounds__(kThreads)
+    forward_kernel(const scalar_t* __restrict__ src, const scalar_t* __restrict__ tgt,
+                   const scalar_t* __restrict__ grid, scalar_t* __restrict__ out, int C, int Hs, int Ws, int Ht, int Wt,
+                   CorrelationGrids g, int layer, int layers) {
   using T = at::opmath_type<scalar_t>;
   __shared__ int toff[kTile][4], soff[kTile][4];
   __shared__ T tw[kTile][4], sw[kTile][4];

@@ -33,8 +33,8 @@ inline Dims dims_of(const at::Tensor& f_ab, const at::Tensor& f_bc) {
 template <typename scalar_t>
 struct BackwardArgs {
   const scalar_t *grad, *fab, *fbc, *xs, *ys;  // grad: (N, h', w', 2) for compose, a scalar for the loss
-  const int64_t* count;                         // the loss's count (loss only)
-  scalar_t *dfab, *dfbc;                        // null: not wanted
+  const int64_t* count;                        // the loss's count (loss only)
+  scalar_t *dfab, *dfbc;                       // null: not wanted
   Dims D;
   bool nearest, loss;
   int scatter_blocks;  // per sample
@@ -85,10 +85,13 @@ __global__ void backward_kernel(BackwardArgs<scalar_t> A) {
   // scatter: node q of f_ab gathers w_k g from every (pixel, tap) that reads it, in pixel order
   const int q = blockIdx.x * kThreads + threadIdx.x;
   T acc[2] = {T(0), T(0)};
-  gather_scan<2, kThreads>(D.P, q, [&](int64_t p, T* g) {
-    T dpx, dpy;
-    return pixel_grad(A, n, p, g, &dpx, &dpy);
-  }, acc);
+  gather_scan<2, kThreads>(
+      D.P, q,
+      [&](int64_t p, T* g) {
+        T dpx, dpy;
+        return pixel_grad(A, n, p, g, &dpx, &dpy);
+      },
+      acc);
   if (q < D.h * D.w) {
     A.dfab[(n * D.h * D.w + q) * 2] = static_cast<scalar_t>(acc[0]);
     A.dfab[(n * D.h * D.w + q) * 2 + 1] = static_cast<scalar_t>(acc[1]);
@@ -98,8 +101,10 @@ __global__ void backward_kernel(BackwardArgs<scalar_t> A) {
 // Launches the scatter blocks only for a wanted d f_ab and the pointwise blocks only for a wanted d f_bc.
 template <typename scalar_t>
 void launch_backward(BackwardArgs<scalar_t> A) {
-  TORCH_CHECK(A.D.N < 65536, "pscfast: the CUDA backward of compose and consistency_loss takes batches of fewer "
-              "than 65536 flows, got ", A.D.N);
+  TORCH_CHECK(A.D.N < 65536,
+              "pscfast: the CUDA backward of compose and consistency_loss takes batches of fewer "
+              "than 65536 flows, got ",
+              A.D.N);
   A.scatter_blocks = A.dfab ? static_cast<int>(blocks_for<kThreads>(static_cast<int64_t>(A.D.h) * A.D.w)) : 0;
   const unsigned pointwise_blocks = A.dfbc ? blocks_for<kThreads>(A.D.P) : 0;
   if (A.D.N == 0 || A.scatter_blocks + pointwise_blocks == 0) return;

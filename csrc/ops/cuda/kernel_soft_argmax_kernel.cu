@@ -90,8 +90,8 @@ __device__ RowStats<T> row_stats(const scalar_t* c, const SoftArgmaxShape& sh, T
 
 // d L / d n_q (returned) and n_q (in nq) for target position q.
 template <typename scalar_t, typename T>
-__device__ T grad_n(const scalar_t* c, int64_t q, const SoftArgmaxShape& sh, const RowStats<T>& st, T beta, T inv2s2, T xb,
-                    T yb, T& nq) {
+__device__ T grad_n(const scalar_t* c, int64_t q, const SoftArgmaxShape& sh, const RowStats<T>& st, T beta, T inv2s2,
+                    T xb, T yb, T& nq) {
   const int qx = static_cast<int>(q % sh.Wt), qy = static_cast<int>(q / sh.Wt);
   const T dx = static_cast<T>(qx - st.bx), dy = static_cast<T>(qy - st.by);
   const T k = exp(-(dx * dx + dy * dy) * inv2s2);
@@ -171,14 +171,14 @@ at::Tensor soft_argmax_backward_cuda(const at::Tensor& grad_out, const at::Tenso
   const int64_t total = sh.N * sh.S;
   if (total == 0) return grad;
   auto stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, corr.scalar_type(), "kernel_soft_argmax_backward_cuda",
-                                  [&] {
-    using T = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t><<<blocks_for<kThreads>(total), kThreads, 0, stream>>>(
-        gout.const_data_ptr<scalar_t>(), corr.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), sh,
-        static_cast<T>(beta), static_cast<T>(1.0 / (2.0 * sigma * sigma)));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, corr.scalar_type(), "kernel_soft_argmax_backward_cuda", [&] {
+        using T = at::opmath_type<scalar_t>;
+        backward_kernel<scalar_t><<<blocks_for<kThreads>(total), kThreads, 0, stream>>>(
+            gout.const_data_ptr<scalar_t>(), corr.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), sh,
+            static_cast<T>(beta), static_cast<T>(1.0 / (2.0 * sigma * sigma)));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return grad;
 }
 

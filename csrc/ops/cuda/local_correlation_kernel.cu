@@ -47,8 +47,7 @@ __global__ void forward_kernel(const scalar_t* __restrict__ a, const scalar_t* _
       const int xa = j * G.sw - G.padw + kj * G.dilw;
       if (!inside(ya, xa, G.H, G.W) || !inside(ya + oy, xa + ox, G.H, G.W)) continue;
       const int64_t oa = static_cast<int64_t>(ya) * G.W + xa, ob = static_cast<int64_t>(ya + oy) * G.W + xa + ox;
-      for (int64_t c = 0; c < G.C; ++c)
-        acc += static_cast<T>(an[c * plane + oa]) * static_cast<T>(bn[c * plane + ob]);
+      for (int64_t c = 0; c < G.C; ++c) acc += static_cast<T>(an[c * plane + oa]) * static_cast<T>(bn[c * plane + ob]);
     }
   }
   out[idx] = static_cast<scalar_t>(acc);
@@ -108,10 +107,12 @@ at::Tensor local_correlation_cuda(const at::Tensor& a_, const at::Tensor& b_, at
 }
 
 // Only the gradients in output_mask are computed (and allocated).
-std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cuda(
-    const at::Tensor& grad_out, const at::Tensor& a_, const at::Tensor& b_, at::IntArrayRef kernel_size,
-    at::IntArrayRef patch_size, at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
-    at::IntArrayRef dilation_patch, std::array<bool, 2> output_mask) {
+std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cuda(const at::Tensor& grad_out, const at::Tensor& a_,
+                                                                   const at::Tensor& b_, at::IntArrayRef kernel_size,
+                                                                   at::IntArrayRef patch_size, at::IntArrayRef stride,
+                                                                   at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                                   at::IntArrayRef dilation_patch,
+                                                                   std::array<bool, 2> output_mask) {
   const auto G = corr_geometry(a_, b_, kernel_size, patch_size, stride, padding, dilation, dilation_patch);
   check_corr_grad(grad_out, a_, G);
   const c10::cuda::CUDAGuard guard(a_.device());
@@ -124,11 +125,10 @@ std::tuple<at::Tensor, at::Tensor> local_correlation_backward_cuda(
   // sign +1: the gradient of a, partner b; -1: the gradient of b, partner a
   const auto gradient = [&](const at::Tensor& partner_, const at::Tensor& grad, int sign) {
     const auto partner = partner_.contiguous();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a_.scalar_type(), "local_correlation_backward_cuda",
-                                    [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a_.scalar_type(), "local_correlation_backward_cuda", [&] {
       backward_kernel<scalar_t><<<blocks_for<kThreads>(total), kThreads, 0, stream>>>(
-          gout.const_data_ptr<scalar_t>(), partner.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(),
-          G, sign);
+          gout.const_data_ptr<scalar_t>(), partner.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(), G,
+          sign);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   };

@@ -30,8 +30,8 @@ struct Elem {
 };
 
 template <typename scalar_t, typename acc_t>
-__global__ void backward_u_kernel(const scalar_t* fw, const scalar_t* ft, const acc_t* g, const acc_t* stats,
-                                  acc_t* u, int C, int P, acc_t itau) {
+__global__ void backward_u_kernel(const scalar_t* fw, const scalar_t* ft, const acc_t* g, const acc_t* stats, acc_t* u,
+                                  int C, int P, acc_t itau) {
   __shared__ Smem<acc_t> m;
   const int64_t n = blockIdx.y, base = n * C * P;
   const int i0 = blockIdx.x * kB, i = i0 + threadIdx.x;
@@ -114,8 +114,8 @@ __global__ void backward_df_kernel(const scalar_t* fw, const scalar_t* ft, const
 }
 
 // One chunk: resized w, t (B, C, P), its rows of g and stats -> dw and dt (B, C, P), each when defined.
-void backward_chunk(const at::Tensor& w, const at::Tensor& t, const at::Tensor& g, const at::Tensor& stats,
-                    double tau, at::Tensor& dw, at::Tensor& dt) {
+void backward_chunk(const at::Tensor& w, const at::Tensor& t, const at::Tensor& g, const at::Tensor& stats, double tau,
+                    at::Tensor& dw, at::Tensor& dt) {
   const int64_t B = w.size(0), C = w.size(1), P = w.size(2);
   at::Tensor u = at::empty({B, P}, g.options()), v = at::empty({B, P}, g.options());
   auto stream = at::cuda::getCurrentCUDAStream();
@@ -128,8 +128,8 @@ void backward_chunk(const at::Tensor& w, const at::Tensor& t, const at::Tensor& 
     const acc_t itau = static_cast<acc_t>(1.0 / tau);
     backward_u_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(wp, tp, gp, st, u.data_ptr<acc_t>(), C, P, itau);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    backward_v_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(wp, tp, gp, st, u.data_ptr<acc_t>(),
-                                                                      v.data_ptr<acc_t>(), C, P, itau);
+    backward_v_kernel<scalar_t, acc_t>
+        <<<grid, kThreads, 0, stream>>>(wp, tp, gp, st, u.data_ptr<acc_t>(), v.data_ptr<acc_t>(), C, P, itau);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (dw.defined()) {
       backward_df_kernel<scalar_t, acc_t, true><<<grid_c, kThreads, 0, stream>>>(
@@ -147,8 +147,8 @@ void backward_chunk(const at::Tensor& w, const at::Tensor& t, const at::Tensor& 
 }  // namespace
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_backward_cuda(
-    const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau,
-    int64_t size, std::array<bool, 2> output_mask) {
+    const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau, int64_t size,
+    std::array<bool, 2> output_mask) {
   const bool need_fw = output_mask[0], need_ft = output_mask[1];
   check_similarity_inputs(fw_, ft_, tau, size);
   check_similarity_backward(grad_, fw_, stats_, size);

@@ -67,7 +67,7 @@ inline int64_t chunk_samples(int64_t N, int64_t C, int64_t P, int64_t itemsize) 
 }
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>> similarity_loss_backward_cuda(
-    const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau,
-    int64_t size, std::array<bool, 2> output_mask);
+    const at::Tensor& grad_, at::TensorList fw_, at::TensorList ft_, const at::Tensor& stats_, double tau, int64_t size,
+    std::array<bool, 2> output_mask);
 
 }  // namespace pscfast

@@ -62,8 +62,8 @@ __global__ void rowsum_abs_kernel(const scalar_t* fw, const scalar_t* ft, acc_t*
 }
 
 template <typename scalar_t, typename acc_t>
-__global__ void forward_kernel(const scalar_t* fw, const scalar_t* ft, acc_t* stats, acc_t* ce, acc_t* rowmax,
-                               int C, int P, acc_t itau) {
+__global__ void forward_kernel(const scalar_t* fw, const scalar_t* ft, acc_t* stats, acc_t* ce, acc_t* rowmax, int C,
+                               int P, acc_t itau) {
   __shared__ Smem<acc_t> m;
   const int64_t n = blockIdx.y, base = n * C * P;
   const int j0 = blockIdx.x * kB, tx = threadIdx.x, j = j0 + tx;
@@ -102,8 +102,8 @@ __global__ void forward_kernel(const scalar_t* fw, const scalar_t* ft, acc_t* st
 }
 
 // One chunk: resized w, t (B, C, P) -> its rows of stats, ce and the raw row maxima wmax.
-void forward_chunk(const at::Tensor& w, const at::Tensor& t, bool nonneg, double tau, at::Tensor stats,
-                   at::Tensor ce, at::Tensor wmax) {
+void forward_chunk(const at::Tensor& w, const at::Tensor& t, bool nonneg, double tau, at::Tensor stats, at::Tensor ce,
+                   at::Tensor wmax) {
   const int64_t B = w.size(0), C = w.size(1), P = w.size(2);
   const auto acc_type = stats.scalar_type();
   at::Tensor rowmax = at::empty({B, static_cast<int64_t>(blocks(P)), P}, stats.options());
@@ -126,15 +126,15 @@ void forward_chunk(const at::Tensor& w, const at::Tensor& t, bool nonneg, double
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(wp, tp, stats.data_ptr<acc_t>(),
-                                                                   ce.data_ptr<acc_t>(), rowmax.data_ptr<acc_t>(),
-                                                                   C, P, static_cast<acc_t>(1.0 / tau));
+                                                                   ce.data_ptr<acc_t>(), rowmax.data_ptr<acc_t>(), C, P,
+                                                                   static_cast<acc_t>(1.0 / tau));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   wmax.copy_(at::amax(rowmax, {1}));
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cuda(at::TensorList fw_, at::TensorList ft_,
-                                                                    double tau, int64_t size) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> similarity_loss_cuda(at::TensorList fw_, at::TensorList ft_, double tau,
+                                                                    int64_t size) {
   check_similarity_inputs(fw_, ft_, tau, size);
   const c10::cuda::CUDAGuard guard(fw_[0].device());
   const std::vector<at::Tensor> fw = detached(fw_), ft = detached(ft_);

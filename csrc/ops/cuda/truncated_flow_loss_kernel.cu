@@ -82,8 +82,7 @@ at::Tensor truncated_flow_loss_cuda(const at::Tensor& pred_, const at::Tensor& t
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "truncated_flow_loss_cuda", [&] {
     using T = at::opmath_type<scalar_t>;
     auto psum = at::empty({blocks}, pred.options().dtype(c10::CppTypeToScalarType<T>::value));
-    truncated_loss_kernel<scalar_t>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+    truncated_loss_kernel<scalar_t><<<static_cast<unsigned>(blocks), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
         pred.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(),
         mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr, psum.mutable_data_ptr<T>(),
         reinterpret_cast<unsigned*>(ticket.mutable_data_ptr<int32_t>()), loss.mutable_data_ptr<scalar_t>(), N, P,
@@ -106,16 +105,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> truncated_flow_loss_backward_cuda
   const auto pred = pred_.contiguous(), target = target_.contiguous();
   const at::Tensor mask = mask_.has_value() ? mask_->contiguous() : at::Tensor();
   const auto g = grad.to(pred.scalar_type()).contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "truncated_flow_loss_backward_cuda",
-                                  [&] {
-    truncated_loss_backward_kernel<scalar_t>
-        <<<blocks_for<kThreads>(N * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        g.const_data_ptr<scalar_t>(), pred.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(),
-        mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr,
-        data_or_null<scalar_t>(d_pred), data_or_null<scalar_t>(d_target), data_or_null<scalar_t>(d_mask), N, P,
-        trunc * trunc);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, pred.scalar_type(), "truncated_flow_loss_backward_cuda", [&] {
+        truncated_loss_backward_kernel<scalar_t>
+            <<<blocks_for<kThreads>(N * P), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+                g.const_data_ptr<scalar_t>(), pred.const_data_ptr<scalar_t>(), target.const_data_ptr<scalar_t>(),
+                mask.defined() ? mask.const_data_ptr<scalar_t>() : nullptr, data_or_null<scalar_t>(d_pred),
+                data_or_null<scalar_t>(d_target), data_or_null<scalar_t>(d_mask), N, P, trunc * trunc);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
   return {d_pred, d_target, d_mask};
 }
 

@@ -38,8 +38,8 @@ template <typename scalar_t, typename T>
 __device__ void pixel_grid_grad(const scalar_t* x, const scalar_t* grid, const scalar_t* gout, const Geometry& G,
                                 int64_t n, int oy, int ox, const Lerp<T>& ly, const Lerp<T>& lx, Padding pad,
                                 bool align, T* gx, T* gy) {
-  const auto p = warp_pixel(grid + n * G.h * G.w * 2, G.w, G.direct, oy, ox, ly, lx, G.H, G.W,
-                            SampleMode::kBilinear, pad, align);
+  const auto p =
+      warp_pixel(grid + n * G.h * G.w * 2, G.w, G.direct, oy, ox, ly, lx, G.H, G.W, SampleMode::kBilinear, pad, align);
   const int64_t plane = static_cast<int64_t>(G.H) * G.W, oplane = static_cast<int64_t>(G.Ho) * G.Wo;
   const scalar_t* xn = x + n * G.C * plane;
   const scalar_t* gn = gout + n * G.C * oplane + static_cast<int64_t>(oy) * G.Wo + ox;
@@ -71,7 +71,10 @@ __device__ int first_index_of_cell(int cell, int in, int out) {
   int lo = 0, hi = out;
   while (lo < hi) {
     const int mid = (lo + hi) / 2;
-    if (resize_index<T>(mid, in, out).i0 < cell) lo = mid + 1; else hi = mid;
+    if (resize_index<T>(mid, in, out).i0 < cell)
+      lo = mid + 1;
+    else
+      hi = mid;
   }
   return lo;
 }
@@ -79,8 +82,9 @@ __device__ int first_index_of_cell(int cell, int in, int out) {
 // Stage 1: block (n, a, b) reduces the pixels of cell (a, b) onto its four corners: partial[n, a, b, 4, 2].
 template <typename scalar_t>
 __global__ void grid_grad_cells_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grid,
-                                       const scalar_t* __restrict__ gout, at::opmath_type<scalar_t>* __restrict__ partial,
-                                       Geometry G, Padding pad, bool align) {
+                                       const scalar_t* __restrict__ gout,
+                                       at::opmath_type<scalar_t>* __restrict__ partial, Geometry G, Padding pad,
+                                       bool align) {
   using T = at::opmath_type<scalar_t>;
   __shared__ T red[8][kThreads];
   const int64_t cell = blockIdx.x;
@@ -138,8 +142,8 @@ __global__ void grid_grad_nodes_kernel(const at::opmath_type<scalar_t>* __restri
 // Image gradient, step 1: the image element each (pixel, tap) of samples [n0, n0 + ns) reads, as a key
 // n_local * H * W + q, or the past-the-end key ns * H * W for taps that read nothing.
 template <typename scalar_t>
-__global__ void tap_keys_kernel(const scalar_t* __restrict__ grid, int32_t* __restrict__ keys, Geometry G,
-                                int64_t n0, int64_t ns, int taps, SampleMode mode, Padding pad, bool align) {
+__global__ void tap_keys_kernel(const scalar_t* __restrict__ grid, int32_t* __restrict__ keys, Geometry G, int64_t n0,
+                                int64_t ns, int taps, SampleMode mode, Padding pad, bool align) {
   using T = at::opmath_type<scalar_t>;
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t pixels = static_cast<int64_t>(G.Ho) * G.Wo;
@@ -175,20 +179,22 @@ __global__ void gather_x_grad_kernel(const scalar_t* __restrict__ grid, const sc
     const int64_t pix = entry / taps - nl * pixels;
     const int k = static_cast<int>(entry % taps);
     const int oy = static_cast<int>(pix / G.Wo), ox = static_cast<int>(pix % G.Wo);
-    const auto p = warp_pixel(grid + (n0 + nl) * G.h * G.w * 2, G.w, G.direct, oy, ox,
-                              resize_index<T>(oy, G.h, G.Ho), resize_index<T>(ox, G.w, G.Wo), G.H, G.W, mode, pad,
-                              align);
+    const auto p = warp_pixel(grid + (n0 + nl) * G.h * G.w * 2, G.w, G.direct, oy, ox, resize_index<T>(oy, G.h, G.Ho),
+                              resize_index<T>(ox, G.w, G.Wo), G.H, G.W, mode, pad, align);
     // a select, not p.taps.w[k]: indexing with a runtime k would put the taps in local memory
     const T w = mode == SampleMode::kNearest ? T(1)
-                : k == 0 ? p.taps.w[0] : k == 1 ? p.taps.w[1] : k == 2 ? p.taps.w[2] : p.taps.w[3];
+                : k == 0                     ? p.taps.w[0]
+                : k == 1                     ? p.taps.w[1]
+                : k == 2                     ? p.taps.w[2]
+                                             : p.taps.w[3];
     acc += w * static_cast<T>(gout[((n0 + nl) * G.C + c) * pixels + pix]);
   }
   dx[(n0 + nl) * G.C * plane + c * plane + q] = static_cast<scalar_t>(acc);
 }
 
 // The grid gradient (bilinear; nearest sampling has none) of contiguous x, grid, gout into dgrid.
-void grid_gradient(const at::Tensor& x, const at::Tensor& grid, const at::Tensor& gout, const Geometry& G,
-                   Padding p, bool align_corners, at::Tensor& dgrid) {
+void grid_gradient(const at::Tensor& x, const at::Tensor& grid, const at::Tensor& gout, const Geometry& G, Padding p,
+                   bool align_corners, at::Tensor& dgrid) {
   auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "warp_backward_grid_cuda", [&] {
     using T = at::opmath_type<scalar_t>;

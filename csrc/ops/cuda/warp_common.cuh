@@ -18,9 +18,15 @@ struct Geometry {
 };
 
 inline Geometry geometry(c10::IntArrayRef x_size, const at::Tensor& grid, int64_t Ho, int64_t Wo) {
-  Geometry g{x_size[0], x_size[1], static_cast<int>(x_size[2]), static_cast<int>(x_size[3]),
-             static_cast<int>(grid.size(1)), static_cast<int>(grid.size(2)), static_cast<int>(Ho),
-             static_cast<int>(Wo), false};
+  Geometry g{x_size[0],
+             x_size[1],
+             static_cast<int>(x_size[2]),
+             static_cast<int>(x_size[3]),
+             static_cast<int>(grid.size(1)),
+             static_cast<int>(grid.size(2)),
+             static_cast<int>(Ho),
+             static_cast<int>(Wo),
+             false};
   g.direct = g.h == g.Ho && g.w == g.Wo;
   return g;
 }
