@@ -7,25 +7,14 @@ CUDA batch 64 with bf16 AMP."""
 import pytest
 import torch
 
-from bench.conftest import bench_device, peak_bytes, record_result
+from bench._training_step import RandomPairs, time_train_step
+from bench.conftest import bench_device
 from pscfast.training.config import TrainConfig
 from pscfast.training.pipeline import build_model
 from pscfast.training.refine_stage import RefineStage
 
 DEVICE = bench_device()
 BATCH = 64 if DEVICE == "cuda" else 4
-
-
-class _Pairs(torch.utils.data.Dataset):
-    def __len__(self):
-        return BATCH
-
-    def __getitem__(self, i):
-        g = torch.Generator().manual_seed(i)
-        return {"photo": torch.rand(3, 256, 256, generator=g), "sketch": torch.rand(3, 256, 256, generator=g),
-                "class_id": 1}
-
-
 PROVIDERS = {"pscfast": None, "naive": "torch"}
 
 
@@ -39,20 +28,7 @@ def test_refine_step(benchmark, provider, size):
                       amp="bf16" if DEVICE == "cuda" else "none")
     device = torch.device(DEVICE)
     torch.manual_seed(0)
-    stage = RefineStage(cfg, build_model(cfg, device), _Pairs(), device, 0, 1)
-    batch = next(iter(stage.loader))
-    sync = torch.cuda.synchronize if DEVICE == "cuda" else (lambda: None)
-
-    def step():
-        stage.train_step(batch)
-        sync()
-
-    step()  # warm-up
-    peak = peak_bytes(step, DEVICE)  # beyond the resident model, optimizer state and batch
+    stage = RefineStage(cfg, build_model(cfg, device), RandomPairs(BATCH), device, 0, 1)
     benchmark.group = f"refine_step-B{BATCH}-{size}"
-    benchmark.pedantic(step, rounds=3 if DEVICE == "cuda" else 2, iterations=1)
-    stats = benchmark.stats.stats
-    record = {"op": "refine_step", "provider": provider, "mode": "fwd+bwd", "shape": f"B{BATCH}-Lite0-256-flow{size}",
-              "device": DEVICE, "dtype": "bf16-amp" if DEVICE == "cuda" else "float32", "median_s": stats.median,
-              "iqr_s": stats.iqr, "min_s": stats.min, "rounds": stats.rounds, "peak_bytes": peak}
-    record_result(benchmark, record)
+    time_train_step(benchmark, stage, DEVICE, op="refine_step", provider=provider,
+                    shape=f"B{BATCH}-Lite0-256-flow{size}")
