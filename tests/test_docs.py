@@ -1,6 +1,5 @@
 """The documentation: README.md stays short and every command it gives is run by a test or by CI; the benchmark
-tables are what bench/report.py renders from the committed results; no file refers to a document or tool outside
-the repository.
+tables are what bench/report.py renders from the committed results.
 
 A README command is covered when its argument list parses with the program's own parser (checked here, with
 placeholders for paths) and a named test runs the program, or when CI runs it (`.ci/run` runs README's test
@@ -218,67 +217,3 @@ def test_the_benchmark_tables_are_what_report_renders():
     plot = ROOT / "bench" / "results" / report.PLOT
     page = report.HEADER + report.results_page(runs, plot if plot.exists() else None) + "\n"
     assert report.RESULTS_MD.read_text() == page, "bench/RESULTS.md is stale: python bench/report.py"
-
-
-# Words that point outside the repository: documents it does not contain, the tools and machines it was developed
-# with, issue trackers. Each (pattern, the legitimate uses it allows on the same line).
-OUTSIDE = [
-    (re.compile(r"\bSPEC\b"), ()),
-    (re.compile(r"\.\./shared"), ()),
-    (re.compile(r"\blent\b", re.I), ()),
-    (re.compile(r"\bgive_back\b|\bdevice tool\b|\bdevice calls?\b", re.I), ()),
-    (re.compile(r"`carry`|\bcarry\s*=|\bcarried along\b", re.I), ()),
-    (re.compile(r"\bworktrees?\b|\bhelper agents?\b|/work/(?:wt|main)\b", re.I), ()),
-    (re.compile(r"\bissues?\b(?:\s*#?\d+|')|(?<![\w&#])#\d+\b", re.I), ()),
-    # pytest's session (fixture scope, hooks) is the one session the repository may speak of
-    (re.compile(r"\bsessions?\b", re.I),
-     (r'scope="session"', r"\bpytest_session\w*", r"\(session, exitstatus\)", r"\bsession\.config\b",
-      r"\bper (?:test )?session\b")),
-]
-
-
-def _tracked_text_files():
-    try:
-        names = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True,
-                               check=True).stdout.split("\0")
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout: the tracked files are unknown")
-    for name in filter(None, names):
-        path = ROOT / name
-        if path.is_file() and path != Path(__file__).resolve():
-            try:
-                yield name, path.read_text()
-            except UnicodeDecodeError:
-                continue  # binary data (images, tensors)
-
-
-def outside_references(line: str) -> list[str]:
-    """The OUTSIDE patterns that `line` matches once its allowed uses are taken out."""
-    found = []
-    for pattern, allowed in OUTSIDE:
-        rest = re.sub("|".join(allowed), "", line) if allowed else line
-        if pattern.search(rest):
-            found.append(pattern.pattern)
-    return found
-
-
-def test_no_file_refers_to_anything_outside_the_repository():
-    found = [f"{name}:{number}: {line.strip()[:100]}"
-             for name, text in _tracked_text_files()
-             for number, line in enumerate(text.splitlines(), 1) if outside_references(line)]
-    assert not found, "say what the project does instead:\n" + "\n".join(found)
-
-
-@pytest.mark.parametrize("line", ["see SPEC section 3", "from ../shared/notes", "on our lent GPU machines",
-                                  "run give_back first", "no development session had one", "`carry` the venv",
-                                  "carried along", "the kernel issues' CPU targets", "fixed in #22", "see issue 22",
-                                  "a short device call", "in /work/wt/docs"])
-def test_the_scan_catches_references_outside(line):
-    assert outside_references(line), line
-
-
-@pytest.mark.parametrize("line", ['@pytest.fixture(scope="session")', "def pytest_sessionfinish(session, exitstatus):",
-                                  "if session.config.getoption('--benchmark'):", "generated once per session",
-                                  "features carry signal", "the authors' release"])
-def test_the_scan_allows_what_the_repository_may_say(line):
-    assert not outside_references(line), line
