@@ -17,19 +17,25 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
+const c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef, c10::string_view,
+                                          c10::string_view, bool)>&
+warp_op() {
+  static const auto op = pscfast_op<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
+                                               c10::string_view, c10::string_view, bool)>("pscfast::warp");
+  return op;
+}
+
 class WarpFunction : public torch::autograd::Function<WarpFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& grid,
                             c10::SymIntArrayRef out_size, c10::string_view mode, c10::string_view padding_mode,
                             bool align_corners) {
-    static const auto op = pscfast_op<at::Tensor(const at::Tensor&, const at::Tensor&, c10::SymIntArrayRef,
-                                                 c10::string_view, c10::string_view, bool)>("pscfast::warp");
     ctx->save_for_backward({x, grid});
     ctx->saved_data["mode"] = std::string(mode);
     ctx->saved_data["padding_mode"] = std::string(padding_mode);
     ctx->saved_data["align_corners"] = align_corners;
     at::AutoDispatchBelowADInplaceOrView below;
-    return op.call(x, grid, out_size, mode, padding_mode, align_corners);
+    return warp_op().call(x, grid, out_size, mode, padding_mode, align_corners);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -64,6 +70,10 @@ class WarpFunction : public torch::autograd::Function<WarpFunction> {
 
 at::Tensor warp_autograd(const at::Tensor& x, const at::Tensor& grid, c10::SymIntArrayRef out_size,
                          c10::string_view mode, c10::string_view padding_mode, bool align_corners) {
+  if (!at::GradMode::is_enabled() || !(x.requires_grad() || grid.requires_grad())) {  // no graph to record
+    at::AutoDispatchBelowADInplaceOrView below;
+    return warp_op().call(x, grid, out_size, mode, padding_mode, align_corners);
+  }
   return WarpFunction::apply(x, grid, out_size, mode, padding_mode, align_corners);
 }
 

@@ -70,6 +70,7 @@ def _triton(x, grid, out_size, mode, padding_mode, align_corners):
 
 WARP = register_op(Op("warp", {"cpp": _cpp, "triton": _triton, "torch": _reference.warp},
                       cpp_dtypes=dict(ALL_FLOAT_DTYPES)))
+_CPU_KERNEL_DTYPES = frozenset(ALL_FLOAT_DTYPES["cpu"])
 
 
 def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "bilinear", padding_mode: str = "zeros",
@@ -101,6 +102,12 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
         >>> torch.allclose(warp(x, identity), x)
         True
     """
+    if _plain_cpu_call(x, grid, backend):
+        try:
+            return torch.ops.pscfast.warp.default(x, grid, grid.shape[1:3] if out_size is None else out_size, mode,
+                                                  padding_mode, align_corners)
+        except (RuntimeError, TypeError, ValueError):
+            pass  # the checks below name what is wrong (or the call was fine but unusual: out_size=16)
     op = "warp"
     out_size = _check_arguments(op, x, grid, out_size, mode, padding_mode)
     x, grid = _checks.promote(x, grid)
@@ -108,6 +115,15 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
     if name != "cpp" or not x.is_cpu:  # the CPU kernel checks the grid as it reads it
         _checks.finite(op, "grid", grid)
     return impl(x, grid, out_size, mode, padding_mode, bool(align_corners))
+
+
+def _plain_cpu_call(x, grid, backend) -> bool:
+    """Whether the call can go straight to the compiled CPU kernel, which checks every argument itself and
+    refuses a non-finite grid as it reads it: plain CPU tensors of one dtype, outside torch.compile. Skipping the
+    Python checks brings the per-call cost of a small warp near grid_sample's; any refusal falls back to them."""
+    return (type(x) is torch.Tensor and type(grid) is torch.Tensor and x.is_cpu and grid.is_cpu
+            and x.dtype is grid.dtype and x.dtype in _CPU_KERNEL_DTYPES and not torch.compiler.is_compiling()
+            and WARP.select(backend, x)[0] == "cpp")
 
 
 def _check_arguments(op, x, grid, out_size, mode, padding_mode) -> tuple[int, int]:

@@ -171,6 +171,38 @@ def test_backward_is_deterministic(device, backend):
     assert torch.equal(first[1], second[1]) and torch.equal(first[2], second[2])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(5, 1, 9, 7, 4, 5), (3, 4, 8, 10, 6, 7), (1, 2, 6, 6, 30, 31)],
+                         ids=["one-channel", "channels", "batch1-multiblock"])
+def test_cpu_backward_of_both_equals_each_alone(shape, threads):
+    """The CPU kernel computes both gradients in one pass where it can; each must equal, bitwise, the gradient
+    computed alone (its own pass), at any thread count."""
+    n, c, H, W, h, w = shape
+    x, grid = _inputs((n, c, H, W, h, w, None), torch.float32, "cpu")
+    gout = torch.randn(n, c, h, w)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _, dx, dgrid = _run(warp, x, grid, gout)
+        xr = x.detach().clone().requires_grad_()
+        dx_alone, = torch.autograd.grad(warp(xr, grid.detach()), xr, gout)
+        gr = grid.detach().clone().requires_grad_()
+        dgrid_alone, = torch.autograd.grad(warp(x.detach(), gr), gr, gout)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(dx, dx_alone) and torch.equal(dgrid, dgrid_alone)
+
+
+def test_direct_cpu_call_equals_checked_call():
+    """Plain CPU tensors go straight to the kernel; a tensor subclass (nn.Parameter), an int out_size or a mixed
+    dtype takes the checked path: the same numbers either way."""
+    x, grid = _inputs((2, 3, 8, 9, 5, 4, None), torch.float32, "cpu")
+    direct = warp(x, grid, (6, 6))
+    assert torch.equal(direct, warp(torch.nn.Parameter(x), grid, (6, 6)))
+    assert torch.equal(direct, warp(x, grid, 6))
+    assert torch.equal(warp(x.double(), grid.double(), (6, 6)), warp(x, grid.double(), (6, 6)))
+
+
 def test_modules_equal_functions():
     x, grid = _inputs((2, 3, 8, 9, 4, 4, None), torch.float32, "cpu")
     m = Warp((8, 9), "bilinear", "border")

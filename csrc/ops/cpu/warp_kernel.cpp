@@ -19,6 +19,7 @@
 #include <atomic>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "ops/common/finite_check.h"
@@ -97,19 +98,67 @@ PSC_MULTIVERSION void interleave(int n, const T* __restrict a, const T* __restri
   }
 }
 
+// gx, gy = the sums over kC channels (planes `plane` and `oplane` apart) of gout * d(sample)/d(grid), in one loop
+// over the points: the offsets and coefficients are read once for all channels, and the sums stay in registers.
+template <typename T, int kC>
+PSC_MULTIVERSION void grid_grad_channels(int n, const T* __restrict x, int64_t plane, const T* __restrict g,
+                                         int64_t oplane, const int32_t* __restrict o0, const int32_t* __restrict o1,
+                                         const int32_t* __restrict o2, const int32_t* __restrict o3,
+                                         const T* __restrict ax0, const T* __restrict ax1, const T* __restrict ax2,
+                                         const T* __restrict ax3, const T* __restrict ay0, const T* __restrict ay1,
+                                         const T* __restrict ay2, const T* __restrict ay3, T* __restrict gx,
+                                         T* __restrict gy) {
+  for (int i = 0; i < n; ++i) {
+    T sx = T(0), sy = T(0);
+    for (int c = 0; c < kC; ++c) {
+      const T* xc = x + c * plane;
+      const T v0 = xc[o0[i]], v1 = xc[o1[i]], v2 = xc[o2[i]], v3 = xc[o3[i]];
+      const T gc = g[c * oplane + i];
+      sx += gc * (ax0[i] * v0 + ax1[i] * v1 + ax2[i] * v2 + ax3[i] * v3);
+      sy += gc * (ay0[i] * v0 + ay1[i] * v1 + ay2[i] * v2 + ay3[i] * v3);
+    }
+    gx[i] = sx;
+    gy[i] = sy;
+  }
+}
+
+// d L / d (grid point) of every point of a run whose taps are computed (compute_grad), summed over channels, into
+// gx, gy: up to four channels in one loop, more channel by channel.
+template <typename T>
+void grid_grad_sum(const Plan<T>& P, const T* x, const T* gout, const Run& run, const BlockTaps<T>& t, T* gx, T* gy) {
+  const int64_t local = run.first - run.n0 * P.oplane();
+  const T* xn = x + run.n0 * P.C * P.plane();
+  const T* gn = gout + run.n0 * P.C * P.oplane() + local;
+  const auto fused = [&](auto channels) {
+    grid_grad_channels<T, decltype(channels)::value>(run.count, xn, P.plane(), gn, P.oplane(), t.off[0].data(),
+                                                     t.off[1].data(), t.off[2].data(), t.off[3].data(), t.ax[0].data(),
+                                                     t.ax[1].data(), t.ax[2].data(), t.ax[3].data(), t.ay[0].data(),
+                                                     t.ay[1].data(), t.ay[2].data(), t.ay[3].data(), gx, gy);
+  };
+  switch (P.C) {
+    case 1:
+      return fused(std::integral_constant<int, 1>());
+    case 2:
+      return fused(std::integral_constant<int, 2>());
+    case 3:
+      return fused(std::integral_constant<int, 3>());
+    case 4:
+      return fused(std::integral_constant<int, 4>());
+  }
+  std::fill(gx, gx + run.count, T(0));
+  std::fill(gy, gy + run.count, T(0));
+  for (int64_t c = 0; c < P.C; ++c)
+    grid_grad_run(run.count, xn + c * P.plane(), gn + c * P.oplane(), t.off[0].data(), t.off[1].data(), t.off[2].data(),
+                  t.off[3].data(), t.ax[0].data(), t.ax[1].data(), t.ax[2].data(), t.ax[3].data(), t.ay[0].data(),
+                  t.ay[1].data(), t.ay[2].data(), t.ay[3].data(), gx, gy);
+}
+
 // d L / d (grid point) of every point of a run, summed over channels, into gx, gy.
 template <typename T>
 void run_grid_grad(const Plan<T>& P, const T* x, const T* grid, const T* gout, const Run& run, BlockTaps<T>& t, T* gx,
                    T* gy) {
   t.compute_grad(P, grid, run);
-  std::fill(gx, gx + run.count, T(0));
-  std::fill(gy, gy + run.count, T(0));
-  const int64_t local = run.first - run.n0 * P.oplane();
-  for (int64_t c = 0; c < P.C; ++c)
-    grid_grad_run(run.count, x + (run.n0 * P.C + c) * P.plane(), gout + (run.n0 * P.C + c) * P.oplane() + local,
-                  t.off[0].data(), t.off[1].data(), t.off[2].data(), t.off[3].data(), t.ax[0].data(), t.ax[1].data(),
-                  t.ax[2].data(), t.ax[3].data(), t.ay[0].data(), t.ay[1].data(), t.ay[2].data(), t.ay[3].data(), gx,
-                  gy);
+  grid_grad_sum(P, x, gout, run, t, gx, gy);
 }
 
 // Grid gradient. Without resize each point owns its grid point. With resize, stage 1 gives each cell of
@@ -221,6 +270,31 @@ void backward_x_impl(const Plan<T>& P, const T* grid, const T* gout, T* dx) {
   });
 }
 
+// Both gradients of the direct bilinear path in one pass: the taps of each run computed once, then per channel
+// the image gradient's scatter and the grid gradient's sums (the separate passes would each recompute them). Each
+// task owns whole samples, their image planes and grid points, and visits points in raster order: the results
+// are those of the separate passes, independent of the thread count.
+template <typename T>
+void backward_both_direct(const Plan<T>& P, const T* x, const T* grid, const T* gout, T* dx, T* dgrid) {
+  const int64_t S = P.oplane();
+  at::parallel_for(0, P.N, 1, [&](int64_t begin, int64_t end) {
+    BlockTaps<T> taps(P);
+    std::vector<T> gx(taps.size), gy(taps.size);
+    for (int64_t first = begin * S; first < end * S;) {
+      const int64_t n = first / S;
+      const int64_t stop = P.across ? end * S : (n + 1) * S;  // a run spans samples only in the across layout
+      const Run run{first, n, static_cast<int>(std::min<int64_t>(cpu_warp::kBlock, stop - first))};
+      taps.compute_grad(P, grid, run, /*masked=*/true);
+      grid_grad_sum(P, x, gout, run, taps, gx.data(), gy.data());
+      const int64_t local = first - n * S;
+      for (int64_t c = 0; c < P.C; ++c)
+        scatter_run(taps, run.count, gout + (n * P.C + c) * S + local, dx + (n * P.C + c) * P.plane());
+      interleave(run.count, gx.data(), gy.data(), dgrid + first * 2);
+      first += run.count;
+    }
+  });
+}
+
 // float16 and bfloat16 are computed in float32; float and double in their own type.
 at::ScalarType compute_type(const at::Tensor& t) {
   const auto s = t.scalar_type();
@@ -267,6 +341,14 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out,
     const auto grid = widened(grid_, compute), gout = widened(grad_out, compute);
     AT_DISPATCH_FLOATING_TYPES(compute, "warp_backward_cpu", [&] {
       const Plan<scalar_t> P(x_.sizes(), grid, gout.size(2), gout.size(3), mode, padding_mode, align_corners);
+      // one pass for both where every thread gets whole samples to own
+      if (dx.defined() && grid_grad && P.direct && P.N >= at::get_num_threads()) {
+        const auto x = widened(x_, compute);
+        backward_both_direct(P, x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(),
+                             gout.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(),
+                             dgrid.mutable_data_ptr<scalar_t>());
+        return;
+      }
       if (dx.defined())
         backward_x_impl(P, grid.const_data_ptr<scalar_t>(), gout.const_data_ptr<scalar_t>(),
                         dx.mutable_data_ptr<scalar_t>());

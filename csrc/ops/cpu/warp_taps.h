@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -206,6 +207,15 @@ PSC_MULTIVERSION void bilinear_taps_grad(int n, int W, int H, const T* __restric
   }
 }
 
+// A view of n elements of a BlockTaps buffer, indexed and iterated like the vector it replaces.
+template <typename E>
+struct Slice {
+  E* p = nullptr;
+  E* data() const { return p; }
+  E* begin() const { return p; }
+  E& operator[](int64_t i) const { return p[i]; }
+};
+
 // The taps of a run of output points, as arrays (offsets off; then, depending on the pass, weights w and masks m,
 // or the grid-gradient coefficients ax, ay), from the pixel coordinates px, py and d(pixel)/d(grid) dpx, dpy.
 // Offsets count from the image plane of the run's first sample (base: the planes of later samples).
@@ -213,18 +223,31 @@ PSC_MULTIVERSION void bilinear_taps_grad(int n, int W, int H, const T* __restric
 template <typename T>
 struct BlockTaps {
   int size;
-  std::vector<T> gx, gy, px, py, dpx, dpy, rowx, rowy;
-  std::vector<T> w[4], m[4], ax[4], ay[4];
-  std::vector<int32_t> off[4], base;
+  Slice<T> gx, gy, px, py, dpx, dpy, rowx, rowy;
+  Slice<T> w[4], m[4], ax[4], ay[4];
+  Slice<int32_t> off[4], base;
 
+  // One uninitialised allocation for every array (a task of a small call pays one malloc, not thirty, and no
+  // clearing); only base, which the direct path within one sample reads as 0, is zeroed.
   explicit BlockTaps(const Plan<T>& P) : size(P.direct ? kBlock : P.Wo) {
-    for (auto* v : {&gx, &gy, &px, &py, &dpx, &dpy}) v->resize(size);
-    rowx.resize(P.w), rowy.resize(P.w);
-    for (int k = 0; k < 4; ++k) {
-      for (auto* v : {&w[k], &m[k], &ax[k], &ay[k]}) v->resize(size);
-      off[k].resize(size);
-    }
-    base.assign(size, 0);
+    const size_t n = static_cast<size_t>(size), row = static_cast<size_t>(P.w);
+    static_assert(sizeof(T) >= sizeof(int32_t) && sizeof(T) % sizeof(int32_t) == 0);
+    const size_t ints = (5 * n * sizeof(int32_t) + sizeof(T) - 1) / sizeof(T);
+    storage_.reset(new T[22 * n + 2 * row + ints]);
+    T* next = storage_.get();
+    const auto take = [&](Slice<T>& s, size_t count) {
+      s.p = next;
+      next += count;
+    };
+    for (auto* s : {&gx, &gy, &px, &py, &dpx, &dpy}) take(*s, n);
+    take(rowx, row);
+    take(rowy, row);
+    for (int k = 0; k < 4; ++k)
+      for (auto* s : {&w[k], &m[k], &ax[k], &ay[k]}) take(*s, n);
+    auto* ints_at = reinterpret_cast<int32_t*>(next);
+    for (int k = 0; k < 4; ++k) off[k].p = ints_at + k * n;
+    base.p = ints_at + 4 * n;
+    std::fill(base.p, base.p + n, 0);
   }
 
   // Pixel coordinates px, py of the run and d(pixel)/d(grid) dpx, dpy; with the grid resized the run is the
@@ -290,9 +313,14 @@ struct BlockTaps {
     return bad;
   }
 
-  // Offsets and grid-gradient coefficients of the run; bilinear only (nearest has no grid gradient).
-  void compute_grad(const Plan<T>& P, const T* grid, const Run& run) {
+  // Offsets and grid-gradient coefficients of the run; bilinear only (nearest has no grid gradient). With
+  // `masked`, also the weights and masks of the image gradient (compute's), from the same coordinates.
+  void compute_grad(const Plan<T>& P, const T* grid, const Run& run, bool masked = false) {
     coords(P, grid, run);
+    if (masked)
+      bilinear_taps_masked(run.count, P.W, P.H, px.data(), py.data(), base.data(), w[0].data(), w[1].data(),
+                           w[2].data(), w[3].data(), m[0].data(), m[1].data(), m[2].data(), m[3].data(), off[0].data(),
+                           off[1].data(), off[2].data(), off[3].data());
     bilinear_taps_grad(run.count, P.W, P.H, px.data(), py.data(), dpx.data(), dpy.data(), base.data(), ax[0].data(),
                        ax[1].data(), ax[2].data(), ax[3].data(), ay[0].data(), ay[1].data(), ay[2].data(), ay[3].data(),
                        off[0].data(), off[1].data(), off[2].data(), off[3].data());
@@ -315,6 +343,8 @@ struct BlockTaps {
       std::fill(w[k].begin(), w[k].begin() + n, T(0));
     }
   }
+
+  std::unique_ptr<T[]> storage_;
 };
 
 }  // namespace cpu_warp
