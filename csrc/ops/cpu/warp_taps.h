@@ -24,7 +24,7 @@
 namespace pscfast {
 namespace cpu_warp {
 
-constexpr int kBlock = 512;  // output points per block: the taps of a block stay in L1
+constexpr int kBlock = 256;  // output points per block: the taps of a block stay in L1
 
 template <typename T>
 struct Plan {
