@@ -18,7 +18,7 @@ strides) and k* = argmax_k c(p, k), the windowed soft-argmax
 
     offset(p) = sum_k softmax_k(c(p, k) / match_temperature - |k - k*|^2 / (2 match_window^2)) k   (cells)
 
-(a 3x3 median of it with ``match_median``) is added before the network's residual:
+(its ``match_median`` x ``match_median`` median when that is 3 or more) is added before the network's residual:
 fine = up + (offset + net(cost)) * 2 / (size - 1). It has no parameters: the settings live in ``config``.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ from torch import nn
 
 from pscfast import ops
 from pscfast.models.stn import upsample_flow
-from pscfast.models.warm_start import median3
+from pscfast.models.warm_start import median_filter
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -45,12 +45,12 @@ class RefineLevel(nn.Module):
     stride of ``strides`` to the encoder's features there (N, C_s, H_s, W_s); returns (N, size, size, 2).
 
     The network: 3x3 convolutions (cost volume -> width -> width -> width // 2 -> 2), leaky ReLU between them.
-    ``match_temperature`` (None: off), ``match_window`` (cells) and ``match_median``: the local match start
-    (module docstring)."""
+    ``match_temperature`` (None: off), ``match_window`` (cells) and ``match_median`` (the side of the median
+    filter on its displacements; 0: none): the local match start (module docstring)."""
 
     def __init__(self, size: int = 32, strides: Sequence[int] = (4,), max_displacement: int = 4, width: int = 64,
                  backend: str | None = None, match_temperature: float | None = None, match_window: float = 1.0,
-                 match_median: bool = False):
+                 match_median: int = 0):
         super().__init__()
         if size < 2 or not strides or max_displacement < 1 or width < 2:
             raise ValueError(f"pscfast.models.RefineLevel: needs size >= 2, at least one stride, "
@@ -59,6 +59,9 @@ class RefineLevel(nn.Module):
         if (match_temperature is not None and not match_temperature > 0) or not match_window > 0:
             raise ValueError(f"pscfast.models.RefineLevel: match_temperature (or None) and match_window must be "
                              f"positive, got {match_temperature!r} and {match_window!r}")
+        if isinstance(match_median, bool) or match_median < 0 or (match_median > 1 and match_median % 2 == 0):
+            raise ValueError(f"pscfast.models.RefineLevel: match_median must be an odd side, or 0 for none, got "
+                             f"{match_median!r}")
         self.size, self.strides, self.max_displacement = size, tuple(strides), max_displacement
         self.width, self.backend = width, backend
         self.match_temperature, self.match_window, self.match_median = match_temperature, match_window, match_median
@@ -107,7 +110,7 @@ class RefineLevel(nn.Module):
         d2 = ((disp[:, None, None] - best[:, None]) ** 2).sum(-1)  # (N, K, h, w)
         m = (c / self.match_temperature - d2 / (2 * self.match_window ** 2)).softmax(1)
         offsets = torch.einsum("nkhw,kc->nhwc", m, disp)
-        return median3(offsets) if self.match_median else offsets
+        return median_filter(offsets, self.match_median) if self.match_median > 1 else offsets
 
     def forward(self, flow: torch.Tensor, src: Mapping[int, torch.Tensor],
                 tgt: Mapping[int, torch.Tensor]) -> torch.Tensor:

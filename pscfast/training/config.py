@@ -70,7 +70,7 @@ class TrainConfig:
     refine_match: bool = False
     refine_match_temperature: float = 0.02  # its softmax temperature (on cosine similarities)
     refine_match_window: float = 1.0     # its Gaussian window around the best displacement (cells of the level's grid)
-    refine_match_median: bool = False    # a 3x3 median filter on its displacements
+    refine_match_median: int = 0         # the side of a median filter on its displacements (0: none; 3, 5, ...)
     refine_stn: bool = False             # True: stage 3 also trains the STN (on known warps, warp_weight)
     refine_sim_weight: float = 0.0       # stage 3 weight of the perceptual similarity at the finest size
     refine_con_weight: float = 0.0       # stage 3 weight of the forward-backward consistency at the finest size
@@ -119,6 +119,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: refine_sizes must be increasing flow sides of at least 2, got {sizes!r}")
         if not self.refine_strides:
             raise ValueError("TrainConfig: refine_strides must name at least one encoder stride")
+        if self.refine_match_median < 0 or (self.refine_match_median > 1 and self.refine_match_median % 2 == 0):
+            raise ValueError(f"TrainConfig: refine_match_median must be an odd side, or 0 for none, got "
+                             f"{self.refine_match_median!r}")
         for name in ("max_steps_per_epoch", "eval_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be at least 1 or None, got {getattr(self, name)!r}")

@@ -32,7 +32,7 @@ def _error_in_cells(flow, true, margin=3):
     return err[:, margin:-margin, margin:-margin].mean().item()
 
 
-@pytest.mark.parametrize("median", [False, True])
+@pytest.mark.parametrize("median", [0, 3, 5])
 def test_the_match_start_recovers_a_sub_cell_shift_the_upsampled_flow_misses(median):
     src, tgt, true = _shifted_maps()
     coarse = ref.identity_grid(1, 16, 16)  # the 16x16 flow knows nothing of the shift
@@ -71,13 +71,13 @@ def test_the_network_adds_its_residual_to_the_match():
 def test_checkpoints_keep_the_match_settings(tmp_path):
     torch.manual_seed(0)
     levels = [{"size": 32, "strides": [4, 8], "max_displacement": 2, "match_temperature": 0.05,
-               "match_window": 1.5, "match_median": True}]
+               "match_window": 1.5, "match_median": 5}]
     model = PSCNet("efficientnet_lite0", refine=levels).eval()
     save_checkpoint(tmp_path / "m.pt", model)
     loaded = load_checkpoint(tmp_path / "m.pt")
     assert loaded.refine.config == [{**levels[0], "width": 64}]
     level = loaded.refine.levels[0]
-    assert (level.match_temperature, level.match_window, level.match_median) == (0.05, 1.5, True)
+    assert (level.match_temperature, level.match_window, level.match_median) == (0.05, 1.5, 5)
     x, y = torch.rand(1, 3, 96, 96), torch.rand(1, 3, 96, 96)
     for a, b in zip(loaded.predict_flow(x, y), model.predict_flow(x, y)):
         assert torch.equal(a, b)
@@ -89,9 +89,9 @@ def test_checkpoints_keep_the_match_settings(tmp_path):
 def test_the_training_config_turns_it_on():
     assert "match_temperature" not in refine_levels(TrainConfig())[0]
     cfg = TrainConfig(refine_match=True, refine_match_temperature=0.1, refine_match_window=2.0,
-                      refine_match_median=True, refine_sizes=(32, 64))
+                      refine_match_median=3, refine_sizes=(32, 64))
     assert [level["match_temperature"] for level in refine_levels(cfg)] == [0.1, 0.1]
-    assert refine_levels(cfg)[1]["match_window"] == 2.0 and refine_levels(cfg)[1]["match_median"]
+    assert refine_levels(cfg)[1]["match_window"] == 2.0 and refine_levels(cfg)[1]["match_median"] == 3
 
 
 @pytest.mark.parametrize("kw", [dict(match_temperature=0.0), dict(match_temperature=0.02, match_window=-1.0)])
@@ -100,3 +100,12 @@ def test_bad_settings_are_refused(kw):
         RefineLevel(**kw)
     with pytest.raises(ValueError, match="refine_match_temperature must be positive"):
         TrainConfig(refine_match_temperature=0.0)
+
+
+@pytest.mark.parametrize("median", [4, -1, True])
+def test_a_median_of_even_or_negative_side_is_refused(median):
+    with pytest.raises(ValueError, match="RefineLevel: match_median must be an odd side, or 0 for none"):
+        RefineLevel(match_temperature=0.02, match_median=median)
+    if not isinstance(median, bool):
+        with pytest.raises(ValueError, match="refine_match_median must be an odd side, or 0 for none"):
+            TrainConfig(refine_match_median=median)
