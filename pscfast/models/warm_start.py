@@ -58,12 +58,18 @@ def cosine_correlation(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor],
     return score / len(src)
 
 
+def median_filter(flow: torch.Tensor, size: int = 3) -> torch.Tensor:
+    """size x size median (size odd) of each coordinate of a grid (N, h, w, 2), the border replicated."""
+    n, h, w, _ = flow.shape
+    r = size // 2
+    x = F.pad(flow.permute(0, 3, 1, 2), (r, r, r, r), mode="replicate")
+    patches = x.unfold(2, size, 1).unfold(3, size, 1).reshape(n, 2, h, w, size * size)
+    return patches.median(-1).values.permute(0, 2, 3, 1)
+
+
 def median3(flow: torch.Tensor) -> torch.Tensor:
     """3x3 median of each coordinate of a grid (N, h, w, 2), the border replicated."""
-    n, h, w, _ = flow.shape
-    x = F.pad(flow.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")
-    patches = x.unfold(2, 3, 1).unfold(3, 3, 1).reshape(n, 2, h, w, 9)
-    return patches.median(-1).values.permute(0, 2, 3, 1)
+    return median_filter(flow, 3)
 
 
 class MatchStart(nn.Module):

@@ -65,6 +65,12 @@ class TrainConfig:
     refine_sizes: tuple[int, ...] = (32,)  # stage 3's refinement levels: the side of each one's flow, increasing
     refine_strides: tuple[int, ...] = (4,)  # the encoder strides each refinement level correlates
     refine_displacement: int = 4         # the largest displacement of a level's local cost volume (its grid's cells)
+    # start each refinement level from its cost volume's own windowed soft-argmax (cosines averaged over the
+    # strides), the network's residual adding to it
+    refine_match: bool = False
+    refine_match_temperature: float = 0.02  # its softmax temperature (on cosine similarities)
+    refine_match_window: float = 1.0     # its Gaussian window around the best displacement (cells of the level's grid)
+    refine_match_median: int = 0         # the side of a median filter on its displacements (0: none; 3, 5, ...)
     refine_stn: bool = False             # True: stage 3 also trains the STN (on known warps, warp_weight)
     refine_sim_weight: float = 0.0       # stage 3 weight of the perceptual similarity at the finest size
     refine_con_weight: float = 0.0       # stage 3 weight of the forward-backward consistency at the finest size
@@ -93,7 +99,8 @@ class TrainConfig:
     def __post_init__(self):
         check_types(self)  # the CHOICES too
         positive = ("batch_size", "moco_dim", "moco_k", "lr_encoder", "lr_estimator", "lr_refine", "moco_t", "tau",
-                    "save_every", "eval_batch_size", "match_temperature", "match_window", "refine_displacement")
+                    "save_every", "eval_batch_size", "match_temperature", "match_window", "refine_displacement",
+                    "refine_match_temperature", "refine_match_window")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"TrainConfig: {name} must be positive, got {getattr(self, name)!r}")
@@ -112,6 +119,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: refine_sizes must be increasing flow sides of at least 2, got {sizes!r}")
         if not self.refine_strides:
             raise ValueError("TrainConfig: refine_strides must name at least one encoder stride")
+        if self.refine_match_median < 0 or (self.refine_match_median > 1 and self.refine_match_median % 2 == 0):
+            raise ValueError(f"TrainConfig: refine_match_median must be an odd side, or 0 for none, got "
+                             f"{self.refine_match_median!r}")
         for name in ("max_steps_per_epoch", "eval_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig: {name} must be at least 1 or None, got {getattr(self, name)!r}")

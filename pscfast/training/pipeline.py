@@ -35,9 +35,12 @@ def starts_from_imagenet(cfg: TrainConfig) -> bool:
 
 
 def refine_levels(cfg: TrainConfig) -> list[dict]:
-    """The refinement levels stage 3 trains: one per ``refine_sizes``, each on ``refine_strides``."""
-    return [{"size": size, "strides": list(cfg.refine_strides), "max_displacement": cfg.refine_displacement}
-            for size in cfg.refine_sizes]
+    """The refinement levels stage 3 trains: one per ``refine_sizes``, each on ``refine_strides``, each with the
+    local match start when ``refine_match``."""
+    match = ({"match_temperature": cfg.refine_match_temperature, "match_window": cfg.refine_match_window,
+              "match_median": cfg.refine_match_median} if cfg.refine_match else {})
+    return [{"size": size, "strides": list(cfg.refine_strides), "max_displacement": cfg.refine_displacement,
+             **match} for size in cfg.refine_sizes]
 
 
 def build_model(cfg: TrainConfig, device) -> PSCNet:
@@ -50,7 +53,7 @@ def build_model(cfg: TrainConfig, device) -> PSCNet:
         wanted = Refinement(refine_levels(cfg)).config  # with the levels' defaults filled in
         if levels and levels != wanted:
             raise ValueError(f"init: {cfg.init} holds the refinement levels {levels}, not the configured {wanted} "
-                             "(--refine-sizes, --refine-strides, --refine-displacement)")
+                             "(--refine-sizes, --refine-strides, --refine-displacement, --refine-match*)")
         levels = wanted
     model = PSCNet(cfg.arch, cfg.shared_bn, backend=cfg.backend, match_start=cfg.match_start_config(),
                    refine=levels)
