@@ -18,18 +18,20 @@ AMP = ("auto", "bf16", "fp16", "none")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Defaults: the small CPU run of ``python train/run.py`` on the synthetic benchmark (a few minutes on 2
-    cores): the ImageNet-pretrained EfficientNet-Lite0, frozen, at 192x192, and stage 2 only: the STN starts
-    from the soft match of the encoder's stride-16 features (match_start) and its residual blocks train on known
-    warps of the training images (warp_weight). docs/experiments.md: on these features PSC's similarity and
-    consistency losses drive the STN below the identity flow, and 150 MoCo steps lower the features' matching.
+    """Defaults: the small CPU run of ``python train/run.py`` on the synthetic benchmark (a few minutes on 2 cores):
+    the ImageNet-pretrained EfficientNet-Lite0, frozen, at 192x192; stage 2: the STN starts from the soft match
+    of the encoder's stride-16 features (match_start) and its residual blocks train on known warps of the
+    training images (warp_weight); then stage 3 adds a 32x32 refinement level that starts from its local cost
+    volume's own match (refine_match), untrained (epochs_refine 0: training it adds nothing measurable).
+    docs/experiments.md: on these features PSC's similarity and consistency losses drive the STN below the
+    identity flow, and 150 MoCo steps lower the features' matching.
     The paper's settings are in train/configs/paper_r18.json and paper_r101.json; a config file that omits a
     field takes the value here.
 
     The comment on each field is its ``--help`` text (pscfast._flags)."""
     CHOICES: ClassVar[dict[str, tuple]] = {"stage": tuple(STAGES), "arch": ARCHS, "amp": AMP}
 
-    stage: str = "estimator"             # encoder | estimator | both | refine | estimator+refine | all (1 | 2 | 3)
+    stage: str = "estimator+refine"      # encoder | estimator | both | refine | estimator+refine | all (1 | 2 | 3)
     arch: str = "efficientnet_lite0"     # the encoder
     shared_bn: bool = False              # True reproduces the release's single BN per pair
     data_root: str = "runs/synthetic"    # Sketchy root (generated there when it is the synthetic default)
@@ -39,7 +41,7 @@ class TrainConfig:
     batch_size: int = 8                  # pairs per step and process
     epochs_encoder: int = 25             # stage 1 epochs
     epochs_estimator: int = 10           # stage 2 epochs
-    epochs_refine: int = 10              # stage 3 epochs (the refinement levels)
+    epochs_refine: int = 0               # stage 3 epochs (0: the levels' parameter-free match alone, see refine_match)
     max_steps_per_epoch: int | None = 12  # at most this many steps per epoch (none: the whole training set)
     lr_encoder: float = 0.03             # stage 1 SGD learning rate (with --resume it replaces the checkpoint's)
     lr_estimator: float = 0.003          # stage 2 SGD learning rate (with --resume it replaces the checkpoint's)
@@ -63,14 +65,14 @@ class TrainConfig:
     match_layer: int | None = 1          # the feature layer it matches (0: stride 8, 1: stride 16; none: both)
     match_median: bool = True            # a 3x3 median filter on its flow
     refine_sizes: tuple[int, ...] = (32,)  # stage 3's refinement levels: the side of each one's flow, increasing
-    refine_strides: tuple[int, ...] = (4,)  # the encoder strides each refinement level correlates
-    refine_displacement: int = 4         # the largest displacement of a level's local cost volume (its grid's cells)
+    refine_strides: tuple[int, ...] = (4, 8)  # the encoder strides each refinement level correlates
+    refine_displacement: int = 1         # the largest displacement of a level's local cost volume (its grid's cells)
     # start each refinement level from its cost volume's own windowed soft-argmax (cosines averaged over the
     # strides), the network's residual adding to it
-    refine_match: bool = False
-    refine_match_temperature: float = 0.02  # its softmax temperature (on cosine similarities)
+    refine_match: bool = True
+    refine_match_temperature: float = 0.1  # its softmax temperature (on cosine similarities)
     refine_match_window: float = 1.0     # its Gaussian window around the best displacement (cells of the level's grid)
-    refine_match_median: int = 0         # the side of a median filter on its displacements (0: none; 3, 5, ...)
+    refine_match_median: int = 5         # the side of a median filter on its displacements (0: none; 3, 5, ...)
     refine_stn: bool = False             # True: stage 3 also trains the STN (on known warps, warp_weight)
     refine_sim_weight: float = 0.0       # stage 3 weight of the perceptual similarity at the finest size
     refine_con_weight: float = 0.0       # stage 3 weight of the forward-backward consistency at the finest size

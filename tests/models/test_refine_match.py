@@ -87,7 +87,9 @@ def test_checkpoints_keep_the_match_settings(tmp_path):
 
 
 def test_the_training_config_turns_it_on():
-    assert "match_temperature" not in refine_levels(TrainConfig())[0]
+    assert "match_temperature" not in refine_levels(TrainConfig(refine_match=False))[0]
+    default = refine_levels(TrainConfig())[0]  # the default run's level
+    assert default["match_temperature"] == 0.1 and default["match_median"] == 5 and default["strides"] == [4, 8]
     cfg = TrainConfig(refine_match=True, refine_match_temperature=0.1, refine_match_window=2.0,
                       refine_match_median=3, refine_sizes=(32, 64))
     assert [level["match_temperature"] for level in refine_levels(cfg)] == [0.1, 0.1]

@@ -106,7 +106,7 @@ def test_a_missing_weights_package_is_one_line_before_any_data_is_generated(tmp_
 def _other_value(field):
     """A valid value of the field other than its default, and the command-line words that set it."""
     special = {"device": "cpu", "backend": "torch", "compile": "aot_eager", "moco_m": 0.5, "stage": "both",
-               "arch": "resnet50", "amp": "bf16"}
+               "arch": "resnet50", "amp": "bf16", "refine_match_median": 3}
     flag, default = "--" + field.name.replace("_", "-"), field.default
     if field.name in special:
         value = special[field.name]

@@ -17,7 +17,8 @@ CPU = torch.device("cpu")
 
 def _refine_config(**kw):
     base = dict(stage="refine", image_size=64, batch_size=4, epochs_refine=1, sim_weight=0.0, con_weight=0.0,
-                warp_weight=1.0, refine_sizes=(16,), refine_strides=(4,), refine_displacement=2, augment=False)
+                warp_weight=1.0, refine_sizes=(16,), refine_strides=(4,), refine_displacement=2, augment=False,
+                refine_match=False)
     return tiny_config(**{**base, **kw})
 
 
@@ -116,7 +117,8 @@ def test_a_run_with_stage3_saves_evaluates_and_resumes_the_refined_model(bench_r
     full = train(_run_config(bench_root, tmp_path / "a"))
     assert sorted(full["history"]) == [2, 3] and full["pck"] is not None
     ckpt = torch.load(tmp_path / "a" / "final.pt", weights_only=True)
-    assert ckpt["refine"] == [{"size": 32, "strides": [4], "max_displacement": 4, "width": 64}]
+    assert ckpt["refine"] == [{"size": 32, "strides": [4, 8], "max_displacement": 1, "width": 64,
+                               "match_temperature": 0.1, "match_window": 1.0, "match_median": 5}]  # the defaults
     assert torch.load(tmp_path / "a" / "stage3_last.pt", weights_only=True)["training"]["stage"] == 3
     model = load_checkpoint(tmp_path / "a" / "final.pt")
     assert model.flow_size == 32 and model.predict_flow(*torch.rand(2, 1, 3, 64, 64))[0].shape == (1, 32, 32, 2)
