@@ -22,9 +22,9 @@ PROVIDERS = {"pscfast": None, "naive": "torch"}
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_refine_step(benchmark, provider, size):
     cfg = TrainConfig(stage="refine", pretrained=False, image_size=256, batch_size=BATCH, epochs_refine=1,
-                      refine_sizes=(size,), refine_strides=(4,), refine_displacement=4, refine_sim_weight=0.1,
-                      refine_con_weight=1.0, refine_warp_weight=1.0, augment=False, progress=False,
-                      tensorboard=False, device=DEVICE, backend=PROVIDERS[provider],
+                      refine_sizes=(size,), refine_strides=(4,), refine_displacement=4, refine_match=False,
+                      refine_sim_weight=0.1, refine_con_weight=1.0, refine_warp_weight=1.0, augment=False,
+                      progress=False, tensorboard=False, device=DEVICE, backend=PROVIDERS[provider],
                       amp="bf16" if DEVICE == "cuda" else "none")
     device = torch.device(DEVICE)
     torch.manual_seed(0)

@@ -19,9 +19,9 @@ PROVIDERS = {"pscfast": dict(backend=None, augment_loop=False), "naive": dict(ba
 @pytest.mark.parametrize("provider", list(PROVIDERS))
 def test_train_step(benchmark, provider):
     # the paper's stage 2 (R18 from the identity, PSC's losses), not the default run's
-    cfg = TrainConfig(arch="resnet18", pretrained=False, match_start=False, sim_weight=0.1, con_weight=1.0,
-                      warp_weight=0.0, image_size=256, batch_size=BATCH, epochs_estimator=1, augment=True,
-                      progress=False, tensorboard=False, device=DEVICE, **PROVIDERS[provider])
+    cfg = TrainConfig(stage="estimator", arch="resnet18", pretrained=False, match_start=False, sim_weight=0.1,
+                      con_weight=1.0, warp_weight=0.0, image_size=256, batch_size=BATCH, epochs_estimator=1,
+                      augment=True, progress=False, tensorboard=False, device=DEVICE, **PROVIDERS[provider])
     device = torch.device(DEVICE)
     torch.manual_seed(0)
     stage = EstimatorStage(cfg, build_model(cfg, device), RandomPairs(BATCH), device, 0, 1)

@@ -105,7 +105,7 @@ class RefineLevel(nn.Module):
         (x, y) in cells of the level's grid (module docstring)."""
         n, _, h, w = cost.shape
         c = cost.float().view(n, len(self.strides), -1, h, w).mean(1)  # (N, K, h, w) cosines
-        disp = self.displacements.to(c.device)
+        disp = self.displacements
         best = disp[c.argmax(1)]  # (N, h, w, 2)
         d2 = ((disp[:, None, None] - best[:, None]) ** 2).sum(-1)  # (N, K, h, w)
         m = (c / self.match_temperature - d2 / (2 * self.match_window ** 2)).softmax(1)

@@ -17,6 +17,7 @@ from pscfast import ops
 from pscfast.data import normalize
 from pscfast.losses import known_warp_loss, stage2_loss
 from pscfast.models import PHOTO, SKETCH, PSCNet
+from pscfast.models.psc import STN_STRIDES
 from pscfast.training import distributed as dist_utils
 from pscfast.training.augment import AugmentConfig, apply_geometry, augment_pair, geometry_grid, sample_geometry
 from pscfast.training.augment_reference import augment_reference
@@ -38,7 +39,7 @@ class FlowPair(nn.Module):
 
 
 def known_warps(encoder, images: torch.Tensor, modality: int, geometry: AugmentConfig, generator=None,
-                strides=(8, 16)):
+                strides=STN_STRIDES):
     """Each image (normalised, (N, 3, H, W)) and the same image under a random warp drawn from ``geometry``,
     both encoded at ``strides`` without gradient in ``modality``. Returns (features of the images, features of
     the warped images, the warps' sampling grids (N, H, W, 2)): ``stn(src, tgt)`` should return the grid."""
@@ -80,7 +81,7 @@ class EstimatorStage(PSCStage):
             losses = {**losses, "loss": losses.get("loss", 0) + cfg.warp_weight * warp, "warp": warp.detach()}
         return losses
 
-    def _pair_losses(self, photo, sketch, f_photo, f_sketch, fwd, bwd, weights=None, strides=(8, 16),
+    def _pair_losses(self, photo, sketch, f_photo, f_sketch, fwd, bwd, weights=None, strides=STN_STRIDES,
                      size: int = 16) -> dict[str, torch.Tensor]:
         """PSC's stage-2 losses of the predicted flows (weighted similarity and consistency); f_photo and
         f_sketch are the maps at ``strides``, the similarity is taken at size x size. ``weights``: (similarity,
@@ -98,7 +99,7 @@ class EstimatorStage(PSCStage):
         return stage2_loss(f(fw_photo), f(f_sketch), f(fw_sketch), f(f_photo), fwd.float(), bwd.float(),
                            sim_weight, con_weight, cfg.tau, cfg.backend, size)
 
-    def _known_warps(self, photo: torch.Tensor, sketch: torch.Tensor, strides=(8, 16)):
+    def _known_warps(self, photo: torch.Tensor, sketch: torch.Tensor, strides=STN_STRIDES):
         """known_warps of the photos (photo BN) and the sketches (sketch BN), one batch: (src, tgt, grids)."""
         (src_p, tgt_p, grid_p), (src_s, tgt_s, grid_s) = (
             known_warps(self.encoder, x, m, AugmentConfig(), self.gen, strides)

@@ -191,6 +191,9 @@ def test_cpu_backward_of_both_equals_each_alone(shape, threads):
     finally:
         torch.set_num_threads(before)
     assert torch.equal(dx, dx_alone) and torch.equal(dgrid, dgrid_alone)
+    _, dx_ref, dgrid_ref = _run(ref.warp, x, grid, gout, (h, w))
+    assert_close(dx, dx_ref)
+    assert_close(dgrid, dgrid_ref)
 
 
 def test_direct_cpu_call_equals_checked_call():
@@ -198,6 +201,7 @@ def test_direct_cpu_call_equals_checked_call():
     dtype takes the checked path: the same numbers either way."""
     x, grid = _inputs((2, 3, 8, 9, 5, 4, None), torch.float32, "cpu")
     direct = warp(x, grid, (6, 6))
+    assert_close(direct, ref.warp(x, grid, (6, 6)))
     assert torch.equal(direct, warp(torch.nn.Parameter(x), grid, (6, 6)))
     assert torch.equal(direct, warp(x, grid, 6))
     assert torch.equal(warp(x.double(), grid.double(), (6, 6)), warp(x, grid.double(), (6, 6)))
