@@ -62,7 +62,7 @@ class Op:
         return _triton_reason(self, device.type, dtype)
 
     def select(self, backend: str | None, tensor: torch.Tensor) -> tuple[str, Callable]:
-        env = os.environ.get("PSCFAST_BACKEND", "")
+        env = _backend_env()
         if torch.compiler.is_compiling():
             name = _choose_constant(self.name, backend, env, tensor.device.type, tensor.dtype)
             return name, self.impls[name]
@@ -74,6 +74,20 @@ class Op:
             name = _choose(self, backend, env, tensor.device.type, tensor.dtype)
             chosen = self._chosen[key] = (name, self.impls[name])
         return chosen
+
+
+# os.environ keeps its variables in a dict of encoded keys and values: reading that dict costs a tenth of
+# os.environ.get (0.07 against 0.7 us), and it is what os.environ itself reads, so changes made at run time show.
+_ENV_STORE = getattr(os.environ, "_data", None)
+_ENV_KEY = os.environ.encodekey("PSCFAST_BACKEND") if isinstance(_ENV_STORE, dict) else None
+
+
+def _backend_env() -> str:
+    """The PSCFAST_BACKEND variable, read at every call ("" when unset)."""
+    if _ENV_KEY is None:
+        return os.environ.get("PSCFAST_BACKEND", "")
+    value = _ENV_STORE.get(_ENV_KEY)
+    return "" if value is None else os.environ.decodevalue(value)
 
 
 def _cpp_reason(op: Op, device_type: str, dtype: torch.dtype) -> str | None:

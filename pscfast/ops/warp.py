@@ -34,8 +34,12 @@ def _register() -> None:
         "warp", _reference.warp, lambda grad, x, grid, *args: (x, grid, tuple(grad.shape[-2:]), *args))
 
 
+# The compiled CPU op as the dispatcher's own callable, which the plain-call fast path in warp() uses: the
+# OpOverload's Python __call__ around it costs half a microsecond per call.
+_KERNEL = None
 if _extension.loaded():
     _register()
+    _KERNEL = getattr(torch.ops.pscfast.warp.default, "_op", torch.ops.pscfast.warp.default)
 
 
 def _cpp(x, grid, out_size, mode, padding_mode, align_corners):
@@ -104,8 +108,8 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
     """
     if _plain_cpu_call(x, grid, backend):
         try:
-            return torch.ops.pscfast.warp.default(x, grid, grid.shape[1:3] if out_size is None else out_size, mode,
-                                                  padding_mode, align_corners)
+            return _KERNEL(x, grid, grid.shape[1:3] if out_size is None else out_size, mode, padding_mode,
+                           align_corners)
         except (RuntimeError, TypeError, ValueError):
             pass  # the checks below name what is wrong (or the call was fine but unusual: out_size=16)
     op = "warp"
