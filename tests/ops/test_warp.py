@@ -175,8 +175,8 @@ def test_backward_is_deterministic(device, backend):
 @pytest.mark.parametrize("shape", [(5, 1, 9, 7, 4, 5), (3, 4, 8, 10, 6, 7), (1, 2, 6, 6, 30, 31)],
                          ids=["one-channel", "channels", "batch1-multiblock"])
 def test_cpu_backward_of_both_equals_each_alone(shape, threads):
-    """The CPU kernel computes both gradients in one pass where it can; each must equal, bitwise, the gradient
-    computed alone (its own pass), at any thread count."""
+    """The CPU kernel computes both gradients in one pass where it can, and hands some masks to ATen's grid
+    sampler (few channels); each gradient must equal the one computed alone, at any thread count."""
     n, c, H, W, h, w = shape
     x, grid = _inputs((n, c, H, W, h, w, None), torch.float32, "cpu")
     gout = torch.randn(n, c, h, w)
@@ -190,10 +190,41 @@ def test_cpu_backward_of_both_equals_each_alone(shape, threads):
         dgrid_alone, = torch.autograd.grad(warp(x.detach(), gr), gr, gout)
     finally:
         torch.set_num_threads(before)
-    assert torch.equal(dx, dx_alone) and torch.equal(dgrid, dgrid_alone)
+    assert_close(dx, dx_alone)
+    assert_close(dgrid, dgrid_alone)
     _, dx_ref, dgrid_ref = _run(ref.warp, x, grid, gout, (h, w))
     assert_close(dx, dx_ref)
     assert_close(dgrid, dgrid_ref)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("c", [1, 2, 3, 16, 17])
+def test_cpu_aten_handover_agrees_with_own_kernels(c, padding_mode, monkeypatch):
+    """Without a resize and with few channels the CPU op hands the work to ATen's grid sampler (the forward of
+    up to 2 channels, the grid-only gradient of up to 16, both gradients of one); with PSCFAST_CHECK_FINITE=0
+    its own kernels run. Every output and gradient, for every mask, agrees across the two and with the
+    reference."""
+    x, grid = _inputs((3, c, 9, 11, 7, 8, None), torch.float64, "cpu")
+    gout = torch.randn(3, c, 7, 8, dtype=torch.float64)
+
+    def results():
+        found = [warp(x, grid, padding_mode=padding_mode)]
+        for wanted in ((True, False), (False, True), (True, True)):
+            xr, gr = x.clone().requires_grad_(wanted[0]), grid.clone().requires_grad_(wanted[1])
+            inputs = [t for t, w in zip((xr, gr), wanted) if w]
+            found += torch.autograd.grad(warp(xr, gr, padding_mode=padding_mode), inputs, gout)
+        return found
+
+    monkeypatch.delenv("PSCFAST_CHECK_FINITE", raising=False)
+    handed_over = results()
+    monkeypatch.setenv("PSCFAST_CHECK_FINITE", "0")
+    own = results()
+    for a, b in zip(handed_over, own):
+        assert_close(a, b)
+    _, dx_ref, dgrid_ref = _run(ref.warp, x, grid, gout, (7, 8), padding_mode=padding_mode)
+    assert_close(handed_over[0], ref.warp(x, grid, (7, 8), padding_mode=padding_mode))
+    for got, exp in zip(handed_over[1:], (dx_ref, dgrid_ref, dx_ref, dgrid_ref)):
+        assert_close(got, exp)
 
 
 def test_direct_cpu_call_equals_checked_call():

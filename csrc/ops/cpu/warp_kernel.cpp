@@ -3,7 +3,8 @@
 // once). Each task handles blocks of output points (warp_taps.h): first the taps of every point of the block
 // (one coordinate computation per point), then branch-free loops over channels and points.
 // The forward refuses a grid holding NaN or infinity (the flag the coordinate loops raise as they read it) unless
-// PSCFAST_CHECK_FINITE=0.
+// PSCFAST_CHECK_FINITE=0. Without a resize and with few channels, ATen's grid sampler does the work (see
+// aten_forward below).
 // Every backward writes each output element from exactly one task, in a fixed order: results are bitwise
 // reproducible and independent of the thread count.
 #include <ATen/Dispatch.h>
@@ -11,6 +12,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/grid_sampler_2d.h>
+#include <ATen/ops/grid_sampler_2d_backward.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
@@ -301,17 +304,62 @@ at::ScalarType compute_type(const at::Tensor& t) {
   return s == at::kHalf || s == at::kBFloat16 ? at::kFloat : s;
 }
 
-// `t` in the compute type (a copy only for half precision) and contiguous.
-at::Tensor widened(const at::Tensor& t, at::ScalarType compute) { return t.to(compute).contiguous(); }
+// `t` in the compute type (a copy only for half precision) and contiguous; no dispatched call when it already is
+// (a small warp's whole budget is a few microseconds).
+at::Tensor widened(const at::Tensor& t, at::ScalarType compute) {
+  return t.scalar_type() == compute ? t.contiguous() : t.to(compute).contiguous();
+}
 
 // A result in the compute type back in the inputs' dtype (undefined stays undefined).
-at::Tensor narrowed(const at::Tensor& t, at::ScalarType dtype) { return t.defined() ? t.to(dtype) : t; }
+at::Tensor narrowed(const at::Tensor& t, at::ScalarType dtype) {
+  return t.defined() && t.scalar_type() != dtype ? t.to(dtype) : t;
+}
+
+// Where ATen's vectorised grid sampler is faster than the kernels above, the op hands it the work: it computes
+// exactly this op when the grid is not resized. Measured on AVX2 and AVX-512 machines (bench_warp.py, the peers'
+// cases): the forward of one or two channels, the grid-only gradient of up to 16 channels and both gradients of
+// one channel; everywhere else, and whenever the grid is resized, the kernels above are faster. The forward still
+// refuses a non-finite grid, in a pass of its own; with the refusal off (PSCFAST_CHECK_FINITE=0) the kernels above
+// run, which sample a NaN as a point outside the image where ATen's sampler gives NaN.
+constexpr int64_t kAtenForwardChannels = 2, kAtenGridGradChannels = 16;
+
+bool aten_forward(const at::Tensor& x, const at::Tensor& grid, c10::IntArrayRef out_size) {
+  return x.size(1) <= kAtenForwardChannels && grid.size(1) == out_size[0] && grid.size(2) == out_size[1] &&
+         check_finite_enabled();
+}
+
+bool aten_backward(const at::Tensor& x, const at::Tensor& grid, c10::IntArrayRef out_size, bool nearest,
+                   std::array<bool, 2> mask) {
+  if (nearest || grid.size(1) != out_size[0] || grid.size(2) != out_size[1] || !mask[1] || !check_finite_enabled())
+    return false;
+  return mask[0] ? x.size(1) == 1 : x.size(1) <= kAtenGridGradChannels;
+}
+
+// Whether a contiguous floating tensor holds NaN or infinity.
+bool any_nonfinite(const at::Tensor& t) {
+  std::atomic<int> bad{0};
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "warp_cpu_finite", [&] {
+    const scalar_t* p = t.const_data_ptr<scalar_t>();
+    at::parallel_for(0, t.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+      if (cpu_warp::any_nonfinite(p + begin, end - begin)) bad = 1;
+    });
+  });
+  return bad;
+}
+
+int64_t aten_mode(c10::string_view mode) { return static_cast<int64_t>(parse_mode(std::string(mode))); }
+int64_t aten_padding(c10::string_view pad) { return static_cast<int64_t>(parse_padding(std::string(pad))); }
 
 at::Tensor warp_cpu(const at::Tensor& x_, const at::Tensor& grid_, c10::IntArrayRef out_size, c10::string_view mode,
                     c10::string_view padding_mode, bool align_corners) {
   check_warp_inputs(x_, grid_, out_size);
   const auto compute = compute_type(x_);
   const auto x = widened(x_, compute), grid = widened(grid_, compute);
+  if (aten_forward(x, grid, out_size)) {
+    TORCH_CHECK_VALUE(!any_nonfinite(grid), "pscfast.ops.warp: grid contains NaN or infinite values");
+    const auto out = at::grid_sampler_2d(x, grid, aten_mode(mode), aten_padding(padding_mode), align_corners);
+    return narrowed(out, x_.scalar_type());
+  }
   auto out = at::empty({x.size(0), x.size(1), out_size[0], out_size[1]}, x.options());
   int bad = 0;
   AT_DISPATCH_FLOATING_TYPES(compute, "warp_cpu", [&] {
@@ -332,6 +380,12 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out,
   check_warp_grad(grad_out, x_);
   const bool nearest = parse_mode(std::string(mode)) == SampleMode::kNearest;
   const auto compute = compute_type(x_);
+  if (aten_backward(x_, grid_, grad_out.sizes().slice(2), nearest, output_mask)) {
+    const auto [dx, dgrid] = at::grid_sampler_2d_backward(
+        widened(grad_out, compute), widened(x_, compute), widened(grid_, compute), aten_mode(mode),
+        aten_padding(padding_mode), align_corners, {output_mask[0], output_mask[1]});
+    return {narrowed(output_mask[0] ? dx : at::Tensor(), x_.scalar_type()), narrowed(dgrid, x_.scalar_type())};
+  }
   const auto options = x_.options().dtype(compute);
   at::Tensor dx = zeros_if(output_mask[0], x_.sizes(), options);  // backward_x_impl accumulates
   at::Tensor dgrid;
