@@ -174,6 +174,26 @@ def test_backward_is_deterministic(device, backend):
     assert all(torch.equal(x, y) for x, y in zip(first, second))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape, kw", [
+    ((3, 4, 45, 9), dict(kernel_size=3, patch_size=5, stride=2, padding=2, dilation=2, dilation_patch=2)),
+    ((2, 3, 40, 6), dict(patch_size=(9, 3), dilation_patch=(3, 1))),
+    ((5, 2, 7, 5), dict(kernel_size=2, patch_size=4, padding=(3, 0))),
+], ids=["k3-s2-p2-dil2-dp2", "reach-beyond-bands", "short-images"])
+def test_cpu_forward_in_row_bands(shape, kw, threads):
+    """The CPU forward copies, per task, only the rows a band of output rows reads (bands of 1 to 8 rows, by the
+    thread count and the image height; rows of b beyond a band by the displacements' reach, rows outside the
+    image by the padding): the same numbers at any thread count, equal to the reference."""
+    a, b = noncontiguous(torch.randn(*shape, dtype=torch.float64)), torch.randn(*shape, dtype=torch.float64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = local_correlation(a, b, backend="cpp", **kw)
+    finally:
+        torch.set_num_threads(before)
+    assert_close(got, ref.local_correlation(a, b, **kw))
+
+
 @pytest.mark.parametrize("size", [(3, 4), (5, 11)], ids=["narrow", "rows"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("backend", ["cpp", "triton"])

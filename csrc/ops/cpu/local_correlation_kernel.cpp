@@ -1,7 +1,8 @@
 // pscfast::local_correlation on the CPU: forward and backward, float, double, float16 and bfloat16 (half precision
 // accumulated in float32), OpenMP through at::parallel_for. The forward, and the backward of any geometry but the
-// one below, read the inputs channels-last (N, H, W, C), copied so, so that every term is a dot product (forward)
-// or an axpy (backward) over contiguous channels (half precision copied to float32). The backward for kernel size
+// one below, read the inputs channels-last (N, H, W, C), so that every term is a dot product (forward) or an axpy
+// (backward) over contiguous channels (half precision in float32): the forward copies, per task, only the rows a
+// band of output rows reads, the general backward whole tensors. The backward for kernel size
 // 1, stride 1 and no padding (the correlation layers of PWC-Net, GLU-Net and FlowNetC) takes the row kernels of
 // local_correlation_rows.h, which read the inputs in their own layout: no copies.
 // The general backward is in gather form: each element of grad_a / grad_b sums, in a fixed order (displacement,
@@ -16,6 +17,7 @@
 #include <algorithm>
 #include <array>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "ops/common/local_correlation_geometry.h"
@@ -42,15 +44,14 @@ inline __attribute__((always_inline)) T dot(const T* __restrict a, const T* __re
 
 inline bool inside(int y, int x, int H, int W) { return y >= 0 && y < H && x >= 0 && x < W; }
 
-// One output row (n, i) of the cost volume; a, b channels-last (N, H, W, C), out (N, P*P, Ho, Wo).
+// One output row i of a sample's cost volume; a and b hold the sample's rows from a_first and b_first on,
+// channels-last (rows, W, C); out is the sample's (P*P, Ho, Wo).
 template <typename T>
-PSC_MULTIVERSION void forward_row(const CorrGeometry& G, const T* __restrict a, const T* __restrict b,
-                                  T* __restrict out, int64_t n, int i) {
+PSC_MULTIVERSION void forward_row(const CorrGeometry& G, const T* __restrict a, int a_first, const T* __restrict b,
+                                  int b_first, T* __restrict out, int i) {
   const int P2 = G.P2;
   const int64_t plane = static_cast<int64_t>(G.Ho) * G.Wo;
-  const T* an = a + n * G.H * G.W * G.C;
-  const T* bn = b + n * G.H * G.W * G.C;
-  T* on = out + n * P2 * plane + static_cast<int64_t>(i) * G.Wo;
+  T* on = out + static_cast<int64_t>(i) * G.Wo;
   for (int j = 0; j < G.Wo; ++j) {
     for (int p = 0; p < P2; ++p) {
       const int oy = G.oy(p), ox = G.ox(p);
@@ -60,8 +61,8 @@ PSC_MULTIVERSION void forward_row(const CorrGeometry& G, const T* __restrict a, 
         for (int kj = 0; kj < G.kw; ++kj) {
           const int xa = j * G.sw - G.padw + kj * G.dilw;
           if (!inside(ya, xa, G.H, G.W) || !inside(ya + oy, xa + ox, G.H, G.W)) continue;
-          acc += dot(an + (static_cast<int64_t>(ya) * G.W + xa) * G.C,
-                     bn + (static_cast<int64_t>(ya + oy) * G.W + xa + ox) * G.C, G.C);
+          acc += dot(a + (static_cast<int64_t>(ya - a_first) * G.W + xa) * G.C,
+                     b + (static_cast<int64_t>(ya + oy - b_first) * G.W + xa + ox) * G.C, G.C);
         }
       }
       on[p * plane + j] = acc;
@@ -69,10 +70,42 @@ PSC_MULTIVERSION void forward_row(const CorrGeometry& G, const T* __restrict a, 
   }
 }
 
+// The input rows [first, last) that output rows [i0, i1) read (of a with reach 0, of b with the displacements'
+// reach lo..hi), within the image.
+std::pair<int, int> band_rows(const CorrGeometry& G, int i0, int i1, int lo, int hi) {
+  const int first = i0 * G.sh - G.padh + lo, last = (i1 - 1) * G.sh - G.padh + (G.kh - 1) * G.dilh + hi + 1;
+  return {std::max(first, 0), std::max(std::min(last, G.H), std::max(first, 0))};
+}
+
+// Rows [first, last) of sample n of t (N, C, H, W, any layout and floating dtype) into buf, channels-last.
+const at::Tensor& rows_channels_last(const at::Tensor& t, int64_t n, std::pair<int, int> rows, at::Tensor& buf) {
+  const int count = rows.second - rows.first;
+  if (count > 0) buf.narrow(0, 0, count).copy_(t.select(0, n).narrow(1, rows.first, count).permute({1, 2, 0}));
+  return buf;
+}
+
+// Tasks take bands of output rows of one sample, and copy channels-last only the rows of a and b that their band
+// reads (a band's rows of b overlap the next band's by the displacements' reach): no copy of the whole inputs.
 template <typename T>
-void forward_impl(const CorrGeometry& G, const T* a, const T* b, T* out) {
-  at::parallel_for(0, G.N * G.Ho, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) forward_row(G, a, b, out, row / G.Ho, static_cast<int>(row % G.Ho));
+void forward_impl(const CorrGeometry& G, const at::Tensor& a, const at::Tensor& b, T* out) {
+  const int64_t threads = at::get_num_threads();
+  const int band = static_cast<int>(std::clamp<int64_t>(G.N * G.Ho / (4 * threads), 1, 8));
+  const int bands = (G.Ho + band - 1) / band;
+  const int lo = -G.rh * G.dph, hi = (G.PH - 1 - G.rh) * G.dph;
+  const int64_t plane = static_cast<int64_t>(G.Ho) * G.Wo;
+  at::parallel_for(0, G.N * bands, 1, [&](int64_t begin, int64_t end) {
+    const auto options = a.options().dtype(c10::CppTypeToScalarType<T>::value);
+    const int most = (band - 1) * G.sh + (G.kh - 1) * G.dilh + 1;  // rows of a a band reads at most
+    at::Tensor a_rows = at::empty({std::min(most, G.H), G.W, G.C}, options);
+    at::Tensor b_rows = at::empty({std::min(most + hi - lo, G.H), G.W, G.C}, options);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t n = t / bands;
+      const int i0 = static_cast<int>(t % bands) * band, i1 = std::min(G.Ho, i0 + band);
+      const auto ra = band_rows(G, i0, i1, 0, 0), rb = band_rows(G, i0, i1, lo, hi);
+      const T* ap = rows_channels_last(a, n, ra, a_rows).template const_data_ptr<T>();
+      const T* bp = rows_channels_last(b, n, rb, b_rows).template const_data_ptr<T>();
+      for (int i = i0; i < i1; ++i) forward_row(G, ap, ra.first, bp, rb.first, out + n * G.P2 * plane, i);
+    }
   });
 }
 
@@ -142,14 +175,12 @@ at::ScalarType general_type(const at::Tensor& t) {
   return s == at::kHalf || s == at::kBFloat16 ? at::kFloat : s;
 }
 
-at::Tensor general_forward(const CorrGeometry& G, const at::Tensor& a_, const at::Tensor& b_) {
-  const auto dtype = general_type(a_);
-  const auto a_t = channels_last(a_.to(dtype)), b_t = channels_last(b_.to(dtype));
-  auto out = at::empty({G.N, G.P2, G.Ho, G.Wo}, a_.options().dtype(dtype));
-  AT_DISPATCH_FLOATING_TYPES(dtype, "local_correlation_cpu", [&] {
-    forward_impl(G, a_t.const_data_ptr<scalar_t>(), b_t.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
-  });
-  return out.to(a_.scalar_type());
+at::Tensor general_forward(const CorrGeometry& G, const at::Tensor& a, const at::Tensor& b) {
+  const auto dtype = general_type(a);
+  auto out = at::empty({G.N, G.P2, G.Ho, G.Wo}, a.options().dtype(dtype));
+  AT_DISPATCH_FLOATING_TYPES(dtype, "local_correlation_cpu",
+                             [&] { forward_impl(G, a, b, out.mutable_data_ptr<scalar_t>()); });
+  return out.to(a.scalar_type());
 }
 
 // The gradient of a (sign +1, partner b) or of b (sign -1, partner a) on the general path.
