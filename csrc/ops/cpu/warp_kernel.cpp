@@ -316,11 +316,12 @@ at::Tensor narrowed(const at::Tensor& t, at::ScalarType dtype) {
 }
 
 // Where ATen's vectorised grid sampler is faster than the kernels above, the op hands it the work: it computes
-// exactly this op when the grid is not resized. Measured on AVX2 and AVX-512 machines (bench_warp.py, the peers'
-// cases): the forward of one or two channels, the grid-only gradient of up to 16 channels and both gradients of
-// one channel; everywhere else, and whenever the grid is resized, the kernels above are faster. The forward still
-// refuses a non-finite grid, in a pass of its own; with the refusal off (PSCFAST_CHECK_FINITE=0) the kernels above
-// run, which sample a NaN as a point outside the image where ATen's sampler gives NaN.
+// exactly this op when the grid is not resized. Measured against it on an AVX-512 CPU (AMD EPYC, 1 and 2 threads,
+// one to sixteen channels, the peers' shapes in bench/): the forward of one or two channels, the grid-only
+// gradient of up to 16 channels and both gradients of one channel; everywhere else, and whenever the grid is
+// resized, the kernels above are faster. The forward still refuses a non-finite grid, in a pass of its own; with
+// the refusal off (PSCFAST_CHECK_FINITE=0) the kernels above run, which sample a NaN as a point outside the image
+// where ATen's sampler gives NaN.
 constexpr int64_t kAtenForwardChannels = 2, kAtenGridGradChannels = 16;
 
 bool aten_forward(const at::Tensor& x, const at::Tensor& grid, c10::IntArrayRef out_size) {
