@@ -31,7 +31,7 @@ from torch import nn
 
 from pscfast import ops
 from pscfast.models.stn import upsample_flow
-from pscfast.models.warm_start import median_filter
+from pscfast.models.warm_start import median_filter, median_side
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -59,7 +59,7 @@ class RefineLevel(nn.Module):
         if (match_temperature is not None and not match_temperature > 0) or not match_window > 0:
             raise ValueError(f"pscfast.models.RefineLevel: match_temperature (or None) and match_window must be "
                              f"positive, got {match_temperature!r} and {match_window!r}")
-        if isinstance(match_median, bool) or match_median < 0 or (match_median > 1 and match_median % 2 == 0):
+        if not median_side(match_median):
             raise ValueError(f"pscfast.models.RefineLevel: match_median must be an odd side, or 0 for none, got "
                              f"{match_median!r}")
         self.size, self.strides, self.max_displacement = size, tuple(strides), max_displacement

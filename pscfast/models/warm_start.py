@@ -58,6 +58,11 @@ def cosine_correlation(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor],
     return score / len(src)
 
 
+def median_side(size) -> bool:
+    """Whether ``size`` names a median filter: an odd side (1 leaves the flow as it is), or 0 for none."""
+    return not isinstance(size, bool) and isinstance(size, int) and (size == 0 or (size > 0 and size % 2 == 1))
+
+
 def median_filter(flow: torch.Tensor, size: int = 3) -> torch.Tensor:
     """size x size median (size odd) of each coordinate of a grid (N, h, w, 2), the border replicated."""
     n, h, w, _ = flow.shape
@@ -65,11 +70,6 @@ def median_filter(flow: torch.Tensor, size: int = 3) -> torch.Tensor:
     x = F.pad(flow.permute(0, 3, 1, 2), (r, r, r, r), mode="replicate")
     patches = x.unfold(2, size, 1).unfold(3, size, 1).reshape(n, 2, h, w, size * size)
     return patches.median(-1).values.permute(0, 2, 3, 1)
-
-
-def median3(flow: torch.Tensor) -> torch.Tensor:
-    """3x3 median of each coordinate of a grid (N, h, w, 2), the border replicated."""
-    return median_filter(flow, 3)
 
 
 class MatchStart(nn.Module):
@@ -96,4 +96,4 @@ class MatchStart(nn.Module):
         d2 = ((pos[None, None] - best[:, :, None]) ** 2).sum(-1) * ((size - 1) / 2) ** 2
         m = (score / cfg.temperature - d2 / (2 * cfg.window ** 2)).softmax(-1)
         flow = (m @ pos).view(-1, size, size, 2)
-        return median3(flow) if cfg.median else flow
+        return median_filter(flow, 3) if cfg.median else flow

@@ -9,6 +9,7 @@ import torch
 
 from pscfast._config import check_types, load_json
 from pscfast.models import ARCHS, MatchStartConfig
+from pscfast.models.warm_start import median_side
 from pscfast.ops._dispatch import parse_backends
 
 STAGES = {"encoder": (1,), "estimator": (2,), "both": (1, 2), "refine": (3,), "estimator+refine": (2, 3),
@@ -121,7 +122,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: refine_sizes must be increasing flow sides of at least 2, got {sizes!r}")
         if not self.refine_strides:
             raise ValueError("TrainConfig: refine_strides must name at least one encoder stride")
-        if self.refine_match_median < 0 or (self.refine_match_median > 1 and self.refine_match_median % 2 == 0):
+        if not median_side(self.refine_match_median):
             raise ValueError(f"TrainConfig: refine_match_median must be an odd side, or 0 for none, got "
                              f"{self.refine_match_median!r}")
         for name in ("max_steps_per_epoch", "eval_limit"):

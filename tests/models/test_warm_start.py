@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pscfast.models import STN, MatchStart, MatchStartConfig, PSCNet, load_checkpoint, save_checkpoint
-from pscfast.models.warm_start import median3
+from pscfast.models.warm_start import median_filter
 from pscfast.ops._reference import identity_grid
 
 
@@ -41,10 +41,10 @@ def test_the_window_keeps_a_distant_second_peak_out():
     assert err(1.0) < 0.05 < err(100.0)  # a window as wide as the grid averages the two peaks
 
 
-def test_median3_replaces_an_isolated_outlier():
+def test_a_3x3_median_replaces_an_isolated_outlier():
     flow = identity_grid(1, 8, 8).clone()
     flow[0, 3, 4] = torch.tensor([0.9, -0.9])
-    torch.testing.assert_close(median3(flow), identity_grid(1, 8, 8))
+    torch.testing.assert_close(median_filter(flow, 3), identity_grid(1, 8, 8))
 
 
 def test_the_stn_adds_its_residuals_to_the_warm_start():

@@ -54,11 +54,10 @@ PSC_MULTIVERSION void sample_run(int n, const T* __restrict x, const int32_t* __
   for (int i = 0; i < n; ++i) out[i] = c0[i] * x[o0[i]] + c1[i] * x[o1[i]] + c2[i] * x[o2[i]] + c3[i] * x[o3[i]];
 }
 
-// Returns 1 when the grid holds NaN or infinity.
+// Returns 1 when a grid value it read is NaN or infinite.
 template <typename T>
 int forward_impl(const Plan<T>& P, const T* x, const T* grid, T* out) {
-  std::atomic<int> bad{0};
-  if (!P.direct) bad = cpu_warp::any_nonfinite(grid, P.N * P.h * P.w * 2);
+  std::atomic<int> bad{0};  // a resized grid was checked whole before (warp_cpu)
   const int64_t units = P.direct ? P.blocks() : P.N * P.Ho;
   at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
     BlockTaps<T> t(P);
@@ -324,19 +323,22 @@ at::Tensor narrowed(const at::Tensor& t, at::ScalarType dtype) {
 // where ATen's sampler gives NaN.
 constexpr int64_t kAtenForwardChannels = 2, kAtenGridGradChannels = 16;
 
+bool resized(const at::Tensor& grid, c10::IntArrayRef out_size) {
+  return grid.size(1) != out_size[0] || grid.size(2) != out_size[1];
+}
+
 bool aten_forward(const at::Tensor& x, const at::Tensor& grid, c10::IntArrayRef out_size) {
-  return x.size(1) <= kAtenForwardChannels && grid.size(1) == out_size[0] && grid.size(2) == out_size[1] &&
-         check_finite_enabled();
+  return x.size(1) <= kAtenForwardChannels && !resized(grid, out_size) && check_finite_enabled();
 }
 
 bool aten_backward(const at::Tensor& x, const at::Tensor& grid, c10::IntArrayRef out_size, bool nearest,
                    std::array<bool, 2> mask) {
-  if (nearest || grid.size(1) != out_size[0] || grid.size(2) != out_size[1] || !mask[1] || !check_finite_enabled())
-    return false;
+  if (nearest || resized(grid, out_size) || !mask[1] || !check_finite_enabled()) return false;
   return mask[0] ? x.size(1) == 1 : x.size(1) <= kAtenGridGradChannels;
 }
 
-// Whether a contiguous floating tensor holds NaN or infinity.
+// Whether a contiguous floating tensor holds NaN or infinity: the forward's check of a grid that its kernels do
+// not read whole (ATen's sampler; a resized grid, whose nodes between output points no point reads).
 bool any_nonfinite(const at::Tensor& t) {
   std::atomic<int> bad{0};
   AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "warp_cpu_finite", [&] {
@@ -356,11 +358,14 @@ at::Tensor warp_cpu(const at::Tensor& x_, const at::Tensor& grid_, c10::IntArray
   check_warp_inputs(x_, grid_, out_size);
   const auto compute = compute_type(x_);
   const auto x = widened(x_, compute), grid = widened(grid_, compute);
+  const char* nonfinite = "pscfast.ops.warp: grid contains NaN or infinite values";
   if (aten_forward(x, grid, out_size)) {
-    TORCH_CHECK_VALUE(!any_nonfinite(grid), "pscfast.ops.warp: grid contains NaN or infinite values");
+    TORCH_CHECK_VALUE(!any_nonfinite(grid), nonfinite);
     const auto out = at::grid_sampler_2d(x, grid, aten_mode(mode), aten_padding(padding_mode), align_corners);
     return narrowed(out, x_.scalar_type());
   }
+  const bool check = check_finite_enabled();
+  TORCH_CHECK_VALUE(!check || !resized(grid, out_size) || !any_nonfinite(grid), nonfinite);
   auto out = at::empty({x.size(0), x.size(1), out_size[0], out_size[1]}, x.options());
   int bad = 0;
   AT_DISPATCH_FLOATING_TYPES(compute, "warp_cpu", [&] {
@@ -368,7 +373,7 @@ at::Tensor warp_cpu(const at::Tensor& x_, const at::Tensor& grid_, c10::IntArray
     bad = forward_impl(P, x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(),
                        out.mutable_data_ptr<scalar_t>());
   });
-  TORCH_CHECK_VALUE(!bad || !check_finite_enabled(), "pscfast.ops.warp: grid contains NaN or infinite values");
+  TORCH_CHECK_VALUE(!bad || !check, nonfinite);
   return narrowed(out, x_.scalar_type());
 }
 
