@@ -62,12 +62,15 @@ class Op:
         return _triton_reason(self, device.type, dtype)
 
     def select(self, backend: str | None, tensor: torch.Tensor) -> tuple[str, Callable]:
-        env = _backend_env()
         if torch.compiler.is_compiling():
-            name = _choose_constant(self.name, backend, env, tensor.device.type, tensor.dtype)
+            name = _choose_constant(self.name, backend, _backend_env(), tensor.device.type, tensor.dtype)
             return name, self.impls[name]
-        # eager calls: one dict lookup on what the tensor gives without building objects (a small op's whole
-        # budget is a few microseconds)
+        return self.select_eager(backend, tensor)
+
+    def select_eager(self, backend: str | None, tensor: torch.Tensor) -> tuple[str, Callable]:
+        """select() outside torch.compile: one dict lookup on what the tensor gives without building objects (a
+        small op's whole budget is a few microseconds)."""
+        env = _backend_env()
         key = (backend, env, tensor.is_cuda, tensor.is_cpu, tensor.dtype)
         chosen = self._chosen.get(key)
         if chosen is None:

@@ -161,6 +161,55 @@ def test_opcheck(device):
                               (gout, x.detach(), grid.detach(), *args, [True, True]))
 
 
+def test_graph_node_releases_and_refuses_what_it_cannot_do(device):
+    """The compiled op's autograd node: one gradient per input asked for (x only, grid only), its saved tensors
+    freed by a backward without retain_graph, an in-place change of a saved input refused, and dual tensors
+    (forward-mode AD) refused rather than their tangents dropped."""
+    require("warp", "cpp", device, torch.float32)
+    x, grid = _inputs((2, 3, 6, 5, 4, 4, None), torch.float32, device)
+    gout = torch.randn(2, 3, 4, 4, device=device)
+    expected = ref.warp(x, grid)
+    for wants in ((True, False), (False, True)):
+        xs, gs = x.clone().requires_grad_(wants[0]), grid.clone().requires_grad_(wants[1])
+        out = torch.ops.pscfast.warp(xs, gs, [4, 4], "bilinear", "zeros", True)
+        assert out.grad_fn.name() == "WarpBackward"
+        (got,) = torch.autograd.grad(out, xs if wants[0] else gs, gout)
+        x_ref, g_ref = x.clone().requires_grad_(wants[0]), grid.clone().requires_grad_(wants[1])
+        (exp,) = torch.autograd.grad(ref.warp(x_ref, g_ref), x_ref if wants[0] else g_ref, gout)
+        assert_close(got, exp)
+        with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+            out.backward(gout)
+    gs = grid.clone().requires_grad_()
+    out = warp(x, gs, backend="cpp")
+    assert_close(out, expected)
+    with torch.no_grad():
+        gs.add_(0.1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward(gout)
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
+        warp(fwAD.make_dual(x, torch.randn_like(x)), grid, backend="cpp")
+
+
+def test_compiled_autograd_gives_eager_gradients(device):
+    require("warp", "cpp", device, torch.float32)
+    x, grid = _inputs((2, 3, 6, 5, 4, 4, None), torch.float32, device)
+    gout = torch.randn(2, 3, 7, 6, device=device)
+
+    def grads(compiled):
+        xs, gs = x.clone().requires_grad_(), grid.clone().requires_grad_()
+        loss = (warp(xs, gs, (7, 6), backend="cpp") * gout).sum()
+        if compiled:
+            with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
+                loss.backward()
+        else:
+            loss.backward()
+        return xs.grad, gs.grad
+
+    for got, exp in zip(grads(True), grads(False)):
+        assert_close(got, exp)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_backward_is_deterministic(device, backend):
     require("warp", backend, device, torch.float32)

@@ -1,6 +1,7 @@
-// What the ops' autograd kernels share (csrc/ops/<op>_autograd.cpp: a torch::autograd::Function registered for
-// the Autograd dispatch key, every device). A C++ node costs a few microseconds per call where a Python
-// autograd wrapper costs tens, which dominates a small op (RAFT's 9x9 lookups, SFNet's mask warps).
+// What the ops' autograd kernels share (csrc/ops/<op>_autograd.cpp, registered for the Autograd dispatch key,
+// every device: a torch::autograd::Function, or for the warp, whose calls can be a few microseconds long, a
+// graph node of its own). A C++ node costs a few microseconds per call where a Python autograd wrapper costs
+// tens, which dominates a small op (RAFT's 9x9 lookups, SFNet's mask warps).
 //
 // First derivatives call the op's hand-written _<op>_backward kernel. A backward that autograd itself records
 // (create_graph=True: gradient penalties, Hessian-vector products) instead calls _<op>_backward_reference, a
