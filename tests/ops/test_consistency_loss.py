@@ -86,6 +86,25 @@ def test_deterministic(device, backend):
         assert all(torch.equal(x, y) for x, y in zip(first, second))
 
 
+def test_cpu_same_bits_for_any_thread_count():
+    """The CPU kernel sums per sample in a fixed order and each sample's fwd gradient is scattered by one
+    thread: the loss and both gradients are bitwise the same on one thread and on several."""
+    require("consistency_loss", "cpp", "cpu", torch.float32)
+    fwd, bwd = _flows((5, 9, 7, 13, 11), torch.float32, "cpu", spread=2.2)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            runs.append([_grads(lambda a, b: consistency_loss(a, b, mode, backend="cpp"), fwd, bwd)
+                         for mode in MODES])
+    finally:
+        torch.set_num_threads(threads)
+    for other in runs[1:]:
+        for got, exp in zip(other, runs[0]):
+            assert all(torch.equal(x, y) for x, y in zip(got, exp))
+
+
 def test_modules_equal_functions():
     fwd, bwd = _flows((2, 4, 5, 4, 5), torch.float32, "cpu", spread=2.2)
     assert torch.equal(ConsistencyLoss("bilinear")(fwd, bwd), consistency_loss(fwd, bwd, "bilinear"))

@@ -1,70 +1,125 @@
-// pscfast::consistency_loss on the CPU (float, double; OpenMP via at::parallel_for). Forward: one partial
-// (sum, count) per sample, summed over samples in order afterwards. Backward: one task per sample visits its
-// pixels in raster order, writes the pointwise bwd gradient and scatters the fwd gradient: bitwise
-// reproducible for any thread count.
+// pscfast::consistency_loss on the CPU (float, double). The cycle compose(fwd, bwd) is ATen's grid sampler
+// reading fwd (N, h, w, 2) as a two-channel image (N, 2, h, w) at bwd's points (align_corners=True, zeros
+// outside): its vectorised kernel is 4-5x faster on this CPU than a per-pixel composition. The loss is then one
+// pass over the cycle: one partial (sum, count) per sample, summed over samples in order afterwards. Backward:
+// the pointwise gradient of the cycle, then the sampler's backward, whose image gradient each sample scatters on
+// one thread: bitwise reproducible for any thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/grid_sampler_2d.h>
+#include <ATen/ops/grid_sampler_2d_backward.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <array>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
+#include "ops/common/field_sample.h"
 #include "ops/common/flow_checks.h"
 #include "ops/common/output_mask.h"
-#include "ops/cpu/grid_composition.h"
+#include "ops/cpu/vectorize.h"
 
 namespace pscfast {
 namespace {
 
-using cpu_compose::backward_sample;
-using cpu_compose::compose_range;
-using cpu_compose::Dims;
-using cpu_compose::dims_of;
+// fwd sampled at bwd's points: (N, 2, h', w'), channel 0 the cycle's x and 1 its y.
+at::Tensor cycle_of(const at::Tensor& fwd, const at::Tensor& bwd, bool nearest) {
+  return at::grid_sampler_2d(fwd.permute({0, 3, 1, 2}), bwd, nearest ? 1 : 0, /*padding: zeros*/ 0,
+                             /*align_corners*/ true);
+}
 
-std::tuple<at::Tensor, at::Tensor> consistency_loss_cpu(const at::Tensor& fwd_, const at::Tensor& bwd_,
+// 0 < |v| <= 1, false for NaN, read from the bits: GCC vectorises integer compares where a float compare
+// (which may trap) keeps a branch in the loop.
+template <typename T>
+inline bool unit_nonzero(T v) {
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  U bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  const U magnitude = bits & (~U(0) >> 1), one = sizeof(T) == 4 ? U(0x3f800000u) : U(0x3ff0000000000000ull);
+  return magnitude - 1 < one;  // magnitude 0 wraps around
+}
+
+// The release's mask (consistency_term: c != 0, i != 0, |c| <= 1, |i| <= 1) as 1 or 0, without branches so
+// that the loops below vectorise (on random flows the branch is a coin toss).
+template <typename T>
+inline T mask_of(T c, T i) {
+  return static_cast<T>(unit_nonzero(c) & unit_nonzero(i));
+}
+
+// One coordinate plane (h', w') of a sample's cycle against the identity's x (per column, IsX) or y (per row):
+// adds the squared masked differences and their count, summed in 16 lanes per row and in a fixed order.
+template <bool IsX, typename T>
+PSC_MULTIVERSION void plane_sum(const T* __restrict cyc, const T* __restrict xs, const T* __restrict ys, int64_t h,
+                                int64_t w, double* sum, int64_t* count) {
+  constexpr int L = 16;
+  for (int64_t row = 0; row < h; ++row, cyc += w) {
+    T acc[L] = {}, cnt[L] = {};
+    int64_t col = 0;
+    for (; col + L <= w; col += L)
+      for (int j = 0; j < L; ++j) {
+        const T id = IsX ? xs[col + j] : ys[row];
+        const T m = mask_of(cyc[col + j], id), d = (cyc[col + j] - id) * m;
+        acc[j] += d * d;
+        cnt[j] += m;
+      }
+    for (int j = 0; col < w; ++col, ++j) {
+      const T id = IsX ? xs[col] : ys[row];
+      const T m = mask_of(cyc[col], id), d = (cyc[col] - id) * m;
+      acc[j] += d * d;
+      cnt[j] += m;
+    }
+    for (int j = 0; j < L; ++j) {
+      *sum += static_cast<double>(acc[j]);
+      *count += static_cast<int64_t>(cnt[j]);
+    }
+  }
+}
+
+// d loss / d cycle of one plane: scale * the masked difference.
+template <bool IsX, typename T>
+PSC_MULTIVERSION void plane_grad(const T* __restrict cyc, const T* __restrict xs, const T* __restrict ys, int64_t h,
+                                 int64_t w, T scale, T* __restrict g) {
+  for (int64_t row = 0; row < h; ++row, cyc += w, g += w)
+    for (int64_t col = 0; col < w; ++col) {
+      const T id = IsX ? xs[col] : ys[row];
+      g[col] = scale * (cyc[col] - id) * mask_of(cyc[col], id);
+    }
+}
+
+std::tuple<at::Tensor, at::Tensor> consistency_loss_cpu(const at::Tensor& fwd, const at::Tensor& bwd,
                                                         const at::Tensor& xs_, const at::Tensor& ys_,
                                                         c10::string_view mode) {
-  check_grid_pair("consistency_loss", fwd_, bwd_);
-  check_identity("consistency_loss", bwd_, xs_, ys_);
+  check_grid_pair("consistency_loss", fwd, bwd);
+  check_identity("consistency_loss", bwd, xs_, ys_);
   const bool nearest = parse_mode(std::string(mode)) == SampleMode::kNearest;
-  const auto fwd = fwd_.contiguous(), bwd = bwd_.contiguous(), xs = xs_.contiguous(), ys = ys_.contiguous();
-  const Dims D = dims_of(fwd, bwd);
+  const auto xs = xs_.contiguous(), ys = ys_.contiguous();
+  const auto cycle = cycle_of(fwd, bwd, nearest).contiguous();
+  const int64_t N = bwd.size(0), h = bwd.size(1), w = bwd.size(2);
   auto loss = at::empty({}, fwd.options());
   auto count = at::empty({}, fwd.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(fwd.scalar_type(), "consistency_loss_cpu", [&] {
     using T = scalar_t;
-    std::vector<double> sums(D.N, 0.0);
-    std::vector<int64_t> counts(D.N, 0);
-    const T* x = xs.const_data_ptr<T>();
-    const T* y = ys.const_data_ptr<T>();
-    at::parallel_for(0, D.N, 1, [&](int64_t begin, int64_t end) {
-      std::vector<T> cycle(D.pixels * 2);
+    std::vector<double> sums(N, 0.0);
+    std::vector<int64_t> counts(N, 0);
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
-        compose_range(D, fwd.const_data_ptr<T>() + n * D.h * D.w * 2, bwd.const_data_ptr<T>() + n * D.pixels * 2,
-                      nearest, 0, D.pixels, cycle.data());
-        double s = 0.0;
-        int64_t c = 0;
-        for (int64_t p = 0; p < D.pixels; ++p) {
-          const T id[2] = {x[p % D.wo], y[p / D.wo]};
-          for (int k = 0; k < 2; ++k) {
-            const T v = cycle[2 * p + k];
-            if (!consistency_term(v, id[k])) continue;
-            const T diff = v - id[k];
-            s += static_cast<double>(diff * diff);
-            ++c;
-          }
-        }
-        sums[n] = s;
-        counts[n] = c;
+        const T* cyc = cycle.const_data_ptr<T>() + n * 2 * h * w;
+        plane_sum<true>(cyc, xs.const_data_ptr<T>(), ys.const_data_ptr<T>(), h, w, &sums[n], &counts[n]);
+        plane_sum<false>(cyc + h * w, xs.const_data_ptr<T>(), ys.const_data_ptr<T>(), h, w, &sums[n], &counts[n]);
       }
     });
     double s = 0.0;
     int64_t c = 0;
-    for (int64_t n = 0; n < D.N; ++n) {
+    for (int64_t n = 0; n < N; ++n) {
       s += sums[n];
       c += counts[n];
     }
@@ -74,40 +129,43 @@ std::tuple<at::Tensor, at::Tensor> consistency_loss_cpu(const at::Tensor& fwd_, 
   return {loss, count};
 }
 
-// Only the gradients in output_mask are computed (and allocated).
-std::tuple<at::Tensor, at::Tensor> consistency_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& fwd_,
-                                                                 const at::Tensor& bwd_, const at::Tensor& xs_,
+// Only the gradients in output_mask are returned; nearest sampling gives bwd none (zeros, as the release).
+std::tuple<at::Tensor, at::Tensor> consistency_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& fwd,
+                                                                 const at::Tensor& bwd, const at::Tensor& xs_,
                                                                  const at::Tensor& ys_, c10::string_view mode,
                                                                  const at::Tensor& count,
                                                                  std::array<bool, 2> output_mask) {
-  check_grid_pair("_consistency_loss_backward", fwd_, bwd_);
-  check_identity("_consistency_loss_backward", bwd_, xs_, ys_);
+  check_grid_pair("_consistency_loss_backward", fwd, bwd);
+  check_identity("_consistency_loss_backward", bwd, xs_, ys_);
   TORCH_CHECK(grad.numel() == 1 && count.numel() == 1,
-              "pscfast::_consistency_loss_backward: grad and count "
-              "must be scalars");
+              "pscfast::_consistency_loss_backward: grad and count must be scalars");
+  if (!output_mask[0] && !output_mask[1]) return {};
   const bool nearest = parse_mode(std::string(mode)) == SampleMode::kNearest;
-  auto dfwd = zeros_if(output_mask[0], fwd_.sizes(), fwd_.options());  // scattered into
-  auto dbwd = empty_if(output_mask[1], bwd_.sizes(), bwd_.options());
-  if (!dfwd.defined() && !dbwd.defined()) return {dfwd, dbwd};
-  const auto fwd = fwd_.contiguous(), bwd = bwd_.contiguous(), xs = xs_.contiguous(), ys = ys_.contiguous();
-  const Dims D = dims_of(fwd, bwd);
+  const auto xs = xs_.contiguous(), ys = ys_.contiguous();
+  const auto cycle = cycle_of(fwd, bwd, nearest).contiguous();
+  const int64_t N = bwd.size(0), h = bwd.size(1), w = bwd.size(2);
+  auto gcycle = at::empty_like(cycle);
   AT_DISPATCH_FLOATING_TYPES(fwd.scalar_type(), "consistency_loss_backward_cpu", [&] {
     using T = scalar_t;
     const int64_t c = count.item<int64_t>();
     const T scale = grad.item<T>() * T(2) / static_cast<T>(c > 0 ? c : 1);
-    const T* x = xs.const_data_ptr<T>();
-    const T* y = ys.const_data_ptr<T>();
-    at::parallel_for(0, D.N, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t n = begin; n < end; ++n)
-        backward_sample(
-            D, fwd.const_data_ptr<T>(), bwd.const_data_ptr<T>(), nearest, n,
-            [&](int64_t p, const T* cyc, T* o) {
-              const T id[2] = {x[p % D.wo], y[p / D.wo]};
-              for (int k = 0; k < 2; ++k) o[k] = consistency_term(cyc[k], id[k]) ? scale * (cyc[k] - id[k]) : T(0);
-            },
-            data_or_null<T>(dfwd), data_or_null<T>(dbwd));
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      const T* x = xs.const_data_ptr<T>();
+      const T* y = ys.const_data_ptr<T>();
+      for (int64_t n = begin; n < end; ++n) {
+        const T* cyc = cycle.const_data_ptr<T>() + n * 2 * h * w;
+        T* g = gcycle.mutable_data_ptr<T>() + n * 2 * h * w;
+        plane_grad<true>(cyc, x, y, h, w, scale, g);
+        plane_grad<false>(cyc + h * w, x, y, h, w, scale, g + h * w);
+      }
     });
   });
+  const bool grid_grad = output_mask[1] && !nearest;
+  auto [dimage, dgrid] = at::grid_sampler_2d_backward(gcycle, fwd.permute({0, 3, 1, 2}), bwd, nearest ? 1 : 0, 0, true,
+                                                      {output_mask[0], grid_grad});
+  at::Tensor dfwd = output_mask[0] ? dimage.permute({0, 2, 3, 1}).contiguous() : at::Tensor();
+  at::Tensor dbwd;
+  if (output_mask[1]) dbwd = grid_grad ? dgrid : at::zeros(bwd.sizes(), bwd.options());
   return {dfwd, dbwd};
 }
 
