@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -156,7 +157,10 @@ class _CpuPeak:
     to that size (up to 32 MiB): a running process reuses heap memory for its recurring tensors. The timed
     calls run that way, with the threshold and the trim threshold held where a warm process has them. The
     memory measurement needs the opposite, freed memory leaving the resident set: it pins the threshold at
-    64 KiB and hands free heap pages back before the call, then restores the timing setting.
+    64 KiB, hands free heap pages back, and makes the call in a new thread, whose malloc arena holds none of
+    the free chunks the timed calls left (glibc maps a buffer only when no free chunk fits it; reusing those
+    chunks counted a sequence of temporaries as if all were alive at once). Then it restores the timing
+    setting.
     """
 
     M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
@@ -176,15 +180,25 @@ class _CpuPeak:
         return int(re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
 
     def measure(self, fn) -> int:
-        self._set(self.MEASURING)
-        try:
-            self.libc.malloc_trim(0)
+        peak = []
+
+        def call():
             Path("/proc/self/clear_refs").write_text("5")
             before = self._kb("VmRSS")
             fn()
-            return max(0, self._kb("VmHWM") - before) * 1024
+            peak.append(max(0, self._kb("VmHWM") - before) * 1024)
+
+        self._set(self.MEASURING)
+        try:
+            self.libc.malloc_trim(0)
+            thread = threading.Thread(target=call)
+            thread.start()
+            thread.join()
         finally:
             self._set(self.TIMING)
+        if not peak:
+            raise RuntimeError("the memory measurement's call failed (its traceback is above)")
+        return peak[0]
 
 
 _CPU_PEAK = None

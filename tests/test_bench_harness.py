@@ -83,3 +83,34 @@ def test_gpu_only_keeps_the_cases_that_can_use_a_gpu():
     assert "test_identity_grid_reproduces_input[cuda-torch-True]" in kept
     assert "test_identity_grid_reproduces_input[cpu-triton-True]" in kept  # skips on a GPU machine, cheaply
     assert not any("[cpu-cpp" in k or "[cpu-torch" in k for k in kept), kept
+
+
+PEAK_SCRIPT = """
+import torch
+from bench.conftest import _CpuPeak
+
+peak = _CpuPeak()
+# what timed calls leave behind: free heap memory (buffers under the 32 MiB mmap threshold come from the heap)
+junk = [torch.ones(6 << 20) for _ in range(8)]
+del junk
+
+def one_at_a_time():  # 16 temporaries of 4-5 MiB, at most two alive at once
+    for k in range(16):
+        t = torch.ones((1 << 20) + k * 16384)
+
+def all_at_once():  # 8 buffers of 4 MiB alive together
+    kept = [torch.ones(1 << 20) for _ in range(8)]
+
+print(peak.measure(one_at_a_time), peak.measure(all_at_once))
+"""
+
+
+def test_cpu_peak_memory_counts_live_buffers_not_freed_ones():
+    """The CPU peak is the most memory alive at once during the call: a sequence of temporaries counts as one or
+    two of them, not as their sum, even after timed calls have left free chunks in the heap."""
+    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    sequence, together = (int(v) / 2**20 for v in proc.stdout.split())
+    assert sequence < 12, f"16 temporaries of 4-5 MiB measured as {sequence:.1f} MiB"
+    assert 31 < together < 40, f"8 live buffers of 4 MiB measured as {together:.1f} MiB"
