@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime
+import gc
 import json
 import os
 import platform
@@ -283,8 +284,16 @@ def _run_case(benchmark, *, op: str, provider: str, mode: str, shape: str, devic
     else:
         peak = peak_bytes(lambda: target(0), device)
     benchmark.group = f"{op} {shape} {str(dtype).replace('torch.', '')} {mode}"
-    benchmark.pedantic(target, setup=setup, rounds=_rounds(target, setup, rounds, device), iterations=1,
-                       warmup_rounds=1)
+    # as timeit: no garbage collection inside the timed rounds (a collection over the suite's accumulated objects
+    # costs more than a whole small call), and what the suite has built so far frozen out of later ones
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        benchmark.pedantic(target, setup=setup, rounds=_rounds(target, setup, rounds, device), iterations=1,
+                           warmup_rounds=1)
+    finally:
+        gc.enable()
     stats = benchmark.stats.stats
     record = {"op": op, "provider": provider, "mode": mode, "shape": shape, "device": device,
               "dtype": str(dtype).replace("torch.", ""), "median_s": stats.median, "iqr_s": stats.iqr,
