@@ -83,3 +83,14 @@ def test_report_sets_half_precision_against_float32_and_names_the_backend(tmp_pa
     main = [line for line in report.table(run).splitlines() if line.startswith("| warp")]
     assert any("| 1.000 (pscfast: cpp) | 2.00x |" in line for line in main), main
     assert report.dtype_table({**run, "results": run["results"][:2]}) is None
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_interleaved_timing_times_both_providers(mode):
+    from bench import interleaved
+
+    case = next(c for c in CASES if c.id == "warp-SFNet-mask-B16-1x16x16")
+    r = interleaved.measure(case, mode, 3, "cpu", case.small)
+    assert r["case"] == case.id and r["mode"] == mode and r["rounds"] == 3
+    assert all(t > 0 for t in r["median_s"].values())
+    assert r["ratio"] == r["median_s"]["naive"] / r["median_s"]["pscfast"]

@@ -1,0 +1,89 @@
+"""Time the providers of peer cases in alternating calls: `python bench/interleaved.py [filter ...]`.
+
+The suite (`pytest bench --benchmark`) times each provider in a test of its own, minutes apart; on a shared
+machine whose load drifts, a ratio within 15-20% of 1 can flip between runs. Here the plain-PyTorch and
+pscfast versions of each case (bench/peers/cases.py; a filter keeps the case ids that contain it) run one call
+each in turn, forward or forward and backward, and the ratio is of the medians of those paired rounds. The
+results go to bench/results/interleaved/<device>.json with the device, versions and git revision (a folder
+of their own: bench/report.py renders the suite's files only).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.conftest import _backward, _git_revision, _grad_like, _slug, bench_device, device_name  # noqa: E402
+from bench.peers.cases import CASES  # noqa: E402
+
+PROVIDERS = ("naive", "pscfast")
+
+
+def measure(case, mode: str, rounds: int, device: str, dims: tuple | None = None) -> dict:
+    """Median seconds per provider over `rounds` alternating calls, after one warm-up call each, at the case's
+    shape (or `dims`)."""
+    inputs, leaves = case.make(dims or case.dims, device, torch.float32)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    calls = {}
+    for name in PROVIDERS:
+        fn = case.providers[name]
+        grads = _grad_like(fn(*inputs))
+
+        def call(fn=fn, grads=grads):
+            out = fn(*inputs)
+            if mode == "fwd+bwd":
+                _backward(out, grads, leaves)
+            sync()
+
+        call()
+        calls[name] = call
+    times = {name: [] for name in PROVIDERS}
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            for name in PROVIDERS:
+                t0 = time.perf_counter()
+                calls[name]()
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        gc.enable()
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    return {"case": case.id, "mode": mode, "rounds": rounds, "median_s": medians,
+            "ratio": medians["naive"] / medians["pscfast"]}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("filters", nargs="*", help="keep the cases whose id contains one of these")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    device = bench_device()
+    cases = [c for c in CASES if not args.filters or any(f in c.id for f in args.filters)]
+    results = []
+    for case in cases:
+        for mode in ("fwd", "fwd+bwd"):
+            r = measure(case, mode, args.rounds, device)
+            results.append(r)
+            print(f"{r['case']:48s} {mode:8s} naive {r['median_s']['naive'] * 1e3:9.3f} ms  "
+                  f"pscfast {r['median_s']['pscfast'] * 1e3:9.3f} ms  {r['ratio']:.2f}x", flush=True)
+    out = args.out or ROOT / "bench" / "results" / "interleaved" / f"{_slug()}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"device": device_name(device), "torch": torch.__version__, "git": _git_revision(),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
+    print(f"results: {out}")
+
+
+if __name__ == "__main__":
+    main()
