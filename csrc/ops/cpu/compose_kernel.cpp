@@ -64,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor> compose_backward_cpu(const at::Tensor& grad_o
         const scalar_t* gn = g + n * D.pixels * 2;
         backward_sample(
             D, f_ab.const_data_ptr<scalar_t>(), f_bc.const_data_ptr<scalar_t>(), nearest, n,
-            [&](int64_t p, int64_t, int64_t, const scalar_t*, scalar_t* o) {
+            [&](int64_t p, const scalar_t*, scalar_t* o) {
               o[0] = gn[2 * p];
               o[1] = gn[2 * p + 1];
             },

@@ -1,6 +1,6 @@
-// The composition of absolute grids on the CPU, shared by compose and consistency_loss: f_ab (N, h, w, 2)
-// sampled at the grid points of f_bc (N, h', w', 2) (align_corners=True, zeros outside), and the backward of
-// one sample given d L / d cycle per pixel.
+// The composition of absolute grids in compose's CPU kernels: f_ab (N, h, w, 2) sampled at the grid points of
+// f_bc (N, h', w', 2) (align_corners=True, zeros outside), and the backward of one sample given d L / d cycle
+// per pixel.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -37,9 +37,9 @@ void compose_range(const Dims& D, const T* fab_n, const T* fbc_n, bool nearest, 
   }
 }
 
-// Backward of one sample. gout(p, row, col, cycle, g) gives d L / d cycle at pixel p = row * wo + col; the f_ab
-// gradient is scattered in raster order, the f_bc gradient is pointwise (0 for nearest: the sampling position
-// has no gradient). A null dfab or dfbc is a gradient not wanted: its work is skipped.
+// Backward of one sample. gout(p, cycle, g) gives d L / d cycle at pixel p; the f_ab gradient is scattered
+// in raster order, the f_bc gradient is pointwise (0 for nearest: the sampling position has no gradient). A
+// null dfab or dfbc is a gradient not wanted: its work is skipped.
 template <typename T, typename GradFn>
 void backward_sample(const Dims& D, const T* fab, const T* fbc, bool nearest, int64_t n, GradFn gout, T* dfab,
                      T* dfbc) {
@@ -47,36 +47,34 @@ void backward_sample(const Dims& D, const T* fab, const T* fbc, bool nearest, in
   const T* fbc_n = fbc + n * D.pixels * 2;
   T* dfab_n = dfab ? dfab + n * D.h * D.w * 2 : nullptr;
   T* dfbc_n = dfbc ? dfbc + n * D.pixels * 2 : nullptr;
-  for (int64_t row = 0, p = 0; row < D.ho; ++row) {
-    for (int64_t col = 0; col < D.wo; ++col, ++p) {
-      T dpx, dpy;
-      const auto t = compose_taps(fbc_n, p, D.h, D.w, nearest, &dpx, &dpy);
-      T v[2][4];  // the taps' values of both channels, read once for the value and the coordinate gradient
-      for (int k = 0; k < 4; ++k) {
-        v[0][k] = t.idx[k] >= 0 ? fab_n[2 * t.idx[k]] : T(0);
-        v[1][k] = t.idx[k] >= 0 ? fab_n[2 * t.idx[k] + 1] : T(0);
-      }
-      T c[2], g[2];
-      for (int ch = 0; ch < 2; ++ch)
-        c[ch] = t.w[0] * v[ch][0] + t.w[1] * v[ch][1] + t.w[2] * v[ch][2] + t.w[3] * v[ch][3];
-      gout(p, row, col, c, g);
-      if (dfbc_n) {
-        T ax = T(0), ay = T(0);
-        if (!nearest) {
-          for (int ch = 0; ch < 2; ++ch) {
-            ax += g[ch] * ((v[ch][1] - v[ch][0]) * t.s + (v[ch][3] - v[ch][2]) * t.d);
-            ay += g[ch] * ((v[ch][2] - v[ch][0]) * t.e + (v[ch][3] - v[ch][1]) * t.r);
-          }
+  for (int64_t p = 0; p < D.pixels; ++p) {
+    T dpx, dpy;
+    const auto t = compose_taps(fbc_n, p, D.h, D.w, nearest, &dpx, &dpy);
+    T v[2][4];  // the taps' values of both channels, read once for the value and the coordinate gradient
+    for (int k = 0; k < 4; ++k) {
+      v[0][k] = t.idx[k] >= 0 ? fab_n[2 * t.idx[k]] : T(0);
+      v[1][k] = t.idx[k] >= 0 ? fab_n[2 * t.idx[k] + 1] : T(0);
+    }
+    T c[2], g[2];
+    for (int ch = 0; ch < 2; ++ch)
+      c[ch] = t.w[0] * v[ch][0] + t.w[1] * v[ch][1] + t.w[2] * v[ch][2] + t.w[3] * v[ch][3];
+    gout(p, c, g);
+    if (dfbc_n) {
+      T ax = T(0), ay = T(0);
+      if (!nearest) {
+        for (int ch = 0; ch < 2; ++ch) {
+          ax += g[ch] * ((v[ch][1] - v[ch][0]) * t.s + (v[ch][3] - v[ch][2]) * t.d);
+          ay += g[ch] * ((v[ch][2] - v[ch][0]) * t.e + (v[ch][3] - v[ch][1]) * t.r);
         }
-        dfbc_n[2 * p] = ax * dpx;
-        dfbc_n[2 * p + 1] = ay * dpy;
       }
-      if (!dfab_n) continue;
-      for (int k = 0; k < 4; ++k) {
-        if (t.idx[k] < 0) continue;
-        dfab_n[2 * t.idx[k]] += t.w[k] * g[0];
-        dfab_n[2 * t.idx[k] + 1] += t.w[k] * g[1];
-      }
+      dfbc_n[2 * p] = ax * dpx;
+      dfbc_n[2 * p + 1] = ay * dpy;
+    }
+    if (!dfab_n) continue;
+    for (int k = 0; k < 4; ++k) {
+      if (t.idx[k] < 0) continue;
+      dfab_n[2 * t.idx[k]] += t.w[k] * g[0];
+      dfab_n[2 * t.idx[k] + 1] += t.w[k] * g[1];
     }
   }
 }
