@@ -181,13 +181,16 @@ class _CpuPeak:
         return int(re.search(rf"{key}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1))
 
     def measure(self, fn) -> int:
-        peak = []
+        peak, error = [], []
 
         def call():
-            Path("/proc/self/clear_refs").write_text("5")
-            before = self._kb("VmRSS")
-            fn()
-            peak.append(max(0, self._kb("VmHWM") - before) * 1024)
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+                before = self._kb("VmRSS")
+                fn()
+                peak.append(max(0, self._kb("VmHWM") - before) * 1024)
+            except BaseException as e:  # raised again in the calling thread
+                error.append(e)
 
         self._set(self.MEASURING)
         try:
@@ -197,8 +200,8 @@ class _CpuPeak:
             thread.join()
         finally:
             self._set(self.TIMING)
-        if not peak:
-            raise RuntimeError("the memory measurement's call failed (its traceback is above)")
+        if error:
+            raise error[0]
         return peak[0]
 
 

@@ -114,3 +114,12 @@ def test_cpu_peak_memory_counts_live_buffers_not_freed_ones():
     sequence, together = (int(v) / 2**20 for v in proc.stdout.split())
     assert sequence < 12, f"16 temporaries of 4-5 MiB measured as {sequence:.1f} MiB"
     assert 31 < together < 40, f"8 live buffers of 4 MiB measured as {together:.1f} MiB"
+
+
+def test_cpu_peak_memory_raises_what_the_call_raised():
+    script = ("from bench.conftest import _CpuPeak\n"
+              "def fail():\n    raise ValueError('inside the measured call')\n"
+              "try:\n    _CpuPeak().measure(fail)\nexcept ValueError as e:\n    print('caught', e)\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "caught inside the measured call"
