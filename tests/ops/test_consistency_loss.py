@@ -86,6 +86,27 @@ def test_deterministic(device, backend):
         assert all(torch.equal(x, y) for x, y in zip(first, second))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mask_edges_as_the_release(device, backend, dtype):
+    """Cycle values exactly at the release's mask edges (0, -0, +-1, the neighbours of 1 and of 0): with bwd the
+    identity and nearest sampling the cycle is fwd itself, so each value meets the mask as it is."""
+    require("consistency_loss", backend, device, dtype)
+    one = torch.tensor(1.0, dtype=dtype)
+    edges = torch.stack([torch.tensor(v, dtype=dtype) for v in (0.0, -0.0, 1.0, -1.0, 0.5, -0.25)]
+                        + [torch.nextafter(one, one * 2), torch.nextafter(one, one * 0), -torch.nextafter(one, one * 2),
+                           torch.nextafter(one * 0, one), torch.tensor(3.0, dtype=dtype)])
+    h, w = 3, 8
+    values = edges.repeat(h * w * 2 // len(edges) + 1)[: h * w * 2]
+    fwd = values[torch.randperm(h * w * 2)].view(1, h, w, 2).to(device).requires_grad_()
+    bwd = identity_grid(1, h, w, True, dtype, device)
+    got = _grads(lambda a, b: consistency_loss(a, b, "nearest", backend=backend), fwd, bwd)
+    exp = _grads(lambda a, b: ref.consistency_loss(a, b, "nearest"), fwd, bwd)
+    assert exp[0] > 0
+    for g, e in zip(got, exp):
+        assert_close(g, e)
+
+
 def test_cpu_same_bits_for_any_thread_count():
     """The CPU kernel sums per sample in a fixed order and each sample's fwd gradient is scattered by one
     thread: the loss and both gradients are bitwise the same on one thread and on several."""

@@ -2,6 +2,7 @@
 gradcheck, opcheck, determinism, bad input."""
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from pscfast.ops import Warp, WarpDisplacement, warp, warp_displacement
 from pscfast.ops import _reference as ref
@@ -186,7 +187,6 @@ def test_graph_node_releases_and_refuses_what_it_cannot_do(device):
         gs.add_(0.1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.backward(gout)
-    import torch.autograd.forward_ad as fwAD
     with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
         warp(fwAD.make_dual(x, torch.randn_like(x)), grid, backend="cpp")
 

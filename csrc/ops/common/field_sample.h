@@ -9,6 +9,10 @@
 // Tap order as sampling.h: 0 = (y0, x0), 1 = (y0, x0 + 1), 2 = (y0 + 1, x0), 3 = (y0 + 1, x0 + 1).
 #pragma once
 
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
 #include "ops/common/sampling.h"
 
 namespace pscfast {
@@ -87,11 +91,22 @@ PSC_HD FieldTaps<T> compose_taps(const S* f_bc_n, int64_t pix, int h, int w, boo
   return field_taps(px, py, h, w, nearest);
 }
 
+// 0 < |v| <= 1 (false for NaN), read from the bits: compilers vectorise the integer compares where float ones,
+// which may trap, keep a branch in a CPU loop (on random flows a coin toss).
+template <typename T>
+PSC_HD bool unit_nonzero(T v) {
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  U bits;
+  memcpy(&bits, &v, sizeof bits);
+  const U magnitude = bits & (~U(0) >> 1), one = sizeof(T) == 4 ? U(0x3f800000u) : U(0x3ff0000000000000ull);
+  return magnitude - 1 < one;  // magnitude 0 wraps around
+}
+
 // The masked squared error of one cycle coordinate c against the identity coordinate i, as the release:
 // counted where c != 0, i != 0, |c| <= 1 and |i| <= 1. Returns whether it counts.
 template <typename T>
 PSC_HD bool consistency_term(T c, T i) {
-  return c != T(0) && i != T(0) && (c < T(0) ? -c : c) <= T(1) && (i < T(0) ? -i : i) <= T(1);
+  return unit_nonzero(c) & unit_nonzero(i);
 }
 
 }  // namespace pscfast

@@ -16,11 +16,8 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdint>
-#include <cstring>
 #include <string>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 #include "ops/common/field_sample.h"
@@ -37,19 +34,8 @@ at::Tensor cycle_of(const at::Tensor& fwd, const at::Tensor& bwd, bool nearest) 
                              /*align_corners*/ true);
 }
 
-// 0 < |v| <= 1, false for NaN, read from the bits: GCC vectorises integer compares where a float compare
-// (which may trap) keeps a branch in the loop.
-template <typename T>
-inline bool unit_nonzero(T v) {
-  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-  U bits;
-  std::memcpy(&bits, &v, sizeof bits);
-  const U magnitude = bits & (~U(0) >> 1), one = sizeof(T) == 4 ? U(0x3f800000u) : U(0x3ff0000000000000ull);
-  return magnitude - 1 < one;  // magnitude 0 wraps around
-}
-
-// The release's mask (consistency_term: c != 0, i != 0, |c| <= 1, |i| <= 1) as 1 or 0, without branches so
-// that the loops below vectorise (on random flows the branch is a coin toss).
+// The release's mask (consistency_term) as 1 or 0. Written from the same unit_nonzero rather than through
+// consistency_term's bool, whose conversion to a float keeps GCC from vectorising the loops below.
 template <typename T>
 inline T mask_of(T c, T i) {
   return static_cast<T>(unit_nonzero(c) & unit_nonzero(i));

@@ -50,22 +50,14 @@ void backward_sample(const Dims& D, const T* fab, const T* fbc, bool nearest, in
   for (int64_t p = 0; p < D.pixels; ++p) {
     T dpx, dpy;
     const auto t = compose_taps(fbc_n, p, D.h, D.w, nearest, &dpx, &dpy);
-    T v[2][4];  // the taps' values of both channels, read once for the value and the coordinate gradient
-    for (int k = 0; k < 4; ++k) {
-      v[0][k] = t.idx[k] >= 0 ? fab_n[2 * t.idx[k]] : T(0);
-      v[1][k] = t.idx[k] >= 0 ? fab_n[2 * t.idx[k] + 1] : T(0);
-    }
-    T c[2], g[2];
-    for (int ch = 0; ch < 2; ++ch)
-      c[ch] = t.w[0] * v[ch][0] + t.w[1] * v[ch][1] + t.w[2] * v[ch][2] + t.w[3] * v[ch][3];
+    const T c[2] = {field_value(t, fab_n, 2, 0), field_value(t, fab_n, 2, 1)};
+    T g[2];
     gout(p, c, g);
     if (dfbc_n) {
       T ax = T(0), ay = T(0);
       if (!nearest) {
-        for (int ch = 0; ch < 2; ++ch) {
-          ax += g[ch] * ((v[ch][1] - v[ch][0]) * t.s + (v[ch][3] - v[ch][2]) * t.d);
-          ay += g[ch] * ((v[ch][2] - v[ch][0]) * t.e + (v[ch][3] - v[ch][1]) * t.r);
-        }
+        field_coord_grad(t, fab_n, 2, 0, g[0], &ax, &ay);
+        field_coord_grad(t, fab_n, 2, 1, g[1], &ax, &ay);
       }
       dfbc_n[2 * p] = ax * dpx;
       dfbc_n[2 * p + 1] = ay * dpy;
