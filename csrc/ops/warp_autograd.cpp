@@ -5,6 +5,10 @@
 // grid; its backward calls _warp_backward for the gradients autograd asks for, or, inside a recorded backward,
 // _warp_backward_reference (csrc/ops/common/autograd.h). It supports compiled autograd; forward-mode AD is
 // refused rather than dropped.
+//
+// A one-channel CPU image whose grid alone requires grad (SFNet's mask warps: a soft-argmax grid warping a fixed
+// mask) runs _warp_with_jacobian instead: the forward also returns d(out)/d(grid), from the taps it reads anyway,
+// and the grid's gradient is then grad_out times it, where the backward kernel would compute every tap again.
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
@@ -34,7 +38,7 @@ const c10::TypedOperatorHandle<WarpSignature>& warp_op() {
 }
 
 struct WarpBackward final : torch::autograd::Node {
-  SavedVariable x, grid;
+  SavedVariable x, grid, jacobian;  // jacobian: d(out)/d(grid), (N, C, h, w, 2), when the forward returned it
   std::string mode, padding_mode;
   bool align_corners = true;
 
@@ -44,6 +48,7 @@ struct WarpBackward final : torch::autograd::Node {
     std::lock_guard<std::mutex> lock(mutex_);
     x.reset_data();
     grid.reset_data();
+    jacobian.reset_data();
   }
 
   variable_list apply(variable_list&& grads) override {
@@ -62,6 +67,16 @@ struct WarpBackward final : torch::autograd::Node {
         const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::string_view, c10::string_view, bool, Mask)>(
         "pscfast::_warp_backward");
     at::AutoDispatchBelowADInplaceOrView below;
+    const auto jac = jacobian.unpack();
+    if (jac.defined()) {
+      static const auto product_op =
+          pscfast_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("pscfast::_warp_jacobian_product");
+      if (mask[1]) out[1] = product_op.call(grads[0], jac);
+      if (mask[0])
+        out[0] = std::get<0>(
+            backward_op.call(grads[0].contiguous(), x_, grid_, mode, padding_mode, align_corners, {true, false}));
+      return out;
+    }
     std::tie(out[0], out[1]) =
         backward_op.call(grads[0].contiguous(), x_, grid_, mode, padding_mode, align_corners, mask);
     return out;
@@ -73,6 +88,7 @@ struct WarpBackward final : torch::autograd::Node {
   void collect(torch::dynamo::autograd::CompiledNodeArgs& args) const {
     args.collect(x, false);
     args.collect(grid, false);
+    args.collect(jacobian, false);
     args.collect(mode);
     args.collect(padding_mode);
     args.collect(align_corners);
@@ -82,9 +98,11 @@ struct WarpBackward final : torch::autograd::Node {
                                  torch::dynamo::autograd::SwapSavedVariables& saved) override {
     saved.before(x);
     saved.before(grid);
+    saved.before(jacobian);
     auto out = apply(variable_list(grads));
     saved.after(x);
     saved.after(grid);
+    saved.after(jacobian);
     return out;
   }
 };
@@ -97,6 +115,18 @@ auto make_node() {
   } else {
     return std::shared_ptr<N>(new N(), [](N* node) { deleteNode(node); });  // torch::autograd's, found by ADL
   }
+}
+
+// Whether the forward returns d(out)/d(grid) (see the top of the file): a bilinear one-channel float or double CPU
+// image that does not require grad, a grid that does, at the output's size (sizes known, not symbolic).
+bool with_jacobian(const at::Tensor& x, const at::Tensor& grid, c10::SymIntArrayRef out_size, c10::string_view mode) {
+  if (!x.is_cpu() || x.dim() != 4 || grid.dim() != 4 || out_size.size() != 2 || x.requires_grad() ||
+      !grid.requires_grad() || mode != "bilinear" || grid.scalar_type() != x.scalar_type() ||
+      (x.scalar_type() != at::kFloat && x.scalar_type() != at::kDouble))
+    return false;
+  const auto channels = x.sym_size(1).maybe_as_int(), h = grid.sym_size(1).maybe_as_int(),
+             w = grid.sym_size(2).maybe_as_int(), ho = out_size[0].maybe_as_int(), wo = out_size[1].maybe_as_int();
+  return channels && h && w && ho && wo && *channels == 1 && *h == *ho && *w == *wo;
 }
 
 at::Tensor warp_autograd(const at::Tensor& x, const at::Tensor& grid, c10::SymIntArrayRef out_size,
@@ -117,7 +147,16 @@ at::Tensor warp_autograd(const at::Tensor& x, const at::Tensor& grid, c10::SymIn
   at::Tensor out;
   {
     at::AutoDispatchBelowADInplaceOrView below;
-    out = warp_op().call(x, grid, out_size, mode, padding_mode, align_corners);
+    if (with_jacobian(x, grid, out_size, mode)) {
+      static const auto jacobian_op =
+          pscfast_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, c10::string_view,
+                                                        c10::string_view, bool)>("pscfast::_warp_with_jacobian");
+      at::Tensor jac;
+      std::tie(out, jac) = jacobian_op.call(x, grid, mode, padding_mode, align_corners);
+      node->jacobian = SavedVariable(jac, false);
+    } else {
+      out = warp_op().call(x, grid, out_size, mode, padding_mode, align_corners);
+    }
   }
   torch::autograd::set_history(out, node);
   return out;

@@ -26,6 +26,15 @@ def _register() -> None:
     def _(x, grid, out_size, mode, padding_mode, align_corners):
         return x.new_empty((x.shape[0], x.shape[1], out_size[0], out_size[1]))
 
+    @torch.library.register_fake("pscfast::_warp_with_jacobian")
+    def _(x, grid, mode, padding_mode, align_corners):
+        n, c, (h, w) = x.shape[0], x.shape[1], grid.shape[1:3]
+        return x.new_empty((n, c, h, w)), x.new_empty((n, c, h, w, 2))
+
+    @torch.library.register_fake("pscfast::_warp_jacobian_product")
+    def _(grad_out, jacobian):
+        return jacobian.new_empty((jacobian.shape[0], jacobian.shape[2], jacobian.shape[3], 2))
+
     @torch.library.register_fake("pscfast::_warp_backward")
     def _(grad_out, x, grid, mode, padding_mode, align_corners, output_mask):
         return _fake.grads(output_mask, x, grid)

@@ -4,7 +4,8 @@
 // (one coordinate computation per point), then branch-free loops over channels and points.
 // The forward refuses a grid holding NaN or infinity (the flag the coordinate loops raise as they read it) unless
 // PSCFAST_CHECK_FINITE=0. Without a resize and with few channels, ATen's grid sampler does the work (see
-// aten_forward below).
+// aten_forward below). The autograd kernel's forward for a one-channel image whose grid alone requires grad also
+// returns d(out)/d(grid), so that the grid's gradient is a product (warp_jacobian_cpu).
 // Every backward writes each output element from exactly one task, in a fixed order: results are bitwise
 // reproducible and independent of the thread count.
 #include <ATen/Dispatch.h>
@@ -30,6 +31,7 @@
 #include "ops/common/warp_checks.h"
 #include "ops/common/warp_pixel.h"
 #include "ops/cpu/vectorize.h"
+#include "ops/cpu/warp_avx2.h"
 #include "ops/cpu/warp_taps.h"
 
 namespace pscfast {
@@ -70,6 +72,51 @@ int forward_impl(const Plan<T>& P, const T* x, const T* grid, T* out) {
         sample_run(run.count, x + (run.n0 * P.C + c) * P.plane(), t.off[0].data(), t.off[1].data(), t.off[2].data(),
                    t.off[3].data(), t.w[0].data(), t.w[1].data(), t.w[2].data(), t.w[3].data(),
                    out + (run.n0 * P.C + c) * P.oplane() + local);
+    }
+    if (seen) bad = 1;
+  });
+  return bad;
+}
+
+// One channel of a run, point by point from its pixel coordinates (BlockTaps::coords): the sample out[i] and its
+// gradient in the grid point, (jac[2 i], jac[2 i + 1]), the forward's and the grid backward's coefficients
+// (bilinear_taps, bilinear_taps_grad) applied to the same four reads. For float, warp_avx2.h does what
+// it can first.
+template <typename T>
+void sample_jacobian_run(int n, int W, int H, const T* __restrict x, const T* __restrict px, const T* __restrict py,
+                         const T* __restrict dpx, const T* __restrict dpy, const int32_t* __restrict base,
+                         T* __restrict out, T* __restrict jac) {
+  int i = 0;
+  if constexpr (std::is_same_v<T, float>)
+    i = cpu_warp::sample_jacobian_avx2(n, W, H, x, px, py, dpx, dpy, base, out, jac);
+  for (; i < n; ++i) {
+    const cpu_warp::Bilinear<T> b(px[i], py[i], W, H);
+    int32_t o0, o1, o2, o3;
+    b.offsets(W, base[i], o0, o1, o2, o3);
+    const T v0 = b.m0 ? x[o0] : T(0), v1 = b.m1 ? x[o1] : T(0), v2 = b.m2 ? x[o2] : T(0), v3 = b.m3 ? x[o3] : T(0);
+    out[i] = b.e * b.s * v0 + b.r * b.s * v1 + b.e * b.d * v2 + b.r * b.d * v3;
+    jac[2 * i] = dpx[i] * (b.s * (v1 - v0) + b.d * (v3 - v2));
+    jac[2 * i + 1] = dpy[i] * (b.e * (v2 - v0) + b.r * (v3 - v1));
+  }
+}
+
+// The forward of a bilinear grid at the output size, with d(out)/d(grid) per output point and channel into jac
+// (N, C, Ho, Wo, 2). Returns 1 when a grid value it read is NaN or infinite.
+template <typename T>
+int forward_jacobian_impl(const Plan<T>& P, const T* x, const T* grid, T* out, T* jac) {
+  std::atomic<int> bad{0};
+  at::parallel_for(0, P.blocks(), 1, [&](int64_t begin, int64_t end) {
+    BlockTaps<T> t(P);
+    int seen = 0;
+    for (int64_t b = begin; b < end; ++b) {
+      const Run run = cpu_warp::block(P, b);
+      seen |= t.coords(P, grid, run);
+      const int64_t local = run.first - run.n0 * P.oplane();
+      for (int64_t c = 0; c < P.C; ++c) {
+        const int64_t o = (run.n0 * P.C + c) * P.oplane() + local;
+        sample_jacobian_run(run.count, P.W, P.H, x + (run.n0 * P.C + c) * P.plane(), t.px.data(), t.py.data(),
+                            t.dpx.data(), t.dpy.data(), t.base.data(), out + o, jac + 2 * o);
+      }
     }
     if (seen) bad = 1;
   });
@@ -297,6 +344,9 @@ void backward_both_direct(const Plan<T>& P, const T* x, const T* grid, const T* 
   });
 }
 
+// The forward's refusal of a grid holding NaN or infinity (pscfast.ops.warp matches its end, NONFINITE_GRID).
+constexpr const char* kNonfinite = "pscfast.ops.warp: grid contains NaN or infinite values";
+
 // float16 and bfloat16 are computed in float32; float and double in their own type.
 at::ScalarType compute_type(const at::Tensor& t) {
   const auto s = t.scalar_type();
@@ -358,14 +408,13 @@ at::Tensor warp_cpu(const at::Tensor& x_, const at::Tensor& grid_, c10::IntArray
   check_warp_inputs(x_, grid_, out_size);
   const auto compute = compute_type(x_);
   const auto x = widened(x_, compute), grid = widened(grid_, compute);
-  const char* nonfinite = "pscfast.ops.warp: grid contains NaN or infinite values";
   if (aten_forward(x, grid, out_size)) {
-    TORCH_CHECK_VALUE(!any_nonfinite(grid), nonfinite);
+    TORCH_CHECK_VALUE(!any_nonfinite(grid), kNonfinite);
     const auto out = at::grid_sampler_2d(x, grid, aten_mode(mode), aten_padding(padding_mode), align_corners);
     return narrowed(out, x_.scalar_type());
   }
   const bool check = check_finite_enabled();
-  TORCH_CHECK_VALUE(!check || !resized(grid, out_size) || !any_nonfinite(grid), nonfinite);
+  TORCH_CHECK_VALUE(!check || !resized(grid, out_size) || !any_nonfinite(grid), kNonfinite);
   auto out = at::empty({x.size(0), x.size(1), out_size[0], out_size[1]}, x.options());
   int bad = 0;
   AT_DISPATCH_FLOATING_TYPES(compute, "warp_cpu", [&] {
@@ -373,8 +422,75 @@ at::Tensor warp_cpu(const at::Tensor& x_, const at::Tensor& grid_, c10::IntArray
     bad = forward_impl(P, x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(),
                        out.mutable_data_ptr<scalar_t>());
   });
-  TORCH_CHECK_VALUE(!bad || !check, nonfinite);
+  TORCH_CHECK_VALUE(!bad || !check, kNonfinite);
   return narrowed(out, x_.scalar_type());
+}
+
+// The forward with d(out)/d(grid), (N, C, Ho, Wo, 2), for the autograd kernel (warp_autograd.cpp), which then
+// computes the grid's gradient as a product: bilinear sampling at a grid of the output's size, float and double.
+std::tuple<at::Tensor, at::Tensor> warp_jacobian_cpu(const at::Tensor& x_, const at::Tensor& grid_,
+                                                     c10::string_view mode, c10::string_view padding_mode,
+                                                     bool align_corners) {
+  const std::array<int64_t, 2> size = {grid_.dim() == 4 ? grid_.size(1) : 0, grid_.dim() == 4 ? grid_.size(2) : 0};
+  check_warp_inputs(x_, grid_, size);
+  TORCH_CHECK(parse_mode(std::string(mode)) == SampleMode::kBilinear,
+              "pscfast::_warp_with_jacobian: bilinear sampling only, got mode ", mode);
+  TORCH_CHECK(x_.scalar_type() == at::kFloat || x_.scalar_type() == at::kDouble,
+              "pscfast::_warp_with_jacobian: float or double only, got ", x_.scalar_type());
+  const auto x = x_.contiguous(), grid = grid_.contiguous();
+  auto out = at::empty({x.size(0), x.size(1), size[0], size[1]}, x.options());
+  auto jac = at::empty({x.size(0), x.size(1), size[0], size[1], 2}, x.options());
+  int bad = 0;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "warp_jacobian_cpu", [&] {
+    const Plan<scalar_t> P(x.sizes(), grid, size[0], size[1], mode, padding_mode, align_corners);
+    bad = forward_jacobian_impl(P, x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(),
+                                out.mutable_data_ptr<scalar_t>(), jac.mutable_data_ptr<scalar_t>());
+  });
+  TORCH_CHECK_VALUE(!bad || !check_finite_enabled(), kNonfinite);
+  return {out, jac};
+}
+
+// out[2 i + k] = g[i] j[2 i + k], k = 0, 1.
+template <typename T>
+PSC_MULTIVERSION void scale_pairs(const T* __restrict g, const T* __restrict j, int64_t n, T* __restrict out) {
+  for (int64_t i = 0; i < n; ++i) {
+    out[2 * i] = g[i] * j[2 * i];
+    out[2 * i + 1] = g[i] * j[2 * i + 1];
+  }
+}
+
+// The grid's gradient from _warp_with_jacobian's: dgrid[n, p] = sum over c of grad_out[n, c, p] jacobian[n, c, p]
+// (a broadcast multiply over the last dimension of two costs ATen four times this loop).
+at::Tensor warp_jacobian_product_cpu(const at::Tensor& grad_out, const at::Tensor& jacobian) {
+  TORCH_CHECK(jacobian.dim() == 5 && jacobian.size(4) == 2 && grad_out.dim() == 4 &&
+                  grad_out.sizes() == jacobian.sizes().slice(0, 4) && grad_out.scalar_type() == jacobian.scalar_type(),
+              "pscfast::_warp_jacobian_product: grad_out (N, C, h, w) and jacobian (N, C, h, w, 2) of one dtype, got ",
+              grad_out.sizes(), " ", grad_out.scalar_type(), " and ", jacobian.sizes(), " ", jacobian.scalar_type());
+  const auto g = grad_out.contiguous(), j = jacobian.contiguous();
+  const int64_t N = j.size(0), C = j.size(1), S = j.size(2) * j.size(3);
+  auto dgrid = at::empty({N, j.size(2), j.size(3), 2}, j.options());
+  AT_DISPATCH_FLOATING_TYPES(j.scalar_type(), "warp_jacobian_product_cpu", [&] {
+    const scalar_t* gp = g.const_data_ptr<scalar_t>();
+    const scalar_t* jp = j.const_data_ptr<scalar_t>();
+    scalar_t* dp = dgrid.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, N, std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, C * S)),
+                     [&](int64_t begin, int64_t end) {
+                       if (C == 1)
+                         return scale_pairs(gp + begin * S, jp + 2 * begin * S, (end - begin) * S, dp + 2 * begin * S);
+                       for (int64_t n = begin; n < end; ++n)
+                         for (int64_t p = 0; p < S; ++p) {
+                           scalar_t sx = 0, sy = 0;
+                           for (int64_t c = 0; c < C; ++c) {
+                             const int64_t i = (n * C + c) * S + p;
+                             sx += gp[i] * jp[2 * i];
+                             sy += gp[i] * jp[2 * i + 1];
+                           }
+                           dp[2 * (n * S + p)] = sx;
+                           dp[2 * (n * S + p) + 1] = sy;
+                         }
+                     });
+  });
+  return dgrid;
 }
 
 // Only the gradients in output_mask are computed; the image is read only for the grid's.
@@ -427,6 +543,8 @@ std::tuple<at::Tensor, at::Tensor> warp_backward_cpu(const at::Tensor& grad_out,
 TORCH_LIBRARY_IMPL(pscfast, CPU, m) {
   m.impl("warp", &warp_cpu);
   m.impl("_warp_backward", &warp_backward_cpu);
+  m.impl("_warp_with_jacobian", &warp_jacobian_cpu);
+  m.impl("_warp_jacobian_product", &warp_jacobian_product_cpu);
 }
 
 }  // namespace pscfast

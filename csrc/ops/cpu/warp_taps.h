@@ -15,11 +15,13 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "ops/common/warp_checks.h"
 #include "ops/common/warp_pixel.h"
 #include "ops/cpu/vectorize.h"
+#include "ops/cpu/warp_avx2.h"
 
 namespace pscfast {
 namespace cpu_warp {
@@ -266,8 +268,12 @@ struct BlockTaps {
           i = end;
         }
       }
-      return row_to_pixel<2>(g, n, P.W, P.align, P.pad, px.data(), dpx.data()) |
-             row_to_pixel<2>(g + 1, n, P.H, P.align, P.pad, py.data(), dpy.data());
+      int bad = 0, done = 0;
+      if constexpr (std::is_same_v<T, float>)
+        done = pixel_coords_avx2(g, n, P.W, P.H, P.align, P.pad == Padding::kBorder, px.data(), dpx.data(), py.data(),
+                                 dpy.data(), bad);
+      return bad | row_to_pixel<2>(g + 2 * done, n - done, P.W, P.align, P.pad, px.data() + done, dpx.data() + done) |
+             row_to_pixel<2>(g + 2 * done + 1, n - done, P.H, P.align, P.pad, py.data() + done, dpy.data() + done);
     }
     const int oy = static_cast<int>((run.first / P.Wo) % P.Ho);
     const T* gn = grid + run.n0 * P.h * P.w * 2;

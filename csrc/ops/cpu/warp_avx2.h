@@ -1,0 +1,146 @@
+// Two hot loops of the CPU warp in AVX2 intrinsics, eight points at a time, for float where the CPU has AVX2 and
+// FMA (checked at run time; each returns how many points it did, a multiple of 8, or 0, and the caller does the
+// rest with the portable loops):
+// - pixel_coords_avx2: an (x, y)-interleaved grid to pixel coordinates, as row_to_pixel (warp_taps.h) does for
+//   each coordinate with a stride of 2, which compilers vectorise with a load per element;
+// - sample_jacobian_avx2: a one-channel sample and its gradient in the grid point (warp_kernel.cpp's
+//   sample_jacobian_run). Compilers do not emit hardware gathers for the four taps (their generic tuning assumes
+//   slow gathers), and the emulated ones made the loop twice as slow as ATen's grid sampler, which gathers in
+//   hardware. Taps outside the image are masked off (never read) and count as 0; the Jacobian is written
+//   (x, y)-interleaved, as the grid is.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+
+namespace pscfast {
+namespace cpu_warp {
+
+inline bool has_avx2() {
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported;
+}
+
+// One coordinate of row_to_pixel, eight at a time, with the same arithmetic; `bad` collects the lanes that are
+// NaN or infinite.
+__attribute__((target("avx2,fma"))) inline __m256 to_pixel_avx2(__m256 g, int size, bool align, bool border, __m256& dp,
+                                                                __m256& bad) {
+  const __m256 one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+  const __m256 scale = _mm256_set1_ps(static_cast<float>(align ? size - 1 : size));
+  const __m256 d0 = _mm256_div_ps(scale, two), hi = _mm256_set1_ps(static_cast<float>(size - 1));
+  bad = _mm256_or_ps(bad, _mm256_cmp_ps(_mm256_sub_ps(g, g), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+  __m256 v = align ? _mm256_mul_ps(_mm256_div_ps(_mm256_add_ps(g, one), two), scale)
+                   : _mm256_div_ps(_mm256_fmsub_ps(_mm256_add_ps(g, one), scale, one), two);
+  v = _mm256_blendv_ps(_mm256_set1_ps(-2.0f), v, _mm256_cmp_ps(v, v, _CMP_EQ_OQ));  // NaN: far outside
+  if (border) {
+    const __m256 inside =
+        _mm256_and_ps(_mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ), _mm256_cmp_ps(v, hi, _CMP_LT_OQ));
+    dp = _mm256_and_ps(inside, d0);
+    return _mm256_min_ps(_mm256_max_ps(v, _mm256_setzero_ps()), hi);
+  }
+  dp = d0;
+  return _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(-2.0f)), _mm256_set1_ps(static_cast<float>(size + 1)));
+}
+
+__attribute__((target("avx2,fma"))) inline int pixel_coords_avx2_body(const float* g, int n, int W, int H, bool align,
+                                                                      bool border, float* px, float* dpx, float* py,
+                                                                      float* dpy, int& bad) {
+  __m256 nonfinite = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    // (x0 y0 x1 y1 x2 y2 x3 y3 | x4 ...) -> x0..x7 and y0..y7: shuffle within 128-bit lanes, then order the lanes
+    const __m256 a = _mm256_loadu_ps(g + 2 * i), b = _mm256_loadu_ps(g + 2 * i + 8);
+    const __m256 gx = _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), 0xD8));
+    const __m256 gy = _mm256_castpd_ps(
+        _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8));
+    __m256 dx, dy;
+    _mm256_storeu_ps(px + i, to_pixel_avx2(gx, W, align, border, dx, nonfinite));
+    _mm256_storeu_ps(py + i, to_pixel_avx2(gy, H, align, border, dy, nonfinite));
+    _mm256_storeu_ps(dpx + i, dx);
+    _mm256_storeu_ps(dpy + i, dy);
+  }
+  bad |= _mm256_movemask_ps(nonfinite) != 0;
+  return i;
+}
+
+inline int pixel_coords_avx2(const float* g, int n, int W, int H, bool align, bool border, float* px, float* dpx,
+                             float* py, float* dpy, int& bad) {
+  return has_avx2() ? pixel_coords_avx2_body(g, n, W, H, align, border, px, dpx, py, dpy, bad) : 0;
+}
+
+__attribute__((target("avx2,fma"))) inline int sample_jacobian_avx2_body(int n, int W, int H, const float* x,
+                                                                         const float* px, const float* py,
+                                                                         const float* dpx, const float* dpy,
+                                                                         const int32_t* base, float* out, float* jac) {
+  const __m256i w = _mm256_set1_epi32(W), h = _mm256_set1_epi32(H);
+  const __m256i minus1 = _mm256_set1_epi32(-1), minus2 = _mm256_set1_epi32(-2), one = _mm256_set1_epi32(1);
+  const __m256 fone = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 X = _mm256_loadu_ps(px + i), Y = _mm256_loadu_ps(py + i);
+    const __m256 fx = _mm256_floor_ps(X), fy = _mm256_floor_ps(Y);
+    const __m256i x0 = _mm256_cvttps_epi32(fx), y0 = _mm256_cvttps_epi32(fy);
+    const __m256 e = _mm256_sub_ps(_mm256_add_ps(fx, fone), X), r = _mm256_sub_ps(X, fx);
+    const __m256 s = _mm256_sub_ps(_mm256_add_ps(fy, fone), Y), d = _mm256_sub_ps(Y, fy);
+    // inside the image: column x0 in [0, W), x0 + 1 in [0, W); rows likewise
+    const __m256i mx0 = _mm256_and_si256(_mm256_cmpgt_epi32(x0, minus1), _mm256_cmpgt_epi32(w, x0));
+    const __m256i mx1 =
+        _mm256_and_si256(_mm256_cmpgt_epi32(x0, minus2), _mm256_cmpgt_epi32(w, _mm256_add_epi32(x0, one)));
+    const __m256i my0 = _mm256_and_si256(_mm256_cmpgt_epi32(y0, minus1), _mm256_cmpgt_epi32(h, y0));
+    const __m256i my1 =
+        _mm256_and_si256(_mm256_cmpgt_epi32(y0, minus2), _mm256_cmpgt_epi32(h, _mm256_add_epi32(y0, one)));
+    const __m256i o0 = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(base + i)),
+                                        _mm256_add_epi32(_mm256_mullo_epi32(y0, w), x0));
+    const __m256i o2 = _mm256_add_epi32(o0, w);
+    const __m256 v0 = _mm256_mask_i32gather_ps(zero, x, o0, _mm256_castsi256_ps(_mm256_and_si256(my0, mx0)), 4);
+    const __m256 v1 = _mm256_mask_i32gather_ps(zero, x, _mm256_add_epi32(o0, one),
+                                               _mm256_castsi256_ps(_mm256_and_si256(my0, mx1)), 4);
+    const __m256 v2 = _mm256_mask_i32gather_ps(zero, x, o2, _mm256_castsi256_ps(_mm256_and_si256(my1, mx0)), 4);
+    const __m256 v3 = _mm256_mask_i32gather_ps(zero, x, _mm256_add_epi32(o2, one),
+                                               _mm256_castsi256_ps(_mm256_and_si256(my1, mx1)), 4);
+    __m256 o = _mm256_mul_ps(_mm256_mul_ps(e, s), v0);
+    o = _mm256_fmadd_ps(_mm256_mul_ps(r, s), v1, o);
+    o = _mm256_fmadd_ps(_mm256_mul_ps(e, d), v2, o);
+    o = _mm256_fmadd_ps(_mm256_mul_ps(r, d), v3, o);
+    _mm256_storeu_ps(out + i, o);
+    const __m256 jx = _mm256_mul_ps(_mm256_loadu_ps(dpx + i),
+                                    _mm256_fmadd_ps(s, _mm256_sub_ps(v1, v0), _mm256_mul_ps(d, _mm256_sub_ps(v3, v2))));
+    const __m256 jy = _mm256_mul_ps(_mm256_loadu_ps(dpy + i),
+                                    _mm256_fmadd_ps(e, _mm256_sub_ps(v2, v0), _mm256_mul_ps(r, _mm256_sub_ps(v3, v1))));
+    // (x, y) pairs: unpack within 128-bit lanes, then put the lanes in order
+    const __m256 lo = _mm256_unpacklo_ps(jx, jy), hi = _mm256_unpackhi_ps(jx, jy);
+    _mm256_storeu_ps(jac + 2 * i, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(jac + 2 * i + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
+  return i;
+}
+
+inline int sample_jacobian_avx2(int n, int W, int H, const float* x, const float* px, const float* py, const float* dpx,
+                                const float* dpy, const int32_t* base, float* out, float* jac) {
+  return has_avx2() ? sample_jacobian_avx2_body(n, W, H, x, px, py, dpx, dpy, base, out, jac) : 0;
+}
+
+}  // namespace cpu_warp
+}  // namespace pscfast
+
+#else
+
+namespace pscfast {
+namespace cpu_warp {
+
+inline int pixel_coords_avx2(const float*, int, int, int, bool, bool, float*, float*, float*, float*, int&) {
+  return 0;
+}
+
+inline int sample_jacobian_avx2(int, int, int, const float*, const float*, const float*, const float*, const float*,
+                                const int32_t*, float*, float*) {
+  return 0;
+}
+
+}  // namespace cpu_warp
+}  // namespace pscfast
+
+#endif
