@@ -2,9 +2,12 @@
 
 Per sample n and layer l, with R_t (C, S_t) the tgt map resized to the ht x wt target grid (bilinear,
 align_corners=False) and R_s (C, S_s) the src map resized to the hs x ws source grid or sampled at the grid
-(bilinear, zeros, align_corners=True): out[n, l S_t + t, s] = sum_c R_t[c, t] R_s[c, s]. Both resamplings are
-4-tap linear maps (_taps); the kernels apply them while loading tiles, so R_t and R_s never reach global memory.
-Accumulation in float32 (float64 for float64); float32 dot products in IEEE precision (no TF32).
+(bilinear, zeros, align_corners=True): out[n, l S_t + t, s] = scale * sum_c R_t[c, t] R_s[c, s]. Both resamplings
+are 4-tap linear maps (_taps); the kernels apply them while loading tiles, so R_t and R_s never reach global
+memory.
+Accumulation in float32 (float64 for float64); float32 dot products in IEEE precision (no TF32). The scale
+(RAFT's 1 / sqrt(C)) multiplies the accumulator as it is stored: it arrives as a float64 argument (a Python
+float would be float32), so a float64 correlation takes it unrounded.
 The backward is in correlation_backward.py.
 """
 from __future__ import annotations
@@ -90,11 +93,11 @@ def _dot(a, b, acc, DOT: tl.constexpr, IEEE: tl.constexpr):
 
 @triton.jit
 def correlation_fwd_kernel(src_ptr, tgt_ptr, grid_ptr, out_ptr, sry, srly, srx, srlx, try_, trly, trx, trlx,
-                           C, Hs, Ws, Ht, Wt, St, tw, Ss, sw, layer, layers, GRID: tl.constexpr, ACC: tl.constexpr,
-                           DOT: tl.constexpr, IEEE: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
-                           BC: tl.constexpr):
+                           C, Hs, Ws, Ht, Wt, St, tw, Ss, sw, layer, layers, scale: tl.float64, GRID: tl.constexpr,
+                           ACC: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, BT: tl.constexpr,
+                           BS: tl.constexpr, BC: tl.constexpr):
     """Program (t block, s block, n): out[n, layer S_t + t, s] for its tile of tgt x src positions (St = ht * wt
-    target positions, tw per row; Ss = hs * ws source positions, sw per row)."""
+    target positions, tw per row; Ss = hs * ws source positions, sw per row), times scale."""
     n = tl.program_id(2)
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     s = tl.program_id(1) * BS + tl.arange(0, BS)
@@ -113,6 +116,7 @@ def correlation_fwd_kernel(src_ptr, tgt_ptr, grid_ptr, out_ptr, sry, srly, srx, 
         a = _tile(tgt_n, chan, cm, pt, ta[0], ta[1], ta[2], ta[3], ta[4], ta[5], ta[6], ta[7], tm, ACC)
         b = _tile(src_n, chan, cm, ps, sa[0], sa[1], sa[2], sa[3], sa[4], sa[5], sa[6], sa[7], sm, ACC)
         acc = _dot(tl.trans(a), b, acc, DOT, IEEE)
+    acc = acc * tl.full((), scale, ACC)
     rows = (n.to(tl.int64) * layers + layer) * St + t
     ptr = out_ptr + rows[:, None] * Ss + s[None, :]
     tl.store(ptr, acc.to(out_ptr.dtype.element_ty), mask=tm[:, None] & sm[None, :])
@@ -143,7 +147,7 @@ def _dummy_tables(acc_t, device):
     return i, f, i, f
 
 
-def correlation(src, tgt, grid, size, target_size):
+def correlation(src, tgt, grid, size, target_size, scale=1.0):
     N, L = src[0].shape[0], len(src)
     (hs, ws), (ht, wt) = size, target_size
     out = torch.empty((N, L * ht * wt, hs, ws), device=src[0].device, dtype=src[0].dtype)
@@ -158,6 +162,7 @@ def correlation(src, tgt, grid, size, target_size):
         st = _dummy_tables(acc_t, s.device) if grid is not None else _resize_tables(Hs, Ws, size, acc_t, s.device)
         tt = _resize_tables(Ht, Wt, target_size, acc_t, s.device)
         correlation_fwd_kernel[(triton.cdiv(ht * wt, BT), triton.cdiv(hs * ws, BS), N)](
-            s, t, g, out, *st, *tt, C, Hs, Ws, Ht, Wt, ht * wt, wt, hs * ws, ws, layer, L, GRID=grid is not None,
+            s, t, g, out, *st, *tt, C, Hs, Ws, Ht, Wt, ht * wt, wt, hs * ws, ws, layer, L, float(scale),
+            GRID=grid is not None,
             ACC=acc, DOT=dot, IEEE=ieee, BT=BT, BS=BS, BC=BC)
     return out

@@ -3,7 +3,8 @@ helpers and the notation are in correlation.py).
 
 Backward (deterministic, no atomics), with G = grad block (S_t, S_s) of the layer (S_t = ht * wt target
 positions, S_s = hs * ws source positions):
-  dR_t = R_s G^T (C, S_t) and dR_s = R_t G (C, S_s): tiled like the forward, written to a float buffer;
+  dR_t = R_s G^T (C, S_t) and dR_s = R_t G (C, S_s): tiled like the forward, times the forward's scale as
+        they are stored (so the map gradients and the grid's carry it), written to a float buffer;
   dgrid[n, s] = sum over layers and channels of dR_s[c, s] * d(sample)/d(pixel) * (W - 1) / 2 (resp. H):
         per-channel-block partials, then summed in a fixed order;
   dmap[c, q] = sum over the (position, tap) pairs that read q of w * dR[c, s]: the pairs are stably sorted
@@ -23,12 +24,12 @@ BLOCK = 128
 
 @triton.jit
 def correlation_bwd_resampled_kernel(x_ptr, y_ptr, grid_ptr, gout_ptr, dr_ptr, part_ptr, xry, xrly, xrx, xrlx,
-                                     C, Hx, Wx, Hy, Wy, K, KW, P, Ss, layer, layers, X_GRID: tl.constexpr,
-                                     WRT_SRC: tl.constexpr, NEED_GRID: tl.constexpr, ACC: tl.constexpr,
-                                     DOT: tl.constexpr, IEEE: tl.constexpr, BC: tl.constexpr, BP: tl.constexpr,
-                                     BK: tl.constexpr):
-    """Program (c block, p block, n): dR_y[c, p] = sum_k R_x[c, k] G'[k, p] for the map y whose gradient this
-    is, x the other map (WRT_SRC: y = src, x = tgt, G' = G; else y = tgt, x = src, G' = G^T), over x's K
+                                     C, Hx, Wx, Hy, Wy, K, KW, P, Ss, layer, layers, scale: tl.float64,
+                                     X_GRID: tl.constexpr, WRT_SRC: tl.constexpr, NEED_GRID: tl.constexpr,
+                                     ACC: tl.constexpr, DOT: tl.constexpr, IEEE: tl.constexpr, BC: tl.constexpr,
+                                     BP: tl.constexpr, BK: tl.constexpr):
+    """Program (c block, p block, n): dR_y[c, p] = scale * sum_k R_x[c, k] G'[k, p] for the map y whose gradient
+    this is, x the other map (WRT_SRC: y = src, x = tgt, G' = G; else y = tgt, x = src, G' = G^T), over x's K
     positions (KW per row) and y's P positions; Ss, the source positions, is G's row length. With NEED_GRID
     (y = src sampled at the grid) it also writes this channel block's part of d L / d grid at positions p."""
     n = tl.program_id(2)
@@ -51,6 +52,7 @@ def correlation_bwd_resampled_kernel(x_ptr, y_ptr, grid_ptr, gout_ptr, dr_ptr, p
             gp = g_n + p[None, :] * Ss + k[:, None]
         g = tl.load(gp, mask=km[:, None] & pm[None, :], other=0.0).to(ACC)
         acc = _dot(a, g, acc, DOT, IEEE)
+    acc = acc * tl.full((), scale, ACC)
     m = cm[:, None] & pm[None, :]
     tl.store(dr_ptr + (n.to(tl.int64) * C + chan[:, None]) * P + p[None, :], acc, mask=m)
     if NEED_GRID:
@@ -140,7 +142,7 @@ def _adjoint(dr, grid, tables, shape, out_size, acc, acc_t, dtype):
     return dx
 
 
-def correlation_backward(grad_out, src, tgt, grid, size, target_size, output_mask):
+def correlation_backward(grad_out, src, tgt, grid, size, target_size, scale, output_mask):
     """(dsrc, dtgt, dgrid) as pscfast::_correlation_backward returns them: a list of per-layer gradients for
     src and for tgt, empty when masked, and dgrid, None when masked or without a grid; grad_out
     (N, L * ht * wt, hs, ws) contiguous."""
@@ -163,7 +165,8 @@ def correlation_backward(grad_out, src, tgt, grid, size, target_size, output_mas
         if need_tgt:  # x = src (resized or sampled), y = tgt
             dr = torch.empty((N, C, St), device=device, dtype=acc_t)
             correlation_bwd_resampled_kernel[(triton.cdiv(C, BC), triton.cdiv(St, BS), N)](
-                s, t, g, grad_out, dr, dr, *st, C, Hs, Ws, Ht, Wt, Ss, ws, St, Ss, layer, L, X_GRID=grid is not None,
+                s, t, g, grad_out, dr, dr, *st, C, Hs, Ws, Ht, Wt, Ss, ws, St, Ss, layer, L, float(scale),
+                X_GRID=grid is not None,
                 WRT_SRC=False, NEED_GRID=False, **flags)
             dtgt.append(_adjoint(dr, None, tt, t.shape, target_size, acc, acc_t, dtype))
         if need_src or need_grid:  # x = tgt (resized), y = src
@@ -171,8 +174,8 @@ def correlation_backward(grad_out, src, tgt, grid, size, target_size, output_mas
             launch = (triton.cdiv(C, BC), triton.cdiv(Ss, BS), N)
             part = torch.empty((N, launch[0], Ss, 2), device=device, dtype=acc_t) if need_grid else dr
             correlation_bwd_resampled_kernel[launch](
-                t, s, g, grad_out, dr, part, *tt, C, Ht, Wt, Hs, Ws, St, wt, Ss, Ss, layer, L, X_GRID=False,
-                WRT_SRC=True, NEED_GRID=need_grid, **flags)
+                t, s, g, grad_out, dr, part, *tt, C, Ht, Wt, Hs, Ws, St, wt, Ss, Ss, layer, L, float(scale),
+                X_GRID=False, WRT_SRC=True, NEED_GRID=need_grid, **flags)
             if need_src:
                 dsrc.append(_adjoint(dr, grid, st, s.shape, size, acc, acc_t, dtype))
             if need_grid:

@@ -5,7 +5,8 @@ outside): 4 lookups of (N * H * W) one-channel maps per iteration.
 
 Plain PyTorch as the release computes it: a matmul viewed as (N, H, W, 1, H, W) divided by sqrt of the
 channel count as a float32 tensor, and grid_sample (align_corners=True) for the lookups. pscfast: the same
-correlation from pscfast.ops.correlation (source = fmap2, target = fmap1 gives the release's layout) and the
+correlation from pscfast.ops.correlation (source = fmap2, target = fmap1 gives the release's layout), its
+1 / sqrt(C) passed as the op's scale (applied inside the product, not as a division afterwards), and the
 lookups through pscfast.ops.warp.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ def all_pairs(fmap1: torch.Tensor, fmap2: torch.Tensor) -> torch.Tensor:
 def pscfast_all_pairs(fmap1: torch.Tensor, fmap2: torch.Tensor) -> torch.Tensor:
     n, c, h, w = fmap1.shape
     size = h if h == w else (h, w)
-    return (ops.correlation([fmap2], [fmap1], None, size) / math.sqrt(c)).view(n, h, w, 1, h, w)
+    return ops.correlation([fmap2], [fmap1], None, size, scale=1 / math.sqrt(c)).view(n, h, w, 1, h, w)
 
 
 def pyramid(corr: torch.Tensor, levels: int = LEVELS) -> list[torch.Tensor]:

@@ -61,7 +61,8 @@ def resize_features(f: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(f, size=size, mode="bilinear", align_corners=False)
 
 
-def correlation(src, tgt, grid: torch.Tensor | None = None, size=16, target_size=None) -> torch.Tensor:
+def correlation(src, tgt, grid: torch.Tensor | None = None, size=16, target_size=None,
+                scale: float = 1.0) -> torch.Tensor:
     """Global multi-layer correlation of PSC's warp estimator (and of RAFT-style all-pairs volumes).
 
     src, tgt: sequences of per-layer maps (N, C_l, H_l, W_l) (layers may differ in size and channels; src and
@@ -69,7 +70,8 @@ def correlation(src, tgt, grid: torch.Tensor | None = None, size=16, target_size
     = (ht, wt) the target grid (default: size). Each tgt layer is resized to (ht, wt); each src layer is
     resized to (hs, ws) when grid is None, or sampled at the absolute grid (N, hs, ws, 2) (bilinear, zeros
     padding, align_corners=True) from its native resolution. Returns (N, L * ht * wt, hs, ws): channel
-    l * ht * wt + (row-major tgt position), spatial = src position; value = dot product over C_l.
+    l * ht * wt + (row-major tgt position), spatial = src position; value = scale * (dot product over C_l)
+    (RAFT, Teed and Deng, ECCV 2020, divides by sqrt(C): scale = 1 / sqrt(C)).
     """
     size = (size, size) if isinstance(size, int) else tuple(size)
     target_size = size if target_size is None else (
@@ -82,7 +84,8 @@ def correlation(src, tgt, grid: torch.Tensor | None = None, size=16, target_size
         else:
             s = F.grid_sample(s, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         out.append(torch.einsum("nct,nchw->nthw", t, s))
-    return torch.cat(out, dim=1)
+    out = torch.cat(out, dim=1)
+    return out if scale == 1 else out * scale
 
 
 def compose(f_ab: torch.Tensor, f_bc: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:

@@ -162,7 +162,7 @@ def test_opcheck(device, grids):
         torch.library.opcheck(torch.ops.pscfast.correlation.default, args)
         detached = ([s.detach() for s in src], [t.detach() for t in tgt], g.detach() if g is not None else None)
         torch.library.opcheck(torch.ops.pscfast._correlation_backward.default,
-                              (gout, *detached, list(size), list(target_size), [True, False, True]))
+                              (gout, *detached, list(size), list(target_size), 1.0, [True, False, True]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -230,10 +230,10 @@ def test_backward_output_mask(backend):
     gout = torch.randn(2, 2 * 12, 3, 2, dtype=dtype)
     # both layers on a 3 x 4 target grid; layer 1's target (3 x 3) is resized, layer 0's (3 x 4) is direct
     for g in (None, grid):
-        full = backward(gout, src, tgt, g, [3, 2], [3, 4], [True, True, True])
+        full = backward(gout, src, tgt, g, [3, 2], [3, 4], 0.5, [True, True, True])
         assert len(full[0]) == 2 and len(full[1]) == 2 and (full[2] is None) == (g is None)
         for mask in itertools.product((False, True), repeat=3):
-            got = backward(gout, src, tgt, g, [3, 2], [3, 4], list(mask))
+            got = backward(gout, src, tgt, g, [3, 2], [3, 4], 0.5, list(mask))
             for want, grads, expected in zip(mask[:2], got[:2], full[:2]):
                 assert len(grads) == (2 if want else 0)
                 for a, b in zip(grads, expected):

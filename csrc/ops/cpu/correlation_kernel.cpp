@@ -16,11 +16,16 @@
 //   task per channel block visiting the positions in order, so every element of the input gradient is
 //   summed in a fixed order; dgrid[n, s] = sum over layers (in order) and channels (in order) of
 //   dR_s[c, s] * d(sample)/d(pixel) * d(pixel)/d(grid).
+// A scale (RAFT's 1 / sqrt(C)) is every GEMM's alpha, forward and backward, so the output and every gradient
+// (the grid's too, which is computed from dR_s) carry it without a pass of their own; with scale 1 the GEMMs
+// are the plain products, bitwise torch.bmm's.
 // Samples run in parallel (see for_sample_blocks). Results are bitwise reproducible for a fixed thread count.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/baddbmm.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -225,7 +230,8 @@ void grid_grad(const T* x, const Side<T>& sd, const T* grid_n, const T* dR, T* d
 // scratch buffers per block); otherwise one block, with the parallelism inside the resampling and GEMMs.
 // Either way every sample is computed by the same code in the same order: results do not depend on timing.
 // The worker threads do not inherit the caller's dispatch state, so each block leaves autograd out itself:
-// the GEMMs write into outputs (mm_out), which autograd refuses for inputs that require grad.
+// the GEMMs write into outputs (mm_out, or addmm_ in place for a scale), which autograd refuses (or would
+// record) for inputs that require grad.
 template <typename F>
 void for_sample_blocks(int64_t N, const F& fn) {
   if (N >= at::get_num_threads() && N > 1)
@@ -285,6 +291,23 @@ class SideMatrix {
   int64_t taps_of_ = -1;
 };
 
+// out = scale * a b, out uninitialised. Scale 1 is the plain product (what torch.bmm and torch.mm compute, to
+// the bit); otherwise the BLAS takes scale as its alpha with beta = 0, which never reads out (the ATen
+// kernels and the BLAS skip C when beta is 0), rather than a second pass over out.
+inline void bmm_scaled(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double scale) {
+  if (scale == 1.0)
+    at::bmm_out(out, a, b);
+  else
+    out.baddbmm_(a, b, /*beta=*/0, /*alpha=*/scale);
+}
+
+inline void mm_scaled(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double scale) {
+  if (scale == 1.0)
+    at::mm_out(out, a, b);
+  else
+    out.addmm_(a, b, /*beta=*/0, /*alpha=*/scale);
+}
+
 // Each layer's routes (correlation_taps.h decides which sides are direct).
 struct Plan {
   std::vector<Route> src, tgt;
@@ -315,7 +338,7 @@ std::vector<at::Tensor> prepared(at::TensorList maps, const std::vector<Route>& 
 }
 
 at::Tensor correlation_cpu(at::TensorList src_, at::TensorList tgt_, const c10::optional<at::Tensor>& grid_,
-                           c10::IntArrayRef size, c10::IntArrayRef target_size) {
+                           c10::IntArrayRef size, c10::IntArrayRef target_size, double scale) {
   const CorrelationGrids g = check_correlation_inputs(src_, tgt_, grid_, size, target_size);
   const auto grid = grid_.has_value() ? grid_->contiguous() : at::Tensor();
   const Plan p = plan(src_, tgt_, g, grid.defined());
@@ -330,7 +353,7 @@ at::Tensor correlation_cpu(at::TensorList src_, at::TensorList tgt_, const c10::
     for (int64_t l = 0; l < nL; ++l) {
       auto block = out3.narrow(1, l * St, St);
       if (both_direct(p, l)) {
-        at::bmm_out(block, batch_matrix(tgt[l], St).transpose(1, 2), batch_matrix(src[l], Ss));
+        bmm_scaled(block, batch_matrix(tgt[l], St).transpose(1, 2), batch_matrix(src[l], Ss), scale);
         continue;
       }
       const Side<T> ts(tgt[l], g.ht, g.wt, p.tgt[l]), ss(src[l], g.hs, g.ws, p.src[l]);
@@ -338,7 +361,7 @@ at::Tensor correlation_cpu(at::TensorList src_, at::TensorList tgt_, const c10::
         SideMatrix<T> Rt(ts, tgt[l], grid), Rs(ss, src[l], grid);
         for (int64_t n = n0; n < n1; ++n) {
           auto sample_block = block.select(0, n);
-          at::mm_out(sample_block, Rt.of(n).t(), Rs.of(n));
+          mm_scaled(sample_block, Rt.of(n).t(), Rs.of(n), scale);
         }
       });
     }
@@ -348,7 +371,7 @@ at::Tensor correlation_cpu(at::TensorList src_, at::TensorList tgt_, const c10::
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correlation_backward_cpu(
     const at::Tensor& grad_out, at::TensorList src_, at::TensorList tgt_, const c10::optional<at::Tensor>& grid_,
-    c10::IntArrayRef size, c10::IntArrayRef target_size, std::array<bool, 3> mask) {
+    c10::IntArrayRef size, c10::IntArrayRef target_size, double scale, std::array<bool, 3> mask) {
   const CorrelationGrids g = check_correlation_inputs(src_, tgt_, grid_, size, target_size);
   const auto grid = grid_.has_value() ? grid_->contiguous() : at::Tensor();
   const Plan p = plan(src_, tgt_, g, grid.defined());
@@ -378,11 +401,11 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
         const auto G = gout.narrow(1, l * St, St);  // (N, S_t, S_s)
         if (need_tgt) {
           auto d = dtgt[l].view({N, -1, St});
-          at::bmm_out(d, batch_matrix(src[l], Ss), G.transpose(1, 2));
+          bmm_scaled(d, batch_matrix(src[l], Ss), G.transpose(1, 2), scale);
         }
         if (need_src) {
           auto d = dsrc[l].view({N, -1, Ss});
-          at::bmm_out(d, batch_matrix(tgt[l], St), G);
+          bmm_scaled(d, batch_matrix(tgt[l], St), G, scale);
         }
         continue;
       }
@@ -396,17 +419,17 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
           if (need_tgt) {
             if (ts.route == Route::kDirect) {
               auto d = dtgt[l].select(0, n).view({ts.C, St});
-              at::mm_out(d, Rs.of(n), G.t());
+              mm_scaled(d, Rs.of(n), G.t(), scale);
             } else {
-              at::mm_out(dRt, Rs.of(n), G.t());
+              mm_scaled(dRt, Rs.of(n), G.t(), scale);
               Rt.adjoint(dRt, n, dtgt[l]);
             }
           }
           if (need_src && ss.route == Route::kDirect) {
             auto d = dsrc[l].select(0, n).view({ss.C, Ss});
-            at::mm_out(d, Rt.of(n), G);
+            mm_scaled(d, Rt.of(n), G, scale);
           } else if (need_src || need_grid) {
-            at::mm_out(dRs, Rt.of(n), G);
+            mm_scaled(dRs, Rt.of(n), G, scale);
             if (need_src) Rs.adjoint(dRs, n, dsrc[l]);
             if (need_grid)
               grid_grad(src[l].const_data_ptr<T>() + n * ss.C * ss.plane(), ss, grid.const_data_ptr<T>() + n * Ss * 2,

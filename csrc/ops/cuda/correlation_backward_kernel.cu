@@ -1,19 +1,19 @@
 // pscfast::_correlation_backward on CUDA; the forward and both registrations are in correlation_kernel.cu.
 // Deterministic (no atomics), per layer with G = grad block (S_t, S_s):
-//  - dR_t = R_s G^T and dR_s = R_t G with the same tiling (R resampled on the fly), into an (N, C, S_t) or
+//  - dR_t = R_s G^T and dR_s = R_t G with the same tiling (R resampled on the fly), times the forward's
+//    scale where they are stored (so the map and grid gradients below carry it), into an (N, C, S_t) or
 //    (N, C, S_s) float buffer;
 //  - map gradients: the (position, tap) pairs are sorted by the element they read (a stable sort; one
 //    table for the resize, one per sample for the grid), and one thread per element sums its segment in
 //    that order (gather form);
 //  - dgrid: one thread per grid point sums over channels in order, layers added in order.
 // A direct side (correlation_taps.h) needs no adjoint: dR is its gradient. A layer direct on both sides is
-// two batched products (cuBLAS), dsrc = tgt G and dtgt = src G^T.
+// two batched products (cuBLAS, the scale their alpha), dsrc = tgt G and dtgt = src G^T.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/arange.h>
-#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/searchsorted.h>
 #include <ATen/ops/sort.h>
@@ -31,12 +31,13 @@ namespace {
 
 // Block (c tile, p tile, n): dR_y[c, p] = sum_k R_x[c, k] G'[k, p], x the other map (resampled on the fly
 // to its grid, or sampled at the grid when grid is given), G' = G (wrt_src: k = t, p = s) or G^T (k = s,
-// p = t); G is (S_t, S_s), row-major.
+// p = t); G is (S_t, S_s), row-major; dR is stored times scale.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     resampled_grad_kernel(const scalar_t* __restrict__ x, const scalar_t* __restrict__ grid,
                           const scalar_t* __restrict__ gout, at::opmath_type<scalar_t>* __restrict__ dr, int C, int Hx,
-                          int Wx, CorrelationGrids g, int layer, int layers, bool wrt_src) {
+                          int Wx, CorrelationGrids g, int layer, int layers, bool wrt_src,
+                          at::opmath_type<scalar_t> scale) {
   using T = at::opmath_type<scalar_t>;
   __shared__ int xoff[kChunk][4];
   __shared__ T xw[kChunk][4];
@@ -82,7 +83,7 @@ __global__ void __launch_bounds__(kThreads)
     if (c >= C) continue;
     for (int j = 0; j < 4; ++j) {
       const int p = p0 + tx * 4 + j;
-      if (p < P) dr[(n * C + c) * P + p] = acc[i][j];
+      if (p < P) dr[(n * C + c) * P + p] = acc[i][j] * scale;
     }
   }
 }
@@ -189,7 +190,7 @@ at::Tensor adjoint(const at::Tensor& dr, const scalar_t* grid, c10::IntArrayRef 
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correlation_backward_cuda(
     const at::Tensor& grad_out, at::TensorList src_, at::TensorList tgt_, const c10::optional<at::Tensor>& grid_,
-    c10::IntArrayRef size, c10::IntArrayRef target_size, std::array<bool, 3> mask) {
+    c10::IntArrayRef size, c10::IntArrayRef target_size, double scale, std::array<bool, 3> mask) {
   const CorrelationGrids grids = check_correlation_inputs(src_, tgt_, grid_, size, target_size);
   const c10::cuda::CUDAGuard guard(src_[0].device());
   const auto src = contiguous(src_), tgt = contiguous(tgt_);
@@ -224,13 +225,13 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
         if (need_tgt) {
           auto d = at::empty(tgt[l].sizes(), tgt[l].options());
           auto d3 = d.view({N, C, St});
-          at::bmm_out(d3, src[l].view({N, C, Ss}), G.transpose(1, 2));
+          bmm_scaled(d3, src[l].view({N, C, Ss}), G.transpose(1, 2), scale);
           dtgt.push_back(d);
         }
         if (need_src) {
           auto d = at::empty(src[l].sizes(), src[l].options());
           auto d3 = d.view({N, C, Ss});
-          at::bmm_out(d3, tgt[l].view({N, C, St}), G);
+          bmm_scaled(d3, tgt[l].view({N, C, St}), G, scale);
           dsrc.push_back(d);
         }
         continue;
@@ -239,7 +240,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
         auto dr = at::empty({N, C, St}, acc_options);
         resampled_grad_kernel<scalar_t><<<tiles(C, St, N), kThreads, 0, stream>>>(
             src[l].const_data_ptr<scalar_t>(), g, gout.const_data_ptr<scalar_t>(), dr.mutable_data_ptr<T>(), C, Hs, Ws,
-            grids, static_cast<int>(l), static_cast<int>(L), false);
+            grids, static_cast<int>(l), static_cast<int>(L), false, static_cast<T>(scale));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         dtgt.push_back(
             dt ? dr.view(tgt[l].sizes()).to(tgt[l].scalar_type())
@@ -249,7 +250,7 @@ std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correla
         auto dr = at::empty({N, C, Ss}, acc_options);
         resampled_grad_kernel<scalar_t><<<tiles(C, Ss, N), kThreads, 0, stream>>>(
             tgt[l].const_data_ptr<scalar_t>(), nullptr, gout.const_data_ptr<scalar_t>(), dr.mutable_data_ptr<T>(), C,
-            Ht, Wt, grids, static_cast<int>(l), static_cast<int>(L), true);
+            Ht, Wt, grids, static_cast<int>(l), static_cast<int>(L), true, static_cast<T>(scale));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         if (need_src)
           dsrc.push_back(ds ? dr.view(src[l].sizes()).to(src[l].scalar_type())

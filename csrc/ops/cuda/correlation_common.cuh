@@ -1,9 +1,11 @@
 // Shared by the CUDA correlation forward (correlation_kernel.cu) and backward (correlation_backward_kernel.cu):
-// the tiling, the taps of a position, the on-the-fly resampling, and the backward's declaration (it is
-// registered next to the forward).
+// the tiling, the taps of a position, the on-the-fly resampling, the scaled batched product, and the
+// backward's declaration (it is registered next to the forward).
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/baddbmm.h>
+#include <ATen/ops/bmm.h>
 
 #include <array>
 #include <tuple>
@@ -46,6 +48,15 @@ inline std::vector<at::Tensor> contiguous(at::TensorList ts) {
   return out;
 }
 
+// out = scale * a b (cuBLAS), out uninitialised: scale 1 is torch.bmm's product; otherwise scale is the GEMM's
+// alpha, with beta = 0 so that cuBLAS never reads out, rather than a second pass over out.
+inline void bmm_scaled(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, double scale) {
+  if (scale == 1.0)
+    at::bmm_out(out, a, b);
+  else
+    out.baddbmm_(a, b, /*beta=*/0, /*alpha=*/scale);
+}
+
 inline dim3 tiles(int64_t rows, int64_t cols, int64_t N) {
   return dim3(static_cast<unsigned>((rows + kTile - 1) / kTile), static_cast<unsigned>((cols + kTile - 1) / kTile),
               static_cast<unsigned>(N));
@@ -53,6 +64,6 @@ inline dim3 tiles(int64_t rows, int64_t cols, int64_t N) {
 
 std::tuple<std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor> correlation_backward_cuda(
     const at::Tensor& grad_out, at::TensorList src_, at::TensorList tgt_, const c10::optional<at::Tensor>& grid_,
-    c10::IntArrayRef size, c10::IntArrayRef target_size, std::array<bool, 3> mask);
+    c10::IntArrayRef size, c10::IntArrayRef target_size, double scale, std::array<bool, 3> mask);
 
 }  // namespace pscfast

@@ -5,15 +5,16 @@
 // grid). The taps of its 64 tgt and 64 src positions (resize, or
 // grid sample for src; csrc/ops/common/correlation_taps.h) go to shared memory once; each step over 16
 // channels resamples the two 16 x 64 slabs while loading them into shared memory, so no resized copy of a
-// map is ever written to global memory; each thread accumulates a 4 x 4 sub-tile.
+// map is ever written to global memory; each thread accumulates a 4 x 4 sub-tile, multiplied by the scale
+// (RAFT's 1 / sqrt(C)) as it is stored.
 // A layer whose maps are both already at their grids' sizes (direct, correlation_taps.h) is one batched
-// product instead, cuBLAS's: GLU-Net's, SFNet's and RAFT's global correlations run at bmm's speed.
+// product instead, cuBLAS's (the scale its alpha): GLU-Net's, SFNet's and RAFT's global correlations run at
+// bmm's speed.
 // The backward is in correlation_backward_kernel.cu.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/bmm.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -28,7 +29,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ src, const scalar_t* __restrict__ tgt,
                    const scalar_t* __restrict__ grid, scalar_t* __restrict__ out, int C, int Hs, int Ws, int Ht, int Wt,
-                   CorrelationGrids g, int layer, int layers) {
+                   CorrelationGrids g, int layer, int layers, at::opmath_type<scalar_t> scale) {
   using T = at::opmath_type<scalar_t>;
   __shared__ int toff[kTile][4], soff[kTile][4];
   __shared__ T tw[kTile][4], sw[kTile][4];
@@ -77,13 +78,13 @@ __global__ void __launch_bounds__(kThreads)
     scalar_t* row = out + ((n * layers + layer) * St + t) * static_cast<int64_t>(Ss);
     for (int j = 0; j < 4; ++j) {
       const int s = s0 + tx * 4 + j;
-      if (s < Ss) row[s] = static_cast<scalar_t>(acc[i][j]);
+      if (s < Ss) row[s] = static_cast<scalar_t>(acc[i][j] * scale);
     }
   }
 }
 
 at::Tensor correlation_cuda(at::TensorList src_, at::TensorList tgt_, const c10::optional<at::Tensor>& grid_,
-                            c10::IntArrayRef size, c10::IntArrayRef target_size) {
+                            c10::IntArrayRef size, c10::IntArrayRef target_size, double scale) {
   const CorrelationGrids grids = check_correlation_inputs(src_, tgt_, grid_, size, target_size);
   const c10::cuda::CUDAGuard guard(src_[0].device());
   const auto src = contiguous(src_), tgt = contiguous(tgt_);
@@ -100,14 +101,14 @@ at::Tensor correlation_cuda(at::TensorList src_, at::TensorList tgt_, const c10:
       if (direct_tgt(tgt[l], grids) && direct_src(src[l], grids, grid.defined())) {
         const int64_t C = src[l].size(1);
         auto block = out3.narrow(1, l * grids.St(), grids.St());
-        at::bmm_out(block, tgt[l].view({N, C, grids.St()}).transpose(1, 2), src[l].view({N, C, grids.Ss()}));
+        bmm_scaled(block, tgt[l].view({N, C, grids.St()}).transpose(1, 2), src[l].view({N, C, grids.Ss()}), scale);
         continue;
       }
       forward_kernel<scalar_t><<<tiles(grids.St(), grids.Ss(), N), kThreads, 0, stream>>>(
           src[l].const_data_ptr<scalar_t>(), tgt[l].const_data_ptr<scalar_t>(), g, out.mutable_data_ptr<scalar_t>(),
           static_cast<int>(src[l].size(1)), static_cast<int>(src[l].size(2)), static_cast<int>(src[l].size(3)),
           static_cast<int>(tgt[l].size(2)), static_cast<int>(tgt[l].size(3)), grids, static_cast<int>(l),
-          static_cast<int>(L));
+          static_cast<int>(L), static_cast<at::opmath_type<scalar_t>>(scale));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
   });
