@@ -102,10 +102,14 @@ void sample_jacobian_run(int n, int W, int H, const T* __restrict x, const T* __
 
 // The forward of a bilinear grid at the output size, with d(out)/d(grid) per output point and channel into jac
 // (N, C, Ho, Wo, 2). Returns 1 when a grid value it read is NaN or infinite.
+// A task takes at least kTaskPoints points (channels counted): a few microseconds of work, less than waking a
+// second thread costs.
 template <typename T>
 int forward_jacobian_impl(const Plan<T>& P, const T* x, const T* grid, T* out, T* jac) {
+  constexpr int64_t kTaskPoints = 4096;
   std::atomic<int> bad{0};
-  at::parallel_for(0, P.blocks(), 1, [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, kTaskPoints / (cpu_warp::kBlock * P.C));
+  at::parallel_for(0, P.blocks(), grain, [&](int64_t begin, int64_t end) {
     BlockTaps<T> t(P);
     int seen = 0;
     for (int64_t b = begin; b < end; ++b) {
