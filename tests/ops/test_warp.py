@@ -251,7 +251,8 @@ def test_cpu_backward_of_both_equals_each_alone(shape, threads):
 def test_cpu_aten_handover_agrees_with_own_kernels(c, padding_mode, monkeypatch):
     """Without a resize and with few channels the CPU op hands the work to ATen's grid sampler (the forward of
     up to 2 channels, the grid-only gradient of up to 16, both gradients of one); with PSCFAST_CHECK_FINITE=0
-    its own kernels run. Every output and gradient, for every mask, agrees across the two and with the
+    its own kernels run (a one-channel image's grid-only gradient comes from the forward's Jacobian in both:
+    test_warp_one_channel.py). Every output and gradient, for every mask, agrees across the two and with the
     reference."""
     x, grid = _inputs((3, c, 9, 11, 7, 8, None), torch.float64, "cpu")
     gout = torch.randn(3, c, 7, 8, dtype=torch.float64)

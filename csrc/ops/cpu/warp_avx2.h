@@ -3,11 +3,11 @@
 // rest with the portable loops):
 // - pixel_coords_avx2: an (x, y)-interleaved grid to pixel coordinates, as row_to_pixel (warp_taps.h) does for
 //   each coordinate with a stride of 2, which compilers vectorise with a load per element;
-// - sample_jacobian_avx2: a one-channel sample and its gradient in the grid point (warp_kernel.cpp's
-//   sample_jacobian_run). Compilers do not emit hardware gathers for the four taps (their generic tuning assumes
-//   slow gathers), and the emulated ones made the loop twice as slow as ATen's grid sampler, which gathers in
-//   hardware. Taps outside the image are masked off (never read) and count as 0; the Jacobian is written
-//   (x, y)-interleaved, as the grid is.
+// - sample_avx2: one-channel bilinear samples and, where jac is not null, their gradients in the grid point
+//   (warp_kernel.cpp's sample_points). Compilers do not emit hardware gathers for the four taps (their generic
+//   tuning assumes slow gathers), and the emulated ones made the loop twice as slow as ATen's grid sampler, which
+//   gathers in hardware. Taps outside the image are masked off (never read) and count as 0; the Jacobian is
+//   written (x, y)-interleaved, as the grid is.
 #pragma once
 
 #include <cstdint>
@@ -71,10 +71,9 @@ inline int pixel_coords_avx2(const float* g, int n, int W, int H, bool align, bo
   return has_avx2() ? pixel_coords_avx2_body(g, n, W, H, align, border, px, dpx, py, dpy, bad) : 0;
 }
 
-__attribute__((target("avx2,fma"))) inline int sample_jacobian_avx2_body(int n, int W, int H, const float* x,
-                                                                         const float* px, const float* py,
-                                                                         const float* dpx, const float* dpy,
-                                                                         const int32_t* base, float* out, float* jac) {
+__attribute__((target("avx2,fma"))) inline int sample_avx2_body(int n, int W, int H, const float* x, const float* px,
+                                                                const float* py, const float* dpx, const float* dpy,
+                                                                const int32_t* base, float* out, float* jac) {
   const __m256i w = _mm256_set1_epi32(W), h = _mm256_set1_epi32(H);
   const __m256i minus1 = _mm256_set1_epi32(-1), minus2 = _mm256_set1_epi32(-2), one = _mm256_set1_epi32(1);
   const __m256 fone = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
@@ -106,6 +105,7 @@ __attribute__((target("avx2,fma"))) inline int sample_jacobian_avx2_body(int n, 
     o = _mm256_fmadd_ps(_mm256_mul_ps(e, d), v2, o);
     o = _mm256_fmadd_ps(_mm256_mul_ps(r, d), v3, o);
     _mm256_storeu_ps(out + i, o);
+    if (jac == nullptr) continue;
     const __m256 jx = _mm256_mul_ps(_mm256_loadu_ps(dpx + i),
                                     _mm256_fmadd_ps(s, _mm256_sub_ps(v1, v0), _mm256_mul_ps(d, _mm256_sub_ps(v3, v2))));
     const __m256 jy = _mm256_mul_ps(_mm256_loadu_ps(dpy + i),
@@ -118,9 +118,9 @@ __attribute__((target("avx2,fma"))) inline int sample_jacobian_avx2_body(int n, 
   return i;
 }
 
-inline int sample_jacobian_avx2(int n, int W, int H, const float* x, const float* px, const float* py, const float* dpx,
-                                const float* dpy, const int32_t* base, float* out, float* jac) {
-  return has_avx2() ? sample_jacobian_avx2_body(n, W, H, x, px, py, dpx, dpy, base, out, jac) : 0;
+inline int sample_avx2(int n, int W, int H, const float* x, const float* px, const float* py, const float* dpx,
+                       const float* dpy, const int32_t* base, float* out, float* jac) {
+  return has_avx2() ? sample_avx2_body(n, W, H, x, px, py, dpx, dpy, base, out, jac) : 0;
 }
 
 }  // namespace cpu_warp
@@ -131,12 +131,14 @@ inline int sample_jacobian_avx2(int n, int W, int H, const float* x, const float
 namespace pscfast {
 namespace cpu_warp {
 
+inline bool has_avx2() { return false; }
+
 inline int pixel_coords_avx2(const float*, int, int, int, bool, bool, float*, float*, float*, float*, int&) {
   return 0;
 }
 
-inline int sample_jacobian_avx2(int, int, int, const float*, const float*, const float*, const float*, const float*,
-                                const int32_t*, float*, float*) {
+inline int sample_avx2(int, int, int, const float*, const float*, const float*, const float*, const float*,
+                       const int32_t*, float*, float*) {
   return 0;
 }
 

@@ -3,9 +3,10 @@
 // once). Each task handles blocks of output points (warp_taps.h): first the taps of every point of the block
 // (one coordinate computation per point), then branch-free loops over channels and points.
 // The forward refuses a grid holding NaN or infinity (the flag the coordinate loops raise as they read it) unless
-// PSCFAST_CHECK_FINITE=0. Without a resize and with few channels, ATen's grid sampler does the work (see
-// aten_forward below). The autograd kernel's forward for a one-channel image whose grid alone requires grad also
-// returns d(out)/d(grid), so that the grid's gradient is a product (warp_jacobian_cpu).
+// PSCFAST_CHECK_FINITE=0. Without a resize: one bilinear float channel runs a fused loop of its own (AVX2
+// intrinsics, fused_forward below), a few more channels ATen's grid sampler (aten_forward). The autograd kernel's
+// forward for a one-channel image whose grid alone requires grad also returns d(out)/d(grid), so that the grid's
+// gradient is a product (warp_jacobian_cpu).
 // Every backward writes each output element from exactly one task, in a fixed order: results are bitwise
 // reproducible and independent of the thread count.
 #include <ATen/Dispatch.h>
@@ -78,34 +79,34 @@ int forward_impl(const Plan<T>& P, const T* x, const T* grid, T* out) {
   return bad;
 }
 
-// One channel of a run, point by point from its pixel coordinates (BlockTaps::coords): the sample out[i] and its
-// gradient in the grid point, (jac[2 i], jac[2 i + 1]), the forward's and the grid backward's coefficients
-// (bilinear_taps, bilinear_taps_grad) applied to the same four reads. For float, warp_avx2.h does what
-// it can first.
+// One channel of a run, point by point from its pixel coordinates (BlockTaps::coords): the bilinear sample out[i]
+// and, where jac is not null, its gradient in the grid point, (jac[2 i], jac[2 i + 1]): the forward's and the grid
+// backward's coefficients (bilinear_taps, bilinear_taps_grad) applied to the same four reads. For float,
+// warp_avx2.h does what it can first.
 template <typename T>
-void sample_jacobian_run(int n, int W, int H, const T* __restrict x, const T* __restrict px, const T* __restrict py,
-                         const T* __restrict dpx, const T* __restrict dpy, const int32_t* __restrict base,
-                         T* __restrict out, T* __restrict jac) {
+void sample_points(int n, int W, int H, const T* __restrict x, const T* __restrict px, const T* __restrict py,
+                   const T* __restrict dpx, const T* __restrict dpy, const int32_t* __restrict base, T* __restrict out,
+                   T* __restrict jac) {
   int i = 0;
-  if constexpr (std::is_same_v<T, float>)
-    i = cpu_warp::sample_jacobian_avx2(n, W, H, x, px, py, dpx, dpy, base, out, jac);
+  if constexpr (std::is_same_v<T, float>) i = cpu_warp::sample_avx2(n, W, H, x, px, py, dpx, dpy, base, out, jac);
   for (; i < n; ++i) {
     const cpu_warp::Bilinear<T> b(px[i], py[i], W, H);
     int32_t o0, o1, o2, o3;
     b.offsets(W, base[i], o0, o1, o2, o3);
     const T v0 = b.m0 ? x[o0] : T(0), v1 = b.m1 ? x[o1] : T(0), v2 = b.m2 ? x[o2] : T(0), v3 = b.m3 ? x[o3] : T(0);
     out[i] = b.e * b.s * v0 + b.r * b.s * v1 + b.e * b.d * v2 + b.r * b.d * v3;
+    if (jac == nullptr) continue;
     jac[2 * i] = dpx[i] * (b.s * (v1 - v0) + b.d * (v3 - v2));
     jac[2 * i + 1] = dpy[i] * (b.e * (v2 - v0) + b.r * (v3 - v1));
   }
 }
 
 // The forward of a bilinear grid at the output size, with d(out)/d(grid) per output point and channel into jac
-// (N, C, Ho, Wo, 2). Returns 1 when a grid value it read is NaN or infinite.
+// (N, C, Ho, Wo, 2) unless jac is null. Returns 1 when a grid value it read is NaN or infinite.
 // A task takes at least kTaskPoints points (channels counted): a few microseconds of work, less than waking a
 // second thread costs.
 template <typename T>
-int forward_jacobian_impl(const Plan<T>& P, const T* x, const T* grid, T* out, T* jac) {
+int fused_forward_impl(const Plan<T>& P, const T* x, const T* grid, T* out, T* jac) {
   constexpr int64_t kTaskPoints = 4096;
   std::atomic<int> bad{0};
   const int64_t grain = std::max<int64_t>(1, kTaskPoints / (cpu_warp::kBlock * P.C));
@@ -118,8 +119,8 @@ int forward_jacobian_impl(const Plan<T>& P, const T* x, const T* grid, T* out, T
       const int64_t local = run.first - run.n0 * P.oplane();
       for (int64_t c = 0; c < P.C; ++c) {
         const int64_t o = (run.n0 * P.C + c) * P.oplane() + local;
-        sample_jacobian_run(run.count, P.W, P.H, x + (run.n0 * P.C + c) * P.plane(), t.px.data(), t.py.data(),
-                            t.dpx.data(), t.dpy.data(), t.base.data(), out + o, jac + 2 * o);
+        sample_points(run.count, P.W, P.H, x + (run.n0 * P.C + c) * P.plane(), t.px.data(), t.py.data(), t.dpx.data(),
+                      t.dpy.data(), t.base.data(), out + o, jac == nullptr ? nullptr : jac + 2 * o);
       }
     }
     if (seen) bad = 1;
@@ -385,6 +386,13 @@ bool aten_forward(const at::Tensor& x, const at::Tensor& grid, c10::IntArrayRef 
   return x.size(1) <= kAtenForwardChannels && !resized(grid, out_size) && check_finite_enabled();
 }
 
+// Faster still for one float channel, bilinear, on a CPU with AVX2: the intrinsics loop (warp_avx2.h), which
+// checks the grid as it converts it instead of in a pass of its own.
+bool fused_forward(const at::Tensor& x, const at::Tensor& grid, c10::IntArrayRef out_size, c10::string_view mode) {
+  return x.scalar_type() == at::kFloat && x.size(1) == 1 && !resized(grid, out_size) &&
+         parse_mode(std::string(mode)) == SampleMode::kBilinear && cpu_warp::has_avx2();
+}
+
 bool aten_backward(const at::Tensor& x, const at::Tensor& grid, c10::IntArrayRef out_size, bool nearest,
                    std::array<bool, 2> mask) {
   if (nearest || resized(grid, out_size) || !mask[1] || !check_finite_enabled()) return false;
@@ -412,6 +420,14 @@ at::Tensor warp_cpu(const at::Tensor& x_, const at::Tensor& grid_, c10::IntArray
   check_warp_inputs(x_, grid_, out_size);
   const auto compute = compute_type(x_);
   const auto x = widened(x_, compute), grid = widened(grid_, compute);
+  if (fused_forward(x, grid, out_size, mode)) {
+    auto out = at::empty({x.size(0), 1, out_size[0], out_size[1]}, x.options());
+    const Plan<float> P(x.sizes(), grid, out_size[0], out_size[1], mode, padding_mode, align_corners);
+    const int bad = fused_forward_impl(P, x.const_data_ptr<float>(), grid.const_data_ptr<float>(),
+                                       out.mutable_data_ptr<float>(), static_cast<float*>(nullptr));
+    TORCH_CHECK_VALUE(!bad || !check_finite_enabled(), kNonfinite);
+    return narrowed(out, x_.scalar_type());
+  }
   if (aten_forward(x, grid, out_size)) {
     TORCH_CHECK_VALUE(!any_nonfinite(grid), kNonfinite);
     const auto out = at::grid_sampler_2d(x, grid, aten_mode(mode), aten_padding(padding_mode), align_corners);
@@ -447,8 +463,8 @@ std::tuple<at::Tensor, at::Tensor> warp_jacobian_cpu(const at::Tensor& x_, const
   int bad = 0;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "warp_jacobian_cpu", [&] {
     const Plan<scalar_t> P(x.sizes(), grid, size[0], size[1], mode, padding_mode, align_corners);
-    bad = forward_jacobian_impl(P, x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(),
-                                out.mutable_data_ptr<scalar_t>(), jac.mutable_data_ptr<scalar_t>());
+    bad = fused_forward_impl(P, x.const_data_ptr<scalar_t>(), grid.const_data_ptr<scalar_t>(),
+                             out.mutable_data_ptr<scalar_t>(), jac.mutable_data_ptr<scalar_t>());
   });
   TORCH_CHECK_VALUE(!bad || !check_finite_enabled(), kNonfinite);
   return {out, jac};

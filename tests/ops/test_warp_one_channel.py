@@ -1,7 +1,8 @@
-"""The CPU warp of a one-channel image whose grid alone requires grad (SFNet's mask warps): the forward also
-returns d(out)/d(grid) (pscfast::_warp_with_jacobian) and the grid's gradient is its product with the output's
-gradient (pscfast::_warp_jacobian_product). Values and gradients against the reference, the path taken, the two
-ops themselves, opcheck, gradcheck, thread counts, torch.compile and compiled autograd, non-finite grids."""
+"""The CPU warp's one-channel paths. A one-channel image whose grid alone requires grad (SFNet's mask warps): the
+forward also returns d(out)/d(grid) (pscfast::_warp_with_jacobian) and the grid's gradient is its product with
+the output's gradient (pscfast::_warp_jacobian_product). A one-channel float forward without a resize runs the
+same fused loop without the Jacobian. Values and gradients against the reference, the path taken, the two ops
+themselves, opcheck, gradcheck, thread counts, torch.compile and compiled autograd, non-finite grids."""
 import pytest
 import torch
 
@@ -49,6 +50,18 @@ def test_grid_gradient_matches_reference(dtype, shape, contiguous):
         (dgrid_ref,) = torch.autograd.grad(out_ref, g_ref, gout)
         assert_close(out, out_ref, msg=f"forward {case}")
         assert_close(dgrid, dgrid_ref, scale=float(dgrid_ref.abs().max().clamp_min(1)), msg=f"grid gradient {case}")
+
+
+@pytest.mark.parametrize("contiguous", [True, False], ids=["contiguous", "strided"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["sfnet", "raft-windows", "multiblock", "one-point"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_matches_reference(dtype, shape, contiguous):
+    x, grid = _inputs(*shape, torch.float32, contiguous)
+    for pad, align in CASES:
+        got = warp(x.to(dtype), grid.to(dtype), None, "bilinear", pad, align, backend="cpp")
+        exp = ref.warp(x.to(dtype).float(), grid.to(dtype).float(), None, "bilinear", pad, align)
+        assert got.dtype == dtype
+        assert_close(got.float(), exp, dtype=dtype, msg=f"{pad}/align_corners={align}")
 
 
 def test_path_taken_only_where_it_applies():
@@ -121,8 +134,8 @@ def test_gradcheck_float64(pad, align):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bitwise_across_thread_counts(threads):
-    x, grid = _inputs(37, 8, 8, 9, 9, torch.float32)
-    gout = torch.randn(37, 1, 9, 9)
+    x, grid = _inputs(80, 8, 8, 9, 9, torch.float32)  # 6480 points: more than one task's share
+    gout = torch.randn(80, 1, 9, 9)
 
     def run():
         g = grid.clone().requires_grad_()
