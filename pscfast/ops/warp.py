@@ -12,7 +12,7 @@ from torch import nn
 from pscfast import _extension
 
 from . import _checks, _fake, _higher_order, _output_mask, _reference
-from ._dispatch import ALL_FLOAT_DTYPES, Op, register_op
+from ._dispatch import ALL_FLOAT_DTYPES, Op, _backend_env, _choose, register_op
 
 MODES = ("bilinear", "nearest")
 NONFINITE_GRID = "grid contains NaN or infinite values"  # the end of the CPU kernel's refusal
@@ -83,7 +83,25 @@ def _triton(x, grid, out_size, mode, padding_mode, align_corners):
 
 WARP = register_op(Op("warp", {"cpp": _cpp, "triton": _triton, "torch": _reference.warp},
                       cpp_dtypes=dict(ALL_FLOAT_DTYPES)))
-_CPU_KERNEL_DTYPES = frozenset(ALL_FLOAT_DTYPES["cpu"])
+_TENSOR = torch.Tensor
+_is_compiling = torch.compiler.is_compiling
+
+
+class _CpuKernelChoice(dict):
+    """(backend, PSCFAST_BACKEND, dtype) -> whether a CPU tensor's warp runs the compiled CPU kernel (the
+    dispatcher's choice, made once per key)."""
+
+    def __missing__(self, key):
+        backend, env, dtype = key
+        try:
+            chosen = _choose(WARP, backend, env, "cpu", dtype)
+        except Exception:  # a backend that cannot run: the checked path raises it, after the arguments' errors
+            return False
+        self[key] = value = dtype in ALL_FLOAT_DTYPES["cpu"] and chosen == "cpp"
+        return value
+
+
+_CPU_KERNEL = _CpuKernelChoice()
 
 
 def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "bilinear", padding_mode: str = "zeros",
@@ -115,12 +133,16 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
         >>> torch.allclose(warp(x, identity), x)
         True
     """
-    if _plain_cpu_call(x, grid, backend):
+    # Plain CPU tensors of one dtype outside torch.compile go straight to the compiled CPU kernel, which checks
+    # every argument itself and refuses a non-finite grid as it reads it: a small warp's whole budget is a few
+    # microseconds. Any refusal falls back to the checks below, which name what is wrong.
+    if (type(x) is _TENSOR and type(grid) is _TENSOR and x.dtype is grid.dtype and x.is_cpu and grid.is_cpu
+            and _CPU_KERNEL[backend, _backend_env(), x.dtype] and not _is_compiling()):
         try:  # a tuple of ints, not a torch.Size: the op's argument parser takes 1 us less
             return _KERNEL(x, grid, (grid.shape[1], grid.shape[2]) if out_size is None else out_size, mode,
                            padding_mode, align_corners)
         except (RuntimeError, TypeError, ValueError, IndexError):
-            pass  # the checks below name what is wrong (or the call was fine but unusual: out_size=16)
+            pass  # (or the call was fine but unusual: out_size=16)
     op = "warp"
     out_size = _check_arguments(op, x, grid, out_size, mode, padding_mode)
     x, grid = _checks.promote(x, grid)
@@ -128,15 +150,6 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
     if name != "cpp" or not x.is_cpu:  # the CPU kernel checks the grid as it reads it
         _checks.finite(op, "grid", grid)
     return impl(x, grid, out_size, mode, padding_mode, bool(align_corners))
-
-
-def _plain_cpu_call(x, grid, backend) -> bool:
-    """Whether the call can go straight to the compiled CPU kernel, which checks every argument itself and
-    refuses a non-finite grid as it reads it: plain CPU tensors of one dtype, outside torch.compile. Skipping the
-    Python checks brings the per-call cost of a small warp near grid_sample's; any refusal falls back to them."""
-    return (type(x) is torch.Tensor and type(grid) is torch.Tensor and x.is_cpu and grid.is_cpu
-            and x.dtype is grid.dtype and x.dtype in _CPU_KERNEL_DTYPES and not torch.compiler.is_compiling()
-            and WARP.select_eager(backend, x)[0] == "cpp")
 
 
 def _check_arguments(op, x, grid, out_size, mode, padding_mode) -> tuple[int, int]:
