@@ -28,9 +28,10 @@ from bench.peers.cases import CASES  # noqa: E402
 PROVIDERS = ("naive", "pscfast")
 
 
-def measure(case, mode: str, rounds: int, device: str, dims: tuple | None = None) -> dict:
-    """Median seconds per provider over `rounds` alternating calls, after one warm-up call each, at the case's
-    shape (or `dims`)."""
+def measure(case, mode: str, rounds: int, device: str, dims: tuple | None = None, min_time: float = 0.0) -> dict:
+    """Median seconds per provider over alternating calls, after one warm-up call each, at the case's shape (or
+    `dims`): `rounds` rounds, more until the timed calls have taken `min_time` seconds (a case of microseconds
+    needs thousands of rounds for a stable median on a shared machine)."""
     inputs, leaves = case.make(dims or case.dims, device, torch.float32)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     calls = {}
@@ -49,23 +50,28 @@ def measure(case, mode: str, rounds: int, device: str, dims: tuple | None = None
     times = {name: [] for name in PROVIDERS}
     gc.collect()
     gc.disable()
+    spent, done = 0.0, 0
     try:
-        for _ in range(rounds):
+        while done < rounds or spent < min_time:
             for name in PROVIDERS:
                 t0 = time.perf_counter()
                 calls[name]()
                 times[name].append(time.perf_counter() - t0)
+                spent += times[name][-1]
+            done += 1
     finally:
         gc.enable()
     medians = {name: statistics.median(ts) for name, ts in times.items()}
-    return {"case": case.id, "mode": mode, "rounds": rounds, "median_s": medians,
+    return {"case": case.id, "mode": mode, "rounds": done, "median_s": medians,
             "ratio": medians["naive"] / medians["pscfast"]}
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("filters", nargs="*", help="keep the cases whose id contains one of these")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=15, help="at least this many rounds per case and mode")
+    parser.add_argument("--min-time", type=float, default=2.0,
+                        help="and more rounds until the timed calls of a case and mode took this many seconds")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     device = bench_device()
@@ -73,9 +79,9 @@ def main(argv=None) -> None:
     results = []
     for case in cases:
         for mode in ("fwd", "fwd+bwd"):
-            r = measure(case, mode, args.rounds, device)
+            r = measure(case, mode, args.rounds, device, min_time=args.min_time)
             results.append(r)
-            print(f"{r['case']:48s} {mode:8s} naive {r['median_s']['naive'] * 1e3:9.3f} ms  "
+            print(f"{r['case']:48s} {mode:8s} {r['rounds']:6d} rounds  naive {r['median_s']['naive'] * 1e3:9.3f} ms  "
                   f"pscfast {r['median_s']['pscfast'] * 1e3:9.3f} ms  {r['ratio']:.2f}x", flush=True)
     out = args.out or ROOT / "bench" / "results" / "interleaved" / f"{_slug()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -94,3 +94,5 @@ def test_interleaved_timing_times_both_providers(mode):
     assert r["case"] == case.id and r["mode"] == mode and r["rounds"] == 3
     assert all(t > 0 for t in r["median_s"].values())
     assert r["ratio"] == r["median_s"]["naive"] / r["median_s"]["pscfast"]
+    longer = interleaved.measure(case, mode, 3, "cpu", case.small, min_time=0.05)  # rounds until 50 ms are timed
+    assert longer["rounds"] > 3 and longer["rounds"] * sum(longer["median_s"].values()) > 0.02
