@@ -89,7 +89,7 @@ _is_compiling = torch.compiler.is_compiling
 
 class _CpuKernelChoice(dict):
     """(backend, PSCFAST_BACKEND, dtype) -> whether a CPU tensor's warp runs the compiled CPU kernel (the
-    dispatcher's choice, made once per key)."""
+    dispatcher's choice, made once per key; eager only: torch.compile cannot trace the choice)."""
 
     def __missing__(self, key):
         backend, env, dtype = key
@@ -137,7 +137,7 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
     # every argument itself and refuses a non-finite grid as it reads it: a small warp's whole budget is a few
     # microseconds. Any refusal falls back to the checks below, which name what is wrong.
     if (type(x) is _TENSOR and type(grid) is _TENSOR and x.dtype is grid.dtype and x.is_cpu and grid.is_cpu
-            and _CPU_KERNEL[backend, _backend_env(), x.dtype] and not _is_compiling()):
+            and not _is_compiling() and _CPU_KERNEL[backend, _backend_env(), x.dtype]):
         try:  # a tuple of ints, not a torch.Size: the op's argument parser takes 1 us less
             return _KERNEL(x, grid, (grid.shape[1], grid.shape[2]) if out_size is None else out_size, mode,
                            padding_mode, align_corners)
