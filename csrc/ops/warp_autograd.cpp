@@ -71,10 +71,7 @@ struct WarpBackward final : torch::autograd::Node {
     if (jac.defined()) {
       static const auto product_op =
           pscfast_op<at::Tensor(const at::Tensor&, const at::Tensor&)>("pscfast::_warp_jacobian_product");
-      if (mask[1]) out[1] = product_op.call(grads[0], jac);
-      if (mask[0])
-        out[0] = std::get<0>(
-            backward_op.call(grads[0].contiguous(), x_, grid_, mode, padding_mode, align_corners, {true, false}));
+      out[1] = product_op.call(grads[0], jac);  // saved only when x does not require grad: no image gradient
       return out;
     }
     std::tie(out[0], out[1]) =

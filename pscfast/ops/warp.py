@@ -12,7 +12,7 @@ from torch import nn
 from pscfast import _extension
 
 from . import _checks, _fake, _higher_order, _output_mask, _reference
-from ._dispatch import ALL_FLOAT_DTYPES, Op, _backend_env, _choose, register_op
+from ._dispatch import ALL_FLOAT_DTYPES, Op, register_op
 
 MODES = ("bilinear", "nearest")
 NONFINITE_GRID = "grid contains NaN or infinite values"  # the end of the CPU kernel's refusal
@@ -87,21 +87,7 @@ _TENSOR = torch.Tensor
 _is_compiling = torch.compiler.is_compiling
 
 
-class _CpuKernelChoice(dict):
-    """(backend, PSCFAST_BACKEND, dtype) -> whether a CPU tensor's warp runs the compiled CPU kernel (the
-    dispatcher's choice, made once per key; eager only: torch.compile cannot trace the choice)."""
-
-    def __missing__(self, key):
-        backend, env, dtype = key
-        try:
-            chosen = _choose(WARP, backend, env, "cpu", dtype)
-        except Exception:  # a backend that cannot run: the checked path raises it, after the arguments' errors
-            return False
-        self[key] = value = dtype in ALL_FLOAT_DTYPES["cpu"] and chosen == "cpp"
-        return value
-
-
-_CPU_KERNEL = _CpuKernelChoice()
+_CPU_KERNEL_DTYPES = frozenset(ALL_FLOAT_DTYPES["cpu"])
 
 
 def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "bilinear", padding_mode: str = "zeros",
@@ -137,7 +123,7 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
     # every argument itself and refuses a non-finite grid as it reads it: a small warp's whole budget is a few
     # microseconds. Any refusal falls back to the checks below, which name what is wrong.
     if (type(x) is _TENSOR and type(grid) is _TENSOR and x.dtype is grid.dtype and x.is_cpu and grid.is_cpu
-            and not _is_compiling() and _CPU_KERNEL[backend, _backend_env(), x.dtype]):
+            and x.dtype in _CPU_KERNEL_DTYPES and not _is_compiling() and WARP.select_eager(backend, x)[0] == "cpp"):
         try:  # a tuple of ints, not a torch.Size: the op's argument parser takes 1 us less
             return _KERNEL(x, grid, (grid.shape[1], grid.shape[2]) if out_size is None else out_size, mode,
                            padding_mode, align_corners)
