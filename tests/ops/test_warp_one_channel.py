@@ -64,6 +64,36 @@ def test_forward_matches_reference(dtype, shape, contiguous):
         assert_close(got.float(), exp, dtype=dtype, msg=f"{pad}/align_corners={align}")
 
 
+@pytest.mark.parametrize("H, W", [(1, 1), (1, 2), (2, 2), (5, 3), (3, 17)])
+def test_every_tap_position_at_the_edges(H, W):
+    """Points on a quarter-pixel lattice from 2 pixels outside the image to 2 past it, through every row and
+    column: each tap inside, on the edge and outside (the float loop reads a row's two taps as one pair, from a
+    column and row clamped into the image). The image sits in storage between NaNs, so a tap that read beyond it
+    and counted would show."""
+    n = 3
+    storage = torch.full((n * H * W + 2,), float("nan"))
+    storage[1:-1] = torch.randn(n * H * W)
+    x = storage[1:-1].view(n, 1, H, W)
+    px = torch.arange(-8, 4 * W + 8) / 4.0 - 0.5  # pixel coordinates, align_corners=False
+    py = torch.arange(-8, 4 * H + 8) / 4.0 - 0.5
+    ys, xs = torch.meshgrid(py, px, indexing="ij")
+    pixel = torch.stack((xs, ys), dim=-1)
+    for pad, align in CASES:
+        size = torch.tensor([W, H], dtype=torch.float32)
+        grid = (2 * pixel + 1) / size - 1 if not align else 2 * pixel / (size - 1).clamp_min(1) - 1
+        grid = grid.expand(n, *grid.shape).contiguous()
+        g = grid.clone().requires_grad_()
+        out = warp(x, g, None, "bilinear", pad, align, backend="cpp")
+        (dgrid,) = torch.autograd.grad(out.sum(), g)
+        g_ref = grid.clone().requires_grad_()
+        out_ref = ref.warp(x, g_ref, None, "bilinear", pad, align)
+        (dgrid_ref,) = torch.autograd.grad(out_ref.sum(), g_ref)
+        case = f"{pad}/align_corners={align}"
+        assert_close(out, out_ref, msg=f"forward {case}")
+        assert_close(warp(x, grid, None, "bilinear", pad, align, backend="cpp"), out_ref, msg=f"no grad {case}")
+        assert_close(dgrid, dgrid_ref, scale=float(dgrid_ref.abs().max().clamp_min(1)), msg=f"gradient {case}")
+
+
 def test_path_taken_only_where_it_applies():
     """The Jacobian forward runs for a one-channel bilinear image that does not require grad and a grid that
     does, at the output's size; otherwise the op's own forward and backward kernels."""
