@@ -55,7 +55,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
         return
     global _OUT, _META
-    _OUT = Path(config.getoption("--bench-out") or ROOT / "bench" / "results" / f"latest-{_slug()}.json")
+    _OUT = Path(config.getoption("--bench-out") or ROOT / "bench" / "results" / f"latest-{device_slug()}.json")
     if config.getoption("--bench-resume") and _OUT.exists():
         earlier = json.loads(_OUT.read_text())
         if earlier["meta"]["device"] != device_name(bench_device()):
@@ -81,7 +81,7 @@ def device_name(device: str) -> str:
     return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-def _git_revision() -> str:
+def git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -92,7 +92,8 @@ def _git_revision() -> str:
         return "unknown"
 
 
-def _slug() -> str:
+def device_slug() -> str:
+    """The device's name as a file name part: `latest-<slug>.json`."""
     return re.sub(r"[^a-z0-9]+", "-", device_name(bench_device()).lower()).strip("-")[:40]
 
 
@@ -110,7 +111,7 @@ def _meta(device: str) -> dict:
         "device": device_name(device),
         "device_type": device,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_revision": _git_revision(),
+        "git_revision": git_revision(),
         "versions": {"pscfast": pscfast.__version__, "torch": torch.__version__, "triton": triton_version,
                      "cuda": torch.version.cuda, "python": platform.python_version()},
         "memory_method": MEMORY_METHOD[device],
@@ -244,7 +245,7 @@ def _run_case(benchmark, *, op: str, provider: str, mode: str, shape: str, devic
               make_inputs, call, rounds: int, rotate: int = 3, extra: dict | None = None):
     sets = [make_inputs() for _ in range(rotate)]
     outs = [call(*inputs) for inputs, _ in sets]  # warm-up, autotune, and the gradient shapes
-    grads = [_grad_like(o) for o in outs]
+    grads = [grad_like(o) for o in outs]
     del outs
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     counter = iter(range(1 << 62))
@@ -266,11 +267,11 @@ def _run_case(benchmark, *, op: str, provider: str, mode: str, shape: str, devic
         return (out, i), {}
 
     def bwd(out, i):
-        _backward(out, grads[i], sets[i][1])
+        backward_and_clear(out, grads[i], sets[i][1])
         sync()
 
     def both(i):
-        _backward(call(*sets[i][0]), grads[i], sets[i][1])
+        backward_and_clear(call(*sets[i][0]), grads[i], sets[i][1])
         sync()
 
     if mode == "fwd":
@@ -324,12 +325,14 @@ def _rounds(target, setup, min_rounds: int, device: str) -> int:
     return max(min_rounds, min(MAX_ROUNDS, int(ROUND_BUDGET_S[device] / elapsed)))
 
 
-def _grad_like(out):
+def grad_like(out):
+    """A fixed random gradient for each floating output (None for the others)."""
     outs = out if isinstance(out, (tuple, list)) else (out,)
     return [torch.randn_like(o) if o.is_floating_point() else None for o in outs]
 
 
-def _backward(out, grads, leaves):
+def backward_and_clear(out, grads, leaves):
+    """The backward of the outputs that require grad, then the leaves' gradients dropped (no accumulation)."""
     outs = out if isinstance(out, (tuple, list)) else (out,)
     pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
     torch.autograd.backward([o for o, _ in pairs], [g for _, g in pairs])

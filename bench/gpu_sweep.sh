@@ -111,7 +111,7 @@ fi
 if want bench; then
   [[ -n "${peers:-}" ]] && { wait "$peers" || echo "peer install failed: $work/peers.log"; }
   echo "== benchmarks ($(date -u +%T), ${SECONDS} s)"
-  slug=$("$py" -c "from bench.conftest import _slug; print(_slug())")  # the suite's own file name
+  slug=$("$py" -c "from bench.conftest import device_slug; print(device_slug())")  # the suite's own file name
   suites=()
   for s in similarity_loss train_step correlation warp local_correlation consistency_loss compose_displacement \
       truncated_flow_loss kernel_soft_argmax; do

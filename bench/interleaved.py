@@ -22,7 +22,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.conftest import _backward, _git_revision, _grad_like, _slug, bench_device, device_name  # noqa: E402
+from bench.conftest import (backward_and_clear, bench_device, device_name, device_slug, git_revision,  # noqa: E402
+                            grad_like)
 from bench.peers.cases import CASES  # noqa: E402
 
 PROVIDERS = ("naive", "pscfast")
@@ -37,12 +38,12 @@ def measure(case, mode: str, rounds: int, device: str, dims: tuple | None = None
     calls = {}
     for name in PROVIDERS:
         fn = case.providers[name]
-        grads = _grad_like(fn(*inputs))
+        grads = grad_like(fn(*inputs))
 
         def call(fn=fn, grads=grads):
             out = fn(*inputs)
             if mode == "fwd+bwd":
-                _backward(out, grads, leaves)
+                backward_and_clear(out, grads, leaves)
             sync()
 
         call()
@@ -83,9 +84,9 @@ def main(argv=None) -> None:
             results.append(r)
             print(f"{r['case']:48s} {mode:8s} {r['rounds']:6d} rounds  naive {r['median_s']['naive'] * 1e3:9.3f} ms  "
                   f"pscfast {r['median_s']['pscfast'] * 1e3:9.3f} ms  {r['ratio']:.2f}x", flush=True)
-    out = args.out or ROOT / "bench" / "results" / "interleaved" / f"{_slug()}.json"
+    out = args.out or ROOT / "bench" / "results" / "interleaved" / f"{device_slug()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"device": device_name(device), "torch": torch.__version__, "git": _git_revision(),
+    meta = {"device": device_name(device), "torch": torch.__version__, "git": git_revision(),
             "date": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1) + "\n")
     print(f"results: {out}")
