@@ -3,7 +3,8 @@
 The suite (`pytest bench --benchmark`) times each provider in a test of its own, minutes apart; on a shared
 machine whose load drifts, a ratio within 15-20% of 1 can flip between runs. Here the plain-PyTorch and
 pscfast versions of each case (bench/peers/cases.py; a filter keeps the case ids that contain it) run one call
-each in turn, forward or forward and backward, and the ratio is of the medians of those paired rounds. The
+each in turn, forward or forward and backward, and the ratio is of the medians of those paired rounds, with
+glibc's allocator held as in the suite's timed calls (bench/conftest.py's _CpuPeak). The
 results go to bench/results/interleaved/<device>.json with the device, versions and git revision (a folder
 of their own: bench/report.py renders the suite's files only).
 """
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.conftest import (backward_and_clear, bench_device, device_name, device_slug, git_revision,  # noqa: E402
-                            grad_like)
+                            grad_like, hold_timing_allocator)
 from bench.peers.cases import CASES  # noqa: E402
 
 PROVIDERS = ("naive", "pscfast")
@@ -76,6 +77,8 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     device = bench_device()
+    if device == "cpu":
+        hold_timing_allocator()
     cases = [c for c in CASES if not args.filters or any(f in c.id for f in args.filters)]
     results = []
     for case in cases:
