@@ -12,7 +12,7 @@ from torch import nn
 from pscfast import _extension
 
 from . import _checks, _fake, _higher_order, _output_mask, _reference
-from ._dispatch import ALL_FLOAT_DTYPES, Op, register_op
+from ._dispatch import ALL_FLOAT_DTYPES, Op, compiled_callable, register_op
 
 MODES = ("bilinear", "nearest")
 NONFINITE_GRID = "grid contains NaN or infinite values"  # the end of the CPU kernel's refusal
@@ -43,12 +43,10 @@ def _register() -> None:
         "warp", _reference.warp, lambda grad, x, grid, *args: (x, grid, tuple(grad.shape[-2:]), *args))
 
 
-# The compiled CPU op as the dispatcher's own callable, which the plain-call fast path in warp() uses: the
-# OpOverload's Python __call__ around it costs half a microsecond per call.
-_KERNEL = None
+_KERNEL = None  # the compiled op, for warp()'s plain-call fast path
 if _extension.loaded():
     _register()
-    _KERNEL = getattr(torch.ops.pscfast.warp.default, "_op", torch.ops.pscfast.warp.default)
+    _KERNEL = compiled_callable("warp")
 
 
 def _cpp(x, grid, out_size, mode, padding_mode, align_corners):

@@ -7,7 +7,7 @@ import torch
 
 from pscfast.ops import Correlation, correlation
 from tests.ops.test_correlation import _inputs, _run
-from tests.utils import BACKENDS, identity_grid, require
+from tests.utils import BACKENDS, assert_close, identity_grid, require
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -107,3 +107,41 @@ def test_bad_input(make, error, words):
     src, tgt, grid = [torch.randn(2, 3, 6, 6)], [torch.randn(2, 3, 5, 5)], torch.rand(2, 4, 4, 2) * 2 - 1
     with pytest.raises(error, match=re.sub(r"([()\[\]])", r"\\\1", words)):  # brackets literal, `.*` a pattern
         make(src, tgt, grid)
+
+
+@pytest.mark.parametrize(
+    "make, error, words",
+    [
+        (lambda s, t: correlation(s, [t[0][:1]], None, 4), ValueError, "must share the batch size"),
+        (lambda s, t: correlation(s, [t[0][:, :2]], None, 4), ValueError, "must share the batch size and the channel"),
+        (lambda s, t: correlation(s, t + t, None, 4), ValueError, "src has 1 layers but tgt has 2"),
+        (lambda s, t: correlation([s[0][0]], t, None, 4), ValueError, "src[0] must have 4 dimensions"),
+        (lambda s, t: correlation(s, [t[0].long()], None, 4), TypeError, "tgt[0] must be a floating-point"),
+        (lambda s, t: correlation(s, [t[0][:, :, :0]], None, 4), ValueError, "tgt[0] has an empty spatial size"),
+        (lambda s, t: correlation([s[0][:, :0]], [t[0][:, :0]], None, 4), ValueError, "src[0] has no channels"),
+        (lambda s, t: correlation(s, t, None, -4), ValueError, "size must be"),
+        (lambda s, t: correlation(s, t, None, (4, 0)), ValueError, "size must be"),
+        (lambda s, t: correlation(s, t, None, 4, 0), ValueError, "target_size must be"),
+        (lambda s, t: correlation(s, t, None, (1 << 16, 1 << 15)), ValueError, "size .* positions; at most"),
+        (lambda s, t: correlation(s, t, None, 4, scale=float("nan")), ValueError, "scale must be finite"),
+        (lambda s, t: correlation(s, [t[0].to("meta")], None, 4), ValueError, "one device"),
+        (lambda s, t: correlation([s[0].to("meta")], t, None, 4), ValueError, "one device"),
+    ],
+)
+def test_bad_input_without_grid(make, error, words):
+    """Without a grid, plain CPU maps go straight to the compiled op; what it refuses gets the same named errors."""
+    src, tgt = [torch.randn(2, 3, 6, 6)], [torch.randn(2, 3, 5, 5)]
+    with pytest.raises(error, match=re.sub(r"([()\[\]])", r"\\\1", words)):
+        make(src, tgt)
+
+
+def test_direct_cpu_call_equals_checked_call():
+    """Plain CPU maps without a grid go straight to the compiled op; a tensor subclass (nn.Parameter), an int
+    scale, a float size pair or mixed dtypes take the checked path: the same numbers either way."""
+    src, tgt, _ = _inputs([(3, 8, 8, 6, 6), (2, 4, 4, 4, 4)], 2, (4, 3), torch.float32, "cpu")
+    direct = correlation(src, tgt, None, (4, 3), 4, scale=0.5)
+    assert torch.equal(direct, correlation([torch.nn.Parameter(s) for s in src], tgt, None, (4, 3), 4, scale=0.5))
+    assert torch.equal(direct * 2, correlation(tuple(src), tuple(tgt), None, (4.0, 3.0), (4, 4), scale=1))
+    mixed = correlation([s.double() for s in src], tgt, None, (4, 3), 4, scale=0.5)
+    assert mixed.dtype == torch.float64
+    assert_close(mixed.float(), direct)  # the float64 product of the float32 maps

@@ -102,8 +102,8 @@ inline CorrelationGrids check_correlation_inputs(at::TensorList src, at::TensorL
       TORCH_CHECK(t->size(2) > 0 && t->size(3) > 0 && t->size(2) * t->size(3) < (int64_t(1) << 31),
                   "pscfast::correlation: layer ", l, " has a bad spatial size ", t->sizes());
     }
-    TORCH_CHECK(src[l].size(1) == tgt[l].size(1), "pscfast::correlation: layer ", l, ": src has ", src[l].size(1),
-                " channels, tgt ", tgt[l].size(1));
+    TORCH_CHECK(src[l].size(1) == tgt[l].size(1) && src[l].size(1) > 0, "pscfast::correlation: layer ", l, ": src has ",
+                src[l].size(1), " channels, tgt ", tgt[l].size(1), " (at least one)");
   }
   if (grid.has_value()) {
     const auto& g = *grid;
