@@ -103,12 +103,13 @@ void sample_points(int n, int W, int H, const T* __restrict x, const T* __restri
 
 // The forward of a bilinear grid at the output size, with d(out)/d(grid) per output point and channel into jac
 // (N, C, Ho, Wo, 2) unless jac is null. Returns 1 when a grid value it read is NaN or infinite.
-// A task takes at least kTaskPoints points (channels counted), about 3 us of work on the 2-core EPYC we measure
-// on: SFNet's 16 x 16 x 16 mask warps (4096 points) split in two take 2-3 us less with two threads than one task,
-// and four tasks of 1024 cost more than they save.
+// A task takes at least kTaskPoints points (channels counted), about 6 us of work on the 2-core EPYC we measure
+// on. Tasks of 2048 made SFNet's 4096-point mask warps 2-3 us faster while the second thread was awake, but in a
+// loop of warps alone, whose backward runs on one thread, it had gone to sleep by the next forward: 59 us per
+// forward and backward instead of 41.
 template <typename T>
 int fused_forward_impl(const Plan<T>& P, const T* x, const T* grid, T* out, T* jac) {
-  constexpr int64_t kTaskPoints = 2048;
+  constexpr int64_t kTaskPoints = 4096;
   std::atomic<int> bad{0};
   const int64_t grain = std::max<int64_t>(1, kTaskPoints / (cpu_warp::kBlock * P.C));
   at::parallel_for(0, P.blocks(), grain, [&](int64_t begin, int64_t end) {
