@@ -1,13 +1,16 @@
 """correlation: the coordinate contract (identity grid, a known shift), a deterministic backward, Module ==
 function, bad input. Comparisons with the reference are in test_correlation.py."""
+import importlib
 import re
 
 import pytest
 import torch
 
-from pscfast.ops import Correlation, correlation
+from pscfast.ops import Correlation, _reference, correlation
 from tests.ops.test_correlation import _inputs, _run
 from tests.utils import BACKENDS, assert_close, identity_grid, require
+
+correlation_module = importlib.import_module("pscfast.ops.correlation")  # the name `correlation` is the function
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -135,11 +138,16 @@ def test_bad_input_without_grid(make, error, words):
         make(src, tgt)
 
 
-def test_direct_cpu_call_equals_checked_call():
-    """Plain CPU maps without a grid go straight to the compiled op; a tensor subclass (nn.Parameter), an int
-    scale, a float size pair or mixed dtypes take the checked path: the same numbers either way."""
+def test_direct_cpu_call_equals_checked_call(monkeypatch):
+    """Plain CPU maps without a grid go straight to the compiled op (the Python checks never run); a tensor
+    subclass (nn.Parameter), an int scale, a float size pair or mixed dtypes take the checked path: the
+    reference's numbers either way."""
+    require("correlation", "cpp", "cpu", torch.float32)
     src, tgt, _ = _inputs([(3, 8, 8, 6, 6), (2, 4, 4, 4, 4)], 2, (4, 3), torch.float32, "cpu")
-    direct = correlation(src, tgt, None, (4, 3), 4, scale=0.5)
+    with monkeypatch.context() as m:
+        m.setattr(correlation_module, "_layers", lambda *args: pytest.fail("the plain call ran the checks"))
+        direct = correlation(src, tgt, None, (4, 3), 4, scale=0.5)
+    assert_close(direct, _reference.correlation(src, tgt, None, (4, 3), (4, 4), 0.5))
     assert torch.equal(direct, correlation([torch.nn.Parameter(s) for s in src], tgt, None, (4, 3), 4, scale=0.5))
     assert torch.equal(direct * 2, correlation(tuple(src), tuple(tgt), None, (4.0, 3.0), (4, 4), scale=1))
     mixed = correlation([s.double() for s in src], tgt, None, (4, 3), 4, scale=0.5)
