@@ -202,11 +202,15 @@ def test_compiled_and_compiled_autograd_give_eager_gradients():
     assert_close(grad(warp, compiled_autograd=True), eager)
 
 
-def test_nonfinite_grid_refused_unless_disabled(monkeypatch):
-    x, grid = _inputs(5, 6, 7, 4, 4, torch.float32)
+@pytest.mark.parametrize("shape, point", [((5, 6, 7, 4, 4), (3, 2, 1)), ((3, 6, 7, 3, 3), (2, 2, 2))],
+                         ids=["eight-point-groups", "last-of-27"])
+def test_nonfinite_grid_refused_unless_disabled(monkeypatch, shape, point):
+    """A non-finite value among the points the float loop takes eight at a time, and among the few after them."""
+    x, grid = _inputs(*shape, torch.float32)
+    n, i, j = point
     for bad in (float("nan"), float("inf")):
         poisoned = grid.clone()
-        poisoned[3, 2, 1, 1] = bad
+        poisoned[n, i, j, 1] = bad
         monkeypatch.delenv("PSCFAST_CHECK_FINITE", raising=False)
         with pytest.raises(ValueError, match="pscfast.ops.warp: grid contains NaN or infinite values"):
             warp(x, poisoned.requires_grad_())
@@ -215,4 +219,4 @@ def test_nonfinite_grid_refused_unless_disabled(monkeypatch):
         g = poisoned.detach().requires_grad_()
         out = warp(x, g)
         assert_close(out, warp(x, poisoned.detach()))
-        assert out[3, 0, 2, 1] == 0 and torch.autograd.grad(out.sum(), g)[0].isfinite().all()
+        assert out[n, 0, i, j] == 0 and torch.autograd.grad(out.sum(), g)[0].isfinite().all()

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <type_traits>
@@ -81,15 +82,13 @@ int forward_impl(const Plan<T>& P, const T* x, const T* grid, T* out) {
 
 // One channel of a run, point by point from its pixel coordinates (BlockTaps::coords): the bilinear sample out[i]
 // and, where jac is not null, its gradient in the grid point, (jac[2 i], jac[2 i + 1]): the forward's and the grid
-// backward's coefficients (bilinear_taps, bilinear_taps_grad) applied to the same four reads. For float,
-// warp_avx2.h does what it can first.
+// backward's coefficients (bilinear_taps, bilinear_taps_grad) applied to the same four reads (for float,
+// warp_avx2.h's sample_grid_avx2 does the same from the grid).
 template <typename T>
 void sample_points(int n, int W, int H, const T* __restrict x, const T* __restrict px, const T* __restrict py,
                    const T* __restrict dpx, const T* __restrict dpy, const int32_t* __restrict base, T* __restrict out,
                    T* __restrict jac) {
-  int i = 0;
-  if constexpr (std::is_same_v<T, float>) i = cpu_warp::sample_avx2(n, W, H, x, px, py, dpx, dpy, base, out, jac);
-  for (; i < n; ++i) {
+  for (int i = 0; i < n; ++i) {
     const cpu_warp::Bilinear<T> b(px[i], py[i], W, H);
     int32_t o0, o1, o2, o3;
     b.offsets(W, base[i], o0, o1, o2, o3);
@@ -113,16 +112,29 @@ int fused_forward_impl(const Plan<T>& P, const T* x, const T* grid, T* out, T* j
   std::atomic<int> bad{0};
   const int64_t grain = std::max<int64_t>(1, kTaskPoints / (cpu_warp::kBlock * P.C));
   at::parallel_for(0, P.blocks(), grain, [&](int64_t begin, int64_t end) {
-    BlockTaps<T> t(P);
+    std::optional<BlockTaps<T>> t;  // the portable loop's arrays, made for the points the AVX2 loop leaves
+    int32_t base[cpu_warp::kBlock] = {};
     int seen = 0;
     for (int64_t b = begin; b < end; ++b) {
       const Run run = cpu_warp::block(P, b);
-      seen |= t.coords(P, grid, run);
       const int64_t local = run.first - run.n0 * P.oplane();
+      const auto plane_of = [&](int64_t c) { return (run.n0 * P.C + c) * P.oplane() + local; };
+      int done = 0;
+      if constexpr (std::is_same_v<T, float>) {
+        if (P.across) cpu_warp::sample_offsets(P, run, base);
+        for (int64_t c = 0; c < P.C; ++c)
+          done = cpu_warp::sample_grid_avx2(grid + 2 * run.first, run.count, P.W, P.H, P.align,
+                                            P.pad == Padding::kBorder, x + (run.n0 * P.C + c) * P.plane(), base,
+                                            out + plane_of(c), jac == nullptr ? nullptr : jac + 2 * plane_of(c), seen);
+      }
+      if (done == run.count) continue;
+      if (!t) t.emplace(P);
+      const Run rest{run.first + done, run.n0, run.count - done};
+      seen |= t->coords(P, grid, rest);
       for (int64_t c = 0; c < P.C; ++c) {
-        const int64_t o = (run.n0 * P.C + c) * P.oplane() + local;
-        sample_points(run.count, P.W, P.H, x + (run.n0 * P.C + c) * P.plane(), t.px.data(), t.py.data(), t.dpx.data(),
-                      t.dpy.data(), t.base.data(), out + o, jac == nullptr ? nullptr : jac + 2 * o);
+        const int64_t o = plane_of(c) + done;
+        sample_points(rest.count, P.W, P.H, x + (run.n0 * P.C + c) * P.plane(), t->px.data(), t->py.data(),
+                      t->dpx.data(), t->dpy.data(), t->base.data(), out + o, jac == nullptr ? nullptr : jac + 2 * o);
       }
     }
     if (seen) bad = 1;

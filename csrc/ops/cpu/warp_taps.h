@@ -99,6 +99,19 @@ Run block(const Plan<T>& P, int64_t b) {
   return {n * S + j, n, static_cast<int>(std::min<int64_t>(kBlock, S - j))};
 }
 
+// The offset of each point's image plane from that of the run's first sample, for a run that spans samples
+// (Plan::across).
+template <typename T>
+void sample_offsets(const Plan<T>& P, const Run& run, int32_t* base) {
+  const int64_t S = P.oplane();
+  for (int i = 0; i < run.count;) {
+    const int64_t sample = (run.first + i) / S;
+    const int end = static_cast<int>(std::min<int64_t>(run.count, (sample + 1) * S - run.first));
+    std::fill(base + i, base + end, static_cast<int32_t>((sample - run.n0) * P.plane()));
+    i = end;
+  }
+}
+
 // Grid coordinate -> pixel coordinate for n grid values (g[kStride * i], so that x and y are read straight from
 // an (x, y)-interleaved grid), written without branches so that it vectorises; the arithmetic of grid_to_pixel
 // in sampling.h. Returns 1 when a value is NaN or infinite (the forward then refuses the grid). A NaN samples
@@ -258,16 +271,7 @@ struct BlockTaps {
     const int n = run.count;
     if (P.direct) {
       const T* g = grid + run.first * 2;
-      if (P.across) {
-        // the plane offset of each point's sample from the run's first
-        const int64_t S = P.oplane();
-        for (int i = 0; i < n;) {
-          const int64_t sample = (run.first + i) / S;
-          const int end = static_cast<int>(std::min<int64_t>(n, (sample + 1) * S - run.first));
-          std::fill(base.begin() + i, base.begin() + end, static_cast<int32_t>((sample - run.n0) * P.plane()));
-          i = end;
-        }
-      }
+      if (P.across) sample_offsets(P, run, base.data());
       int bad = 0, done = 0;
       if constexpr (std::is_same_v<T, float>)
         done = pixel_coords_avx2(g, n, P.W, P.H, P.align, P.pad == Padding::kBorder, px.data(), dpx.data(), py.data(),
