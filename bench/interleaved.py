@@ -6,7 +6,7 @@ pscfast versions of each case (bench/peers/cases.py; a filter keeps the case ids
 each in turn, forward or forward and backward, and the ratio is of the medians of those paired rounds, with
 glibc's allocator held as in the suite's timed calls (bench/conftest.py's _CpuPeak). The
 results go to bench/results/interleaved/<device>.json with the device, versions and git revision (a folder
-of their own: bench/report.py renders the suite's files only).
+of their own, which bench/report.py renders after the suite's tables in bench/RESULTS.md).
 """
 from __future__ import annotations
 

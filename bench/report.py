@@ -11,8 +11,9 @@ bandwidth (ops with `min_bytes`) or matrix rate (ops with `min_flops`) measured 
 (bench/ceilings.py). A second table per device compares the other implementations a suite measured (peer
 packages, the F.unfold version) with pscfast, and a third sets each provider's half-precision times against its
 float32 times at the same op, shape and mode. A record that names the backend the dispatcher chose (`backend`)
-shows it after the provider. README.md gets one row per op and device: its fwd+bwd case with the largest
-speed-up, and the range of speed-ups over all its fwd+bwd cases.
+shows it after the provider. After the suite's tables come the runs of bench/interleaved.py
+(bench/results/interleaved/*.json): the peer cases timed in alternating calls. README.md gets one row per op
+and device: its fwd+bwd case with the largest speed-up, and the range of speed-ups over all its fwd+bwd cases.
 """
 from __future__ import annotations
 
@@ -232,9 +233,27 @@ def plot_similarity(runs: list[dict], out: Path) -> Path | None:
     return out
 
 
-def results_page(runs: list[dict], plot: Path | None, page: Path = RESULTS_MD) -> str:
-    """Every table of every run, and the plot linked relative to the page that shows it."""
+def load_interleaved(results_dir: Path) -> list[dict]:
+    """The runs of bench/interleaved.py under results_dir/interleaved, one per device file."""
+    return [json.loads(path.read_text()) for path in sorted((results_dir / "interleaved").glob("*.json"))]
+
+
+def interleaved_table(run: dict) -> str:
+    """One run of bench/interleaved.py: each peer case's plain and pscfast medians over alternating calls."""
+    meta = run["meta"]
+    lines = [f"| {r['case']} | {r['mode']} | {r['rounds']} | {r['median_s']['naive'] * 1e3:.3f} | "
+             f"{r['median_s']['pscfast'] * 1e3:.3f} | {r['ratio']:.2f}x |" for r in run["results"]]
+    head = (f"Peer cases in alternating calls (`bench/interleaved.py`), **{meta['device']}**, torch {meta['torch']}, "
+            f"git {meta['git']}, {meta['date'][:10]}:")
+    columns = "| case | mode | rounds | naive ms | pscfast ms | speed-up |"
+    return "\n".join([head, "", columns, "|---|---|---|---|---|---|"] + lines)
+
+
+def results_page(runs: list[dict], plot: Path | None, page: Path = RESULTS_MD, interleaved: list[dict] = ()) -> str:
+    """Every table of every run (the interleaved runs after the suite's), and the plot linked relative to the page
+    that shows it."""
     body = "\n\n".join("\n\n".join(t for t in (table(r), peer_table(r), dtype_table(r)) if t) for r in runs)
+    body += "".join("\n\n" + interleaved_table(r) for r in interleaved)
     link = f"\n\n![similarity loss time against grid size]({os.path.relpath(plot, page.parent)})" if plot else ""
     return body + link
 
@@ -256,17 +275,18 @@ def main(argv=None):
     plot = plot_similarity(runs, args.results / PLOT)
     if plot is None and (args.results / PLOT).exists():  # no matplotlib here: the committed plot stays linked
         plot = args.results / PLOT
+    interleaved = load_interleaved(args.results)
     if args.summary:
-        args.summary.write_text(results_page(runs, plot, args.summary) + "\n")
+        args.summary.write_text(results_page(runs, plot, args.summary, interleaved) + "\n")
     if not args.no_readme:
-        RESULTS_MD.write_text(HEADER + results_page(runs, plot) + "\n")
+        RESULTS_MD.write_text(HEADER + results_page(runs, plot, interleaved=interleaved) + "\n")
         readme = ROOT / "README.md"
         text = readme.read_text()
         if START not in text or END not in text:
             raise SystemExit(f"README.md has no {START} ... {END} block")
         head, rest = text.split(START, 1)
         readme.write_text(head + START + "\n" + readme_block(runs) + "\n" + END + rest.split(END, 1)[1])
-    print(results_page(runs, plot, args.summary or RESULTS_MD))
+    print(results_page(runs, plot, args.summary or RESULTS_MD, interleaved))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,20 @@ def test_report_shows_a_naive_out_of_memory_case(tmp_path):
     assert cells[10] == "40% of matmul"
 
 
+def test_report_renders_an_interleaved_run(tmp_path):
+    run = {"meta": {"device": "a CPU", "torch": "x", "git": "r", "date": "2026-01-02T03:04:05+0000"},
+           "results": [{"case": "warp-SFNet-mask-B16-1x16x16", "mode": "fwd+bwd", "rounds": 7,
+                        "median_s": {"naive": 4e-5, "pscfast": 2.5e-5}, "ratio": 1.6}]}
+    (tmp_path / "interleaved").mkdir()
+    (tmp_path / "interleaved" / "a-cpu.json").write_text(json.dumps(run))
+    (loaded,) = report.load_interleaved(tmp_path)
+    text = report.interleaved_table(loaded)
+    assert "**a CPU**, torch x, git r, 2026-01-02" in text
+    row = next(line for line in text.splitlines() if line.startswith("| warp-"))
+    assert [c.strip() for c in row.strip("|").split("|")] == [
+        "warp-SFNet-mask-B16-1x16x16", "fwd+bwd", "7", "0.040", "0.025", "1.60x"]
+
+
 def test_gpu_only_keeps_the_cases_that_can_use_a_gpu():
     rc, log = _pytest("tests/ops/test_warp.py", "--collect-only", "--gpu-only")
     assert rc == 0, log
