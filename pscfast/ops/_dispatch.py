@@ -37,6 +37,11 @@ _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ALL_FLOAT_DTYPES = {"cpu": _CPP_DTYPES["cuda"], "cuda": _CPP_DTYPES["cuda"]}
 
 
+# For the plain-call fast paths of the op wrappers: module globals, read faster than torch's attribute chains.
+TENSOR = torch.Tensor
+is_compiling = torch.compiler.is_compiling
+
+
 def compiled_callable(name: str):
     """pscfast::<name> as the dispatcher's own callable, for the plain-call fast paths of the op wrappers (which
     check torch.compile first): the OpOverload's Python __call__ around it costs half a microsecond per call."""

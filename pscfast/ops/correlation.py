@@ -22,7 +22,7 @@ from torch import nn
 from pscfast import _extension
 
 from . import _checks, _fake, _higher_order, _reference
-from ._dispatch import Op, compiled_callable, register_op
+from ._dispatch import Op, TENSOR, compiled_callable, is_compiling, register_op
 
 
 def _register() -> None:
@@ -101,8 +101,6 @@ def _triton(src, tgt, grid, size, target_size, scale):
 
 
 CORRELATION = register_op(Op("correlation", {"cpp": _cpp, "triton": _triton, "torch": _reference.correlation}))
-_TENSOR = torch.Tensor
-_is_compiling = torch.compiler.is_compiling
 
 
 def _plain_call(src, tgt, size, target_size, scale: float, backend):
@@ -111,10 +109,10 @@ def _plain_call(src, tgt, size, target_size, scale: float, backend):
     device, sizes); any refusal returns None, and correlation()'s checks then name what is wrong or promote mixed
     dtypes. Those checks cost 10 us per call, against 1.5 for a built-in matmul. CPU only: a meta tensor among
     the maps would reach the op's fake implementation, which checks nothing."""
-    src = [src] if type(src) is _TENSOR else src
-    tgt = [tgt] if type(tgt) is _TENSOR else tgt
+    src = [src] if type(src) is TENSOR else src
+    tgt = [tgt] if type(tgt) is TENSOR else tgt
     if (type(src) not in (list, tuple) or type(tgt) not in (list, tuple) or not src or not -math.inf < scale < math.inf
-            or any(type(t) is not _TENSOR or not t.is_cpu for t in (*src, *tgt))
+            or any(type(t) is not TENSOR or not t.is_cpu for t in (*src, *tgt))
             or CORRELATION.select_eager(backend, src[0])[0] != "cpp"):
         return None
     size = (size, size) if type(size) is int else size
@@ -189,7 +187,7 @@ def correlation(src: Sequence[torch.Tensor], tgt: Sequence[torch.Tensor], grid: 
         RAFT's all-pairs volume (its ``corr / sqrt(C)``).
         Differentiable in every map and in the grid, also twice (second derivatives through the reference).
     """
-    if grid is None and type(scale) is float and not _is_compiling():
+    if grid is None and type(scale) is float and not is_compiling():
         out = _plain_call(src, tgt, size, target_size, scale, backend)
         if out is not None:
             return out

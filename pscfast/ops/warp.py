@@ -12,7 +12,7 @@ from torch import nn
 from pscfast import _extension
 
 from . import _checks, _fake, _higher_order, _output_mask, _reference
-from ._dispatch import ALL_FLOAT_DTYPES, Op, compiled_callable, register_op
+from ._dispatch import ALL_FLOAT_DTYPES, Op, TENSOR, compiled_callable, is_compiling, register_op
 
 MODES = ("bilinear", "nearest")
 NONFINITE_GRID = "grid contains NaN or infinite values"  # the end of the CPU kernel's refusal
@@ -81,10 +81,6 @@ def _triton(x, grid, out_size, mode, padding_mode, align_corners):
 
 WARP = register_op(Op("warp", {"cpp": _cpp, "triton": _triton, "torch": _reference.warp},
                       cpp_dtypes=dict(ALL_FLOAT_DTYPES)))
-_TENSOR = torch.Tensor
-_is_compiling = torch.compiler.is_compiling
-
-
 _CPU_KERNEL_DTYPES = frozenset(ALL_FLOAT_DTYPES["cpu"])
 
 
@@ -120,8 +116,8 @@ def warp(x: torch.Tensor, grid: torch.Tensor, out_size=None, mode: str = "biline
     # Plain CPU tensors of one dtype outside torch.compile go straight to the compiled CPU kernel, which checks
     # every argument itself and refuses a non-finite grid as it reads it: a small warp's whole budget is a few
     # microseconds. Any refusal falls back to the checks below, which name what is wrong.
-    if (type(x) is _TENSOR and type(grid) is _TENSOR and x.dtype is grid.dtype and x.is_cpu and grid.is_cpu
-            and x.dtype in _CPU_KERNEL_DTYPES and not _is_compiling() and WARP.select_eager(backend, x)[0] == "cpp"):
+    if (type(x) is TENSOR and type(grid) is TENSOR and x.dtype is grid.dtype and x.is_cpu and grid.is_cpu
+            and x.dtype in _CPU_KERNEL_DTYPES and not is_compiling() and WARP.select_eager(backend, x)[0] == "cpp"):
         try:  # a tuple of ints, not a torch.Size: the op's argument parser takes 1 us less
             return _KERNEL(x, grid, (grid.shape[1], grid.shape[2]) if out_size is None else out_size, mode,
                            padding_mode, align_corners)
