@@ -17,7 +17,6 @@
 #include <mutex>
 #include <string>
 #include <tuple>
-#include <type_traits>
 #include <vector>
 
 #include "ops/common/autograd.h"
@@ -103,16 +102,6 @@ struct WarpBackward final : torch::autograd::Node {
     return out;
   }
 };
-
-// A new node as the graph holds it: an intrusive pointer since torch 2.13, a shared pointer before.
-template <typename N>
-auto make_node() {
-  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, N>) {
-    return c10::make_intrusive<N>();
-  } else {
-    return std::shared_ptr<N>(new N(), [](N* node) { deleteNode(node); });  // torch::autograd's, found by ADL
-  }
-}
 
 // Whether the forward returns d(out)/d(grid) (see the top of the file): a bilinear one-channel float or double CPU
 // image that does not require grad, a grid that does, at the output's size (sizes known, not symbolic).
