@@ -215,5 +215,6 @@ def test_the_benchmark_tables_are_what_report_renders():
     block = text.split(report.START, 1)[1].split(report.END, 1)[0]
     assert block == "\n" + report.readme_block(runs) + "\n", "README.md's table is stale: python bench/report.py"
     plot = ROOT / "bench" / "results" / report.PLOT
-    page = report.HEADER + report.results_page(runs, plot if plot.exists() else None) + "\n"
+    interleaved = report.load_interleaved(ROOT / "bench" / "results")
+    page = report.HEADER + report.results_page(runs, plot if plot.exists() else None, interleaved=interleaved) + "\n"
     assert report.RESULTS_MD.read_text() == page, "bench/RESULTS.md is stale: python bench/report.py"
